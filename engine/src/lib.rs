@@ -1,0 +1,9 @@
+//! The novastack engine: sampling and generation over a model and its paged KV cache.
+
+mod error;
+pub mod generate;
+pub mod sampler;
+
+pub use error::{Error, Result};
+pub use generate::{generate, FinishReason, GenerateOutput, GenerateParams};
+pub use sampler::{Sampler, SamplingParams};

@@ -1,0 +1,208 @@
+//! Token sampling: greedy, temperature, top-k, top-p and min-p, seeded per request so
+//! that the same seed gives the same tokens however the batch is composed.
+
+use crate::error::{Error, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 1.0 disables.
+    pub top_p: f32,
+    /// 0 disables.
+    pub top_k: usize,
+    /// 0.0 disables.
+    pub min_p: f32,
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::Invalid(format!(
+                "top_p must be in (0, 1], got {}",
+                self.top_p
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(Error::Invalid(format!(
+                "min_p must be in [0, 1], got {}",
+                self.min_p
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+}
+
+/// A request's sampler: its parameters and its own random stream.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Self> {
+        params.validate()?;
+        let rng = match params.seed {
+            Some(s) => ChaCha8Rng::seed_from_u64(s),
+            None => ChaCha8Rng::from_os_rng(),
+        };
+        Ok(Sampler { params, rng })
+    }
+
+    /// Picks the next token from one row of logits.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        if p.is_greedy() {
+            return novastack_kernels::argmax(logits).unwrap_or(0) as u32;
+        }
+        // Candidates sorted by logit, highest first; ties keep the lower id first.
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_nan())
+            .map(|(i, &v)| (i as u32, v / p.temperature))
+            .collect();
+        if cand.is_empty() {
+            return 0;
+        }
+        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if p.top_k > 0 && p.top_k < cand.len() {
+            cand.truncate(p.top_k);
+        }
+        let max = cand[0].1;
+        let mut probs: Vec<f32> = cand.iter().map(|(_, v)| (v - max).exp()).collect();
+        let sum: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= sum);
+        let mut keep = probs.len();
+        if p.min_p > 0.0 {
+            let floor = p.min_p * probs[0];
+            keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
+        }
+        if p.top_p < 1.0 {
+            let mut acc = 0.0f32;
+            let mut n = 0;
+            for &x in &probs[..keep] {
+                n += 1;
+                acc += x;
+                if acc >= p.top_p {
+                    break;
+                }
+            }
+            keep = n.max(1);
+        }
+        let total: f32 = probs[..keep].iter().sum();
+        let mut r = self.rng.random::<f32>() * total;
+        for (i, &x) in probs[..keep].iter().enumerate() {
+            if r < x {
+                return cand[i].0;
+            }
+            r -= x;
+        }
+        cand[keep - 1].0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_is_argmax() {
+        let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
+        assert_eq!(s.sample(&[0.1, 2.0, -1.0, 2.0]), 1);
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
+        let params = SamplingParams {
+            temperature: 0.9,
+            seed: Some(7),
+            ..Default::default()
+        };
+        let run = || {
+            let mut s = Sampler::new(params.clone()).unwrap();
+            (0..20).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn top_k_and_top_p_restrict_the_support() {
+        let logits = vec![5.0, 4.0, 0.0, -1.0, -2.0];
+        for seed in 0..50 {
+            let mut s = Sampler::new(SamplingParams {
+                top_k: 2,
+                seed: Some(seed),
+                ..Default::default()
+            })
+            .unwrap();
+            assert!(s.sample(&logits) < 2);
+            let mut s = Sampler::new(SamplingParams {
+                top_p: 0.5,
+                seed: Some(seed),
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(s.sample(&logits), 0);
+            let mut s = Sampler::new(SamplingParams {
+                min_p: 0.5,
+                seed: Some(seed),
+                ..Default::default()
+            })
+            .unwrap();
+            assert!(s.sample(&logits) < 2);
+        }
+    }
+
+    #[test]
+    fn invalid_params_are_rejected() {
+        assert!(Sampler::new(SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(Sampler::new(SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        })
+        .is_err());
+        assert!(Sampler::new(SamplingParams {
+            min_p: 2.0,
+            ..Default::default()
+        })
+        .is_err());
+    }
+}

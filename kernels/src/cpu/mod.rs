@@ -1,0 +1,350 @@
+//! The CPU reference backend: f32 everywhere, deterministic, batch-invariant.
+//!
+//! Batch invariance holds because every output element is computed by the same
+//! sequence of floating-point operations whatever the batch holds: norms and rope are
+//! per row, attention is per (token, head) over its own sequence, and the matmul's
+//! reduction order depends only on `k` (see `matmul.rs`).
+
+mod attention;
+mod matmul;
+
+use crate::error::ensure;
+use crate::{AttentionMetadata, Backend, Error, KvCacheConfig, Result};
+use rayon::prelude::*;
+
+/// Rows per rayon task for the cheap row-wise ops.
+const ROWS_PER_TASK: usize = 8;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+fn check_len(op: &'static str, what: &str, buf: &[f32], need: usize) -> Result<()> {
+    ensure(buf.len() >= need, op, || {
+        format!("{what} holds {} values, needs {need}", buf.len())
+    })
+}
+
+/// `out = x * rsqrt(mean(x²) + eps) * w`, in the order transformers computes it.
+fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let sum_sq: f32 = x.iter().map(|v| v * v).sum();
+    let inv = 1.0 / (sum_sq / x.len() as f32 + eps).sqrt();
+    for ((o, &xv), &wv) in out.iter_mut().zip(x).zip(w) {
+        *o = wv * (xv * inv);
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+
+    fn embedding(
+        &self,
+        table: &Vec<f32>,
+        vocab: usize,
+        hidden: usize,
+        ids: &[u32],
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        const OP: &str = "embedding";
+        check_len(OP, "table", table, vocab * hidden)?;
+        check_len(OP, "out", out, ids.len() * hidden)?;
+        for (row, &id) in out.chunks_exact_mut(hidden).zip(ids) {
+            let id = id as usize;
+            if id >= vocab {
+                return Err(Error::OutOfRange {
+                    op: OP,
+                    index: id,
+                    limit: vocab,
+                });
+            }
+            row.copy_from_slice(&table[id * hidden..(id + 1) * hidden]);
+        }
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Vec<f32>,
+        weight: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        const OP: &str = "rms_norm";
+        check_len(OP, "x", x, rows * dim)?;
+        check_len(OP, "weight", weight, dim)?;
+        check_len(OP, "out", out, rows * dim)?;
+        out[..rows * dim]
+            .par_chunks_mut(dim * ROWS_PER_TASK)
+            .zip(x[..rows * dim].par_chunks(dim * ROWS_PER_TASK))
+            .for_each(|(o, xs)| {
+                for (orow, xrow) in o.chunks_exact_mut(dim).zip(xs.chunks_exact(dim)) {
+                    rms_norm_row(xrow, &weight[..dim], eps, orow);
+                }
+            });
+        Ok(())
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut Vec<f32>,
+        x: &Vec<f32>,
+        weight: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.add_inplace(residual, x, rows * dim)?;
+        self.rms_norm(residual, weight, rows, dim, eps, out)
+    }
+
+    fn add_inplace(&self, residual: &mut Vec<f32>, x: &Vec<f32>, len: usize) -> Result<()> {
+        const OP: &str = "add_inplace";
+        check_len(OP, "residual", residual, len)?;
+        check_len(OP, "x", x, len)?;
+        for (r, &v) in residual[..len].iter_mut().zip(&x[..len]) {
+            *r += v;
+        }
+        Ok(())
+    }
+
+    fn matmul(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        bias: Option<&Vec<f32>>,
+        m: usize,
+        k: usize,
+        n: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        const OP: &str = "matmul";
+        check_len(OP, "x", x, m * k)?;
+        check_len(OP, "w", w, n * k)?;
+        check_len(OP, "out", out, m * n)?;
+        if let Some(b) = bias {
+            check_len(OP, "bias", b, n)?;
+        }
+        matmul::matmul_bt(
+            &x[..m * k],
+            &w[..n * k],
+            bias.map(|b| &b[..n]),
+            m,
+            k,
+            n,
+            out,
+        );
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        row_stride: usize,
+        col_offset: usize,
+        num_heads: usize,
+        head_dim: usize,
+        positions: &[u32],
+        cos_sin: &Vec<f32>,
+    ) -> Result<()> {
+        const OP: &str = "rope";
+        ensure(head_dim % 2 == 0, OP, || {
+            format!("head_dim {head_dim} is odd")
+        })?;
+        ensure(col_offset + num_heads * head_dim <= row_stride, OP, || {
+            "heads overrun the row".into()
+        })?;
+        check_len(OP, "x", x, positions.len() * row_stride)?;
+        let max_pos = cos_sin.len() / head_dim;
+        if let Some(&p) = positions.iter().find(|&&p| p as usize >= max_pos) {
+            return Err(Error::OutOfRange {
+                op: OP,
+                index: p as usize,
+                limit: max_pos,
+            });
+        }
+        let half = head_dim / 2;
+        x[..positions.len() * row_stride]
+            .par_chunks_mut(row_stride)
+            .zip(positions.par_iter())
+            .for_each(|(row, &pos)| {
+                let table = &cos_sin[pos as usize * head_dim..(pos as usize + 1) * head_dim];
+                let (cos, sin) = table.split_at(half);
+                let heads = &mut row[col_offset..col_offset + num_heads * head_dim];
+                for head in heads.chunks_exact_mut(head_dim) {
+                    let (x1, x2) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (a, b) = (x1[i], x2[i]);
+                        // transformers: q * cos + rotate_half(q) * sin, no fused multiply-add
+                        x1[i] = a * cos[i] + (-b) * sin[i];
+                        x2[i] = b * cos[i] + a * sin[i];
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    fn reshape_and_cache(
+        &self,
+        qkv: &Vec<f32>,
+        row_stride: usize,
+        k_offset: usize,
+        cache: &KvCacheConfig,
+        slot_mapping: &[u32],
+        key_cache: &mut Vec<f32>,
+        value_cache: &mut Vec<f32>,
+    ) -> Result<()> {
+        const OP: &str = "reshape_and_cache";
+        let slot_len = cache.slot_len();
+        ensure(k_offset + 2 * slot_len <= row_stride, OP, || {
+            "k and v overrun the row".into()
+        })?;
+        check_len(OP, "qkv", qkv, slot_mapping.len() * row_stride)?;
+        check_len(OP, "key_cache", key_cache, cache.layer_len())?;
+        check_len(OP, "value_cache", value_cache, cache.layer_len())?;
+        for (row, &slot) in qkv.chunks_exact(row_stride).zip(slot_mapping) {
+            let slot = slot as usize;
+            if slot >= cache.num_slots() {
+                return Err(Error::OutOfRange {
+                    op: OP,
+                    index: slot,
+                    limit: cache.num_slots(),
+                });
+            }
+            let dst = slot * slot_len..(slot + 1) * slot_len;
+            key_cache[dst.clone()].copy_from_slice(&row[k_offset..k_offset + slot_len]);
+            value_cache[dst].copy_from_slice(&row[k_offset + slot_len..k_offset + 2 * slot_len]);
+        }
+        Ok(())
+    }
+
+    fn paged_attention(
+        &self,
+        qkv: &Vec<f32>,
+        row_stride: usize,
+        num_heads: usize,
+        cache: &KvCacheConfig,
+        key_cache: &Vec<f32>,
+        value_cache: &Vec<f32>,
+        meta: &AttentionMetadata,
+        scale: f32,
+        sliding_window: Option<usize>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        attention::paged_attention(
+            qkv,
+            row_stride,
+            num_heads,
+            cache,
+            key_cache,
+            value_cache,
+            meta,
+            scale,
+            sliding_window,
+            out,
+        )
+    }
+
+    fn silu_and_mul(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        inter: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        const OP: &str = "silu_and_mul";
+        check_len(OP, "x", x, rows * 2 * inter)?;
+        check_len(OP, "out", out, rows * inter)?;
+        out[..rows * inter]
+            .par_chunks_mut(inter)
+            .zip(x[..rows * 2 * inter].par_chunks(2 * inter))
+            .for_each(|(o, xr)| {
+                let (gate, up) = xr.split_at(inter);
+                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                    *o = g / (1.0 + (-g).exp()) * u;
+                }
+            });
+        Ok(())
+    }
+
+    fn head_rms_norm(
+        &self,
+        x: &mut Vec<f32>,
+        rows: usize,
+        row_stride: usize,
+        col_offset: usize,
+        num_heads: usize,
+        head_dim: usize,
+        weight: &Vec<f32>,
+        eps: f32,
+    ) -> Result<()> {
+        const OP: &str = "head_rms_norm";
+        ensure(col_offset + num_heads * head_dim <= row_stride, OP, || {
+            "heads overrun the row".into()
+        })?;
+        check_len(OP, "x", x, rows * row_stride)?;
+        check_len(OP, "weight", weight, head_dim)?;
+        x[..rows * row_stride]
+            .par_chunks_mut(row_stride)
+            .for_each_init(
+                || vec![0.0f32; head_dim],
+                |tmp, row| {
+                    let heads = &mut row[col_offset..col_offset + num_heads * head_dim];
+                    for head in heads.chunks_exact_mut(head_dim) {
+                        tmp.copy_from_slice(head);
+                        rms_norm_row(tmp, &weight[..head_dim], eps, head);
+                    }
+                },
+            );
+        Ok(())
+    }
+
+    fn gather_rows(
+        &self,
+        x: &Vec<f32>,
+        dim: usize,
+        indices: &[usize],
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        const OP: &str = "gather_rows";
+        check_len(OP, "out", out, indices.len() * dim)?;
+        let rows = x.len() / dim.max(1);
+        for (o, &i) in out.chunks_exact_mut(dim).zip(indices) {
+            if i >= rows {
+                return Err(Error::OutOfRange {
+                    op: OP,
+                    index: i,
+                    limit: rows,
+                });
+            }
+            o.copy_from_slice(&x[i * dim..(i + 1) * dim]);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

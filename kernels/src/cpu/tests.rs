@@ -1,0 +1,274 @@
+use super::*;
+use crate::SeqAttention;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn randn(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn naive_matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f64;
+            for l in 0..k {
+                acc += x[i * k + l] as f64 * w[j * k + l] as f64;
+            }
+            out[i * n + j] = acc as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn matmul_matches_naive_with_bias() {
+    let b = CpuBackend::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for &(m, k, n) in &[(1, 7, 5), (3, 64, 130), (17, 300, 257), (40, 576, 64)] {
+        let x = randn(&mut rng, m * k);
+        let w = randn(&mut rng, n * k);
+        let bias = randn(&mut rng, n);
+        let mut out = vec![0.0; m * n];
+        b.matmul(&x, &w, Some(&bias), m, k, n, &mut out).unwrap();
+        let mut want = naive_matmul(&x, &w, m, k, n);
+        for row in want.chunks_exact_mut(n) {
+            for (o, bv) in row.iter_mut().zip(&bias) {
+                *o += bv;
+            }
+        }
+        for (a, e) in out.iter().zip(&want) {
+            assert!((a - e).abs() < 1e-4, "{m}x{k}x{n}: {a} vs {e}");
+        }
+    }
+}
+
+#[test]
+fn matmul_is_batch_invariant() {
+    // A row's result must be bit-identical whether it is computed alone or inside any
+    // batch, including k larger than one kc block and n not a multiple of the kernel.
+    let b = CpuBackend::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for &(k, n) in &[(576, 1536), (1536, 576), (300, 1000), (64, 515)] {
+        let big_m = 37;
+        let x = randn(&mut rng, big_m * k);
+        let w = randn(&mut rng, n * k);
+        let mut batched = vec![0.0; big_m * n];
+        b.matmul(&x, &w, None, big_m, k, n, &mut batched).unwrap();
+        for &(start, m) in &[(0, 1), (5, 1), (36, 1), (3, 16), (8, 8), (1, 29)] {
+            let mut part = vec![0.0; m * n];
+            b.matmul(
+                &x[start * k..(start + m) * k].to_vec(),
+                &w,
+                None,
+                m,
+                k,
+                n,
+                &mut part,
+            )
+            .unwrap();
+            assert_eq!(
+                part[..],
+                batched[start * n..(start + m) * n],
+                "k={k} n={n} rows {start}+{m}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ops_reject_bad_shapes_without_panicking() {
+    let b = CpuBackend::new();
+    let mut out = vec![0.0; 4];
+    assert!(b
+        .matmul(&vec![0.0; 3], &vec![0.0; 4], None, 2, 2, 2, &mut out)
+        .is_err());
+    assert!(b.embedding(&vec![0.0; 8], 4, 2, &[4], &mut out).is_err());
+    assert!(b
+        .rms_norm(&vec![0.0; 4], &vec![1.0; 1], 2, 2, 1e-6, &mut out)
+        .is_err());
+}
+
+#[test]
+fn rms_norm_matches_definition() {
+    let b = CpuBackend::new();
+    let x = vec![1.0f32, 2.0, 3.0, -4.0];
+    let w = vec![0.5f32, 2.0];
+    let mut out = vec![0.0; 4];
+    b.rms_norm(&x, &w, 2, 2, 1e-6, &mut out).unwrap();
+    let r0 = (2.5f32 + 1e-6).sqrt();
+    let r1 = (12.5f32 + 1e-6).sqrt();
+    let want = [0.5 / r0, 4.0 / r0, 1.5 / r1, -8.0 / r1];
+    for (a, e) in out.iter().zip(want) {
+        assert!((a - e).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn rope_rotates_halves() {
+    let b = CpuBackend::new();
+    // head_dim 4: pairs (0, 2) and (1, 3) rotate by the angles in the table.
+    let (c0, s0, c1, s1) = (0.6f32, 0.8f32, 1.0f32, 0.0f32);
+    let table = vec![1.0, 1.0, 0.0, 0.0, c0, c1, s0, s1];
+    let mut x = vec![9.0, 1.0, 2.0, 3.0, 4.0];
+    b.rope(&mut x, 5, 1, 1, 4, &[1], &table).unwrap();
+    assert_eq!(
+        x,
+        vec![9.0, 1.0 * c0 - 3.0 * s0, 2.0, 3.0 * c0 + 1.0 * s0, 4.0]
+    );
+    assert!(b.rope(&mut x, 5, 1, 1, 4, &[2], &table).is_err());
+}
+
+/// Dense causal attention for one sequence, as the oracle's oracle.
+fn dense_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    h: usize,
+    kvh: usize,
+    d: usize,
+    window: Option<usize>,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; t * h * d];
+    let scale = 1.0 / (d as f32).sqrt();
+    for i in 0..t {
+        for hh in 0..h {
+            let kh = hh / (h / kvh);
+            let lo = window.map_or(0, |w| (i + 1).saturating_sub(w));
+            let scores: Vec<f64> = (lo..=i)
+                .map(|j| {
+                    (0..d)
+                        .map(|x| q[(i * h + hh) * d + x] as f64 * k[(j * kvh + kh) * d + x] as f64)
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+            for (n, j) in (lo..=i).enumerate() {
+                let p = (scores[n] - max).exp() / z;
+                for x in 0..d {
+                    out[(i * h + hh) * d + x] += (p * v[(j * kvh + kh) * d + x] as f64) as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn paged_attention_matches_dense_for_chunked_prefill_and_batches() {
+    let b = CpuBackend::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (h, kvh, d, bs) = (4, 2, 8, 4);
+    let cache = KvCacheConfig {
+        num_blocks: 16,
+        block_size: bs,
+        num_kv_heads: kvh,
+        head_dim: d,
+    };
+    let stride = (h + 2 * kvh) * d;
+    for window in [None, Some(3)] {
+        // Two sequences: A of 10 tokens (blocks scattered), B of 5 tokens.
+        let lens = [10usize, 5];
+        let tables = [vec![7u32, 2, 9], vec![4u32, 0]];
+        let rows: Vec<Vec<f32>> = lens.iter().map(|&l| randn(&mut rng, l * stride)).collect();
+        let mut kc = vec![0.0; cache.layer_len()];
+        let mut vc = vec![0.0; cache.layer_len()];
+        let slot = |s: usize, t: usize| tables[s][t / bs] * bs as u32 + (t % bs) as u32;
+        // Step 1: A prefills 6 tokens, B prefills all 5. Step 2: A's last 4 tokens.
+        let steps: [Vec<(usize, std::ops::Range<usize>)>; 2] =
+            [vec![(0, 0..6), (1, 0..5)], vec![(0, 6..10)]];
+        let mut got: Vec<Vec<f32>> = lens.iter().map(|&l| vec![0.0; l * h * d]).collect();
+        for step in &steps {
+            let mut qkv = Vec::new();
+            let mut slots = Vec::new();
+            let mut meta = AttentionMetadata::default();
+            for (s, r) in step {
+                meta.seqs.push(SeqAttention {
+                    query_start: slots.len(),
+                    num_queries: r.len(),
+                    context_len: r.end,
+                    block_table: tables[*s].clone(),
+                });
+                for t in r.clone() {
+                    qkv.extend_from_slice(&rows[*s][t * stride..(t + 1) * stride]);
+                    slots.push(slot(*s, t));
+                }
+            }
+            b.reshape_and_cache(&qkv, stride, h * d, &cache, &slots, &mut kc, &mut vc)
+                .unwrap();
+            let mut out = vec![0.0; slots.len() * h * d];
+            b.paged_attention(
+                &qkv,
+                stride,
+                h,
+                &cache,
+                &kc,
+                &vc,
+                &meta,
+                1.0 / (d as f32).sqrt(),
+                window,
+                &mut out,
+            )
+            .unwrap();
+            let mut row = 0;
+            for (s, r) in step {
+                for t in r.clone() {
+                    got[*s][t * h * d..(t + 1) * h * d]
+                        .copy_from_slice(&out[row * h * d..(row + 1) * h * d]);
+                    row += 1;
+                }
+            }
+        }
+        for (s, &l) in lens.iter().enumerate() {
+            let pick = |off: usize, width: usize| -> Vec<f32> {
+                (0..l)
+                    .flat_map(|t| rows[s][t * stride + off..t * stride + off + width].to_vec())
+                    .collect()
+            };
+            let want = dense_attention(
+                &pick(0, h * d),
+                &pick(h * d, kvh * d),
+                &pick((h + kvh) * d, kvh * d),
+                l,
+                h,
+                kvh,
+                d,
+                window,
+            );
+            for (a, e) in got[s].iter().zip(&want) {
+                assert!(
+                    (a - e).abs() < 1e-5,
+                    "seq {s} window {window:?}: {a} vs {e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn paged_attention_rejects_bad_block_tables() {
+    let b = CpuBackend::new();
+    let cache = KvCacheConfig {
+        num_blocks: 2,
+        block_size: 4,
+        num_kv_heads: 1,
+        head_dim: 2,
+    };
+    let kc = vec![0.0; cache.layer_len()];
+    let qkv = vec![0.0; 4];
+    let mut out = vec![0.0; 2];
+    let meta = AttentionMetadata {
+        seqs: vec![SeqAttention {
+            query_start: 0,
+            num_queries: 1,
+            context_len: 5,
+            block_table: vec![0, 5],
+        }],
+    };
+    assert!(b
+        .paged_attention(&qkv, 4, 1, &cache, &kc, &kc, &meta, 1.0, None, &mut out)
+        .is_err());
+}

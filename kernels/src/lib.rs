@@ -1,0 +1,228 @@
+//! Compute backends for novastack.
+//!
+//! The [`Backend`] trait lists only the ops the models call. [`CpuBackend`] is the
+//! reference implementation (the oracle): f32 math, deterministic and batch-invariant,
+//! meaning a row's result never depends on what else is in the batch. GPU backends
+//! are checked against it.
+
+pub mod cpu;
+mod error;
+mod paged;
+
+pub use cpu::CpuBackend;
+pub use error::{Error, Result};
+pub use paged::{AttentionMetadata, KvCache, KvCacheConfig, SeqAttention};
+
+/// The ops a decoder-only transformer needs. Shapes are given explicitly; buffers are
+/// row-major. Each op checks its shapes and returns an error rather than panicking.
+pub trait Backend: Send + Sync {
+    /// A buffer of f32 values on the backend's device.
+    type Buf: Send + Sync;
+
+    fn name(&self) -> &'static str;
+
+    /// Copies host data to a new device buffer.
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// A new zero-filled buffer of `len` values.
+    fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// Copies a device buffer to the host.
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+
+    /// `out[i, :] = table[ids[i], :]`; `table` is `[vocab, hidden]`.
+    fn embedding(
+        &self,
+        table: &Self::Buf,
+        vocab: usize,
+        hidden: usize,
+        ids: &[u32],
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Row-wise RMSNorm of `x` `[rows, dim]` with weight `[dim]`, into `out`.
+    fn rms_norm(
+        &self,
+        x: &Self::Buf,
+        weight: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `residual += x`, then `out = rms_norm(residual)`: the fused pre-norm step.
+    #[allow(clippy::too_many_arguments)]
+    fn add_rms_norm(
+        &self,
+        residual: &mut Self::Buf,
+        x: &Self::Buf,
+        weight: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `residual += x` over `len` values.
+    fn add_inplace(&self, residual: &mut Self::Buf, x: &Self::Buf, len: usize) -> Result<()>;
+
+    /// `out = x · wᵀ (+ bias)`: `x` is `[m, k]`, `w` is `[n, k]` (the Hugging Face
+    /// `Linear` layout), `bias` is `[n]`, `out` is `[m, n]`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        m: usize,
+        k: usize,
+        n: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Rotary embedding in place, neox style (rotate halves), over the first
+    /// `num_heads * head_dim` values of each row of `x` (row stride `row_stride`).
+    /// `cos_sin` is `[max_positions, head_dim]`: cos in the first half, sin in the second.
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        row_stride: usize,
+        col_offset: usize,
+        num_heads: usize,
+        head_dim: usize,
+        positions: &[u32],
+        cos_sin: &Self::Buf,
+    ) -> Result<()>;
+
+    /// Writes each token's key and value into the paged cache at `slot_mapping[i]`.
+    /// `qkv` rows hold `[q | k | v]`; `k` starts at column `k_offset`, `v` right after.
+    #[allow(clippy::too_many_arguments)]
+    fn reshape_and_cache(
+        &self,
+        qkv: &Self::Buf,
+        row_stride: usize,
+        k_offset: usize,
+        cache: &KvCacheConfig,
+        slot_mapping: &[u32],
+        key_cache: &mut Self::Buf,
+        value_cache: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Causal attention of each query over its sequence's paged cache.
+    /// Queries are the first `num_heads * head_dim` columns of each `qkv` row.
+    /// `out` is `[num_tokens, num_heads * head_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn paged_attention(
+        &self,
+        qkv: &Self::Buf,
+        row_stride: usize,
+        num_heads: usize,
+        cache: &KvCacheConfig,
+        key_cache: &Self::Buf,
+        value_cache: &Self::Buf,
+        meta: &AttentionMetadata,
+        scale: f32,
+        sliding_window: Option<usize>,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `out[i, j] = silu(x[i, j]) * x[i, inter + j]` for `x` `[rows, 2 * inter]`.
+    fn silu_and_mul(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        inter: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// RMSNorm applied in place to each head of each row (Qwen3's q/k norm): heads are
+    /// `head_dim` values starting at `col_offset`, rows are `row_stride` apart.
+    #[allow(clippy::too_many_arguments)]
+    fn head_rms_norm(
+        &self,
+        x: &mut Self::Buf,
+        rows: usize,
+        row_stride: usize,
+        col_offset: usize,
+        num_heads: usize,
+        head_dim: usize,
+        weight: &Self::Buf,
+        eps: f32,
+    ) -> Result<()>;
+
+    /// Gathers rows `indices` of `x` `[_, dim]` into `out` `[indices.len(), dim]`.
+    fn gather_rows(
+        &self,
+        x: &Self::Buf,
+        dim: usize,
+        indices: &[usize],
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+}
+
+/// Index of the largest value (the first one on ties), as greedy decoding uses it.
+pub fn argmax(row: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in row.iter().enumerate() {
+        match best {
+            Some((_, b)) if !(v > b) => {}
+            _ if v.is_nan() => {}
+            _ => best = Some((i, v)),
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Numerically stable softmax in place (f32, max-subtracted).
+pub fn softmax_inplace(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return;
+    }
+    let mut sum = 0.0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in row.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// Log-softmax in place.
+pub fn log_softmax_inplace(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return;
+    }
+    let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+    let lse = max + sum.ln();
+    for v in row.iter_mut() {
+        *v -= lse;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_first_on_ties_and_skips_nan() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), Some(1));
+        assert_eq!(argmax(&[f32::NAN, 1.0]), Some(1));
+        assert_eq!(argmax(&[]), None);
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut r = vec![1.0, 2.0, 3.0, -1000.0];
+        softmax_inplace(&mut r);
+        let s: f32 = r.iter().sum();
+        assert!((s - 1.0).abs() < 1e-6);
+        assert!(r[2] > r[1] && r[1] > r[0]);
+        let mut l = vec![1.0f32, 2.0, 3.0];
+        log_softmax_inplace(&mut l);
+        let s: f32 = l.iter().map(|v| v.exp()).sum();
+        assert!((s - 1.0).abs() < 1e-6);
+    }
+}

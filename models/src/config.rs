@@ -1,0 +1,420 @@
+//! Hugging Face `config.json` into [`ModelConfig`].
+//!
+//! Accepts both the hub layout (`rope_theta`, `rope_scaling`, `torch_dtype`) and the
+//! transformers-5 layout (`rope_parameters`, `dtype`).
+
+use crate::error::{read_json, Error, Result};
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Llama,
+    Qwen2,
+    Qwen3,
+    Mistral,
+}
+
+impl Architecture {
+    const ALL: [(&'static str, Architecture); 4] = [
+        ("LlamaForCausalLM", Architecture::Llama),
+        ("Qwen2ForCausalLM", Architecture::Qwen2),
+        ("Qwen3ForCausalLM", Architecture::Qwen3),
+        ("MistralForCausalLM", Architecture::Mistral),
+    ];
+
+    pub fn from_hf_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
+    }
+
+    pub fn hf_name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
+    }
+
+    pub fn supported() -> String {
+        Self::ALL.map(|(n, _)| n).join(", ")
+    }
+}
+
+/// How rotary frequencies are derived from the base ones.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    Linear {
+        factor: f32,
+    },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: f32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageDType {
+    F32,
+    F16,
+    BF16,
+}
+
+/// Everything the dense decoder needs, resolved and validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+    pub rope_scaling: RopeScaling,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry a bias (Qwen2, or Llama with `attention_bias`).
+    pub qkv_bias: bool,
+    /// The output projection carries a bias (Llama `attention_bias`).
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// Per-head RMSNorm on q and k before rope (Qwen3).
+    pub qk_norm: bool,
+    /// Sliding attention window per layer (`None` = full attention).
+    pub sliding_window: Vec<Option<usize>>,
+    pub dtype: Option<StorageDType>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    architectures: Option<Vec<String>>,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: usize,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<Value>,
+    rope_parameters: Option<Value>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    hidden_act: Option<String>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
+    max_window_layers: Option<usize>,
+    layer_types: Option<Vec<String>>,
+    bos_token_id: Option<Value>,
+    eos_token_id: Option<Value>,
+}
+
+/// Token ids given as an int, a list of ints, or null.
+pub(crate) fn token_ids(v: &Value) -> Vec<u32> {
+    match v {
+        Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Value::Array(a) => a.iter().flat_map(token_ids).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn parse_dtype(s: &str) -> Option<StorageDType> {
+    match s {
+        "float32" | "f32" => Some(StorageDType::F32),
+        "float16" | "f16" | "half" => Some(StorageDType::F16),
+        "bfloat16" | "bf16" => Some(StorageDType::BF16),
+        _ => None,
+    }
+}
+
+impl ModelConfig {
+    /// Reads `DIR/config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        Self::from_file(&dir.join("config.json"))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let value: Value = read_json(path)?;
+        Self::from_value(path, value)
+    }
+
+    pub fn from_value(path: &Path, value: Value) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_value(value).map_err(|e| Error::Json {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let err = |field: &str, msg: String| Error::Config {
+            path: path.to_path_buf(),
+            field: field.into(),
+            msg,
+        };
+        let arch_name = raw
+            .architectures
+            .as_ref()
+            .and_then(|a| a.first().cloned())
+            .ok_or_else(|| err("architectures", "missing or empty".into()))?;
+        let architecture =
+            Architecture::from_hf_name(&arch_name).ok_or_else(|| Error::UnknownArchitecture {
+                path: path.to_path_buf(),
+                found: arch_name.clone(),
+                supported: Architecture::supported(),
+            })?;
+        if let Some(act) = &raw.hidden_act {
+            if act != "silu" && act != "swish" {
+                return Err(err(
+                    "hidden_act",
+                    format!("{act:?} is not supported (only silu)"),
+                ));
+            }
+        }
+        let num_heads = raw.num_attention_heads;
+        let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(err(
+                "num_key_value_heads",
+                format!("{num_kv_heads} does not divide num_attention_heads {num_heads}"),
+            ));
+        }
+        let head_dim = match raw.head_dim {
+            Some(d) => d,
+            None if raw.hidden_size % num_heads == 0 => raw.hidden_size / num_heads,
+            None => {
+                return Err(err(
+                    "head_dim",
+                    "absent and hidden_size is not a multiple of num_attention_heads".into(),
+                ))
+            }
+        };
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(err(
+                "head_dim",
+                format!("{head_dim} must be even and positive"),
+            ));
+        }
+        for (field, v) in [
+            ("hidden_size", raw.hidden_size),
+            ("intermediate_size", raw.intermediate_size),
+            ("num_hidden_layers", raw.num_hidden_layers),
+            ("vocab_size", raw.vocab_size),
+        ] {
+            if v == 0 {
+                return Err(err(field, "must be positive".into()));
+            }
+        }
+        let (rope_theta, rope_scaling) = parse_rope(&raw, path)?;
+        let sliding_window = sliding_windows(&raw, architecture);
+        let dtype_str = raw.dtype.as_deref().or(raw.torch_dtype.as_deref());
+        Ok(ModelConfig {
+            architecture,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_layers: raw.num_hidden_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: raw.vocab_size,
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6) as f32,
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: architecture == Architecture::Qwen2 || raw.attention_bias.unwrap_or(false),
+            o_bias: architecture != Architecture::Qwen2 && raw.attention_bias.unwrap_or(false),
+            mlp_bias: raw.mlp_bias.unwrap_or(false),
+            qk_norm: architecture == Architecture::Qwen3,
+            sliding_window,
+            dtype: dtype_str.and_then(parse_dtype),
+            bos_token_id: raw
+                .bos_token_id
+                .as_ref()
+                .and_then(|v| token_ids(v).first().copied()),
+            eos_token_ids: raw.eos_token_id.as_ref().map(token_ids).unwrap_or_default(),
+        })
+    }
+}
+
+fn parse_rope(raw: &RawConfig, path: &Path) -> Result<(f32, RopeScaling)> {
+    let field = if raw.rope_parameters.is_some() {
+        "rope_parameters"
+    } else {
+        "rope_scaling"
+    };
+    let err = |msg: String| Error::Config {
+        path: PathBuf::from(path),
+        field: field.into(),
+        msg,
+    };
+    let params = raw
+        .rope_parameters
+        .as_ref()
+        .or(raw.rope_scaling.as_ref())
+        .filter(|v| !v.is_null());
+    let num =
+        |key: &str| -> Option<f64> { params.and_then(|p| p.get(key)).and_then(Value::as_f64) };
+    let theta = num("rope_theta").or(raw.rope_theta).unwrap_or(10000.0) as f32;
+    let Some(p) = params else {
+        return Ok((theta, RopeScaling::None));
+    };
+    if !p.is_object() {
+        return Err(err("must be an object".into()));
+    }
+    let kind = p
+        .get("rope_type")
+        .or_else(|| p.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let need = |key: &str| -> Result<f32> {
+        num(key)
+            .map(|v| v as f32)
+            .ok_or_else(|| err(format!("rope type {kind:?} needs `{key}`")))
+    };
+    let scaling = match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: need("factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: need("factor")?,
+            low_freq_factor: need("low_freq_factor")?,
+            high_freq_factor: need("high_freq_factor")?,
+            original_max_position_embeddings: need("original_max_position_embeddings")?,
+        },
+        other => {
+            return Err(err(format!(
+                "rope type {other:?} is not supported (default, linear, llama3)"
+            )))
+        }
+    };
+    Ok((theta, scaling))
+}
+
+/// Per-layer sliding windows, following transformers: explicit `layer_types` win;
+/// Mistral slides on every layer when `sliding_window` is set; Qwen2/3 only with
+/// `use_sliding_window`, from layer `max_window_layers` on.
+fn sliding_windows(raw: &RawConfig, arch: Architecture) -> Vec<Option<usize>> {
+    let n = raw.num_hidden_layers;
+    let Some(w) = raw.sliding_window else {
+        return vec![None; n];
+    };
+    if let Some(types) = &raw.layer_types {
+        if types.len() == n {
+            return types
+                .iter()
+                .map(|t| (t == "sliding_attention").then_some(w))
+                .collect();
+        }
+    }
+    match arch {
+        Architecture::Mistral => vec![Some(w); n],
+        Architecture::Qwen2 | Architecture::Qwen3 if raw.use_sliding_window.unwrap_or(false) => {
+            let from = raw.max_window_layers.unwrap_or(0);
+            (0..n).map(|i| (i >= from).then_some(w)).collect()
+        }
+        _ => vec![None; n],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 100, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+            "torch_dtype": "bfloat16", "eos_token_id": [1, 2]
+        })
+    }
+
+    fn parse(v: Value) -> Result<ModelConfig> {
+        ModelConfig::from_value(Path::new("config.json"), v)
+    }
+
+    #[test]
+    fn hub_layout() {
+        let c = parse(base()).unwrap();
+        assert_eq!(c.head_dim, 16);
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.dtype, Some(StorageDType::BF16));
+        assert_eq!(c.eos_token_ids, vec![1, 2]);
+        assert_eq!(c.sliding_window, vec![None, None]);
+    }
+
+    #[test]
+    fn transformers5_layout_with_llama3_rope() {
+        let mut v = base();
+        let o = v.as_object_mut().unwrap();
+        o.remove("rope_theta");
+        o.remove("torch_dtype");
+        o.insert("dtype".into(), json!("float16"));
+        o.insert(
+            "rope_parameters".into(),
+            json!({"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 64}),
+        );
+        let c = parse(v).unwrap();
+        assert_eq!(c.rope_theta, 10000.0);
+        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
+        assert_eq!(c.dtype, Some(StorageDType::F16));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut v = base();
+        v["architectures"] = json!(["GPTNeoXForCausalLM"]);
+        let e = parse(v).unwrap_err().to_string();
+        assert!(
+            e.contains("GPTNeoXForCausalLM") && e.contains("LlamaForCausalLM"),
+            "{e}"
+        );
+
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("hidden_size");
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("hidden_size"), "{e}");
+
+        let mut v = base();
+        v["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0});
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("yarn") && e.contains("rope_scaling"), "{e}");
+
+        let mut v = base();
+        v["num_key_value_heads"] = json!(3);
+        assert!(parse(v)
+            .unwrap_err()
+            .to_string()
+            .contains("num_key_value_heads"));
+    }
+
+    #[test]
+    fn sliding_window_rules() {
+        let mut v = base();
+        v["architectures"] = json!(["MistralForCausalLM"]);
+        v["sliding_window"] = json!(32);
+        assert_eq!(parse(v).unwrap().sliding_window, vec![Some(32), Some(32)]);
+
+        let mut v = base();
+        v["architectures"] = json!(["Qwen2ForCausalLM"]);
+        v["sliding_window"] = json!(32);
+        v["use_sliding_window"] = json!(false);
+        let c = parse(v).unwrap();
+        assert_eq!(c.sliding_window, vec![None, None]);
+        assert!(c.qkv_bias && !c.o_bias);
+    }
+}

@@ -1,0 +1,234 @@
+//! The CPU backend against transformers: all-position logits within 1e-4 and 32 greedy
+//! tokens exactly, for every golden fixture, also with chunked prefill and in a batch.
+
+use novastack_engine::{generate, GenerateParams, SamplingParams};
+use novastack_kernels::{AttentionMetadata, CpuBackend, SeqAttention};
+use novastack_models::{load_hf_dir, ForwardInput, LoadedModel};
+use novastack_tests::model_fixtures;
+use safetensors::SafeTensors;
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Deserialize)]
+struct Golden {
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    prompt: Option<String>,
+    prompt_token_ids: Vec<u32>,
+    greedy_token_ids: Vec<u32>,
+    logits_tensor: String,
+}
+
+const BLOCK: usize = 16;
+const TOL: f32 = 1e-4;
+
+fn load(dir: &Path) -> (LoadedModel<CpuBackend>, Golden, Vec<u8>) {
+    let lm =
+        load_hf_dir(dir, CpuBackend::new()).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let golden: Golden =
+        serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
+    let logits = std::fs::read(dir.join("golden_logits.safetensors")).unwrap();
+    (lm, golden, logits)
+}
+
+fn expected_logits(bytes: &[u8], name: &str) -> (Vec<f32>, Vec<usize>) {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (v, t.shape().to_vec())
+}
+
+/// Runs `seqs` together in one step each chunk, `chunk` tokens per sequence per step,
+/// returning every position's logits per sequence.
+fn batched_prefill(lm: &LoadedModel<CpuBackend>, seqs: &[&[u32]], chunk: usize) -> Vec<Vec<f32>> {
+    let model = &lm.model;
+    let tables: Vec<Vec<u32>> = {
+        let mut next = 0u32;
+        seqs.iter()
+            .map(|s| {
+                let n = s.len().div_ceil(BLOCK) as u32;
+                // Interleave block ids across sequences so tables are not contiguous.
+                let t = (0..n).map(|i| next + i * seqs.len() as u32).collect();
+                next += 1;
+                t
+            })
+            .collect()
+    };
+    let num_blocks = tables.iter().flatten().max().map_or(1, |&m| m as usize + 1);
+    let mut kv = model.new_kv_cache(num_blocks, BLOCK).unwrap();
+    let vocab = model.config.vocab_size;
+    let mut out: Vec<Vec<f32>> = seqs
+        .iter()
+        .map(|s| Vec::with_capacity(s.len() * vocab))
+        .collect();
+    let mut done = 0;
+    while seqs.iter().any(|s| s.len() > done) {
+        let mut input = ForwardInput::default();
+        let mut owners = Vec::new();
+        for (i, s) in seqs.iter().enumerate() {
+            if s.len() <= done {
+                continue;
+            }
+            let end = (done + chunk).min(s.len());
+            input.attention.seqs.push(SeqAttention {
+                query_start: input.token_ids.len(),
+                num_queries: end - done,
+                context_len: end,
+                block_table: tables[i].clone(),
+            });
+            for p in done..end {
+                input.logits_indices.push(input.token_ids.len());
+                input.token_ids.push(s[p]);
+                input.positions.push(p as u32);
+                input
+                    .slot_mapping
+                    .push(tables[i][p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32);
+                owners.push(i);
+            }
+        }
+        let logits = model.forward(&input, &mut kv).unwrap();
+        for (row, &i) in owners.iter().enumerate() {
+            out[i].extend_from_slice(&logits[row * vocab..(row + 1) * vocab]);
+        }
+        done += chunk;
+    }
+    out
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn fixtures_exist() {
+    assert!(model_fixtures().len() >= 9, "golden fixtures missing");
+}
+
+#[test]
+fn all_position_logits_match_transformers() {
+    for dir in model_fixtures() {
+        let (lm, golden, logits_file) = load(&dir);
+        for case in &golden.cases {
+            let (want, shape) = expected_logits(&logits_file, &case.logits_tensor);
+            assert_eq!(
+                shape,
+                vec![case.prompt_token_ids.len(), lm.model.config.vocab_size]
+            );
+            let got = batched_prefill(&lm, &[&case.prompt_token_ids], usize::MAX);
+            let d = max_abs_diff(&got[0], &want);
+            assert!(
+                d <= TOL,
+                "{} / {}: max |Δlogit| = {d}",
+                dir.display(),
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn tokenizer_reproduces_prompt_ids() {
+    for dir in model_fixtures() {
+        let (lm, golden, _) = load(&dir);
+        for case in &golden.cases {
+            if let Some(text) = &case.prompt {
+                let ids = lm.tokenizer.encode(text, true).unwrap();
+                assert_eq!(
+                    ids,
+                    case.prompt_token_ids,
+                    "{} / {}",
+                    dir.display(),
+                    case.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn greedy_tokens_match_transformers_exactly() {
+    for dir in model_fixtures() {
+        let (lm, golden, _) = load(&dir);
+        for case in &golden.cases {
+            let params = GenerateParams {
+                max_tokens: case.greedy_token_ids.len(),
+                sampling: SamplingParams::greedy(),
+                ignore_eos: true,
+                prefill_chunk: 13,
+                ..Default::default()
+            };
+            let out = generate(
+                &lm.model,
+                &case.prompt_token_ids,
+                lm.tokenizer.eos_token_ids(),
+                &params,
+                |_| {},
+            )
+            .unwrap();
+            assert_eq!(
+                out.token_ids,
+                case.greedy_token_ids,
+                "{} / {}",
+                dir.display(),
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn chunked_and_batched_prefill_are_bit_identical_to_solo() {
+    // Batch invariance: a sequence's logits do not depend on chunking or batch mates.
+    for dir in model_fixtures() {
+        let (lm, golden, _) = load(&dir);
+        let prompts: Vec<&[u32]> = golden
+            .cases
+            .iter()
+            .map(|c| c.prompt_token_ids.as_slice())
+            .collect();
+        let batched = batched_prefill(&lm, &prompts, 7);
+        for (i, p) in prompts.iter().enumerate() {
+            let solo = batched_prefill(&lm, &[p], usize::MAX);
+            assert_eq!(
+                solo[0],
+                batched[i],
+                "{} / {}",
+                dir.display(),
+                golden.cases[i].name
+            );
+        }
+    }
+}
+
+#[test]
+fn forward_rejects_inconsistent_input() {
+    let dir = &model_fixtures()[0];
+    let (lm, _, _) = load(dir);
+    let mut kv = lm.model.new_kv_cache(1, BLOCK).unwrap();
+    let input = ForwardInput {
+        token_ids: vec![1, 2],
+        positions: vec![0],
+        slot_mapping: vec![0, 1],
+        attention: AttentionMetadata::default(),
+        logits_indices: vec![0],
+    };
+    assert!(lm.model.forward(&input, &mut kv).is_err());
+    // A token id outside the vocabulary is an error, not a panic.
+    let params = GenerateParams {
+        max_tokens: 2,
+        ..Default::default()
+    };
+    assert!(generate(&lm.model, &[1_000_000], &[], &params, |_| {}).is_err());
+}
