@@ -165,8 +165,8 @@ pub fn argmax(row: &[f32]) -> Option<usize> {
     let mut best: Option<(usize, f32)> = None;
     for (i, &v) in row.iter().enumerate() {
         match best {
-            Some((_, b)) if !(v > b) => {}
             _ if v.is_nan() => {}
+            Some((_, b)) if v <= b => {}
             _ => best = Some((i, v)),
         }
     }

@@ -154,7 +154,7 @@ impl ModelConfig {
     pub fn from_value(path: &Path, value: Value) -> Result<Self> {
         let raw: RawConfig = serde_json::from_value(value).map_err(|e| Error::Json {
             path: path.to_path_buf(),
-            source: e,
+            error: e,
         })?;
         let err = |field: &str, msg: String| Error::Config {
             path: path.to_path_buf(),
@@ -182,7 +182,7 @@ impl ModelConfig {
         }
         let num_heads = raw.num_attention_heads;
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
-        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        if num_heads == 0 || num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
             return Err(err(
                 "num_key_value_heads",
                 format!("{num_kv_heads} does not divide num_attention_heads {num_heads}"),
@@ -190,7 +190,7 @@ impl ModelConfig {
         }
         let head_dim = match raw.head_dim {
             Some(d) => d,
-            None if raw.hidden_size % num_heads == 0 => raw.hidden_size / num_heads,
+            None if raw.hidden_size.is_multiple_of(num_heads) => raw.hidden_size / num_heads,
             None => {
                 return Err(err(
                     "head_dim",

@@ -6,6 +6,7 @@ pub mod config;
 mod error;
 pub mod llama;
 pub mod loader;
+pub mod random;
 pub mod rope;
 pub mod tokenizer;
 

@@ -35,6 +35,12 @@ pub struct SafetensorsSource {
     dir: PathBuf,
 }
 
+impl std::fmt::Debug for SafetensorsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
 impl SafetensorsSource {
     /// Opens `DIR/model.safetensors`, or the shards named by `DIR/model.safetensors.index.json`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
@@ -57,7 +63,7 @@ impl SafetensorsSource {
         } else {
             return Err(Error::Io {
                 path: dir.to_path_buf(),
-                source: std::io::Error::new(
+                error: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "no model.safetensors or model.safetensors.index.json here",
                 ),
@@ -81,9 +87,9 @@ impl SafetensorsSource {
 }
 
 fn open_shard(path: &Path) -> Result<Shard> {
-    let io = |source| Error::Io {
+    let io = |error| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let file = File::open(path).map_err(io)?;
     // SAFETY: the file is opened read-only; like every mmap-based loader we assume it is

@@ -20,7 +20,7 @@ pub(crate) fn paged_attention(
     const OP: &str = "paged_attention";
     let hd = cache.head_dim;
     let kvh = cache.num_kv_heads;
-    ensure(kvh > 0 && num_heads % kvh == 0, OP, || {
+    ensure(kvh > 0 && num_heads.is_multiple_of(kvh), OP, || {
         format!("{num_heads} heads is not a multiple of {kvh} kv heads")
     })?;
     ensure(num_heads * hd <= row_stride, OP, || {

@@ -18,6 +18,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// Taking `self` makes closures capture the whole wrapper, not its raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 pub(crate) fn matmul_bt(
     x: &[f32],
     w: &[f32],
@@ -36,7 +43,6 @@ pub(crate) fn matmul_bt(
     let num_tasks = n.div_ceil(per_task);
     let c = SendPtr(out.as_mut_ptr());
     (0..num_tasks).into_par_iter().for_each(|t| {
-        let c = c;
         let j0 = t * per_task;
         let nj = per_task.min(n - j0);
         // SAFETY: x is [m, k] row-major, w is [n, k] row-major so wᵀ has row stride 1
@@ -55,7 +61,7 @@ pub(crate) fn matmul_bt(
                 1,
                 k as isize,
                 0.0,
-                c.0.add(j0),
+                c.get().add(j0),
                 n as isize,
                 1,
             );

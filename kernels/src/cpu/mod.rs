@@ -171,7 +171,7 @@ impl Backend for CpuBackend {
         cos_sin: &Vec<f32>,
     ) -> Result<()> {
         const OP: &str = "rope";
-        ensure(head_dim % 2 == 0, OP, || {
+        ensure(head_dim.is_multiple_of(2), OP, || {
             format!("head_dim {head_dim} is odd")
         })?;
         ensure(col_offset + num_heads * head_dim <= row_stride, OP, || {

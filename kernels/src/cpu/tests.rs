@@ -120,6 +120,7 @@ fn rope_rotates_halves() {
 }
 
 /// Dense causal attention for one sequence, as the oracle's oracle.
+#[allow(clippy::too_many_arguments)]
 fn dense_attention(
     q: &[f32],
     k: &[f32],

@@ -1,0 +1,175 @@
+//! `novastack bench decode`: decode throughput of the CPU backend on a model of a given
+//! shape (random weights), beside the memory-bandwidth bound measured in the same run.
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use novastack_kernels::{CpuBackend, SeqAttention};
+use novastack_models::random::RandomSource;
+use novastack_models::{Architecture, ForwardInput, Llama, ModelConfig, RopeScaling};
+use rayon::prelude::*;
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Decode tokens/s at several batch sizes vs the memory-bandwidth bound.
+    Decode(DecodeArgs),
+}
+
+/// Defaults are SmolLM2-135M's shape.
+#[derive(Args, Debug)]
+pub struct DecodeArgs {
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub batch: Vec<usize>,
+    /// Timed decode steps per batch size.
+    #[arg(long, default_value_t = 16)]
+    pub steps: usize,
+    /// Tokens already in each sequence's cache when decoding starts.
+    #[arg(long, default_value_t = 128)]
+    pub context: usize,
+    #[arg(long, default_value_t = 576)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 30)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 9)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 3)]
+    pub kv_heads: usize,
+    #[arg(long, default_value_t = 1536)]
+    pub ffn: usize,
+    #[arg(long, default_value_t = 49152)]
+    pub vocab: usize,
+}
+
+const BLOCK: usize = 16;
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Decode(args) => decode(args),
+    }
+}
+
+/// Best-of-3 read bandwidth (bytes/s) summing a 1 GiB buffer on all threads.
+fn read_bandwidth() -> f64 {
+    let buf = vec![1.0f32; 1 << 28];
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s: f32 = buf.par_chunks(1 << 16).map(|c| c.iter().sum::<f32>()).sum();
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((buf.len() * 4) as f64 / secs);
+    }
+    best
+}
+
+fn decode(a: DecodeArgs) -> Result<()> {
+    if a.heads == 0
+        || a.kv_heads == 0
+        || !a.heads.is_multiple_of(a.kv_heads)
+        || !a.hidden.is_multiple_of(a.heads)
+    {
+        bail!("heads must divide hidden and be a multiple of kv_heads");
+    }
+    let head_dim = a.hidden / a.heads;
+    let max_batch = a.batch.iter().copied().max().unwrap_or(1);
+    let config = ModelConfig {
+        architecture: Architecture::Llama,
+        hidden_size: a.hidden,
+        intermediate_size: a.ffn,
+        num_layers: a.layers,
+        num_heads: a.heads,
+        num_kv_heads: a.kv_heads,
+        head_dim,
+        vocab_size: a.vocab,
+        rms_norm_eps: 1e-5,
+        rope_theta: 100000.0,
+        rope_scaling: RopeScaling::None,
+        max_position_embeddings: a.context + a.steps + 1,
+        tie_word_embeddings: true,
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        qk_norm: false,
+        sliding_window: vec![None; a.layers],
+        dtype: None,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    };
+    let (q, kv) = (a.heads * head_dim, a.kv_heads * head_dim);
+    let per_layer = (q + 2 * kv) * a.hidden + a.hidden * q + 3 * a.ffn * a.hidden;
+    let weight_bytes = ((per_layer * a.layers + a.vocab * a.hidden) * 4) as f64;
+    eprintln!("measuring memory bandwidth...");
+    let bw = read_bandwidth();
+    eprintln!(
+        "loading random {:.0}M-parameter model...",
+        weight_bytes / 4e6
+    );
+    let model = Llama::load(config, &RandomSource::new(0, 0.02), CpuBackend::new())?;
+    let threads = rayon::current_num_threads();
+    println!(
+        "decode benchmark: hidden {} layers {} heads {}/{} ffn {} vocab {}, f32 weights {:.0} MB, context {}, {} threads",
+        a.hidden, a.layers, a.heads, a.kv_heads, a.ffn, a.vocab, weight_bytes / 1e6, a.context, threads
+    );
+    println!("memory read bandwidth (measured): {:.1} GB/s", bw / 1e9);
+    println!(
+        "{:>6} {:>10} {:>12} {:>14} {:>8}",
+        "batch", "ms/step", "tokens/s", "bound tok/s", "ratio"
+    );
+    let blocks_per_seq = (a.context + a.steps).div_ceil(BLOCK);
+    for &b in &a.batch {
+        if b == 0 || b > max_batch {
+            continue;
+        }
+        let mut cache = model.new_kv_cache(b * blocks_per_seq, BLOCK)?;
+        let tables: Vec<Vec<u32>> = (0..b)
+            .map(|s| {
+                (0..blocks_per_seq)
+                    .map(|i| (s * blocks_per_seq + i) as u32)
+                    .collect()
+            })
+            .collect();
+        let step = |lens: &[usize], new: usize| -> ForwardInput {
+            let mut inp = ForwardInput::default();
+            for (s, &len) in lens.iter().enumerate() {
+                inp.attention.seqs.push(SeqAttention {
+                    query_start: inp.token_ids.len(),
+                    num_queries: new,
+                    context_len: len + new,
+                    block_table: tables[s].clone(),
+                });
+                for p in len..len + new {
+                    inp.token_ids
+                        .push(((p * 7919 + s * 104729) % a.vocab) as u32);
+                    inp.positions.push(p as u32);
+                    inp.slot_mapping
+                        .push(tables[s][p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32);
+                }
+                inp.logits_indices.push(inp.token_ids.len() - 1);
+            }
+            inp
+        };
+        let mut lens = vec![0usize; b];
+        model.forward(&step(&lens, a.context), &mut cache)?;
+        lens.iter_mut().for_each(|l| *l = a.context);
+        let t = Instant::now();
+        for _ in 0..a.steps {
+            let logits = model.forward(&step(&lens, 1), &mut cache)?;
+            std::hint::black_box(&logits);
+            lens.iter_mut().for_each(|l| *l += 1);
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let tps = (b * a.steps) as f64 / secs;
+        let avg_ctx = a.context as f64 + a.steps as f64 / 2.0;
+        let kv_read = b as f64 * avg_ctx * model.kv_bytes_per_token() as f64;
+        let bound = b as f64 * bw / (weight_bytes + kv_read);
+        println!(
+            "{:>6} {:>10.1} {:>12.1} {:>14.1} {:>8.2}",
+            b,
+            secs * 1e3 / a.steps as f64,
+            tps,
+            bound,
+            tps / bound
+        );
+    }
+    Ok(())
+}
