@@ -25,6 +25,8 @@ pub enum Error {
         found: String,
         supported: String,
     },
+    #[error("{path}: bad GGUF file: {msg}")]
+    Gguf { path: PathBuf, msg: String },
     #[error("{path}: corrupt safetensors file: {msg}")]
     Safetensors { path: PathBuf, msg: String },
     #[error("missing tensor `{name}` (looked in {looked_in})")]

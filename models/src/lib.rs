@@ -4,6 +4,7 @@
 pub mod chat_template;
 pub mod config;
 mod error;
+pub mod gguf;
 pub mod llama;
 pub mod loader;
 pub mod random;
@@ -23,6 +24,30 @@ use std::path::Path;
 pub struct LoadedModel<B: Backend> {
     pub model: Llama<B>,
     pub tokenizer: Tokenizer,
+}
+
+/// Loads a GGUF file (llama architecture): weights dequantized to f32, the tokenizer and
+/// chat template from its metadata.
+pub fn load_gguf<B: Backend>(path: &Path, backend: B) -> Result<LoadedModel<B>> {
+    let file = gguf::GgufFile::open(path)?;
+    let config = gguf::config_from_gguf(&file)?;
+    let source = gguf::GgufLlamaSource::new(&file, &config);
+    let model = Llama::load(config, &source, backend)?;
+    let tokenizer = gguf::tokenizer_from_gguf(&file)?;
+    Ok(LoadedModel { model, tokenizer })
+}
+
+/// Loads a model from a Hugging Face folder or a `.gguf` file.
+pub fn load_model<B: Backend>(path: &Path, backend: B) -> Result<LoadedModel<B>> {
+    if path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        load_gguf(path, backend)
+    } else {
+        load_hf_dir(path, backend)
+    }
 }
 
 /// Loads a Hugging Face model folder (config.json, safetensors, tokenizer files).

@@ -4,16 +4,17 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use novastack_engine::{generate, GenerateParams, SamplingParams};
 use novastack_kernels::CpuBackend;
-use novastack_models::{load_hf_dir, IncrementalDecoder};
+use novastack_models::{load_model, IncrementalDecoder};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Hugging Face model folder (config.json, safetensors, tokenizer.json).
+    /// Hugging Face model folder, a .gguf file, or `default` (SmolLM2-135M-Instruct,
+    /// fetched into the cache on first use). Absent means `default`.
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Prompt text.
     #[arg(
         long,
@@ -51,8 +52,9 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let lm = load_hf_dir(&args.model, CpuBackend::new())
-        .with_context(|| format!("cannot load model from {}", args.model.display()))?;
+    let path = crate::default_model::resolve(args.model.as_deref())?;
+    let lm = load_model(&path, CpuBackend::new())
+        .with_context(|| format!("cannot load model from {}", path.display()))?;
     let tok = &lm.tokenizer;
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (Some(text), _) if args.chat => {

@@ -1,9 +1,7 @@
 //! `novastack`: the command-line entry point.
 
-mod bench;
-mod generate;
-
 use clap::{Parser, Subcommand};
+use novastack_server::{bench, generate, serve};
 
 #[derive(Parser)]
 #[command(
@@ -13,11 +11,13 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve a model over the OpenAI API (default: SmolLM2-135M-Instruct on 127.0.0.1:8080).
+    Serve(serve::ServeArgs),
     /// Generate text from a prompt with a local model.
     Generate(generate::GenerateArgs),
     /// Benchmarks.
@@ -28,8 +28,10 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate(args) => generate::run(args),
-        Command::Bench(cmd) => bench::run(cmd),
+        Some(Command::Serve(args)) => serve::run(args),
+        None => serve::run(serve::ServeArgs::default()),
+        Some(Command::Generate(args)) => generate::run(args),
+        Some(Command::Bench(cmd)) => bench::run(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,275 @@
+//! GGUF `llama` architecture: config from `llama.*` metadata, and the tensor names mapped
+//! to Hugging Face ones, with llama.cpp's q/k row permutation undone.
+
+use super::file::{GgufFile, MetaValue};
+use crate::config::{Architecture, ModelConfig, RopeScaling};
+use crate::error::{Error, Result};
+use crate::loader::TensorSource;
+
+fn config_err(file: &GgufFile, key: &str, msg: &str) -> Error {
+    Error::Config {
+        path: file.path.clone(),
+        field: key.into(),
+        msg: msg.into(),
+    }
+}
+
+fn req_u(file: &GgufFile, key: &str) -> Result<usize> {
+    file.get(key)
+        .and_then(MetaValue::as_u64)
+        .map(|v| v as usize)
+        .ok_or_else(|| config_err(file, key, "missing or not an integer"))
+}
+
+fn opt_u(file: &GgufFile, key: &str) -> Option<usize> {
+    file.get(key)
+        .and_then(MetaValue::as_u64)
+        .map(|v| v as usize)
+}
+
+fn opt_f(file: &GgufFile, key: &str) -> Option<f64> {
+    file.get(key).and_then(MetaValue::as_f64)
+}
+
+/// Reads the model config from `general.architecture` and the `llama.*` keys.
+pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
+    let arch = file
+        .get("general.architecture")
+        .and_then(MetaValue::as_str)
+        .ok_or_else(|| config_err(file, "general.architecture", "missing"))?;
+    if arch != "llama" {
+        return Err(Error::UnknownArchitecture {
+            path: file.path.clone(),
+            found: format!("GGUF architecture {arch:?}"),
+            supported: "llama".into(),
+        });
+    }
+    let k = |s: &str| format!("llama.{s}");
+    let hidden = req_u(file, &k("embedding_length"))?;
+    let num_heads = req_u(file, &k("attention.head_count"))?;
+    let num_kv_heads = opt_u(file, &k("attention.head_count_kv")).unwrap_or(num_heads);
+    if num_heads == 0 || num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
+        return Err(config_err(
+            file,
+            &k("attention.head_count_kv"),
+            "must divide attention.head_count",
+        ));
+    }
+    let head_dim = opt_u(file, &k("attention.key_length")).unwrap_or(hidden / num_heads);
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
+        return Err(config_err(
+            file,
+            &k("attention.key_length"),
+            "head size must be even",
+        ));
+    }
+    let vocab = match opt_u(file, &k("vocab_size")) {
+        Some(v) => v,
+        None => file
+            .get("tokenizer.ggml.tokens")
+            .and_then(MetaValue::as_array)
+            .map(|a| a.len())
+            .or_else(|| file.tensor_info("token_embd.weight").map(|t| t.shape()[0]))
+            .ok_or_else(|| config_err(file, &k("vocab_size"), "missing, and no token list"))?,
+    };
+    let rope_scaling = match file
+        .get(&k("rope.scaling.type"))
+        .and_then(MetaValue::as_str)
+    {
+        None | Some("none") => RopeScaling::None,
+        Some("linear") => RopeScaling::Linear {
+            factor: opt_f(file, &k("rope.scaling.factor")).unwrap_or(1.0) as f32,
+        },
+        Some(other) => {
+            return Err(config_err(
+                file,
+                &k("rope.scaling.type"),
+                &format!("{other:?} is not supported"),
+            ))
+        }
+    };
+    let num_layers = req_u(file, &k("block_count"))?;
+    let eos = file
+        .get("tokenizer.ggml.eos_token_id")
+        .and_then(MetaValue::as_u64);
+    Ok(ModelConfig {
+        architecture: Architecture::Llama,
+        hidden_size: hidden,
+        intermediate_size: req_u(file, &k("feed_forward_length"))?,
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        vocab_size: vocab,
+        rms_norm_eps: opt_f(file, &k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
+        rope_theta: opt_f(file, &k("rope.freq_base")).unwrap_or(10000.0) as f32,
+        rope_scaling,
+        max_position_embeddings: opt_u(file, &k("context_length")).unwrap_or(4096),
+        tie_word_embeddings: file.tensor_info("output.weight").is_none(),
+        qkv_bias: file.tensor_info("blk.0.attn_q.bias").is_some(),
+        o_bias: file.tensor_info("blk.0.attn_output.bias").is_some(),
+        mlp_bias: false,
+        qk_norm: false,
+        sliding_window: vec![None; num_layers],
+        dtype: None,
+        bos_token_id: file
+            .get("tokenizer.ggml.bos_token_id")
+            .and_then(MetaValue::as_u64)
+            .map(|v| v as u32),
+        eos_token_ids: eos.map(|v| vec![v as u32]).unwrap_or_default(),
+    })
+}
+
+/// Hugging Face tensor names over a GGUF llama file.
+pub struct GgufLlamaSource<'a> {
+    file: &'a GgufFile,
+    num_heads: usize,
+    num_kv_heads: usize,
+}
+
+impl<'a> GgufLlamaSource<'a> {
+    pub fn new(file: &'a GgufFile, config: &ModelConfig) -> Self {
+        GgufLlamaSource {
+            file,
+            num_heads: config.num_heads,
+            num_kv_heads: config.num_kv_heads,
+        }
+    }
+}
+
+/// The GGUF name of a Hugging Face tensor name, and whether its rows are permuted
+/// (and over how many heads).
+fn gguf_name(hf: &str) -> Option<(String, Option<bool>)> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some((f.to_string(), None));
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, name) = rest.split_once('.')?;
+    let (gg, permute) = match name {
+        "input_layernorm.weight" => ("attn_norm.weight", None),
+        "post_attention_layernorm.weight" => ("ffn_norm.weight", None),
+        "self_attn.q_proj.weight" => ("attn_q.weight", Some(true)),
+        "self_attn.k_proj.weight" => ("attn_k.weight", Some(false)),
+        "self_attn.q_proj.bias" => ("attn_q.bias", Some(true)),
+        "self_attn.k_proj.bias" => ("attn_k.bias", Some(false)),
+        "self_attn.v_proj.weight" => ("attn_v.weight", None),
+        "self_attn.v_proj.bias" => ("attn_v.bias", None),
+        "self_attn.o_proj.weight" => ("attn_output.weight", None),
+        "self_attn.o_proj.bias" => ("attn_output.bias", None),
+        "mlp.gate_proj.weight" => ("ffn_gate.weight", None),
+        "mlp.up_proj.weight" => ("ffn_up.weight", None),
+        "mlp.down_proj.weight" => ("ffn_down.weight", None),
+        _ => return None,
+    };
+    Some((format!("blk.{layer}.{gg}"), permute))
+}
+
+/// Undoes llama.cpp's conversion permutation. Within each head of `head_dim` rows,
+/// GGUF row `2j + i` holds Hugging Face row `i * head_dim / 2 + j` (i in {0, 1}).
+pub fn unpermute_rows(data: &[f32], num_heads: usize, cols: usize) -> Vec<f32> {
+    let rows = data.len() / cols.max(1);
+    let head_dim = rows / num_heads.max(1);
+    let half = head_dim / 2;
+    let mut out = vec![0.0f32; data.len()];
+    for h in 0..num_heads {
+        for i in 0..2 {
+            for j in 0..half {
+                let src = h * head_dim + 2 * j + i;
+                let dst = h * head_dim + i * half + j;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+impl TensorSource for GgufLlamaSource<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let missing = || Error::MissingTensor {
+            name: name.into(),
+            looked_in: self.describe(),
+        };
+        let (gg, permute) = gguf_name(name).ok_or_else(missing)?;
+        let info = self
+            .file
+            .tensor_info(&gg)
+            .ok_or_else(|| Error::MissingTensor {
+                name: format!("{gg} (for {name})"),
+                looked_in: self.describe(),
+            })?;
+        if info.shape() != shape {
+            return Err(Error::Shape {
+                name: gg,
+                path: self.file.path.clone(),
+                expected: shape.to_vec(),
+                found: info.shape(),
+            });
+        }
+        let data = self.file.dequantize(info)?;
+        Ok(match permute {
+            Some(is_q) => {
+                let heads = if is_q {
+                    self.num_heads
+                } else {
+                    self.num_kv_heads
+                };
+                let cols = if shape.len() == 2 { shape[1] } else { 1 };
+                unpermute_rows(&data, heads, cols)
+            }
+            None => data,
+        })
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        gguf_name(name).is_some_and(|(g, _)| self.file.tensor_info(&g).is_some())
+    }
+
+    fn describe(&self) -> String {
+        self.file.path.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permutation() {
+        // llama.cpp: reshape(n_head, 2, hd/2, cols).swapaxes(1, 2): HF row h*hd + i*half + j
+        // goes to GGUF row h*hd + 2j + i. Build that and invert it.
+        let (heads, hd, cols) = (3, 8, 2);
+        let hf: Vec<f32> = (0..heads * hd * cols).map(|x| x as f32).collect();
+        let mut gguf = vec![0.0; hf.len()];
+        for h in 0..heads {
+            for i in 0..2 {
+                for j in 0..hd / 2 {
+                    let src = h * hd + i * hd / 2 + j;
+                    let dst = h * hd + 2 * j + i;
+                    gguf[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        assert_eq!(unpermute_rows(&gguf, heads, cols), hf);
+    }
+
+    #[test]
+    fn names_map() {
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.k_proj.weight"),
+            Some(("blk.3.attn_k.weight".into(), Some(false)))
+        );
+        assert_eq!(
+            gguf_name("lm_head.weight"),
+            Some(("output.weight".into(), None))
+        );
+        assert_eq!(gguf_name("model.layers.3.bogus"), None);
+    }
+}

@@ -1,0 +1,7 @@
+//! The novastack server: CLI commands, the embedded default model, and the
+//! OpenAI-compatible HTTP API.
+
+pub mod bench;
+pub mod default_model;
+pub mod generate;
+pub mod serve;
