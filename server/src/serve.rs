@@ -125,13 +125,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
             "serving model {name:?} at http://{}/v1 (POST /v1/chat/completions)",
             listener.local_addr()?
         );
-        axum::serve(listener, app(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
-        Ok(())
+        serve_on(listener, state).await
     })
+}
+
+/// Serves `state` on `listener` until Ctrl-C.
+pub async fn serve_on(listener: tokio::net::TcpListener, state: Arc<AppState>) -> Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
 }
 
 /// An error in OpenAI's JSON shape.
@@ -237,6 +242,20 @@ fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
         .collect()
 }
 
+/// Parses a JSON body; type errors name the offending field.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = if path == "." {
+            format!("invalid request body: {}", e.inner())
+        } else {
+            format!("invalid request body: field `{path}`: {}", e.inner())
+        };
+        ApiError::bad_request(msg, None)
+    })
+}
+
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(
         json!({"object": "list", "data": [{"id": state.model_name, "object": "model", "created": now(), "owned_by": "novastack"}]}),
@@ -254,8 +273,7 @@ async fn chat_completions(
     State(state): State<Arc<AppState>>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let req: ChatRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}"), None))?;
+    let req: ChatRequest = parse_body(&body)?;
     if let Some(m) = &req.model {
         if m != &state.model_name && m != "default" {
             return Err(ApiError {

@@ -17,3 +17,75 @@ pub fn model_fixtures() -> Vec<PathBuf> {
     dirs.sort();
     dirs
 }
+
+/// Starts `novastack serve`'s app for `model` on 127.0.0.1:0 in a background thread and
+/// returns its address.
+pub fn start_server(model: &std::path::Path, name: &str) -> std::net::SocketAddr {
+    let lm = novastack_models::load_model(model, novastack_kernels::CpuBackend::new())
+        .expect("load model");
+    let state = novastack_server::serve::app_state(lm.model, lm.tokenizer, name.to_string());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum_serve(listener, state).await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+async fn axum_serve(
+    listener: tokio::net::TcpListener,
+    state: std::sync::Arc<novastack_server::serve::AppState>,
+) {
+    novastack_server::serve::serve_on(listener, state)
+        .await
+        .unwrap();
+}
+
+/// A minimal HTTP/1.1 client over a real socket: returns (status, body).
+pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
