@@ -16,6 +16,15 @@ pub struct SamplingParams {
     /// 0.0 disables.
     pub min_p: f32,
     pub seed: Option<u64>,
+    /// Subtracted once from the logit of every token already generated (OpenAI).
+    pub presence_penalty: f32,
+    /// Subtracted per occurrence in the generated tokens (OpenAI).
+    pub frequency_penalty: f32,
+    /// Divides positive / multiplies negative logits of prompt and generated tokens
+    /// (1.0 disables; as in transformers and vLLM).
+    pub repetition_penalty: f32,
+    /// Added to the logits of these tokens before sampling.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -26,6 +35,10 @@ impl Default for SamplingParams {
             top_k: 0,
             min_p: 0.0,
             seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -81,6 +94,61 @@ impl Sampler {
         Ok(Sampler { params, rng })
     }
 
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Applies logit bias and the repetition, presence and frequency penalties in place.
+    pub fn process(&self, logits: &mut [f32], prompt: &[u32], output: &[u32]) {
+        let p = &self.params;
+        for &(t, b) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += b;
+            }
+        }
+        if p.repetition_penalty != 1.0 {
+            let mut seen = std::collections::HashSet::new();
+            for &t in prompt.iter().chain(output) {
+                if seen.insert(t) {
+                    if let Some(l) = logits.get_mut(t as usize) {
+                        *l = if *l > 0.0 {
+                            *l / p.repetition_penalty
+                        } else {
+                            *l * p.repetition_penalty
+                        };
+                    }
+                }
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            let mut counts = std::collections::HashMap::new();
+            for &t in output {
+                *counts.entry(t).or_insert(0u32) += 1;
+            }
+            for (t, c) in counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= p.presence_penalty + p.frequency_penalty * c as f32;
+                }
+            }
+        }
+    }
+
+    /// Picks the next token for a sequence: penalties, then [`Sampler::sample`].
+    pub fn sample_for(&mut self, logits: &[f32], prompt: &[u32], output: &[u32]) -> u32 {
+        let p = &self.params;
+        let needs_processing = !p.logit_bias.is_empty()
+            || p.repetition_penalty != 1.0
+            || p.presence_penalty != 0.0
+            || p.frequency_penalty != 0.0;
+        if needs_processing {
+            let mut l = logits.to_vec();
+            self.process(&mut l, prompt, output);
+            self.sample(&l)
+        } else {
+            self.sample(logits)
+        }
+    }
+
     /// Picks the next token from one row of logits.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
@@ -134,6 +202,25 @@ impl Sampler {
     }
 }
 
+/// The log-probability of `token` and the `k` most likely tokens, from raw logits.
+pub fn logprobs(logits: &[f32], token: u32, k: usize) -> (f32, Vec<(u32, f32)>) {
+    let mut lp = logits.to_vec();
+    novastack_kernels::log_softmax_inplace(&mut lp);
+    let chosen = lp.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY);
+    let mut top = Vec::new();
+    if k > 0 {
+        let mut idx: Vec<u32> = (0..lp.len() as u32).collect();
+        let k = k.min(idx.len());
+        idx.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| {
+            lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b))
+        });
+        idx.truncate(k);
+        idx.sort_by(|&a, &b| lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b)));
+        top = idx.into_iter().map(|i| (i, lp[i as usize])).collect();
+    }
+    (chosen, top)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +272,32 @@ mod tests {
             .unwrap();
             assert!(s.sample(&logits) < 2);
         }
+    }
+
+    #[test]
+    fn penalties_and_bias() {
+        let s = Sampler::new(SamplingParams {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            repetition_penalty: 2.0,
+            logit_bias: vec![(3, 10.0)],
+            ..SamplingParams::greedy()
+        })
+        .unwrap();
+        let mut l = vec![4.0, -4.0, 1.0, 0.0];
+        s.process(&mut l, &[1], &[0, 0, 2]);
+        // token 0: 4/2 - 0.5 - 2*0.25; token 1 (prompt only): -4*2; token 2: 1/2 - 0.75
+        assert_eq!(l, vec![1.0, -8.0, -0.25, 10.0]);
+        let mut s = s;
+        assert_eq!(s.sample_for(&[4.0, -4.0, 1.0, 0.0], &[1], &[0, 0, 2]), 3);
+    }
+
+    #[test]
+    fn logprobs_top_k_sorted() {
+        let (c, top) = logprobs(&[0.0, 2.0, 1.0], 2, 2);
+        let z = (1.0f32 + 2f32.exp() + 1f32.exp()).ln();
+        assert!((c - (1.0 - z)).abs() < 1e-6);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
     }
 
     #[test]

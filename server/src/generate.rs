@@ -80,6 +80,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             top_k: args.top_k,
             min_p: 0.0,
             seed: args.seed,
+            ..Default::default()
         },
         ignore_eos: args.ignore_eos,
         ..Default::default()

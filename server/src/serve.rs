@@ -328,6 +328,7 @@ async fn chat_completions(
         top_k: req.top_k.filter(|&k| k > 0).map_or(0, |k| k as usize),
         min_p: 0.0,
         seed: req.seed,
+        ..Default::default()
     };
     sampling
         .validate()
