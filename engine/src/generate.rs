@@ -2,24 +2,10 @@
 //! paged KV cache whose blocks this sequence owns.
 
 use crate::error::{Error, Result};
+use crate::request::FinishReason;
 use crate::sampler::{Sampler, SamplingParams};
 use novastack_kernels::{AttentionMetadata, Backend, SeqAttention};
 use novastack_models::{ForwardInput, Llama};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    Stop,
-    Length,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct GenerateParams {

@@ -1,11 +1,20 @@
 //! The novastack engine: sampling and generation over a model and its paged KV cache.
 
 pub mod block_manager;
+pub mod bucket;
+pub mod engine;
 mod error;
 pub mod generate;
+pub mod handle;
 pub mod request;
 pub mod sampler;
+pub mod scheduler;
 
+pub use bucket::Buckets;
+pub use engine::{Engine, EngineConfig, EngineStats, TokenEvent};
 pub use error::{Error, Result};
-pub use generate::{generate, FinishReason, GenerateOutput, GenerateParams};
+pub use generate::{generate, GenerateOutput, GenerateParams};
+pub use handle::{EngineHandle, Submission};
+pub use request::{FinishReason, RequestId, RequestParams};
 pub use sampler::{Sampler, SamplingParams};
+pub use scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
