@@ -50,6 +50,10 @@ pub struct EngineStats {
     pub num_generated_tokens: u64,
     pub wasted_kv_slots: u64,
     pub wasted_query_slots: u64,
+    pub used_kv_slots: u64,
+    pub used_query_slots: u64,
+    /// Sequences over all steps (mean batch size = this / num_steps).
+    pub num_scheduled_seqs: u64,
     /// Seconds from arrival to first token, of finished requests (most recent 1024).
     pub ttft: Vec<f64>,
     /// Seconds between tokens, of finished requests (most recent 4096).
@@ -257,6 +261,9 @@ impl<B: Backend> Engine<B> {
         self.stats.num_steps += 1;
         self.stats.wasted_kv_slots += out.wasted_kv_slots as u64;
         self.stats.wasted_query_slots += out.wasted_query_slots as u64;
+        self.stats.used_kv_slots += out.used_kv_slots as u64;
+        self.stats.used_query_slots += out.used_query_slots as u64;
+        self.stats.num_scheduled_seqs += out.seqs.len() as u64;
         for s in &out.seqs {
             let prompt_len = prompt_lens.get(&s.id).copied().unwrap_or(0);
             let computed_prompt = prompt_len.saturating_sub(s.start).min(s.token_ids.len());

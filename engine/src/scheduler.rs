@@ -59,6 +59,9 @@ pub struct SchedulerOutput {
     /// query positions (`Σ max_len - len`).
     pub wasted_kv_slots: usize,
     pub wasted_query_slots: usize,
+    /// Slots actually used: `Σ ctx` and `Σ len`.
+    pub used_kv_slots: usize,
+    pub used_query_slots: usize,
 }
 
 impl SchedulerOutput {
@@ -358,6 +361,8 @@ impl Scheduler {
         for s in &out.seqs {
             out.wasted_kv_slots += max_ctx - (s.start + s.token_ids.len());
             out.wasted_query_slots += max_len - s.token_ids.len();
+            out.used_kv_slots += s.start + s.token_ids.len();
+            out.used_query_slots += s.token_ids.len();
         }
         out
     }

@@ -13,6 +13,39 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// Decode tokens/s at several batch sizes vs the memory-bandwidth bound.
     Decode(DecodeArgs),
+    /// Offline throughput of the batching engine on a dataset, buckets on and off.
+    Offline(OfflineArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct OfflineArgs {
+    /// Model folder, .gguf file or `default`.
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
+    /// `random`, or `trace:PATH` (Azure LLM inference CSV or ShareGPT/arXiv length CSV).
+    #[arg(long, default_value = "random")]
+    pub dataset: String,
+    #[arg(long, default_value_t = 64)]
+    pub num_prompts: usize,
+    #[arg(long, default_value_t = 256)]
+    pub random_input_len: usize,
+    #[arg(long, default_value_t = 64)]
+    pub random_output_len: usize,
+    /// Multiply trace lengths by this (then fit to the context window).
+    #[arg(long, default_value_t = 1.0)]
+    pub length_scale: f64,
+    /// Runs for each of these sequence limits.
+    #[arg(long, value_delimiter = ',', default_value = "16")]
+    pub concurrency: Vec<usize>,
+    /// Also run with bucketing off, for comparison.
+    #[arg(long)]
+    pub compare_buckets: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub result_json: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub engine: crate::batch::EngineArgs,
 }
 
 /// Defaults are SmolLM2-135M's shape.
@@ -45,6 +78,7 @@ const BLOCK: usize = 16;
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Decode(args) => decode(args),
+        BenchCommand::Offline(args) => crate::offline::run(args),
     }
 }
 

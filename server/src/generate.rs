@@ -16,12 +16,13 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Prompt text.
-    #[arg(
-        long,
-        conflicts_with = "prompt_ids",
-        required_unless_present = "prompt_ids"
-    )]
+    #[arg(long, conflicts_with_all = ["prompt_ids", "prompts_file"], required_unless_present_any = ["prompt_ids", "prompts_file"])]
     pub prompt: Option<String>,
+    /// Many prompts through the batching engine: a JSONL file, one object per line with
+    /// `prompt` or `prompt_ids` and optional sampling fields; one JSON result per line,
+    /// in input order.
+    #[arg(long, conflicts_with = "prompt_ids")]
+    pub prompts_file: Option<PathBuf>,
     /// Render the prompt as a user message with the model's chat template.
     #[arg(long, requires = "prompt")]
     pub chat: bool,
@@ -49,12 +50,17 @@ pub struct GenerateArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub engine: crate::batch::EngineArgs,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let path = crate::default_model::resolve(args.model.as_deref())?;
     let lm = load_model(&path, CpuBackend::new())
         .with_context(|| format!("cannot load model from {}", path.display()))?;
+    if let Some(file) = &args.prompts_file {
+        return run_file(&args, file, lm);
+    }
     let tok = &lm.tokenizer;
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (Some(text), _) if args.chat => {
@@ -115,6 +121,136 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         writeln!(stdout, "{obj}")?;
     } else {
         writeln!(stdout, "{}", decoder.flush(tok)?)?;
+    }
+    Ok(())
+}
+
+/// One line of a `--prompts-file`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptLine {
+    prompt: Option<String>,
+    prompt_ids: Option<Vec<u32>>,
+    /// Render `prompt` as a user message with the chat template.
+    chat: Option<bool>,
+    max_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<usize>,
+    min_p: Option<f32>,
+    seed: Option<u64>,
+    ignore_eos: Option<bool>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    repetition_penalty: Option<f32>,
+    stop_token_ids: Option<Vec<u32>>,
+    n: Option<usize>,
+    logprobs: Option<usize>,
+    priority: Option<i32>,
+}
+
+fn line_job(
+    args: &GenerateArgs,
+    tok: &novastack_models::Tokenizer,
+    line: &str,
+) -> Result<(Vec<u32>, novastack_engine::RequestParams)> {
+    let l: PromptLine = serde_json::from_str(line)?;
+    let prompt = match (&l.prompt, &l.prompt_ids) {
+        (Some(text), None) if l.chat.unwrap_or(false) => {
+            tok.encode_chat(&[json!({"role": "user", "content": text})], true)?
+        }
+        (Some(text), None) => tok.encode(text, true)?,
+        (None, Some(ids)) => ids.clone(),
+        _ => bail!("give exactly one of `prompt` and `prompt_ids`"),
+    };
+    let sampling = SamplingParams {
+        temperature: l.temperature.unwrap_or(args.temperature),
+        top_p: l.top_p.unwrap_or(args.top_p),
+        top_k: l.top_k.unwrap_or(args.top_k),
+        min_p: l.min_p.unwrap_or(0.0),
+        seed: l.seed.or(args.seed),
+        presence_penalty: l.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: l.frequency_penalty.unwrap_or(0.0),
+        repetition_penalty: l.repetition_penalty.unwrap_or(1.0),
+        logit_bias: Vec::new(),
+    };
+    Ok((
+        prompt,
+        novastack_engine::RequestParams {
+            max_tokens: l.max_tokens.unwrap_or(args.max_tokens),
+            sampling,
+            stop_token_ids: l.stop_token_ids.unwrap_or_default(),
+            ignore_eos: l.ignore_eos.unwrap_or(args.ignore_eos),
+            priority: l.priority.unwrap_or(0),
+            logprobs: l.logprobs,
+            n: l.n.unwrap_or(1),
+        },
+    ))
+}
+
+fn run_file(
+    args: &GenerateArgs,
+    file: &std::path::Path,
+    lm: novastack_models::LoadedModel<CpuBackend>,
+) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let tok = lm.tokenizer;
+    let mut engine = args.engine.build(lm.model, tok.eos_token_ids().to_vec())?;
+    // Lines that fail to parse get an error result in their place; the rest run together.
+    let mut jobs = Vec::new();
+    let mut slots: Vec<std::result::Result<usize, String>> = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        match line_job(args, &tok, line) {
+            Ok(job) => {
+                slots.push(Ok(jobs.len()));
+                jobs.push(job);
+            }
+            Err(e) => slots.push(Err(format!("{}:{}: {e:#}", file.display(), i + 1))),
+        }
+    }
+    let prompts: Vec<Vec<u32>> = jobs.iter().map(|j| j.0.clone()).collect();
+    let results = crate::batch::run_batch(&mut engine, jobs, None);
+    let mut out = std::io::stdout().lock();
+    for (index, slot) in slots.into_iter().enumerate() {
+        let obj = match slot {
+            Err(e) => json!({"index": index, "error": e}),
+            Ok(j) => match &results[j] {
+                Err(e) => json!({"index": index, "error": e}),
+                Ok(seqs) => {
+                    let outputs: Vec<serde_json::Value> = seqs
+                        .iter()
+                        .map(|s| {
+                            let mut o = json!({
+                                "token_ids": s.token_ids,
+                                "text": tok.decode(&s.token_ids, true).unwrap_or_default(),
+                                "finish_reason": s.finish_reason.as_str(),
+                            });
+                            if !s.logprobs.is_empty() {
+                                o["logprobs"] = json!(s.logprobs.iter().map(|(t, lp, top)| json!({"token_id": t, "logprob": lp,
+                                    "top_logprobs": top.iter().map(|(i, l)| json!({"token_id": i, "logprob": l})).collect::<Vec<_>>()})).collect::<Vec<_>>());
+                            }
+                            if let Some(e) = &s.error {
+                                o["error"] = json!(e);
+                            }
+                            o
+                        })
+                        .collect();
+                    let mut obj = outputs.first().cloned().unwrap_or_else(|| json!({}));
+                    obj["index"] = json!(index);
+                    obj["prompt_token_ids"] = json!(prompts[j]);
+                    if outputs.len() > 1 {
+                        obj["outputs"] = json!(outputs);
+                    }
+                    obj
+                }
+            },
+        };
+        writeln!(out, "{obj}")?;
     }
     Ok(())
 }

