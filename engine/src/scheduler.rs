@@ -190,21 +190,26 @@ impl Scheduler {
 
     /// Picks the step's bucket: the most-waited aged request's, else the bucket with
     /// the most schedulable requests (lowest bucket on ties).
-    fn choose_bucket(&self, candidates: &[RequestId]) -> usize {
+    /// Buckets in the order to try them: the most-waited aged request's bucket first,
+    /// then by number of candidates (lowest bucket on ties); empty buckets left out.
+    fn bucket_order(&self, candidates: &[RequestId]) -> Vec<usize> {
+        let mut counts = vec![0usize; self.config.buckets.num_buckets()];
+        for id in candidates {
+            counts[self.bucket_of(&self.requests[id])] += 1;
+        }
+        let mut order: Vec<usize> = (0..counts.len()).filter(|&b| counts[b] > 0).collect();
+        order.sort_by_key(|&b| (std::cmp::Reverse(counts[b]), b));
         let aged = candidates
             .iter()
             .map(|id| &self.requests[id])
             .filter(|r| self.step - r.last_scheduled_step > self.config.max_wait_steps)
             .min_by_key(|r| (r.last_scheduled_step, r.seq_no));
         if let Some(r) = aged {
-            return self.bucket_of(r);
+            let b = self.bucket_of(r);
+            order.retain(|&x| x != b);
+            order.insert(0, b);
         }
-        let mut counts = vec![0usize; self.config.buckets.num_buckets()];
-        for id in candidates {
-            counts[self.bucket_of(&self.requests[id])] += 1;
-        }
-        let best = counts.iter().copied().max().unwrap_or(0);
-        counts.iter().position(|&c| c == best).unwrap_or(0)
+        order
     }
 
     /// Makes `id`'s block table cover `upto` tokens, or returns false (nothing allocated).
@@ -259,22 +264,61 @@ impl Scheduler {
             step: self.step,
             ..Default::default()
         };
+        // Waiting requests are candidates only while a sequence slot is free: a bucket
+        // must never be chosen for work that cannot start.
+        let room = self.running.len() < self.config.max_num_seqs;
         let candidates: Vec<RequestId> = self
             .running
             .iter()
-            .chain(self.waiting.iter())
+            .chain(self.waiting.iter().filter(|_| room))
             .copied()
             .filter(|id| !self.blocked(&self.requests[id]))
             .collect();
-        if candidates.is_empty() {
-            return out;
+        let mut budget = self.config.max_num_batched_tokens;
+        // The chosen bucket first; if nothing in it can run (say, no free blocks to admit
+        // its waiting requests), the next ones, so that a step never idles with work.
+        for bucket in self.bucket_order(&candidates) {
+            out.bucket = bucket;
+            self.schedule_bucket(bucket, &candidates, &mut budget, &mut out);
+            if !out.seqs.is_empty() {
+                break;
+            }
         }
-        let bucket = self.choose_bucket(&candidates);
-        out.bucket = bucket;
+        out.num_batched_tokens = self.config.max_num_batched_tokens - budget;
+        let max_ctx = out
+            .seqs
+            .iter()
+            .map(|s| s.start + s.token_ids.len())
+            .max()
+            .unwrap_or(0);
+        let max_len = out
+            .seqs
+            .iter()
+            .map(|s| s.token_ids.len())
+            .max()
+            .unwrap_or(0);
+        for s in &out.seqs {
+            out.wasted_kv_slots += max_ctx - (s.start + s.token_ids.len());
+            out.wasted_query_slots += max_len - s.token_ids.len();
+            out.used_kv_slots += s.start + s.token_ids.len();
+            out.used_query_slots += s.token_ids.len();
+        }
+        out
+    }
+
+    /// Schedules requests of one bucket into `out` within `budget`.
+    fn schedule_bucket(
+        &mut self,
+        bucket: usize,
+        candidates: &[RequestId],
+        budget: &mut usize,
+        out: &mut SchedulerOutput,
+    ) {
         let step = self.step;
         let max_wait = self.config.max_wait_steps;
         let mut order: Vec<RequestId> = candidates
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|id| self.bucket_of(&self.requests[id]) == bucket)
             .collect();
         order.sort_by_key(|id| {
@@ -283,10 +327,9 @@ impl Scheduler {
             let waiting = r.state != RequestState::Running;
             (!aged, waiting, r.params.priority, r.seq_no)
         });
-        let mut budget = self.config.max_num_batched_tokens;
         let mut scheduled: Vec<RequestId> = Vec::new();
         for id in order {
-            if budget == 0 {
+            if *budget == 0 {
                 break;
             }
             if out.preempted.contains(&id) {
@@ -304,12 +347,12 @@ impl Scheduler {
             }
             let r = &self.requests[&id];
             let remaining = r.num_tokens() - r.num_computed_tokens;
-            let n = remaining.min(budget);
+            let n = remaining.min(*budget);
             let upto = r.num_computed_tokens + n;
             let mut ok = self.grow(id, upto);
             while !ok && !is_new {
                 // A running request needs a block: preempt someone else (or itself).
-                match self.preempt_one(&scheduled, &mut out) {
+                match self.preempt_one(&scheduled, out) {
                     Some(v) if v == id => break,
                     Some(_) => ok = self.grow(id, upto),
                     None => break,
@@ -342,29 +385,9 @@ impl Scheduler {
                 block_table: r.block_table.clone(),
                 sample: start + n == r.num_tokens(),
             });
-            budget -= n;
+            *budget -= n;
             scheduled.push(id);
         }
-        out.num_batched_tokens = self.config.max_num_batched_tokens - budget;
-        let max_ctx = out
-            .seqs
-            .iter()
-            .map(|s| s.start + s.token_ids.len())
-            .max()
-            .unwrap_or(0);
-        let max_len = out
-            .seqs
-            .iter()
-            .map(|s| s.token_ids.len())
-            .max()
-            .unwrap_or(0);
-        for s in &out.seqs {
-            out.wasted_kv_slots += max_ctx - (s.start + s.token_ids.len());
-            out.wasted_query_slots += max_len - s.token_ids.len();
-            out.used_kv_slots += s.start + s.token_ids.len();
-            out.used_query_slots += s.token_ids.len();
-        }
-        out
     }
 
     /// On (re)admission: reuse cached full blocks of the request's known tokens, always

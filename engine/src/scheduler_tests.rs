@@ -178,3 +178,40 @@ proptest! {
         prop_assert!(!s.has_work());
     }
 }
+
+#[test]
+fn a_full_house_of_seqs_never_idles_steps() {
+    // One sequence slot, requests spread over buckets: waiting requests that cannot be
+    // admitted must not pull the step to their bucket (that would starve the runner).
+    let mut s = Scheduler::new(cfg(4096, 1, vec![32, 64], 2), 200, 16);
+    for (i, len) in [10usize, 40, 40, 100, 100, 100].iter().enumerate() {
+        s.add(req(i as u64 + 1, *len, 8)).unwrap();
+    }
+    let mut steps = 0;
+    while s.has_work() {
+        let (out, _) = step(&mut s);
+        assert!(!out.is_empty(), "step {steps} idled with work waiting");
+        steps += 1;
+        assert!(steps < 1000);
+    }
+}
+
+#[test]
+fn blocked_admission_falls_back_to_other_buckets() {
+    // The running request (bucket 0) holds most blocks; a waiting one in bucket 1 cannot be
+    // admitted. The step must still run the decode instead of idling.
+    let mut s = Scheduler::new(cfg(4096, 8, vec![32], 1), 6, 4);
+    s.add(req(1, 8, 12)).unwrap();
+    step(&mut s);
+    s.add(req(2, 40, 1)).unwrap_err();
+    s.add(req(3, 20, 1)).unwrap();
+    s.add(req(4, 20, 1)).unwrap();
+    for _ in 0..30 {
+        let (out, _) = step(&mut s);
+        if !s.has_work() {
+            break;
+        }
+        assert!(!out.is_empty());
+    }
+    assert!(!s.has_work());
+}
