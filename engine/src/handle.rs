@@ -24,6 +24,7 @@ enum Command {
         UnboundedSender<TokenEvent>,
         mpsc::Sender<Result<Vec<RequestId>>>,
     ),
+    Abort(RequestId),
     Shutdown,
 }
 
@@ -67,14 +68,29 @@ impl EngineHandle {
         sub: Submission,
     ) -> Result<(Vec<RequestId>, UnboundedReceiver<TokenEvent>)> {
         let (etx, erx) = unbounded_channel();
+        let ids = self.submit_to(sub, etx)?;
+        Ok((ids, erx))
+    }
+
+    /// Submits a prompt whose events go to an existing stream (several prompts of one
+    /// API request share a stream).
+    pub fn submit_to(
+        &self,
+        sub: Submission,
+        events: UnboundedSender<TokenEvent>,
+    ) -> Result<Vec<RequestId>> {
         let (rtx, rrx) = mpsc::channel();
         self.inbox
-            .send(Command::Add(sub, etx, rtx))
+            .send(Command::Add(sub, events, rtx))
             .map_err(|_| Error::Invalid("the engine has stopped".into()))?;
-        let ids = rrx
-            .recv()
-            .map_err(|_| Error::Invalid("the engine has stopped".into()))??;
-        Ok((ids, erx))
+        rrx.recv()
+            .map_err(|_| Error::Invalid("the engine has stopped".into()))?
+    }
+
+    /// Stops one sequence (e.g. a stop string matched) and frees its blocks; its stream
+    /// gets no more events for it.
+    pub fn abort(&self, id: RequestId) {
+        let _ = self.inbox.send(Command::Abort(id));
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -116,6 +132,10 @@ fn run<B: Backend>(mut engine: Engine<B>, rx: mpsc::Receiver<Command>, stats: &M
                         }
                     }
                     let _ = reply.send(r);
+                }
+                Command::Abort(id) => {
+                    streams.remove(&id);
+                    engine.abort(id);
                 }
                 Command::Shutdown => return,
             }

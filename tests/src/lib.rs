@@ -23,7 +23,9 @@ pub fn model_fixtures() -> Vec<PathBuf> {
 pub fn start_server(model: &std::path::Path, name: &str) -> std::net::SocketAddr {
     let lm = novastack_models::load_model(model, novastack_kernels::CpuBackend::new())
         .expect("load model");
-    let state = novastack_server::serve::app_state(lm.model, lm.tokenizer, name.to_string());
+    let args = novastack_server::serve::ServeArgs::default();
+    let state = novastack_server::serve::app_state(lm, name.to_string(), &args.engine, None)
+        .expect("engine");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();

@@ -91,3 +91,160 @@ fn chat_completion_matches_engine_and_errors_are_openai_shaped() {
         "tiny"
     );
 }
+
+fn sse_events(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn completions_with_token_ids_reproduce_golden_greedy_tokens() {
+    for name in ["llama-f32", "qwen3-bf16-tied", "mistral-f16"] {
+        let dir = fixtures_dir().join("models").join(name);
+        let golden: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
+        let addr = start_server(&dir, "m");
+        for case in golden["cases"].as_array().unwrap() {
+            let req = json!({"model": "m", "prompt": case["prompt_token_ids"], "max_tokens": 32, "temperature": 0,
+                             "ignore_eos": true, "logprobs": 1, "return_tokens_as_token_ids": true});
+            let (status, body) = http(addr, "POST", "/v1/completions", &req.to_string());
+            assert_eq!(status, 200, "{body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            let ids: Vec<u64> = v["choices"][0]["logprobs"]["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    t.as_str()
+                        .unwrap()
+                        .strip_prefix("token_id:")
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            let want: Vec<u64> = serde_json::from_value(case["greedy_token_ids"].clone()).unwrap();
+            assert_eq!(ids, want, "{name} / {}", case["name"]);
+            assert_eq!(v["usage"]["completion_tokens"], 32);
+            assert_eq!(v["choices"][0]["finish_reason"], "length");
+        }
+    }
+}
+
+#[test]
+fn streaming_chat_is_openai_shaped_with_usage_and_stop_strings() {
+    let dir = fixtures_dir().join("models/qwen2-f32-tied");
+    let addr = start_server(&dir, "m");
+    let base = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 20, "temperature": 0, "ignore_eos": true});
+    let (_, full) = http(addr, "POST", "/v1/chat/completions", &base.to_string());
+    let full: Value = serde_json::from_str(&full).unwrap();
+    let text = full["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut req = base.clone();
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({"include_usage": true});
+    let (status, body) = http(addr, "POST", "/v1/chat/completions", &req.to_string());
+    assert_eq!(status, 200);
+    let events = sse_events(&body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, text);
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(usage["usage"]["completion_tokens"], 20);
+    assert_eq!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+        "length"
+    );
+
+    // A stop string taken from the middle of the answer: cut there, never leaked.
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() >= 6 {
+        let stop: String = chars[3..5].iter().collect();
+        let cut = &text[..text.find(&stop).unwrap()];
+        let mut r = base.clone();
+        r["stop"] = json!([stop]);
+        let (_, b) = http(addr, "POST", "/v1/chat/completions", &r.to_string());
+        let v: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], cut);
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        r["stream"] = json!(true);
+        let (_, b) = http(addr, "POST", "/v1/chat/completions", &r.to_string());
+        let ev = sse_events(&b);
+        let s: String = ev[..ev.len() - 1]
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        assert_eq!(s, cut);
+    }
+
+    // n = 3 seeded samples.
+    let r = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "n": 3, "seed": 1, "logprobs": true, "top_logprobs": 2});
+    let (status, b) = http(addr, "POST", "/v1/chat/completions", &r.to_string());
+    assert_eq!(status, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["choices"].as_array().unwrap().len(), 3);
+    assert_eq!(v["choices"][2]["index"], 2);
+    assert!(
+        v["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    );
+}
+
+#[test]
+fn disconnecting_streaming_clients_frees_every_kv_block() {
+    use std::io::{Read, Write};
+    let dir = fixtures_dir().join("models/llama-f32");
+    let addr = start_server(&dir, "m");
+    let body = json!({"prompt": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "max_tokens": 900, "ignore_eos": true, "stream": true}).to_string();
+    let mut conns = Vec::new();
+    for _ in 0..50 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        conns.push(s);
+    }
+    for s in conns.iter_mut() {
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf).unwrap(); // the answer has started
+    }
+    drop(conns);
+    let used = |addr| {
+        let (_, m) = http(addr, "GET", "/metrics", "");
+        m.lines()
+            .find_map(|l| l.strip_prefix("novastack_kv_blocks_used "))
+            .map(|v| v.trim().parse::<f64>().unwrap())
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while used(addr) > 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "KV blocks still in use after clients left"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
