@@ -21,11 +21,25 @@ pub fn model_fixtures() -> Vec<PathBuf> {
 /// Starts `novastack serve`'s app for `model` on 127.0.0.1:0 in a background thread and
 /// returns its address.
 pub fn start_server(model: &std::path::Path, name: &str) -> std::net::SocketAddr {
+    start_server_with(model, name, novastack_server::serve::ServeArgs::default())
+}
+
+/// Like [`start_server`] with explicit serve arguments (engine sizing, queue limit).
+pub fn start_server_with(
+    model: &std::path::Path,
+    name: &str,
+    args: novastack_server::serve::ServeArgs,
+) -> std::net::SocketAddr {
     let lm = novastack_models::load_model(model, novastack_kernels::CpuBackend::new())
         .expect("load model");
-    let args = novastack_server::serve::ServeArgs::default();
-    let state = novastack_server::serve::app_state(lm, name.to_string(), &args.engine, None)
-        .expect("engine");
+    let state = novastack_server::serve::app_state(
+        lm,
+        name.to_string(),
+        &args.engine,
+        None,
+        args.max_waiting,
+    )
+    .expect("engine");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -49,13 +63,26 @@ async fn axum_serve(
 
 /// A minimal HTTP/1.1 client over a real socket: returns (status, body).
 pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = http_full(addr, method, path, body, "");
+    (status, body)
+}
+
+/// Like [`http`] with extra header lines (each ending in `\r\n`); also returns the
+/// response head (lower-cased).
+pub fn http_full(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &str,
+) -> (u16, String, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(120)))
         .unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -76,7 +103,7 @@ pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) ->
     } else {
         body.to_string()
     };
-    (status, body)
+    (status, head.to_ascii_lowercase(), body)
 }
 
 fn dechunk(mut s: &str) -> String {

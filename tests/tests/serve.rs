@@ -248,3 +248,71 @@ fn disconnecting_streaming_clients_frees_every_kv_block() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn tokenize_models_request_ids_and_a_burst_past_the_queue_gets_429() {
+    use novastack_tests::{http_full, start_server_with};
+    let dir = fixtures_dir().join("models/llama-f32");
+    let mut args = novastack_server::serve::ServeArgs {
+        max_waiting: 2,
+        ..Default::default()
+    };
+    args.engine.max_num_seqs = 1;
+    let addr = start_server_with(&dir, "m", args);
+
+    let (s, b) = http(
+        addr,
+        "POST",
+        "/tokenize",
+        &json!({"prompt": "The terms"}).to_string(),
+    );
+    assert_eq!(s, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    let (s, b) = http(
+        addr,
+        "POST",
+        "/detokenize",
+        &json!({"tokens": v["tokens"]}).to_string(),
+    );
+    assert_eq!(s, 200, "{b}");
+    assert!(serde_json::from_str::<Value>(&b).unwrap()["prompt"]
+        .as_str()
+        .unwrap()
+        .ends_with("The terms"));
+    assert_eq!(http(addr, "GET", "/v1/models/m", "").0, 200);
+    assert_eq!(http(addr, "GET", "/v1/models/zz", "").0, 404);
+    assert_eq!(http(addr, "GET", "/ready", "").0, 200);
+    let (_, head, _) = http_full(addr, "GET", "/health", "", "x-request-id: abc-123\r\n");
+    assert!(head.contains("x-request-id: abc-123"), "{head}");
+
+    // A burst: one sequence at a time, two may wait; the rest get 429 + Retry-After and
+    // every admitted request completes.
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::thread::spawn(move || {
+                let body = json!({"prompt": [1, 2, 3, i], "max_tokens": 40, "ignore_eos": true})
+                    .to_string();
+                http_full(addr, "POST", "/v1/completions", &body, "")
+            })
+        })
+        .collect();
+    let results: Vec<(u16, String, String)> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let rejected: Vec<&(u16, String, String)> = results.iter().filter(|r| r.0 == 429).collect();
+    assert!(!rejected.is_empty(), "no 429 in the burst");
+    for r in &rejected {
+        assert!(r.1.contains("retry-after:"), "{}", r.1);
+        assert_eq!(
+            serde_json::from_str::<Value>(&r.2).unwrap()["error"]["type"],
+            "rate_limit_error"
+        );
+    }
+    for r in results.iter().filter(|r| r.0 != 429) {
+        assert_eq!(r.0, 200, "{}", r.2);
+        assert_eq!(
+            serde_json::from_str::<Value>(&r.2).unwrap()["usage"]["completion_tokens"],
+            40
+        );
+    }
+}

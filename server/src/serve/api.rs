@@ -26,9 +26,113 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model_by_id))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// Echoes the client's `x-request-id`, or makes one.
+async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
+    if state.engine.is_alive() {
+        Ok("ready")
+    } else {
+        Err(ApiError::unavailable("the engine has stopped"))
+    }
+}
+
+async fn model_by_id(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_auth(&state, &headers)?;
+    check_model(&state, &Some(id))?;
+    Ok(Json(
+        json!({"id": state.model_name, "object": "model", "created": now(), "owned_by": "novastack"}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct TokenizeRequest {
+    prompt: Option<String>,
+    messages: Option<Vec<Value>>,
+    add_special_tokens: Option<bool>,
+    add_generation_prompt: Option<bool>,
+}
+
+async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    check_auth(&state, &headers)?;
+    let (req, common): (TokenizeRequest, Common) = parse_body(&body)?;
+    check_model(&state, &common.model)?;
+    let tok = &state.tokenizer;
+    let ids = match (req.prompt, req.messages) {
+        (Some(p), None) => tok.encode(&p, req.add_special_tokens.unwrap_or(true)),
+        (None, Some(m)) => tok.encode_chat(
+            &normalize_messages(&m)?,
+            req.add_generation_prompt.unwrap_or(true),
+        ),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `prompt` and `messages`",
+                Some("prompt"),
+            ))
+        }
+    }
+    .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?;
+    Ok(Json(
+        json!({"count": ids.len(), "max_model_len": state.max_context, "tokens": ids}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct DetokenizeRequest {
+    tokens: Vec<u32>,
+}
+
+async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    check_auth(&state, &headers)?;
+    let (req, common): (DetokenizeRequest, Common) = parse_body(&body)?;
+    check_model(&state, &common.model)?;
+    let vocab = state.tokenizer.vocab_size();
+    if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ApiError::bad_request(
+            format!("token id {bad} is outside the vocabulary (size {vocab})"),
+            Some("tokens"),
+        ));
+    }
+    let text = state
+        .tokenizer
+        .decode(&req.tokens, false)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))?;
+    Ok(Json(json!({"prompt": text})))
 }
 
 fn now() -> u64 {
@@ -447,6 +551,13 @@ async fn start(
 ) -> Result<(Collector, mpsc::UnboundedReceiver<TokenEvent>), ApiError> {
     if !state.engine.is_alive() {
         return Err(ApiError::unavailable("the engine has stopped"));
+    }
+    let waiting = state.engine.stats().num_waiting;
+    if waiting >= state.max_waiting {
+        return Err(ApiError::too_many(format!(
+            "the server is busy: {waiting} requests are waiting (limit {}); retry later",
+            state.max_waiting
+        )));
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let n = spec.params.n;

@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1/*.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Requests allowed to wait for the engine; beyond it, 429 with Retry-After.
+    #[arg(long, default_value_t = 1024)]
+    pub max_waiting: usize,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -55,6 +58,7 @@ pub struct AppState {
     pub max_context: usize,
     pub engine: EngineHandle,
     pub api_key: Option<String>,
+    pub max_waiting: usize,
 }
 
 /// Starts the engine thread for a loaded model.
@@ -63,6 +67,7 @@ pub fn app_state(
     model_name: String,
     engine: &EngineArgs,
     api_key: Option<String>,
+    max_waiting: usize,
 ) -> Result<Arc<AppState>> {
     let max_context = lm.model.max_positions();
     let eos = lm.tokenizer.eos_token_ids().to_vec();
@@ -73,6 +78,7 @@ pub fn app_state(
         max_context,
         engine,
         api_key,
+        max_waiting,
     }))
 }
 
@@ -90,7 +96,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into()),
     };
-    let state = app_state(lm, name.clone(), &args.engine, args.api_key.clone())?;
+    let state = app_state(
+        lm,
+        name.clone(),
+        &args.engine,
+        args.api_key.clone(),
+        args.max_waiting,
+    )?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let addr = format!("{}:{}", args.host, args.port);
