@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::request::{FinishReason, Request, RequestId, RequestParams};
 use crate::sampler::{logprobs, Sampler};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
-use novastack_kernels::{AttentionMetadata, Backend, KvCache, SeqAttention};
+use novastack_kernels::{Backend, KvCache};
 use novastack_models::{ForwardInput, Llama};
 use std::collections::HashMap;
 
@@ -54,10 +54,50 @@ pub struct EngineStats {
     pub used_query_slots: u64,
     /// Sequences over all steps (mean batch size = this / num_steps).
     pub num_scheduled_seqs: u64,
-    /// Seconds from arrival to first token, of finished requests (most recent 1024).
-    pub ttft: Vec<f64>,
-    /// Seconds between tokens, of finished requests (most recent 4096).
-    pub itl: Vec<f64>,
+    /// Seconds from arrival to first token.
+    pub ttft: Histogram,
+    /// Seconds between consecutive tokens of a sequence.
+    pub itl: Histogram,
+}
+
+/// A fixed-bucket histogram (Prometheus style): O(1) to record and cheap to copy, so
+/// the engine thread can publish its stats every step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    /// Upper bounds in seconds; a last, implicit `+Inf` bucket follows.
+    pub bounds: &'static [f64],
+    /// Observations per bucket (not cumulative), `bounds.len() + 1` of them.
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+const LATENCY_BOUNDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            bounds: LATENCY_BOUNDS,
+            counts: vec![0; LATENCY_BOUNDS.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&mut self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
 }
 
 impl EngineStats {
@@ -70,18 +110,19 @@ impl EngineStats {
     }
 }
 
-struct Timing {
+/// Per-sequence state the scheduler does not keep: sampler, index among `n`, timing.
+struct SeqState {
+    sampler: Sampler,
+    index: usize,
     arrival: f64,
-    last: Option<f64>,
+    last_token_at: Option<f64>,
 }
 
 pub struct Engine<B: Backend> {
     model: Llama<B>,
     kv: KvCache<B>,
     sched: Scheduler,
-    samplers: HashMap<RequestId, Sampler>,
-    index_of: HashMap<RequestId, usize>,
-    timing: HashMap<RequestId, Timing>,
+    seqs: HashMap<RequestId, SeqState>,
     eos: Vec<u32>,
     next_id: u64,
     pub stats: EngineStats,
@@ -102,9 +143,7 @@ impl<B: Backend> Engine<B> {
             model,
             kv,
             sched,
-            samplers: HashMap::new(),
-            index_of: HashMap::new(),
-            timing: HashMap::new(),
+            seqs: HashMap::new(),
             eos: eos_token_ids,
             next_id: 0,
             stats,
@@ -158,13 +197,13 @@ impl<B: Backend> Engine<B> {
                 }
                 return Err(e);
             }
-            self.samplers.insert(id, sampler);
-            self.index_of.insert(id, i);
-            self.timing.insert(
+            self.seqs.insert(
                 id,
-                Timing {
+                SeqState {
+                    sampler,
+                    index: i,
                     arrival: now,
-                    last: None,
+                    last_token_at: None,
                 },
             );
             ids.push(id);
@@ -174,9 +213,7 @@ impl<B: Backend> Engine<B> {
 
     /// Aborts a request and frees its blocks.
     pub fn abort(&mut self, id: RequestId) -> bool {
-        self.samplers.remove(&id);
-        self.index_of.remove(&id);
-        self.timing.remove(&id);
+        self.seqs.remove(&id);
         self.sched.abort(id, FinishReason::Abort).is_some()
     }
 
@@ -184,46 +221,32 @@ impl<B: Backend> Engine<B> {
         self.sched.has_work()
     }
 
-    fn forward_input(&self, out: &SchedulerOutput) -> ForwardInput {
-        let bs = self.sched.blocks.block_size() as u32;
-        let mut input = ForwardInput {
-            attention: AttentionMetadata {
-                seqs: Vec::with_capacity(out.seqs.len()),
-            },
-            ..Default::default()
-        };
-        for s in &out.seqs {
-            let n = s.token_ids.len();
-            input.attention.seqs.push(SeqAttention {
-                query_start: input.token_ids.len(),
-                num_queries: n,
-                context_len: s.start + n,
-                block_table: s.block_table.clone(),
-            });
-            for (i, &t) in s.token_ids.iter().enumerate() {
-                let pos = (s.start + i) as u32;
-                input.token_ids.push(t);
-                input.positions.push(pos);
-                input
-                    .slot_mapping
-                    .push(s.block_table[(pos / bs) as usize] * bs + pos % bs);
-            }
-            if s.sample {
-                input.logits_indices.push(input.token_ids.len() - 1);
-            }
+    /// The model's input for a step; takes the block tables out of `out` (not needed
+    /// after) instead of copying them again.
+    fn forward_input(&self, out: &mut SchedulerOutput) -> ForwardInput {
+        let bs = self.sched.blocks.block_size();
+        let mut input = ForwardInput::default();
+        for s in &mut out.seqs {
+            input.push_seq(
+                &s.token_ids,
+                s.start,
+                std::mem::take(&mut s.block_table),
+                bs,
+                s.sample,
+            );
         }
         input
     }
 
     /// One step: schedule, forward, sample, update. Returns the events it produced.
     pub fn step(&mut self, now: f64) -> Result<Vec<TokenEvent>> {
-        let out = self.sched.schedule(now);
+        let mut out = self.sched.schedule(now);
         let mut events = Vec::new();
         if out.is_empty() {
             self.refresh_stats();
             return Ok(events);
         }
-        let input = self.forward_input(&out);
+        let input = self.forward_input(&mut out);
         let logits = match self.model.forward(&input, &mut self.kv) {
             Ok(l) => l,
             Err(e) => {
@@ -238,25 +261,33 @@ impl<B: Backend> Engine<B> {
         let vocab = self.model.config.vocab_size;
         let mut sampled = HashMap::new();
         let mut lps = HashMap::new();
-        for (row, s) in out.seqs.iter().filter(|s| s.sample).enumerate() {
-            let l = &logits[row * vocab..(row + 1) * vocab];
+        let mut next_row = 0;
+        for s in &out.seqs {
+            // Logits rows follow the sampled sequences in batch order.
+            let row = s.sample.then(|| {
+                next_row += 1;
+                next_row - 1
+            });
             let Some(req) = self.sched.request(s.id) else {
                 continue;
             };
-            let Some(sampler) = self.samplers.get_mut(&s.id) else {
+            let computed_prompt = req
+                .prompt
+                .len()
+                .saturating_sub(s.start)
+                .min(s.token_ids.len());
+            self.stats.num_prompt_tokens_computed += computed_prompt as u64;
+            let Some(row) = row else { continue };
+            let l = &logits[row * vocab..(row + 1) * vocab];
+            let Some(st) = self.seqs.get_mut(&s.id) else {
                 continue;
             };
-            let tok = sampler.sample_for(l, &req.prompt, &req.output);
+            let tok = st.sampler.sample_for(l, &req.prompt, &req.output);
             if let Some(k) = req.params.logprobs {
                 lps.insert(s.id, logprobs(l, tok, k));
             }
             sampled.insert(s.id, tok);
         }
-        let prompt_lens: HashMap<RequestId, usize> = out
-            .seqs
-            .iter()
-            .filter_map(|s| self.sched.request(s.id).map(|r| (s.id, r.prompt.len())))
-            .collect();
         let updates = self.sched.update(&out, &sampled, &self.eos);
         self.stats.num_steps += 1;
         self.stats.wasted_kv_slots += out.wasted_kv_slots as u64;
@@ -264,23 +295,22 @@ impl<B: Backend> Engine<B> {
         self.stats.used_kv_slots += out.used_kv_slots as u64;
         self.stats.used_query_slots += out.used_query_slots as u64;
         self.stats.num_scheduled_seqs += out.seqs.len() as u64;
-        for s in &out.seqs {
-            let prompt_len = prompt_lens.get(&s.id).copied().unwrap_or(0);
-            let computed_prompt = prompt_len.saturating_sub(s.start).min(s.token_ids.len());
-            self.stats.num_prompt_tokens_computed += computed_prompt as u64;
-        }
         for u in updates {
-            if let Some(t) = self.timing.get_mut(&u.id) {
-                match t.last {
-                    None => push_bounded(&mut self.stats.ttft, now - t.arrival, 1024),
-                    Some(last) => push_bounded(&mut self.stats.itl, now - last, 4096),
+            let index = match self.seqs.get_mut(&u.id) {
+                Some(st) => {
+                    match st.last_token_at {
+                        None => self.stats.ttft.observe(now - st.arrival),
+                        Some(last) => self.stats.itl.observe(now - last),
+                    }
+                    st.last_token_at = Some(now);
+                    st.index
                 }
-                t.last = Some(now);
-            }
+                None => 0,
+            };
             self.stats.num_generated_tokens += 1;
             let ev = TokenEvent {
                 id: u.id,
-                index: self.index_of.get(&u.id).copied().unwrap_or(0),
+                index,
                 token: u.new_token,
                 logprobs: lps.remove(&u.id),
                 finished: u.finished,
@@ -290,9 +320,7 @@ impl<B: Backend> Engine<B> {
                 error: None,
             };
             if u.finished.is_some() {
-                self.samplers.remove(&u.id);
-                self.index_of.remove(&u.id);
-                self.timing.remove(&u.id);
+                self.seqs.remove(&u.id);
             }
             events.push(ev);
         }
@@ -302,11 +330,8 @@ impl<B: Backend> Engine<B> {
     }
 
     fn fail(&mut self, id: RequestId, msg: String) -> TokenEvent {
-        let index = self.index_of.get(&id).copied().unwrap_or(0);
+        let index = self.seqs.remove(&id).map_or(0, |st| st.index);
         let r = self.sched.abort(id, FinishReason::Error);
-        self.samplers.remove(&id);
-        self.index_of.remove(&id);
-        self.timing.remove(&id);
         TokenEvent {
             id,
             index,
@@ -330,11 +355,4 @@ impl<B: Backend> Engine<B> {
         s.prefix_hit_blocks = self.sched.blocks.num_hit_blocks;
         s.num_preemptions = self.sched.num_preemptions;
     }
-}
-
-fn push_bounded(v: &mut Vec<f64>, x: f64, cap: usize) {
-    if v.len() >= cap {
-        v.remove(0);
-    }
-    v.push(x);
 }

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::request::FinishReason;
 use crate::sampler::{Sampler, SamplingParams};
-use novastack_kernels::{AttentionMetadata, Backend, SeqAttention};
+use novastack_kernels::Backend;
 use novastack_models::{ForwardInput, Llama};
 
 #[derive(Debug, Clone)]
@@ -37,33 +37,16 @@ pub struct GenerateOutput {
     pub finish_reason: FinishReason,
 }
 
-/// Builds one sequence's step: `tokens` at positions `start..`, slots from `block_table`.
-pub fn sequence_step(
+/// One sequence's step: `tokens` at positions `start..`, logits for the last one.
+fn sequence_step(
     tokens: &[u32],
     start: usize,
     block_table: &[u32],
     block_size: usize,
-    logits_indices: Vec<usize>,
 ) -> ForwardInput {
-    let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
-    let slot_mapping = positions
-        .iter()
-        .map(|&p| block_table[p as usize / block_size] * block_size as u32 + p % block_size as u32)
-        .collect();
-    ForwardInput {
-        token_ids: tokens.to_vec(),
-        positions,
-        slot_mapping,
-        attention: AttentionMetadata {
-            seqs: vec![SeqAttention {
-                query_start: 0,
-                num_queries: tokens.len(),
-                context_len: start + tokens.len(),
-                block_table: block_table.to_vec(),
-            }],
-        },
-        logits_indices,
-    }
+    let mut input = ForwardInput::default();
+    input.push_seq(tokens, start, block_table.to_vec(), block_size, true);
+    input
 }
 
 /// Generates up to `max_tokens` tokens after `prompt`. `on_token` sees each token as it
@@ -103,13 +86,7 @@ pub fn generate<B: Backend>(
     let mut logits = Vec::new();
     for start in (0..prompt.len()).step_by(chunk) {
         let end = (start + chunk).min(prompt.len());
-        let step = sequence_step(
-            &prompt[start..end],
-            start,
-            &block_table,
-            bs,
-            vec![end - start - 1],
-        );
+        let step = sequence_step(&prompt[start..end], start, &block_table, bs);
         logits = model.forward(&step, &mut kv)?;
     }
     let mut out = Vec::new();
@@ -127,7 +104,7 @@ pub fn generate<B: Backend>(
             break;
         }
         let pos = prompt.len() + out.len() - 1;
-        let step = sequence_step(&[tok], pos, &block_table, bs, vec![0]);
+        let step = sequence_step(&[tok], pos, &block_table, bs);
         logits = model.forward(&step, &mut kv)?;
     }
     Ok(GenerateOutput {

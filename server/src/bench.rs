@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use novastack_kernels::{CpuBackend, SeqAttention};
+use novastack_kernels::CpuBackend;
 use novastack_models::random::RandomSource;
 use novastack_models::{Architecture, ForwardInput, Llama, ModelConfig, RopeScaling};
 use rayon::prelude::*;
@@ -165,20 +165,10 @@ fn decode(a: DecodeArgs) -> Result<()> {
         let step = |lens: &[usize], new: usize| -> ForwardInput {
             let mut inp = ForwardInput::default();
             for (s, &len) in lens.iter().enumerate() {
-                inp.attention.seqs.push(SeqAttention {
-                    query_start: inp.token_ids.len(),
-                    num_queries: new,
-                    context_len: len + new,
-                    block_table: tables[s].clone(),
-                });
-                for p in len..len + new {
-                    inp.token_ids
-                        .push(((p * 7919 + s * 104729) % a.vocab) as u32);
-                    inp.positions.push(p as u32);
-                    inp.slot_mapping
-                        .push(tables[s][p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32);
-                }
-                inp.logits_indices.push(inp.token_ids.len() - 1);
+                let toks: Vec<u32> = (len..len + new)
+                    .map(|p| ((p * 7919 + s * 104729) % a.vocab) as u32)
+                    .collect();
+                inp.push_seq(&toks, len, tables[s].clone(), BLOCK, true);
             }
             inp
         };

@@ -2,7 +2,7 @@
 //! tokens exactly, for every golden fixture, also with chunked prefill and in a batch.
 
 use novastack_engine::{generate, GenerateParams, SamplingParams};
-use novastack_kernels::{AttentionMetadata, CpuBackend, SeqAttention};
+use novastack_kernels::{AttentionMetadata, CpuBackend};
 use novastack_models::{load_hf_dir, ForwardInput, LoadedModel};
 use novastack_tests::model_fixtures;
 use safetensors::SafeTensors;
@@ -78,21 +78,13 @@ fn batched_prefill(lm: &LoadedModel<CpuBackend>, seqs: &[&[u32]], chunk: usize) 
                 continue;
             }
             let end = (done + chunk).min(s.len());
-            input.attention.seqs.push(SeqAttention {
-                query_start: input.token_ids.len(),
-                num_queries: end - done,
-                context_len: end,
-                block_table: tables[i].clone(),
-            });
-            for p in done..end {
-                input.logits_indices.push(input.token_ids.len());
-                input.token_ids.push(s[p]);
-                input.positions.push(p as u32);
-                input
-                    .slot_mapping
-                    .push(tables[i][p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32);
-                owners.push(i);
-            }
+            // Logits for every position, not just the last.
+            let first_row = input.token_ids.len();
+            input.push_seq(&s[done..end], done, tables[i].clone(), BLOCK, false);
+            input
+                .logits_indices
+                .extend(first_row..input.token_ids.len());
+            owners.extend(std::iter::repeat_n(i, end - done));
         }
         let logits = model.forward(&input, &mut kv).unwrap();
         for (row, &i) in owners.iter().enumerate() {

@@ -247,6 +247,16 @@ fn disconnecting_streaming_clients_frees_every_kv_block() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // The latency histograms saw the first tokens of those requests.
+    let (_, m) = http(addr, "GET", "/metrics", "");
+    let ttft_count: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("novastack_time_to_first_token_seconds_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ttft_count >= 1.0, "{m}");
+    assert!(m.contains("novastack_inter_token_latency_seconds_bucket{le=\"+Inf\"}"));
 }
 
 #[test]

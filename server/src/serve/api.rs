@@ -251,7 +251,8 @@ struct CompletionRequest {
     return_tokens_as_token_ids: Option<bool>,
 }
 
-/// A validated generation: prompts, engine parameters, stop strings.
+/// A validated generation: prompts, engine parameters, stop strings. (The model name
+/// is checked by the handlers before any tokenizing.)
 struct Spec {
     prompts: Vec<Vec<u32>>,
     params: RequestParams,
@@ -280,7 +281,6 @@ fn build_spec(
     max_tokens: Option<usize>,
     logprobs: Option<usize>,
 ) -> Result<Spec, ApiError> {
-    check_model(state, &c.model)?;
     if c.tools.as_ref().is_some_and(|t| !t.is_null()) {
         return Err(ApiError::bad_request(
             "tools are not supported yet",
@@ -911,5 +911,34 @@ async fn metrics(State(state): State<Arc<AppState>>) -> String {
         "counter",
         s.num_steps as f64,
     );
+    for (name, help, h) in [
+        (
+            "time_to_first_token_seconds",
+            "Time from arrival to the first token.",
+            &s.ttft,
+        ),
+        (
+            "inter_token_latency_seconds",
+            "Time between consecutive tokens of a sequence.",
+            &s.itl,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP novastack_{name} {help}\n# TYPE novastack_{name} histogram\n"
+        ));
+        let mut cum = 0;
+        for (i, c) in h.counts.iter().enumerate() {
+            cum += c;
+            let le = h
+                .bounds
+                .get(i)
+                .map_or("+Inf".to_string(), |b| b.to_string());
+            out.push_str(&format!("novastack_{name}_bucket{{le=\"{le}\"}} {cum}\n"));
+        }
+        out.push_str(&format!(
+            "novastack_{name}_sum {}\nnovastack_{name}_count {}\n",
+            h.sum, h.count
+        ));
+    }
     out
 }
