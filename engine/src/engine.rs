@@ -58,6 +58,8 @@ pub struct EngineStats {
     pub ttft: Histogram,
     /// Seconds between consecutive tokens of a sequence.
     pub itl: Histogram,
+    /// Seconds from arrival to the last token of a sequence that finished normally.
+    pub e2e: Histogram,
 }
 
 /// A fixed-bucket histogram (Prometheus style): O(1) to record and cheap to copy, so
@@ -320,7 +322,9 @@ impl<B: Backend> Engine<B> {
                 error: None,
             };
             if u.finished.is_some() {
-                self.seqs.remove(&u.id);
+                if let Some(st) = self.seqs.remove(&u.id) {
+                    self.stats.e2e.observe(now - st.arrival);
+                }
             }
             events.push(ev);
         }

@@ -11,7 +11,7 @@ pub mod sampler;
 pub mod scheduler;
 
 pub use bucket::Buckets;
-pub use engine::{Engine, EngineConfig, EngineStats, TokenEvent};
+pub use engine::{Engine, EngineConfig, EngineStats, Histogram, TokenEvent};
 pub use error::{Error, Result};
 pub use generate::{generate, GenerateOutput, GenerateParams};
 pub use handle::{EngineHandle, Submission};

@@ -24,41 +24,67 @@ pub fn start_server(model: &std::path::Path, name: &str) -> std::net::SocketAddr
     start_server_with(model, name, novastack_server::serve::ServeArgs::default())
 }
 
-/// Like [`start_server`] with explicit serve arguments (engine sizing, queue limit).
+/// Like [`start_server`] with explicit serve arguments (engine sizing, queue limit,
+/// body limit, API key).
 pub fn start_server_with(
     model: &std::path::Path,
     name: &str,
     args: novastack_server::serve::ServeArgs,
 ) -> std::net::SocketAddr {
-    let lm = novastack_models::load_model(model, novastack_kernels::CpuBackend::new())
-        .expect("load model");
-    let state = novastack_server::serve::app_state(
-        lm,
-        name.to_string(),
-        &args.engine,
-        None,
+    let names: Vec<&str> = name.split(',').collect();
+    start_models(&[(model, &names)], args)
+}
+
+/// Serves several models (each with its names, the first being its id) from one server.
+pub fn start_models(
+    models: &[(&std::path::Path, &[&str])],
+    args: novastack_server::serve::ServeArgs,
+) -> std::net::SocketAddr {
+    let state = empty_state(&args);
+    let entries = models
+        .iter()
+        .map(|(dir, names)| {
+            let lm = novastack_models::load_model(dir, novastack_kernels::CpuBackend::new())
+                .expect("load model");
+            novastack_server::serve::ModelEntry::start(
+                lm,
+                names.iter().map(|n| n.to_string()).collect(),
+                &args.engine,
+            )
+            .expect("engine")
+        })
+        .collect();
+    state.set_models(entries).expect("names");
+    serve_state(state)
+}
+
+/// A server state with no model yet (the API answers 503 until `set_models`).
+pub fn empty_state(
+    args: &novastack_server::serve::ServeArgs,
+) -> std::sync::Arc<novastack_server::serve::AppState> {
+    novastack_server::serve::AppState::new(
+        args.api_key.iter().cloned().collect(),
         args.max_waiting,
+        args.max_body_bytes,
     )
-    .expect("engine");
+}
+
+/// Serves `state` on 127.0.0.1:0 in a background thread; returns the address.
+pub fn serve_state(
+    state: std::sync::Arc<novastack_server::serve::AppState>,
+) -> std::net::SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            axum_serve(listener, state).await;
+            novastack_server::serve::serve_on(listener, state)
+                .await
+                .unwrap();
         });
     });
     rx.recv().unwrap()
-}
-
-async fn axum_serve(
-    listener: tokio::net::TcpListener,
-    state: std::sync::Arc<novastack_server::serve::AppState>,
-) {
-    novastack_server::serve::serve_on(listener, state)
-        .await
-        .unwrap();
 }
 
 /// A minimal HTTP/1.1 client over a real socket: returns (status, body).

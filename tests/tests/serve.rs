@@ -4,7 +4,7 @@
 use novastack_engine::{generate, GenerateParams, SamplingParams};
 use novastack_kernels::CpuBackend;
 use novastack_models::load_model;
-use novastack_tests::{fixtures_dir, http, start_server};
+use novastack_tests::{fixtures_dir, http, model_fixtures, start_server};
 use serde_json::{json, Value};
 
 #[test]
@@ -101,8 +101,7 @@ fn sse_events(body: &str) -> Vec<String> {
 
 #[test]
 fn completions_with_token_ids_reproduce_golden_greedy_tokens() {
-    for name in ["llama-f32", "qwen3-bf16-tied", "mistral-f16"] {
-        let dir = fixtures_dir().join("models").join(name);
+    for dir in model_fixtures() {
         let golden: Value =
             serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
         let addr = start_server(&dir, "m");
@@ -126,7 +125,7 @@ fn completions_with_token_ids_reproduce_golden_greedy_tokens() {
                 })
                 .collect();
             let want: Vec<u64> = serde_json::from_value(case["greedy_token_ids"].clone()).unwrap();
-            assert_eq!(ids, want, "{name} / {}", case["name"]);
+            assert_eq!(ids, want, "{} / {}", dir.display(), case["name"]);
             assert_eq!(v["usage"]["completion_tokens"], 32);
             assert_eq!(v["choices"][0]["finish_reason"], "length");
         }
@@ -235,7 +234,7 @@ fn disconnecting_streaming_clients_frees_every_kv_block() {
     let used = |addr| {
         let (_, m) = http(addr, "GET", "/metrics", "");
         m.lines()
-            .find_map(|l| l.strip_prefix("novastack_kv_blocks_used "))
+            .find_map(|l| l.strip_prefix("novastack_kv_blocks_used{model=\"m\"} "))
             .map(|v| v.trim().parse::<f64>().unwrap())
             .unwrap()
     };
@@ -251,12 +250,12 @@ fn disconnecting_streaming_clients_frees_every_kv_block() {
     let (_, m) = http(addr, "GET", "/metrics", "");
     let ttft_count: f64 = m
         .lines()
-        .find_map(|l| l.strip_prefix("novastack_time_to_first_token_seconds_count "))
+        .find_map(|l| l.strip_prefix("novastack_time_to_first_token_seconds_count{model=\"m\"} "))
         .unwrap()
         .parse()
         .unwrap();
     assert!(ttft_count >= 1.0, "{m}");
-    assert!(m.contains("novastack_inter_token_latency_seconds_bucket{le=\"+Inf\"}"));
+    assert!(m.contains("novastack_inter_token_latency_seconds_bucket{model=\"m\",le=\"+Inf\"}"));
 }
 
 #[test]

@@ -1,37 +1,58 @@
-//! Routes: chat and text completions (streaming and not), models, health, metrics.
+//! Routes: chat and text completions (streaming and not), models, tokenize, health,
+//! readiness, metrics and the OpenAPI document. The request and response types here
+//! are the ones `/openapi.json` describes.
 
 use super::error::ApiError;
 use super::stop::StopMatcher;
-use super::AppState;
+use super::{AppState, ModelEntry};
 use crate::batch::TokenLogprobs;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use novastack_engine::{FinishReason, RequestParams, SamplingParams, Submission, TokenEvent};
 use novastack_models::IncrementalDecoder;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
+use utoipa::ToSchema;
 
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
+    let protected = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model_by_id))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
-        .route("/health", get(|| async { "ok" }))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(protected)
+        .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(|| async { ApiError::not_found("no such route; the API is under /v1", None) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+                None,
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
 }
@@ -52,47 +73,181 @@ async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -
     resp
 }
 
-async fn ready(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
-    if state.engine.is_alive() {
-        Ok("ready")
+/// Counts responses by route template and status for `/metrics`.
+async fn count_responses(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let resp = next.run(req).await;
+    state.http.record(&route, resp.status().as_u16());
+    resp
+}
+
+/// Bearer-key check for the API routes (constant-time per key).
+async fn auth(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.api_keys.is_empty() {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .unwrap_or("");
+    let ok = state.api_keys.iter().fold(false, |acc, k| {
+        acc | constant_time_eq(k.as_bytes(), given.as_bytes())
+    });
+    if ok {
+        next.run(req).await
     } else {
-        Err(ApiError::unavailable("the engine has stopped"))
+        ApiError::unauthorized().into_response()
     }
 }
 
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The body bytes, or the limit / read failure as OpenAI error JSON (413 when too big).
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rej| {
+        let status = rej.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "the request body is larger than the server's limit (--max-body-bytes)",
+                None,
+            )
+        } else {
+            ApiError::bad_request(
+                format!("cannot read the request body: {}", rej.body_text()),
+                None,
+            )
+        }
+    })
+}
+
+/// The model a request names, or 404 / 503 (loading).
+fn model_entry(state: &AppState, name: Option<&str>) -> Result<Arc<ModelEntry>, ApiError> {
+    let Some(reg) = state.registry() else {
+        return Err(ApiError::unavailable(
+            "the model is still loading; retry shortly",
+        ));
+    };
+    reg.get(name).cloned().ok_or_else(|| {
+        ApiError::not_found(
+            format!(
+                "the model `{}` does not exist; this server has {:?}",
+                name.unwrap_or_default(),
+                reg.names()
+            ),
+            Some("model"),
+        )
+    })
+}
+
+async fn openapi_json() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi_document(),
+    )
+        .into_response()
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "`ok`", body = String)))]
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// Readiness: every model loaded, every engine alive, not shutting down.
+#[utoipa::path(get, path = "/ready", responses((status = 200, description = "`ready`", body = String),
+    (status = 503, description = "loading, shutting down, or an engine stopped", body = ErrorResponse)))]
+async fn ready(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
+    if state.is_draining() {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    let Some(reg) = state.registry() else {
+        return Err(ApiError::unavailable("the model is still loading"));
+    };
+    if let Some(dead) = reg.models.iter().find(|m| !m.engine.is_alive()) {
+        return Err(ApiError::unavailable(format!(
+            "the engine of `{}` has stopped",
+            dead.id()
+        )));
+    }
+    Ok("ready")
+}
+
+fn model_card(m: &ModelEntry, id: &str) -> ModelCard {
+    ModelCard {
+        id: id.to_string(),
+        object: "model".into(),
+        created: now(),
+        owned_by: "novastack".into(),
+        max_model_len: m.max_context,
+    }
+}
+
+#[utoipa::path(get, path = "/v1/models/{id}", params(("id" = String, Path, description = "A served model name or alias")),
+    responses((status = 200, body = ModelCard), (status = 404, body = ErrorResponse)))]
 async fn model_by_id(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    check_auth(&state, &headers)?;
-    check_model(&state, &Some(id))?;
-    Ok(Json(
-        json!({"id": state.model_name, "object": "model", "created": now(), "owned_by": "novastack"}),
-    ))
+) -> Result<Json<ModelCard>, ApiError> {
+    let m = model_entry(&state, Some(&id))?;
+    Ok(Json(model_card(&m, &id)))
 }
 
-#[derive(Deserialize)]
-struct TokenizeRequest {
-    prompt: Option<String>,
-    messages: Option<Vec<Value>>,
-    add_special_tokens: Option<bool>,
-    add_generation_prompt: Option<bool>,
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList), (status = 401, body = ErrorResponse)))]
+async fn models(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>, ApiError> {
+    let Some(reg) = state.registry() else {
+        return Err(ApiError::unavailable(
+            "the model is still loading; retry shortly",
+        ));
+    };
+    // Every name, aliases included, so clients can check any name they use.
+    let data = reg
+        .models
+        .iter()
+        .flat_map(|m| m.names.iter().map(move |n| model_card(m, n)))
+        .collect();
+    Ok(Json(ModelList {
+        object: "list".into(),
+        data,
+    }))
 }
 
+#[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequest,
+    responses((status = 200, body = TokenizeResponse), (status = 400, body = ErrorResponse)))]
 async fn tokenize(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    check_auth(&state, &headers)?;
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<TokenizeResponse>, ApiError> {
+    let body = body_bytes(body)?;
     let (req, common): (TokenizeRequest, Common) = parse_body(&body)?;
-    check_model(&state, &common.model)?;
-    let tok = &state.tokenizer;
+    let m = model_entry(&state, common.model.as_deref())?;
+    let tok = &m.tokenizer;
     let ids = match (req.prompt, req.messages) {
         (Some(p), None) => tok.encode(&p, req.add_special_tokens.unwrap_or(true)),
-        (None, Some(m)) => tok.encode_chat(
-            &normalize_messages(&m)?,
+        (None, Some(msgs)) => tok.encode_chat(
+            &normalize_messages(&msgs)?,
             req.add_generation_prompt.unwrap_or(true),
         ),
         _ => {
@@ -103,36 +258,34 @@ async fn tokenize(
         }
     }
     .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?;
-    Ok(Json(
-        json!({"count": ids.len(), "max_model_len": state.max_context, "tokens": ids}),
-    ))
+    Ok(Json(TokenizeResponse {
+        count: ids.len(),
+        max_model_len: m.max_context,
+        tokens: ids,
+    }))
 }
 
-#[derive(Deserialize)]
-struct DetokenizeRequest {
-    tokens: Vec<u32>,
-}
-
+#[utoipa::path(post, path = "/detokenize", request_body = DetokenizeRequest,
+    responses((status = 200, body = DetokenizeResponse), (status = 400, body = ErrorResponse)))]
 async fn detokenize(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    check_auth(&state, &headers)?;
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<DetokenizeResponse>, ApiError> {
+    let body = body_bytes(body)?;
     let (req, common): (DetokenizeRequest, Common) = parse_body(&body)?;
-    check_model(&state, &common.model)?;
-    let vocab = state.tokenizer.vocab_size();
+    let m = model_entry(&state, common.model.as_deref())?;
+    let vocab = m.tokenizer.vocab_size();
     if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::bad_request(
             format!("token id {bad} is outside the vocabulary (size {vocab})"),
             Some("tokens"),
         ));
     }
-    let text = state
+    let text = m
         .tokenizer
         .decode(&req.tokens, false)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))?;
-    Ok(Json(json!({"prompt": text})))
+    Ok(Json(DetokenizeResponse { prompt: text }))
 }
 
 fn now() -> u64 {
@@ -140,21 +293,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn check_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(key) = &state.api_key else {
-        return Ok(());
-    };
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(key.as_str()) {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
-    }
 }
 
 /// Parses a JSON body into the endpoint's fields and the common sampling fields; type
@@ -185,74 +323,262 @@ fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
     })
 }
 
-#[derive(Deserialize)]
+/// A string or a list of strings.
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
-enum OneOrMany {
+pub(super) enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
 
 /// Sampling fields shared by both endpoints (OpenAI's plus vLLM's extensions).
-#[derive(Deserialize, Default)]
-struct Common {
+#[derive(Deserialize, Default, ToSchema)]
+pub(super) struct Common {
+    /// A served model name or alias (default: the first model).
     model: Option<String>,
     max_tokens: Option<usize>,
     temperature: Option<f32>,
     top_p: Option<f32>,
+    /// Choices per prompt, 1 to 16.
     n: Option<usize>,
+    /// Up to 4 stop strings; matched across token boundaries, never included.
     stop: Option<OneOrMany>,
     seed: Option<u64>,
     presence_penalty: Option<f32>,
     frequency_penalty: Option<f32>,
+    /// Token id (as a string) to a bias added to its logit.
     logit_bias: Option<HashMap<String, f32>>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
     #[allow(dead_code)]
     user: Option<String>,
+    /// vLLM extension: sample from the k most likely tokens (0 or -1: all).
     top_k: Option<i64>,
+    /// vLLM extension.
     min_p: Option<f32>,
+    /// vLLM extension.
     repetition_penalty: Option<f32>,
+    /// vLLM extension: keep generating past end-of-sequence tokens.
     ignore_eos: Option<bool>,
+    /// vLLM extension: lower runs first.
     priority: Option<i32>,
+    /// vLLM extension: extra token ids that end a sequence.
     stop_token_ids: Option<Vec<u32>>,
+    /// Not supported yet: a non-null value is rejected with 400.
     tools: Option<Value>,
+    /// Not supported yet: a non-null value is rejected with 400.
     response_format: Option<Value>,
 }
 
-#[derive(Deserialize, Default)]
-struct StreamOptions {
+#[derive(Deserialize, Default, ToSchema)]
+pub(super) struct StreamOptions {
+    /// Send a last chunk with `usage` and empty `choices` before `[DONE]`.
     include_usage: Option<bool>,
 }
 
-#[derive(Deserialize)]
-struct ChatRequest {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct ChatRequest {
+    /// `{"role", "content"}` objects; content is a string or an array of text parts.
     messages: Vec<Value>,
     max_completion_tokens: Option<usize>,
     logprobs: Option<bool>,
+    /// 0 to 20 alternatives per token (with `logprobs: true`).
     top_logprobs: Option<usize>,
 }
 
-#[derive(Deserialize)]
+/// A string, strings, token ids, or lists of token ids.
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
-enum Prompt {
+pub(super) enum Prompt {
     Text(String),
     Texts(Vec<String>),
     Ids(Vec<u32>),
     IdLists(Vec<Vec<u32>>),
 }
 
-#[derive(Deserialize)]
-struct CompletionRequest {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct CompletionRequest {
     prompt: Prompt,
+    /// Top alternatives per token, 0 to 20.
     logprobs: Option<usize>,
+    /// Not supported: `true` is rejected with 400.
     echo: Option<bool>,
+    /// Not supported: rejected with 400.
     suffix: Option<String>,
     /// vLLM extension: logprob tokens as `token_id:N`.
     return_tokens_as_token_ids: Option<bool>,
 }
 
-/// A validated generation: prompts, engine parameters, stop strings. (The model name
-/// is checked by the handlers before any tokenizing.)
+/// The body of `POST /v1/chat/completions` (documentation type: the handler parses
+/// the two parts separately so errors name the exact field).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct ChatCompletionRequest {
+    #[schema(inline)]
+    chat: ChatRequest,
+    #[schema(inline)]
+    common: Common,
+}
+
+/// The body of `POST /v1/completions` (documentation type, as above).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct CompletionBody {
+    #[schema(inline)]
+    completion: CompletionRequest,
+    #[schema(inline)]
+    common: Common,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub(super) struct TokenizeRequest {
+    /// A served model name or alias (read with the common fields).
+    #[allow(dead_code)]
+    model: Option<String>,
+    prompt: Option<String>,
+    messages: Option<Vec<Value>>,
+    add_special_tokens: Option<bool>,
+    add_generation_prompt: Option<bool>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub(super) struct DetokenizeRequest {
+    /// A served model name or alias (read with the common fields).
+    #[allow(dead_code)]
+    model: Option<String>,
+    tokens: Vec<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct TokenizeResponse {
+    count: usize,
+    max_model_len: usize,
+    tokens: Vec<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct DetokenizeResponse {
+    prompt: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct ModelCard {
+    id: String,
+    object: String,
+    created: u64,
+    owned_by: String,
+    max_model_len: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct ModelList {
+    object: String,
+    data: Vec<ModelCard>,
+}
+
+#[derive(Serialize, ToSchema, Clone, Copy)]
+pub(super) struct Usage {
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    total_tokens: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct ChatMessage {
+    role: String,
+    content: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct ChatChoice {
+    index: usize,
+    message: ChatMessage,
+    /// `{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}` when requested.
+    logprobs: Option<Value>,
+    /// `stop`, `length`, or `abort`.
+    finish_reason: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct ChatCompletion {
+    id: String,
+    /// `chat.completion`
+    object: String,
+    created: u64,
+    model: String,
+    choices: Vec<ChatChoice>,
+    usage: Usage,
+}
+
+#[derive(Serialize, ToSchema, Default)]
+pub(super) struct ChatDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct ChatChunkChoice {
+    index: usize,
+    delta: ChatDelta,
+    logprobs: Option<Value>,
+    finish_reason: Option<String>,
+}
+
+/// One `data:` event of a streamed chat completion.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ChatCompletionChunk {
+    id: String,
+    /// `chat.completion.chunk`
+    object: String,
+    created: u64,
+    model: String,
+    choices: Vec<ChatChunkChoice>,
+    /// Only on the last chunk (empty `choices`) when `stream_options.include_usage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Usage>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct CompletionChoice {
+    index: usize,
+    text: String,
+    /// `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}` when requested.
+    logprobs: Option<Value>,
+    /// Null in stream chunks until the choice ends.
+    finish_reason: Option<String>,
+}
+
+/// A text completion, or (streaming) one `data:` event of it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Completion {
+    id: String,
+    /// `text_completion`
+    object: String,
+    created: u64,
+    model: String,
+    choices: Vec<CompletionChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Usage>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct ErrorDetail {
+    message: String,
+    #[serde(rename = "type")]
+    kind: String,
+    param: Option<String>,
+    code: Option<String>,
+}
+
+/// OpenAI's error shape.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ErrorResponse {
+    error: ErrorDetail,
+}
+
+/// A validated generation: prompts, engine parameters, stop strings.
 struct Spec {
     prompts: Vec<Vec<u32>>,
     params: RequestParams,
@@ -261,21 +587,8 @@ struct Spec {
     include_usage: bool,
 }
 
-fn check_model(state: &AppState, model: &Option<String>) -> Result<(), ApiError> {
-    match model {
-        Some(m) if m != &state.model_name && m != "default" => Err(ApiError::not_found(
-            format!(
-                "the model `{m}` does not exist; this server has `{}`",
-                state.model_name
-            ),
-            Some("model"),
-        )),
-        _ => Ok(()),
-    }
-}
-
 fn build_spec(
-    state: &AppState,
+    m: &ModelEntry,
     c: Common,
     prompts: Vec<Vec<u32>>,
     max_tokens: Option<usize>,
@@ -304,19 +617,29 @@ fn build_spec(
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(ApiError::bad_request("the prompt is empty", Some("prompt")));
     }
-    let vocab = state.tokenizer.vocab_size().max(1);
+    if prompts.len() * n > 64 {
+        return Err(ApiError::bad_request(
+            format!(
+                "{} prompts x n={n} is {} sequences; at most 64 per request",
+                prompts.len(),
+                prompts.len() * n
+            ),
+            Some("prompt"),
+        ));
+    }
+    let vocab = m.tokenizer.vocab_size().max(1);
     if let Some(bad) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::bad_request(
             format!("token id {bad} is outside the vocabulary (size {vocab})"),
             Some("prompt"),
         ));
     }
-    let room = state.max_context.saturating_sub(longest);
+    let room = m.max_context.saturating_sub(longest);
     if room == 0 {
         return Err(ApiError::bad_request(
             format!(
                 "the prompt is {longest} tokens, the model's context window is {}",
-                state.max_context
+                m.max_context
             ),
             Some("messages"),
         ));
@@ -326,7 +649,7 @@ fn build_spec(
         return Err(ApiError::bad_request(
             format!(
                 "max_tokens {max_tokens} must be between 1 and {room}: the context window is {} and the prompt is {longest} tokens",
-                state.max_context
+                m.max_context
             ),
             Some("max_tokens"),
         ));
@@ -463,7 +786,6 @@ struct ChoiceState {
     decoder: IncrementalDecoder,
     stop: StopMatcher,
     text: String,
-    token_ids: Vec<u32>,
     logprobs: Vec<TokenLogprobs>,
     finish: Option<&'static str>,
 }
@@ -478,7 +800,7 @@ struct Delta {
 
 /// Turns engine events into per-choice deltas; aborts sequences whose stop string matched.
 struct Collector {
-    state: Arc<AppState>,
+    m: Arc<ModelEntry>,
     choices: Vec<ChoiceState>,
     index_of: HashMap<novastack_engine::RequestId, usize>,
     prompt_tokens: usize,
@@ -489,7 +811,7 @@ struct Collector {
 impl Collector {
     fn on_event(&mut self, ev: TokenEvent) -> Option<Delta> {
         let &ci = self.index_of.get(&ev.id)?;
-        let tok = self.state.tokenizer.clone();
+        let tok = self.m.tokenizer.clone();
         let c = &mut self.choices[ci];
         if c.finish.is_some() {
             return None;
@@ -497,7 +819,6 @@ impl Collector {
         let mut text = String::new();
         let mut lps = Vec::new();
         if let Some(t) = ev.token {
-            c.token_ids.push(t);
             self.completion_tokens += 1;
             if let Some((lp, top)) = ev.logprobs {
                 lps.push((t, lp, top));
@@ -507,7 +828,7 @@ impl Collector {
             text.push_str(&emit);
             if stopped {
                 c.finish = Some("stop");
-                self.state.engine.abort(ev.id);
+                self.m.engine.abort(ev.id);
             }
         }
         if let Some(f) = ev.finished {
@@ -531,6 +852,10 @@ impl Collector {
         }
         c.text.push_str(&text);
         c.logprobs.extend(lps.iter().cloned());
+        if let Some(f) = c.finish {
+            // Finished just now (events for finished choices return early above).
+            self.m.metrics.finished(f);
+        }
         Some(Delta {
             choice: ci,
             text,
@@ -542,17 +867,32 @@ impl Collector {
     fn done(&self) -> bool {
         self.choices.iter().all(|c| c.finish.is_some())
     }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            total_tokens: self.prompt_tokens + self.completion_tokens,
+        }
+    }
 }
 
 /// Submits every prompt to the engine; all events arrive on one stream.
 async fn start(
-    state: &Arc<AppState>,
+    state: &AppState,
+    m: &Arc<ModelEntry>,
     spec: &Spec,
 ) -> Result<(Collector, mpsc::UnboundedReceiver<TokenEvent>), ApiError> {
-    if !state.engine.is_alive() {
-        return Err(ApiError::unavailable("the engine has stopped"));
+    if state.is_draining() {
+        return Err(ApiError::unavailable("the server is shutting down"));
     }
-    let waiting = state.engine.stats().num_waiting;
+    if !m.engine.is_alive() {
+        return Err(ApiError::unavailable(format!(
+            "the engine of `{}` has stopped",
+            m.id()
+        )));
+    }
+    let waiting = m.engine.stats().num_waiting;
     if waiting >= state.max_waiting {
         return Err(ApiError::too_many(format!(
             "the server is busy: {waiting} requests are waiting (limit {}); retry later",
@@ -563,7 +903,7 @@ async fn start(
     let n = spec.params.n;
     let mut index_of = HashMap::new();
     for (p, prompt) in spec.prompts.iter().enumerate() {
-        let engine = state.engine.clone();
+        let engine = m.engine.clone();
         let sub = Submission {
             prompt: prompt.clone(),
             params: spec.params.clone(),
@@ -584,7 +924,6 @@ async fn start(
             decoder: IncrementalDecoder::new(true),
             stop: StopMatcher::new(spec.stops.clone()),
             text: String::new(),
-            token_ids: Vec::new(),
             logprobs: Vec::new(),
             finish: None,
         })
@@ -592,7 +931,7 @@ async fn start(
     let prompt_tokens = spec.prompts.iter().map(Vec::len).sum::<usize>() * n;
     Ok((
         Collector {
-            state: state.clone(),
+            m: m.clone(),
             choices,
             index_of,
             prompt_tokens,
@@ -603,50 +942,62 @@ async fn start(
     ))
 }
 
-fn usage(c: &Collector) -> Value {
-    json!({"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-           "total_tokens": c.prompt_tokens + c.completion_tokens})
-}
-
-fn token_str(state: &AppState, id: u32, as_ids: bool) -> String {
+fn token_str(m: &ModelEntry, id: u32, as_ids: bool) -> String {
     if as_ids {
         format!("token_id:{id}")
     } else {
-        state.tokenizer.decode(&[id], false).unwrap_or_default()
+        m.tokenizer.decode(&[id], false).unwrap_or_default()
     }
 }
 
-fn chat_logprobs(state: &AppState, lps: &[TokenLogprobs]) -> Value {
+fn chat_logprobs(m: &ModelEntry, lps: &[TokenLogprobs]) -> Value {
+    let entry = |id: u32, lp: f32| {
+        let s = token_str(m, id, false);
+        json!({"token": s, "logprob": lp, "bytes": s.as_bytes()})
+    };
     let content: Vec<Value> = lps
         .iter()
         .map(|(t, lp, top)| {
-            let s = token_str(state, *t, false);
-            json!({"token": s, "logprob": lp, "bytes": s.as_bytes(),
-                   "top_logprobs": top.iter().map(|(i, l)| { let s = token_str(state, *i, false); json!({"token": s, "logprob": l, "bytes": s.as_bytes()}) }).collect::<Vec<_>>()})
+            let mut e = entry(*t, *lp);
+            e["top_logprobs"] = top.iter().map(|(i, l)| entry(*i, *l)).collect();
+            e
         })
         .collect();
     json!({"content": content})
 }
 
-fn completion_logprobs(state: &AppState, lps: &[TokenLogprobs], as_ids: bool) -> Value {
+fn completion_logprobs(m: &ModelEntry, lps: &[TokenLogprobs], as_ids: bool) -> Value {
+    let top: Vec<serde_json::Map<String, Value>> = lps
+        .iter()
+        .map(|(_, _, top)| {
+            top.iter()
+                .map(|(i, l)| (token_str(m, *i, as_ids), json!(l)))
+                .collect()
+        })
+        .collect();
     json!({
-        "tokens": lps.iter().map(|(t, _, _)| token_str(state, *t, as_ids)).collect::<Vec<_>>(),
+        "tokens": lps.iter().map(|(t, _, _)| token_str(m, *t, as_ids)).collect::<Vec<_>>(),
         "token_logprobs": lps.iter().map(|(_, l, _)| *l).collect::<Vec<_>>(),
-        "top_logprobs": lps.iter().map(|(_, _, top)| top.iter().map(|(i, l)| (token_str(state, *i, as_ids), json!(l))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+        "top_logprobs": top,
         "text_offset": Vec::<usize>::new(),
     })
 }
 
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "A completion, or with `stream: true` an SSE stream of `ChatCompletionChunk` events ending in `data: [DONE]`",
+         content((ChatCompletion = "application/json"), (ChatCompletionChunk = "text/event-stream"))),
+        (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 413, body = ErrorResponse), (status = 429, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    check_auth(&state, &headers)?;
+    let body = body_bytes(body)?;
     let (req, common): (ChatRequest, Common) = parse_body(&body)?;
-    check_model(&state, &common.model)?;
+    let m = model_entry(&state, common.model.as_deref())?;
     let messages = normalize_messages(&req.messages)?;
-    let prompt = state
+    let prompt = m
         .tokenizer
         .encode_chat(&messages, true)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
@@ -656,18 +1007,23 @@ async fn chat_completions(
         None
     };
     let max = req.max_completion_tokens.or(common.max_tokens);
-    let spec = build_spec(&state, common, vec![prompt], max, logprobs)?;
-    respond(state, spec, Kind::Chat, false).await
+    let spec = build_spec(&m, common, vec![prompt], max, logprobs)?;
+    respond(state, m, spec, Kind::Chat, false).await
 }
 
+#[utoipa::path(post, path = "/v1/completions", request_body = CompletionBody,
+    responses(
+        (status = 200, description = "A completion, or with `stream: true` an SSE stream of `Completion` events ending in `data: [DONE]`",
+         content((Completion = "application/json"), (Completion = "text/event-stream"))),
+        (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 413, body = ErrorResponse), (status = 429, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
 async fn completions(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    check_auth(&state, &headers)?;
+    let body = body_bytes(body)?;
     let (req, common): (CompletionRequest, Common) = parse_body(&body)?;
-    check_model(&state, &common.model)?;
+    let m = model_entry(&state, common.model.as_deref())?;
     if req.echo.unwrap_or(false) {
         return Err(ApiError::bad_request("echo is not supported", Some("echo")));
     }
@@ -677,7 +1033,7 @@ async fn completions(
             Some("suffix"),
         ));
     }
-    let tok = &state.tokenizer;
+    let tok = &m.tokenizer;
     let enc = |s: &str| {
         tok.encode(s, true)
             .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))
@@ -689,9 +1045,10 @@ async fn completions(
         Prompt::IdLists(l) => l,
     };
     let max = common.max_tokens.or(Some(16));
-    let spec = build_spec(&state, common, prompts, max, req.logprobs)?;
+    let spec = build_spec(&m, common, prompts, max, req.logprobs)?;
     respond(
         state,
+        m,
         spec,
         Kind::Completion,
         req.return_tokens_as_token_ids.unwrap_or(false),
@@ -701,59 +1058,87 @@ async fn completions(
 
 async fn respond(
     state: Arc<AppState>,
+    m: Arc<ModelEntry>,
     spec: Spec,
     kind: Kind,
     as_ids: bool,
 ) -> Result<Response, ApiError> {
-    let (mut col, mut rx) = start(&state, &spec).await?;
-    let id = format!(
-        "{}-{:x}{:x}",
-        if kind == Kind::Chat {
-            "chatcmpl"
-        } else {
-            "cmpl"
-        },
-        now(),
-        rand::random::<u64>()
-    );
+    let (mut col, mut rx) = start(&state, &m, &spec).await?;
+    let prefix = if kind == Kind::Chat {
+        "chatcmpl"
+    } else {
+        "cmpl"
+    };
+    let id = format!("{prefix}-{:032x}", rand::random::<u128>());
     let created = now();
-    let model = state.model_name.clone();
+    let model = m.id().to_string();
     let want_logprobs = spec.params.logprobs.is_some();
+    let logprobs_of = move |m: &ModelEntry, lps: &[TokenLogprobs]| -> Option<Value> {
+        if !want_logprobs {
+            None
+        } else if kind == Kind::Chat {
+            Some(chat_logprobs(m, lps))
+        } else {
+            Some(completion_logprobs(m, lps, as_ids))
+        }
+    };
     if !spec.stream {
         while !col.done() {
             let Some(ev) = rx.recv().await else { break };
             col.on_event(ev);
         }
         if let Some(e) = &col.error {
-            return Err(ApiError {
-                status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                message: e.clone(),
-                param: None,
-            });
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.clone(),
+                None,
+            ));
         }
-        let choices: Vec<Value> = col
-            .choices
-            .iter()
-            .enumerate()
-            .map(|(i, c)| match kind {
-                Kind::Chat => json!({"index": i, "message": {"role": "assistant", "content": c.text},
-                    "logprobs": if want_logprobs { chat_logprobs(&state, &c.logprobs) } else { Value::Null },
-                    "finish_reason": c.finish.unwrap_or("abort")}),
-                Kind::Completion => json!({"index": i, "text": c.text,
-                    "logprobs": if want_logprobs { completion_logprobs(&state, &c.logprobs, as_ids) } else { Value::Null },
-                    "finish_reason": c.finish.unwrap_or("abort")}),
+        let finish = |c: &ChoiceState| c.finish.unwrap_or("abort").to_string();
+        let resp = match kind {
+            Kind::Chat => Json(ChatCompletion {
+                id,
+                object: "chat.completion".into(),
+                created,
+                model,
+                choices: col
+                    .choices
+                    .iter()
+                    .enumerate()
+                    .map(|(index, c)| ChatChoice {
+                        index,
+                        message: ChatMessage {
+                            role: "assistant".into(),
+                            content: c.text.clone(),
+                        },
+                        logprobs: logprobs_of(&m, &c.logprobs),
+                        finish_reason: finish(c),
+                    })
+                    .collect(),
+                usage: col.usage(),
             })
-            .collect();
-        let object = if kind == Kind::Chat {
-            "chat.completion"
-        } else {
-            "text_completion"
+            .into_response(),
+            Kind::Completion => Json(Completion {
+                id,
+                object: "text_completion".into(),
+                created,
+                model,
+                choices: col
+                    .choices
+                    .iter()
+                    .enumerate()
+                    .map(|(index, c)| CompletionChoice {
+                        index,
+                        text: c.text.clone(),
+                        logprobs: logprobs_of(&m, &c.logprobs),
+                        finish_reason: Some(finish(c)),
+                    })
+                    .collect(),
+                usage: Some(col.usage()),
+            })
+            .into_response(),
         };
-        return Ok(Json(
-            json!({"id": id, "object": object, "created": created, "model": model,
-            "choices": choices, "usage": usage(&col)}),
-        )
-        .into_response());
+        return Ok(resp);
     }
     // Streaming: a task turns engine events into SSE events; if the client leaves, the
     // SSE channel closes, the task ends and drops the engine stream, which aborts the
@@ -761,22 +1146,39 @@ async fn respond(
     let (sse_tx, sse_rx) = mpsc::channel::<Event>(64);
     let include_usage = spec.include_usage;
     tokio::spawn(async move {
-        let object = if kind == Kind::Chat {
-            "chat.completion.chunk"
-        } else {
-            "text_completion"
-        };
-        let chunk = |choices: Value, usage: Value| {
-            let mut v = json!({"id": id, "object": object, "created": created, "model": model, "choices": choices});
-            if !usage.is_null() {
-                v["usage"] = usage;
-            }
-            Event::default().data(v.to_string())
+        let data = |v: &dyn erased::Json| Event::default().data(v.json());
+        let chat_chunk =
+            |choices: Vec<ChatChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
+                id: id.clone(),
+                object: "chat.completion.chunk".into(),
+                created,
+                model: model.clone(),
+                choices,
+                usage,
+            };
+        let text_chunk = |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
+            id: id.clone(),
+            object: "text_completion".into(),
+            created,
+            model: model.clone(),
+            choices,
+            usage,
         };
         if kind == Kind::Chat {
-            for i in 0..col.choices.len() {
-                let c = json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
-                if sse_tx.send(chunk(c, Value::Null)).await.is_err() {
+            for index in 0..col.choices.len() {
+                let first = chat_chunk(
+                    vec![ChatChunkChoice {
+                        index,
+                        delta: ChatDelta {
+                            role: Some("assistant".into()),
+                            content: Some(String::new()),
+                        },
+                        logprobs: None,
+                        finish_reason: None,
+                    }],
+                    None,
+                );
+                if sse_tx.send(data(&first)).await.is_err() {
                     return;
                 }
             }
@@ -788,38 +1190,52 @@ async fn respond(
                 continue;
             }
             if d.finish == Some("error") {
-                let err = ApiError {
-                    status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    message: col.error.clone().unwrap_or_default(),
-                    param: None,
-                };
+                let err = ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    col.error.clone().unwrap_or_default(),
+                    None,
+                );
                 let _ = sse_tx
                     .send(Event::default().data(err.body().to_string()))
                     .await;
                 break;
             }
-            let lp = if !want_logprobs {
-                Value::Null
-            } else if kind == Kind::Chat {
-                chat_logprobs(&col.state, &d.logprobs)
-            } else {
-                completion_logprobs(&col.state, &d.logprobs, as_ids)
+            let lp = logprobs_of(&col.m, &d.logprobs);
+            let finish_reason = d.finish.map(str::to_string);
+            let ev = match kind {
+                Kind::Chat => data(&chat_chunk(
+                    vec![ChatChunkChoice {
+                        index: d.choice,
+                        delta: ChatDelta {
+                            role: None,
+                            content: (!d.text.is_empty()).then_some(d.text),
+                        },
+                        logprobs: lp,
+                        finish_reason,
+                    }],
+                    None,
+                )),
+                Kind::Completion => data(&text_chunk(
+                    vec![CompletionChoice {
+                        index: d.choice,
+                        text: d.text,
+                        logprobs: lp,
+                        finish_reason,
+                    }],
+                    None,
+                )),
             };
-            let c = match kind {
-                Kind::Chat => {
-                    json!([{"index": d.choice, "delta": if d.text.is_empty() { json!({}) } else { json!({"content": d.text}) },
-                    "logprobs": lp, "finish_reason": d.finish}])
-                }
-                Kind::Completion => {
-                    json!([{"index": d.choice, "text": d.text, "logprobs": lp, "finish_reason": d.finish}])
-                }
-            };
-            if sse_tx.send(chunk(c, Value::Null)).await.is_err() {
+            if sse_tx.send(ev).await.is_err() {
                 return;
             }
         }
         if include_usage {
-            let _ = sse_tx.send(chunk(json!([]), usage(&col))).await;
+            let usage = Some(col.usage());
+            let ev = match kind {
+                Kind::Chat => data(&chat_chunk(Vec::new(), usage)),
+                Kind::Completion => data(&text_chunk(Vec::new(), usage)),
+            };
+            let _ = sse_tx.send(ev).await;
         }
         let _ = sse_tx.send(Event::default().data("[DONE]")).await;
     });
@@ -829,116 +1245,58 @@ async fn respond(
     Ok(Sse::new(stream).into_response())
 }
 
-async fn models(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    check_auth(&state, &headers)?;
-    Ok(Json(
-        json!({"object": "list", "data": [{"id": state.model_name, "object": "model", "created": now(), "owned_by": "novastack"}]}),
-    ))
+/// Serialises either chunk type behind one closure.
+mod erased {
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> String {
-    let s = state.engine.stats();
-    let mut out = String::new();
-    let mut g = |name: &str, help: &str, kind: &str, v: f64| {
-        out.push_str(&format!("# HELP novastack_{name} {help}\n# TYPE novastack_{name} {kind}\nnovastack_{name} {v}\n"));
-    };
-    g(
-        "requests_waiting",
-        "Requests waiting to be scheduled.",
-        "gauge",
-        s.num_waiting as f64,
-    );
-    g(
-        "requests_running",
-        "Requests running.",
-        "gauge",
-        s.num_running as f64,
-    );
-    g(
-        "requests_preempted",
-        "Requests preempted, waiting to recompute.",
-        "gauge",
-        s.num_preempted as f64,
-    );
-    g(
-        "kv_blocks_total",
-        "KV cache blocks.",
-        "gauge",
-        s.kv_blocks_total as f64,
-    );
-    g(
-        "kv_blocks_used",
-        "KV cache blocks in use.",
-        "gauge",
-        (s.kv_blocks_total - s.kv_blocks_free) as f64,
-    );
-    g(
-        "prefix_cache_queries_total",
-        "Full blocks looked up in the prefix cache.",
-        "counter",
-        s.prefix_queried_blocks as f64,
-    );
-    g(
-        "prefix_cache_hits_total",
-        "Full blocks found in the prefix cache.",
-        "counter",
-        s.prefix_hit_blocks as f64,
-    );
-    g(
-        "preemptions_total",
-        "Requests preempted.",
-        "counter",
-        s.num_preemptions as f64,
-    );
-    g(
-        "prompt_tokens_total",
-        "Prompt tokens computed.",
-        "counter",
-        s.num_prompt_tokens_computed as f64,
-    );
-    g(
-        "generation_tokens_total",
-        "Tokens generated.",
-        "counter",
-        s.num_generated_tokens as f64,
-    );
-    g(
-        "engine_steps_total",
-        "Engine steps.",
-        "counter",
-        s.num_steps as f64,
-    );
-    for (name, help, h) in [
-        (
-            "time_to_first_token_seconds",
-            "Time from arrival to the first token.",
-            &s.ttft,
-        ),
-        (
-            "inter_token_latency_seconds",
-            "Time between consecutive tokens of a sequence.",
-            &s.itl,
-        ),
-    ] {
-        out.push_str(&format!(
-            "# HELP novastack_{name} {help}\n# TYPE novastack_{name} histogram\n"
-        ));
-        let mut cum = 0;
-        for (i, c) in h.counts.iter().enumerate() {
-            cum += c;
-            let le = h
-                .bounds
-                .get(i)
-                .map_or("+Inf".to_string(), |b| b.to_string());
-            out.push_str(&format!("novastack_{name}_bucket{{le=\"{le}\"}} {cum}\n"));
-        }
-        out.push_str(&format!(
-            "novastack_{name}_sum {}\nnovastack_{name}_count {}\n",
-            h.sum, h.count
-        ));
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        super::metrics::render(&state),
+    )
+        .into_response()
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
-    out
+}
+
+/// The OpenAPI 3.1 document for `/openapi.json`, generated from the handler
+/// annotations and the request/response types above.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "novastack", description = "OpenAI-compatible LLM inference API. With --api-key or --api-key-file, /v1/* and the tokenize routes need `Authorization: Bearer KEY`."),
+    paths(chat_completions, completions, models, model_by_id, tokenize, detokenize, health, ready, metrics),
+    components(schemas(ChatCompletionRequest, CompletionBody, ChatCompletion, ChatCompletionChunk, Completion, ErrorResponse, ModelList, ModelCard, TokenizeRequest, TokenizeResponse, DetokenizeRequest, DetokenizeResponse, Usage)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+pub fn openapi_document() -> String {
+    use utoipa::OpenApi;
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }

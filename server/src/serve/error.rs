@@ -13,6 +13,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            param: param.map(str::to_string),
+        }
+    }
+
     pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
@@ -55,7 +63,7 @@ impl ApiError {
 
     pub fn kind(&self) -> &'static str {
         match self.status.as_u16() {
-            400 => "invalid_request_error",
+            400 | 405 | 413 => "invalid_request_error",
             401 => "authentication_error",
             404 => "not_found_error",
             429 => "rate_limit_error",
