@@ -966,7 +966,19 @@ fn chat_logprobs(m: &ModelEntry, lps: &[TokenLogprobs]) -> Value {
     json!({"content": content})
 }
 
-fn completion_logprobs(m: &ModelEntry, lps: &[TokenLogprobs], as_ids: bool) -> Value {
+/// OpenAI's completion logprobs; `text_offset` counts bytes from the start of the choice's
+/// text (`base` is where these tokens begin).
+fn completion_logprobs(m: &ModelEntry, lps: &[TokenLogprobs], as_ids: bool, base: usize) -> Value {
+    let tokens: Vec<String> = lps
+        .iter()
+        .map(|(t, _, _)| token_str(m, *t, as_ids))
+        .collect();
+    let mut offsets = Vec::with_capacity(lps.len());
+    let mut at = base;
+    for (t, _, _) in lps {
+        offsets.push(at);
+        at += m.tokenizer.decode(&[*t], true).map_or(0, |s| s.len());
+    }
     let top: Vec<serde_json::Map<String, Value>> = lps
         .iter()
         .map(|(_, _, top)| {
@@ -976,10 +988,10 @@ fn completion_logprobs(m: &ModelEntry, lps: &[TokenLogprobs], as_ids: bool) -> V
         })
         .collect();
     json!({
-        "tokens": lps.iter().map(|(t, _, _)| token_str(m, *t, as_ids)).collect::<Vec<_>>(),
+        "tokens": tokens,
         "token_logprobs": lps.iter().map(|(_, l, _)| *l).collect::<Vec<_>>(),
         "top_logprobs": top,
-        "text_offset": Vec::<usize>::new(),
+        "text_offset": offsets,
     })
 }
 
@@ -1073,13 +1085,13 @@ async fn respond(
     let created = now();
     let model = m.id().to_string();
     let want_logprobs = spec.params.logprobs.is_some();
-    let logprobs_of = move |m: &ModelEntry, lps: &[TokenLogprobs]| -> Option<Value> {
+    let logprobs_of = move |m: &ModelEntry, lps: &[TokenLogprobs], base: usize| -> Option<Value> {
         if !want_logprobs {
             None
         } else if kind == Kind::Chat {
             Some(chat_logprobs(m, lps))
         } else {
-            Some(completion_logprobs(m, lps, as_ids))
+            Some(completion_logprobs(m, lps, as_ids, base))
         }
     };
     if !spec.stream {
@@ -1111,7 +1123,7 @@ async fn respond(
                             role: "assistant".into(),
                             content: c.text.clone(),
                         },
-                        logprobs: logprobs_of(&m, &c.logprobs),
+                        logprobs: logprobs_of(&m, &c.logprobs, 0),
                         finish_reason: finish(c),
                     })
                     .collect(),
@@ -1130,7 +1142,7 @@ async fn respond(
                     .map(|(index, c)| CompletionChoice {
                         index,
                         text: c.text.clone(),
-                        logprobs: logprobs_of(&m, &c.logprobs),
+                        logprobs: logprobs_of(&m, &c.logprobs, 0),
                         finish_reason: Some(finish(c)),
                     })
                     .collect(),
@@ -1200,7 +1212,8 @@ async fn respond(
                     .await;
                 break;
             }
-            let lp = logprobs_of(&col.m, &d.logprobs);
+            let base = col.choices[d.choice].text.len() - d.text.len();
+            let lp = logprobs_of(&col.m, &d.logprobs, base);
             let finish_reason = d.finish.map(str::to_string);
             let ev = match kind {
                 Kind::Chat => data(&chat_chunk(

@@ -1,0 +1,116 @@
+//! `novastack serve` as a process: SIGTERM stops accepting, lets in-flight streams
+//! finish, then exits 0; past `--shutdown-timeout` it exits anyway.
+
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Starts the server on port 0; returns the child and its address once it serves.
+fn spawn_server(extra: &[&str]) -> (Child, SocketAddr) {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen3-f32");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_novastack"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--served-model-name",
+            "m",
+            "--model",
+        ])
+        .arg(&model)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut addr = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("listening on http://") {
+            addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+        }
+        if line.starts_with("serving ") {
+            break;
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr.expect("the server printed its address"))
+}
+
+fn stream_request(addr: SocketAddr, max_tokens: usize, n: usize) -> TcpStream {
+    let body = format!(
+        r#"{{"model": "m", "prompt": [1, 2, 3, 4], "max_tokens": {max_tokens}, "n": {n}, "temperature": 0, "ignore_eos": true, "stream": true}}"#
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(s, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut first = [0u8; 64];
+    let k = s.read(&mut first).unwrap();
+    assert!(
+        String::from_utf8_lossy(&first[..k]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&first[..k])
+    );
+    s
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server did not exit within {within:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_streams_then_exits() {
+    let (mut child, addr) = spawn_server(&["--shutdown-timeout", "60"]);
+    let mut s = stream_request(addr, 1000, 8);
+    sigterm(&child);
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    // Every one of the 8 choices ran to its length and the stream ended properly.
+    assert_eq!(
+        rest.matches(r#""finish_reason":"length""#).count(),
+        8,
+        "{rest}"
+    );
+    assert!(rest.contains("data: [DONE]"), "{rest}");
+    let st = wait_exit(&mut child, Duration::from_secs(30));
+    assert!(st.success(), "{st:?}");
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "still accepting after exit"
+    );
+}
+
+#[test]
+fn sigterm_gives_up_after_the_shutdown_timeout() {
+    let (mut child, addr) = spawn_server(&["--shutdown-timeout", "0"]);
+    let _s = stream_request(addr, 1000, 16);
+    let t = Instant::now();
+    sigterm(&child);
+    let st = wait_exit(&mut child, Duration::from_secs(20));
+    assert!(st.success(), "{st:?}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+}

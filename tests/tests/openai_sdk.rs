@@ -1,0 +1,60 @@
+//! The official `openai` Python SDK as the client: chat and completions, streaming and
+//! not, usage, stop strings, logprobs, `n`, and the error classes.
+//!
+//! Needs a Python with `openai` installed: `NOVASTACK_OPENAI_PYTHON` (set by `.ci/run`,
+//! which makes the venv). Without it the test says so and passes only when
+//! `NOVASTACK_REQUIRE_OPENAI_SDK` is unset.
+
+use novastack_server::serve::ServeArgs;
+use novastack_tests::{fixtures_dir, start_server_with};
+use std::process::Command;
+
+#[test]
+fn official_openai_python_sdk() {
+    let python = match std::env::var("NOVASTACK_OPENAI_PYTHON") {
+        Ok(p) => p,
+        Err(_) => {
+            assert!(
+                std::env::var_os("NOVASTACK_REQUIRE_OPENAI_SDK").is_none(),
+                "NOVASTACK_REQUIRE_OPENAI_SDK is set but NOVASTACK_OPENAI_PYTHON is not"
+            );
+            eprintln!("skipped: set NOVASTACK_OPENAI_PYTHON to a python with `openai` installed");
+            return;
+        }
+    };
+    let dir = fixtures_dir().join("models/qwen3-f32");
+    let key = "sk-novastack-test";
+    let main = start_server_with(
+        &dir,
+        "tiny-qwen3",
+        ServeArgs {
+            api_key: Some(key.into()),
+            ..Default::default()
+        },
+    );
+    let busy = start_server_with(
+        &dir,
+        "tiny-qwen3",
+        ServeArgs {
+            api_key: Some(key.into()),
+            max_waiting: 0,
+            ..Default::default()
+        },
+    );
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/openai_sdk_check.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .env("NOVASTACK_BASE_URL", format!("http://{main}/v1"))
+        .env("NOVASTACK_BUSY_URL", format!("http://{busy}/v1"))
+        .env("NOVASTACK_KEY", key)
+        .env("NOVASTACK_MODEL", "tiny-qwen3")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "openai SDK checks failed:\n{stdout}");
+    assert!(stdout.contains("13/13 checks passed"), "{stdout}");
+}
