@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod bench;
 pub mod default_model;
+pub mod gateway;
 pub mod generate;
 pub mod offline;
 pub mod serve;

@@ -10,14 +10,22 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub param: Option<String>,
+    /// Extra response headers (e.g. `Retry-After`, `x-ratelimit-*`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
     pub fn new(status: StatusCode, message: impl Into<String>, param: Option<&str>) -> Self {
         ApiError {
             status,
             message: message.into(),
             param: param.map(str::to_string),
+            headers: Vec::new(),
         }
     }
 
@@ -26,6 +34,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
             param: param.map(str::to_string),
+            headers: Vec::new(),
         }
     }
 
@@ -34,6 +43,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             message: message.into(),
             param: param.map(str::to_string),
+            headers: Vec::new(),
         }
     }
 
@@ -42,6 +52,7 @@ impl ApiError {
             status: StatusCode::UNAUTHORIZED,
             message: "missing or invalid API key (send Authorization: Bearer KEY)".into(),
             param: None,
+            headers: Vec::new(),
         }
     }
 
@@ -50,6 +61,7 @@ impl ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             message: message.into(),
             param: None,
+            headers: Vec::new(),
         }
     }
 
@@ -58,6 +70,7 @@ impl ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: message.into(),
             param: None,
+            headers: Vec::new(),
         }
     }
 
@@ -65,9 +78,11 @@ impl ApiError {
         match self.status.as_u16() {
             400 | 405 | 413 => "invalid_request_error",
             401 => "authentication_error",
+            403 => "permission_error",
             404 => "not_found_error",
             429 => "rate_limit_error",
             503 => "service_unavailable",
+            502 | 504 => "upstream_error",
             _ => "server_error",
         }
     }
@@ -83,7 +98,12 @@ impl IntoResponse for ApiError {
             eprintln!("error {}: {}", self.status, self.message);
         }
         let mut resp = (self.status, Json(self.body())).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
+        for (k, v) in &self.headers {
+            if let Ok(v) = axum::http::HeaderValue::from_str(v) {
+                resp.headers_mut().insert(*k, v);
+            }
+        }
+        if self.status == StatusCode::TOO_MANY_REQUESTS && !resp.headers().contains_key("retry-after") {
             resp.headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));
         }

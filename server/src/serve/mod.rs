@@ -11,6 +11,7 @@ pub mod metrics;
 mod stop;
 
 pub use api::app;
+pub(crate) use api::request_id;
 pub use error::ApiError;
 
 use crate::batch::EngineArgs;
@@ -57,6 +58,10 @@ pub struct ServeArgs {
     /// Seconds to let in-flight requests finish after SIGTERM before exiting.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Run as a gateway with this YAML config (models, routes, retry, keys) instead of
+    /// serving `--model` directly. SIGHUP reloads it.
+    #[arg(long, conflicts_with_all = ["model", "served_model_name", "api_key", "api_key_file"])]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -288,6 +293,15 @@ fn load_all(args: &ServeArgs, names: Vec<Vec<String>>) -> Result<Vec<Arc<ModelEn
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    if let Some(cfg) = &args.config {
+        return crate::gateway::run(
+            cfg,
+            &args.host,
+            args.port,
+            args.engine.clone(),
+            Duration::from_secs(args.shutdown_timeout),
+        );
+    }
     let names = model_names(&args.model, &args.served_model_name)?;
     {
         let mut seen = std::collections::HashSet::new();
