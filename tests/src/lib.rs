@@ -144,3 +144,39 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+pub mod mock_upstream;
+
+/// Starts a gateway from YAML text on 127.0.0.1:0 (environment from `env`); returns
+/// its address and handle (for reloads and limits).
+pub fn start_gateway(
+    yaml: &str,
+    env: &[(&str, &str)],
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<novastack_server::gateway::Gateway>,
+) {
+    let env: std::collections::HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let gw = novastack_server::gateway::Gateway::from_config(
+        yaml,
+        novastack_server::serve::ServeArgs::default().engine,
+        &move |k: &str| env.get(k).cloned(),
+    )
+    .expect("gateway config");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let g = gw.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            novastack_server::gateway::serve(listener, g, None, std::time::Duration::from_secs(5))
+                .await
+                .unwrap();
+        });
+    });
+    (rx.recv().unwrap(), gw)
+}

@@ -357,24 +357,53 @@ api_keys:
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (GOOD.replace("provider: openai", "provider: opnai"), "models[0]"),
-            (GOOD.replacen("key_env: K}", "key_env: NOPE}", 1), "models[0] (big).auth.key_env: environment variable NOPE"),
+            (
+                GOOD.replace("provider: openai", "provider: opnai"),
+                "models[0]",
+            ),
+            (
+                GOOD.replacen("key_env: K}", "key_env: NOPE}", 1),
+                "models[0] (big).auth.key_env: environment variable NOPE",
+            ),
             (GOOD.replace("use: big", "use: bigger"), "routes[0].use"),
-            (GOOD.replace("fallback: [claude]", "fallback: [x]"), "routes[0].fallback[0]"),
-            (GOOD.replace("task: reasoning", "tsk: reasoning"), "routes[0].when.tsk"),
-            (GOOD.replace("{lt: 0.01}", "{lt: cheap}"), "routes[0].when.budget"),
-            (GOOD.replace("max_attempts: 2", "max_attempts: 0"), "retry.max_attempts"),
-            (GOOD.replace("    base_url: http://127.0.0.1:9002\n", ""), "models[1] (claude).base_url"),
+            (
+                GOOD.replace("fallback: [claude]", "fallback: [x]"),
+                "routes[0].fallback[0]",
+            ),
+            (
+                GOOD.replace("task: reasoning", "tsk: reasoning"),
+                "routes[0].when.tsk",
+            ),
+            (
+                GOOD.replace("{lt: 0.01}", "{lt: cheap}"),
+                "routes[0].when.budget",
+            ),
+            (
+                GOOD.replace("max_attempts: 2", "max_attempts: 0"),
+                "retry.max_attempts",
+            ),
+            (
+                GOOD.replace("    base_url: http://127.0.0.1:9002\n", ""),
+                "models[1] (claude).base_url",
+            ),
             (GOOD.replace("scores:", "scorez:"), "unknown field `scorez`"),
-            (GOOD.replace("models: [auto, big]", "models: [auto, huge]"), "api_keys[0] (team-a).models[1]"),
-            (GOOD.replace("retry_on: [429, timeout]", "retry_on: [429, sometimes]"), "retry.retry_on[1]"),
+            (
+                GOOD.replace("models: [auto, big]", "models: [auto, huge]"),
+                "api_keys[0] (team-a).models[1]",
+            ),
+            (
+                GOOD.replace("retry_on: [429, timeout]", "retry_on: [429, sometimes]"),
+                "retry.retry_on[1]",
+            ),
         ];
         for (text, needle) in cases {
             let e = format!("{:#}", parse(&text, &env).unwrap_err());
             assert!(e.contains(needle), "{e:?} lacks {needle:?}");
         }
         // Syntax and type errors carry a line number.
-        let e = parse(&GOOD.replace("rpm: 60", "rpm: lots"), &env).unwrap_err().to_string();
+        let e = parse(&GOOD.replace("rpm: 60", "rpm: lots"), &env)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line"), "{e}");
     }
 }

@@ -59,20 +59,78 @@ pub fn render(out: &mut String, rows: &[Row]) {
     let lbl = |r: &Row| format!("model=\"{}\"", r.name.replace('"', "\\\""));
     type Get = fn(&Row) -> f64;
     let series: [(&str, &str, &str, Get); 11] = [
-        ("gateway_upstream_requests_total", "Attempts sent to the upstream.", "counter", |r| r.m.requests.load(Ordering::Relaxed) as f64),
-        ("gateway_upstream_successes_total", "Requests the upstream completed.", "counter", |r| r.m.successes.load(Ordering::Relaxed) as f64),
-        ("gateway_upstream_retries_total", "Retries of the same upstream.", "counter", |r| r.m.retries.load(Ordering::Relaxed) as f64),
-        ("gateway_upstream_fallbacks_total", "Requests that fell back to this upstream.", "counter", |r| r.m.fallbacks.load(Ordering::Relaxed) as f64),
-        ("gateway_upstream_cooldowns_total", "Times this upstream was cooled down.", "counter", |r| r.m.cooldowns.load(Ordering::Relaxed) as f64),
-        ("gateway_upstream_cooling_down", "1 while the upstream is cooling down.", "gauge", |r| r.cooling as u8 as f64),
-        ("gateway_upstream_adaptive_limit", "Current AIMD concurrency limit.", "gauge", |r| r.limit as f64),
-        ("gateway_upstream_in_flight", "Requests in flight to the upstream.", "gauge", |r| r.in_flight as f64),
-        ("gateway_upstream_cost_usd_total", "Cost of completed requests in USD.", "counter", |r| r.m.cost_micro_usd.load(Ordering::Relaxed) as f64 / 1e6),
-        ("gateway_upstream_prompt_tokens_total", "Prompt tokens of completed requests.", "counter", |r| r.m.prompt_tokens.load(Ordering::Relaxed) as f64),
-        ("gateway_upstream_completion_tokens_total", "Completion tokens of completed requests.", "counter", |r| r.m.completion_tokens.load(Ordering::Relaxed) as f64),
+        (
+            "gateway_upstream_requests_total",
+            "Attempts sent to the upstream.",
+            "counter",
+            |r| r.m.requests.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "gateway_upstream_successes_total",
+            "Requests the upstream completed.",
+            "counter",
+            |r| r.m.successes.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "gateway_upstream_retries_total",
+            "Retries of the same upstream.",
+            "counter",
+            |r| r.m.retries.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "gateway_upstream_fallbacks_total",
+            "Requests that fell back to this upstream.",
+            "counter",
+            |r| r.m.fallbacks.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "gateway_upstream_cooldowns_total",
+            "Times this upstream was cooled down.",
+            "counter",
+            |r| r.m.cooldowns.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "gateway_upstream_cooling_down",
+            "1 while the upstream is cooling down.",
+            "gauge",
+            |r| r.cooling as u8 as f64,
+        ),
+        (
+            "gateway_upstream_adaptive_limit",
+            "Current AIMD concurrency limit.",
+            "gauge",
+            |r| r.limit as f64,
+        ),
+        (
+            "gateway_upstream_in_flight",
+            "Requests in flight to the upstream.",
+            "gauge",
+            |r| r.in_flight as f64,
+        ),
+        (
+            "gateway_upstream_cost_usd_total",
+            "Cost of completed requests in USD.",
+            "counter",
+            |r| r.m.cost_micro_usd.load(Ordering::Relaxed) as f64 / 1e6,
+        ),
+        (
+            "gateway_upstream_prompt_tokens_total",
+            "Prompt tokens of completed requests.",
+            "counter",
+            |r| r.m.prompt_tokens.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "gateway_upstream_completion_tokens_total",
+            "Completion tokens of completed requests.",
+            "counter",
+            |r| r.m.completion_tokens.load(Ordering::Relaxed) as f64,
+        ),
     ];
     for (name, help, kind, get) in series {
-        let _ = writeln!(out, "# HELP novastack_{name} {help}\n# TYPE novastack_{name} {kind}");
+        let _ = writeln!(
+            out,
+            "# HELP novastack_{name} {help}\n# TYPE novastack_{name} {kind}"
+        );
         for r in rows {
             let _ = writeln!(out, "novastack_{name}{{{}}} {}", lbl(r), get(r));
         }
@@ -81,7 +139,11 @@ pub fn render(out: &mut String, rows: &[Row]) {
     for r in rows {
         if let Ok(e) = r.m.errors.lock() {
             for (class, n) in e.iter() {
-                let _ = writeln!(out, "novastack_gateway_upstream_errors_total{{{},class=\"{class}\"}} {n}", lbl(r));
+                let _ = writeln!(
+                    out,
+                    "novastack_gateway_upstream_errors_total{{{},class=\"{class}\"}} {n}",
+                    lbl(r)
+                );
             }
         }
     }
@@ -93,9 +155,16 @@ pub fn render(out: &mut String, rows: &[Row]) {
         let mut cum = 0;
         for (i, c) in h.counts.iter().enumerate() {
             cum += c;
-            let le = h.bounds.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            let le = h
+                .bounds
+                .get(i)
+                .map_or("+Inf".to_string(), |b| b.to_string());
             let _ = writeln!(out, "novastack_{name}_bucket{{{l},le=\"{le}\"}} {cum}");
         }
-        let _ = writeln!(out, "novastack_{name}_sum{{{l}}} {}\nnovastack_{name}_count{{{l}}} {}", h.sum, h.count);
+        let _ = writeln!(
+            out,
+            "novastack_{name}_sum{{{l}}} {}\nnovastack_{name}_count{{{l}}} {}",
+            h.sum, h.count
+        );
     }
 }

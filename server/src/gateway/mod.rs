@@ -70,7 +70,9 @@ const UNLIMITED_CONCURRENCY: usize = 1024;
 impl Upstream {
     fn new(m: &ModelConfig, now: Instant) -> Self {
         Upstream {
-            aimd: Mutex::new(Aimd::new(m.limits.max_concurrency.unwrap_or(UNLIMITED_CONCURRENCY))),
+            aimd: Mutex::new(Aimd::new(
+                m.limits.max_concurrency.unwrap_or(UNLIMITED_CONCURRENCY),
+            )),
             slot_freed: tokio::sync::Notify::new(),
             cooldown: Mutex::new(Cooldown::default()),
             rpm: Mutex::new(m.limits.rpm.map(|c| TokenBucket::per_minute(c, now))),
@@ -273,9 +275,19 @@ impl Gateway {
         let p = PathBuf::from(&path);
         let resolved = crate::default_model::resolve(Some(&p))
             .with_context(|| format!("models ({}).path", m.name))?;
-        eprintln!("gateway: loading local model {} from {}", m.name, resolved.display());
+        eprintln!(
+            "gateway: loading local model {} from {}",
+            m.name,
+            resolved.display()
+        );
         let lm = novastack_models::load_model(&resolved, novastack_kernels::CpuBackend::new())
-            .with_context(|| format!("models ({}).path: cannot load {}", m.name, resolved.display()))?;
+            .with_context(|| {
+                format!(
+                    "models ({}).path: cannot load {}",
+                    m.name,
+                    resolved.display()
+                )
+            })?;
         let state = AppState::new(Vec::new(), 1024, 64 << 20);
         state.set_models(vec![ModelEntry::start(lm, vec![served], &self.engine)?])?;
         let router = crate::serve::app(state);
@@ -284,7 +296,10 @@ impl Gateway {
     }
 
     fn generation(&self) -> Arc<Generation> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn upstream(&self, name: &str) -> Option<Arc<Upstream>> {
@@ -305,7 +320,10 @@ pub fn app(gw: Arc<Gateway>) -> Router {
                 None,
             )
         })
-        .layer(axum::middleware::from_fn_with_state(gw.clone(), count_responses))
+        .layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            count_responses,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
         .layer(axum::middleware::from_fn(crate::serve::request_id))
         .with_state(gw)
@@ -364,7 +382,10 @@ async fn metrics_page(State(gw): State<Arc<Gateway>>) -> Response {
         .collect();
     metrics::render(&mut out, &rows);
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
         .into_response()
@@ -382,7 +403,10 @@ fn authenticate(gen: &Generation, headers: &HeaderMap) -> Result<Option<usize>, 
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .unwrap_or("");
     let mut found = None;
@@ -394,7 +418,10 @@ fn authenticate(gen: &Generation, headers: &HeaderMap) -> Result<Option<usize>, 
     found.map(Some).ok_or_else(ApiError::unauthorized)
 }
 
-async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+async fn models(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     let gen = gw.generation();
     let key = authenticate(&gen, &headers)?;
     let allowed = key.and_then(|i| gen.cfg.api_keys[i].models.clone());
@@ -428,37 +455,65 @@ fn parse_chat(body: &[u8]) -> Result<Parsed, ApiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}"), None))?;
     let Value::Object(mut body) = v else {
-        return Err(ApiError::bad_request("invalid request body: expected a JSON object", None));
+        return Err(ApiError::bad_request(
+            "invalid request body: expected a JSON object",
+            None,
+        ));
     };
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        _ => return Err(ApiError::bad_request("`model` is required (a model name or `auto`)", Some("model"))),
+        _ => {
+            return Err(ApiError::bad_request(
+                "`model` is required (a model name or `auto`)",
+                Some("model"),
+            ))
+        }
     };
     let messages = match body.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() && m.iter().all(Value::is_object) => m.clone(),
-        _ => return Err(ApiError::bad_request("`messages` must be a non-empty array of objects", Some("messages"))),
+        _ => {
+            return Err(ApiError::bad_request(
+                "`messages` must be a non-empty array of objects",
+                Some("messages"),
+            ))
+        }
     };
     let uint = |k: &str| -> Result<Option<usize>, ApiError> {
         match body.get(k) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().filter(|&n| n > 0).map(|n| Some(n as usize)).ok_or_else(|| {
-                ApiError::bad_request(format!("`{k}` must be a positive integer"), Some(k))
-            }),
+            Some(v) => v
+                .as_u64()
+                .filter(|&n| n > 0)
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("`{k}` must be a positive integer"), Some(k))
+                }),
         }
     };
     let max_tokens = uint("max_completion_tokens")?.or(uint("max_tokens")?);
     if uint("n")?.is_some_and(|n| n != 1) {
-        return Err(ApiError::bad_request("the gateway supports n = 1 only", Some("n")));
+        return Err(ApiError::bad_request(
+            "the gateway supports n = 1 only",
+            Some("n"),
+        ));
     }
     for k in ["tools", "functions", "response_format"] {
         if body.get(k).is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::bad_request(format!("`{k}` is not supported by the gateway yet"), Some(k)));
+            return Err(ApiError::bad_request(
+                format!("`{k}` is not supported by the gateway yet"),
+                Some(k),
+            ));
         }
     }
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        _ => return Err(ApiError::bad_request("`stream` must be a boolean", Some("stream"))),
+        _ => {
+            return Err(ApiError::bad_request(
+                "`stream` must be a boolean",
+                Some("stream"),
+            ))
+        }
     };
     let include_usage = body
         .get("stream_options")
@@ -468,24 +523,64 @@ fn parse_chat(body: &[u8]) -> Result<Parsed, ApiError> {
     let metadata = match body.remove("metadata") {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(m)) => m.into_iter().collect(),
-        Some(_) => return Err(ApiError::bad_request("`metadata` must be an object", Some("metadata"))),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`metadata` must be an object",
+                Some("metadata"),
+            ))
+        }
     };
     body.remove("stream_options");
-    Ok(Parsed { body, messages, model, max_tokens, stream, include_usage, metadata })
+    Ok(Parsed {
+        body,
+        messages,
+        model,
+        max_tokens,
+        stream,
+        include_usage,
+        metadata,
+    })
 }
 
 fn request_info(p: &Parsed, headers: &HeaderMap) -> Result<RequestInfo, ApiError> {
-    let hdr = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let task = hdr("x-novastack-task").or_else(|| p.metadata.get("task").and_then(Value::as_str).map(str::to_string));
+    let hdr = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let task = hdr("x-novastack-task").or_else(|| {
+        p.metadata
+            .get("task")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
     let budget = match hdr("x-novastack-budget-usd") {
-        Some(b) => Some(b.trim().parse::<f64>().ok().filter(|b| b.is_finite() && *b >= 0.0).ok_or_else(|| {
-            ApiError::bad_request(format!("x-novastack-budget-usd: {b:?} is not a non-negative number"), None)
-        })?),
+        Some(b) => Some(
+            b.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|b| b.is_finite() && *b >= 0.0)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        format!("x-novastack-budget-usd: {b:?} is not a non-negative number"),
+                        None,
+                    )
+                })?,
+        ),
         None => match p.metadata.get("budget_usd") {
             None => None,
-            Some(v) => Some(v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).filter(|b| *b >= 0.0).ok_or_else(|| {
-                ApiError::bad_request("metadata.budget_usd must be a non-negative number", Some("metadata"))
-            })?),
+            Some(v) => Some(
+                v.as_f64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                    .filter(|b| *b >= 0.0)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "metadata.budget_usd must be a non-negative number",
+                            Some("metadata"),
+                        )
+                    })?,
+            ),
         },
     };
     let context_length = p
@@ -511,7 +606,10 @@ fn request_info(p: &Parsed, headers: &HeaderMap) -> Result<RequestInfo, ApiError
 fn upstream_text(v: Option<&Value>) -> String {
     match v {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
         _ => String::new(),
     }
 }
@@ -521,10 +619,16 @@ fn secs_header(d: Duration) -> String {
 }
 
 /// Client key RPM/TPM: reserves one request and `tokens`; returns the rate-limit headers.
-fn take_key_limits(gw: &Gateway, name: &str, tokens: f64) -> Result<Vec<(&'static str, String)>, ApiError> {
+fn take_key_limits(
+    gw: &Gateway,
+    name: &str,
+    tokens: f64,
+) -> Result<Vec<(&'static str, String)>, ApiError> {
     let now = Instant::now();
     let mut keys = lock(&gw.keys);
-    let Some(k) = keys.get_mut(name) else { return Ok(Vec::new()) };
+    let Some(k) = keys.get_mut(name) else {
+        return Ok(Vec::new());
+    };
     let mut headers = Vec::new();
     let mut wait: Option<Duration> = None;
     if let Some(b) = k.rpm.as_mut() {
@@ -544,16 +648,31 @@ fn take_key_limits(gw: &Gateway, name: &str, tokens: f64) -> Result<Vec<(&'stati
     }
     if let Some(b) = k.rpm.as_mut() {
         headers.push(("x-ratelimit-limit-requests", format!("{}", b.capacity)));
-        headers.push(("x-ratelimit-remaining-requests", format!("{}", b.remaining(now).floor())));
-        headers.push(("x-ratelimit-reset-requests", format!("{:.3}s", b.reset_s(now))));
+        headers.push((
+            "x-ratelimit-remaining-requests",
+            format!("{}", b.remaining(now).floor()),
+        ));
+        headers.push((
+            "x-ratelimit-reset-requests",
+            format!("{:.3}s", b.reset_s(now)),
+        ));
     }
     if let Some(b) = k.tpm.as_mut() {
         headers.push(("x-ratelimit-limit-tokens", format!("{}", b.capacity)));
-        headers.push(("x-ratelimit-remaining-tokens", format!("{}", b.remaining(now).floor())));
-        headers.push(("x-ratelimit-reset-tokens", format!("{:.3}s", b.reset_s(now))));
+        headers.push((
+            "x-ratelimit-remaining-tokens",
+            format!("{}", b.remaining(now).floor()),
+        ));
+        headers.push((
+            "x-ratelimit-reset-tokens",
+            format!("{:.3}s", b.reset_s(now)),
+        ));
     }
     if let Some(w) = wait {
-        let mut e = ApiError::too_many(format!("rate limit of API key {name:?} reached; retry in {:.1}s", w.as_secs_f64()));
+        let mut e = ApiError::too_many(format!(
+            "rate limit of API key {name:?} reached; retry in {:.1}s",
+            w.as_secs_f64()
+        ));
         e.headers = headers;
         return Err(e.with_header("retry-after", secs_header(w)));
     }
@@ -594,7 +713,10 @@ async fn attempt_chain(
     let mut min_cooling: Option<Duration> = None;
     let mut rate_wait: Option<Duration> = None;
     for (ci, name) in chain.iter().enumerate() {
-        let (Some(m), Some(up)) = (gen.cfg.models.iter().find(|m| &m.name == name), gw.upstream(name)) else {
+        let (Some(m), Some(up)) = (
+            gen.cfg.models.iter().find(|m| &m.name == name),
+            gw.upstream(name),
+        ) else {
             continue;
         };
         if let Some(rem) = lock(&up.cooldown).remaining(Instant::now()) {
@@ -617,7 +739,10 @@ async fn attempt_chain(
             let wait = Duration::from_secs_f64(m.timeout_s.unwrap_or(120.0).min(30.0));
             let Some(permit) = up.acquire(wait).await else {
                 up.settle_tokens(est_tokens, 0.0, Instant::now());
-                last = Some(UpError::new(FailureKind::Timeout, format!("no free slot for {name} within {wait:?}")));
+                last = Some(UpError::new(
+                    FailureKind::Timeout,
+                    format!("no free slot for {name} within {wait:?}"),
+                ));
                 break;
             };
             attempts += 1;
@@ -648,8 +773,18 @@ async fn attempt_chain(
                     }
                     match err {
                         Some(e) => Err(e),
-                        None if events.is_empty() => Err(UpError::new(FailureKind::Protocol, "the upstream sent an empty answer")),
-                        None => Ok(Committed { name: name.clone(), up: up.clone(), _permit: permit, stream, events, attempts }),
+                        None if events.is_empty() => Err(UpError::new(
+                            FailureKind::Protocol,
+                            "the upstream sent an empty answer",
+                        )),
+                        None => Ok(Committed {
+                            name: name.clone(),
+                            up: up.clone(),
+                            _permit: permit,
+                            stream,
+                            events,
+                            attempts,
+                        }),
                     }
                 }
             };
@@ -664,41 +799,68 @@ async fn attempt_chain(
             if client_fault {
                 // The request itself is bad: the next model would refuse it too.
                 let mut err = ApiError::bad_request(e.message, None);
-                err.status = match e.kind { FailureKind::Status(s) => StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST), _ => StatusCode::BAD_REQUEST };
+                err.status = match e.kind {
+                    FailureKind::Status(s) => {
+                        StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST)
+                    }
+                    _ => StatusCode::BAD_REQUEST,
+                };
                 return Err(err.with_header("x-novastack-attempts", attempts.to_string()));
             }
-            let too_long = e.retry_after.is_some_and(|ra| ra.as_secs_f64() > retry.max_retry_after_s);
+            let too_long = e
+                .retry_after
+                .is_some_and(|ra| ra.as_secs_f64() > retry.max_retry_after_s);
             let give_up_here = !retryable || cooled || too_long || try_i + 1 == retry.max_attempts;
             let retry_after = e.retry_after;
             last = Some(e);
             if give_up_here {
                 break;
             }
-            tokio::time::sleep(policy::backoff(retry, try_i, retry_after, rand::random::<f64>())).await;
+            tokio::time::sleep(policy::backoff(
+                retry,
+                try_i,
+                retry_after,
+                rand::random::<f64>(),
+            ))
+            .await;
         }
     }
     let attempts_h = ("x-novastack-attempts", attempts.to_string());
     if attempts == 0 {
         if let Some(c) = min_cooling.filter(|_| rate_wait.is_none()) {
-            let mut e = ApiError::unavailable(format!("every candidate model ({}) is cooling down after repeated failures", chain.join(", ")));
+            let mut e = ApiError::unavailable(format!(
+                "every candidate model ({}) is cooling down after repeated failures",
+                chain.join(", ")
+            ));
             e.headers = vec![("retry-after", secs_header(c)), attempts_h];
             return Err(e);
         }
         if let Some(w) = rate_wait {
-            let mut e = ApiError::too_many(format!("the upstream rate limits of {} are spent", chain.join(", ")));
+            let mut e = ApiError::too_many(format!(
+                "the upstream rate limits of {} are spent",
+                chain.join(", ")
+            ));
             e.headers = vec![("retry-after", secs_header(w)), attempts_h];
             return Err(e);
         }
     }
     let Some(e) = last else {
-        return Err(ApiError::unavailable("no model could take the request").with_header(attempts_h.0, attempts_h.1));
+        return Err(ApiError::unavailable("no model could take the request")
+            .with_header(attempts_h.0, attempts_h.1));
     };
     let (status, extra) = match e.kind {
-        FailureKind::Status(429) => (StatusCode::TOO_MANY_REQUESTS, e.retry_after.map(|r| ("retry-after", secs_header(r)))),
+        FailureKind::Status(429) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            e.retry_after.map(|r| ("retry-after", secs_header(r))),
+        ),
         FailureKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, None),
         _ => (StatusCode::BAD_GATEWAY, None),
     };
-    let mut err = ApiError::new(status, format!("all attempts failed ({attempts}); last: {}", e.message), None);
+    let mut err = ApiError::new(
+        status,
+        format!("all attempts failed ({attempts}); last: {}", e.message),
+        None,
+    );
     err.headers.push(attempts_h);
     if let Some(h) = extra {
         err.headers.push(h);
@@ -755,9 +917,16 @@ async fn chat_completions(
     let key = authenticate(&gen, &headers)?;
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(r.status(), "the request body is larger than the gateway's limit", None)
+            ApiError::new(
+                r.status(),
+                "the request body is larger than the gateway's limit",
+                None,
+            )
         } else {
-            ApiError::bad_request(format!("cannot read the request body: {}", r.body_text()), None)
+            ApiError::bad_request(
+                format!("cannot read the request body: {}", r.body_text()),
+                None,
+            )
         }
     })?;
     if gw.draining.load(Ordering::SeqCst) {
@@ -769,13 +938,23 @@ async fn chat_completions(
     if let Some(i) = key {
         if let Some(allowed) = &gen.cfg.api_keys[i].models {
             if !allowed.contains(&p.model) {
-                return Err(ApiError::new(StatusCode::FORBIDDEN, format!("API key {:?} may not use model {:?} (allowed: {allowed:?})", gen.cfg.api_keys[i].name, p.model), Some("model")));
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "API key {:?} may not use model {:?} (allowed: {allowed:?})",
+                        gen.cfg.api_keys[i].name, p.model
+                    ),
+                    Some("model"),
+                ));
             }
         }
     }
     let plan = rules::plan(&gen.cfg, &gen.routes, &info).map_err(|e| match e {
         PlanError::UnknownModel(m) => ApiError::not_found(
-            format!("the model `{m}` does not exist; the gateway has {:?} and `auto`", gen.cfg.models.iter().map(|m| &m.name).collect::<Vec<_>>()),
+            format!(
+                "the model `{m}` does not exist; the gateway has {:?} and `auto`",
+                gen.cfg.models.iter().map(|m| &m.name).collect::<Vec<_>>()
+            ),
             Some("model"),
         ),
         PlanError::NothingFits(why) => ApiError::bad_request(why, Some("model")),
@@ -785,7 +964,11 @@ async fn chat_completions(
         Some(k) => take_key_limits(&gw, k, est)?,
         None => Vec::new(),
     };
-    let call = ChatCall { body: &p.body, messages: &p.messages, max_tokens: p.max_tokens };
+    let call = ChatCall {
+        body: &p.body,
+        messages: &p.messages,
+        max_tokens: p.max_tokens,
+    };
     let started = Instant::now();
     let committed = match attempt_chain(&gw, &gen, &plan.chain, &call, est, !p.stream).await {
         Ok(c) => c,
@@ -799,7 +982,12 @@ async fn chat_completions(
     };
     let id = format!("chatcmpl-{:032x}", rand::random::<u128>());
     let created = now_s();
-    let model_cfg = gen.cfg.models.iter().find(|m| m.name == committed.name).cloned();
+    let model_cfg = gen
+        .cfg
+        .models
+        .iter()
+        .find(|m| m.name == committed.name)
+        .cloned();
     let mut hdrs: Vec<(&'static str, String)> = vec![
         ("x-novastack-model", committed.name.clone()),
         ("x-novastack-attempts", committed.attempts.to_string()),
@@ -817,8 +1005,13 @@ async fn chat_completions(
         let (pt, ct) = tally.usage(info.context_length);
         let c = cost(model_cfg.as_ref(), pt, ct);
         committed.up.succeeded();
-        committed.up.metrics.success(started.elapsed().as_secs_f64(), pt, ct, c);
-        committed.up.settle_tokens(est, (pt + ct) as f64, Instant::now());
+        committed
+            .up
+            .metrics
+            .success(started.elapsed().as_secs_f64(), pt, ct, c);
+        committed
+            .up
+            .settle_tokens(est, (pt + ct) as f64, Instant::now());
         if let Some(k) = &key_name {
             settle_key_tokens(&gw, k, est, (pt + ct) as f64);
         }
@@ -838,13 +1031,24 @@ async fn chat_completions(
     let prompt_est = info.context_length;
     let gw2 = gw.clone();
     tokio::spawn(async move {
-        let Committed { name, up, _permit, mut stream, events, .. } = committed;
+        let Committed {
+            name,
+            up,
+            _permit,
+            mut stream,
+            events,
+            ..
+        } = committed;
         let chunk = |delta: Value, finish: Option<&str>| {
             Event::default().data(json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": requested,
                 "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]}).to_string())
         };
         let mut tally = Tally::default();
-        if tx.send(chunk(json!({"role": "assistant", "content": ""}), None)).await.is_err() {
+        if tx
+            .send(chunk(json!({"role": "assistant", "content": ""}), None))
+            .await
+            .is_err()
+        {
             return;
         }
         let mut pending: std::collections::VecDeque<UpEvent> = events.into();
@@ -885,7 +1089,8 @@ async fn chat_completions(
         }
         let c = cost(model_cfg.as_ref(), pt, ct);
         up.succeeded();
-        up.metrics.success(started.elapsed().as_secs_f64(), pt, ct, c);
+        up.metrics
+            .success(started.elapsed().as_secs_f64(), pt, ct, c);
         up.settle_tokens(est, (pt + ct) as f64, Instant::now());
         if let Some(k) = &key_name {
             settle_key_tokens(&gw2, k, est, (pt + ct) as f64);
@@ -926,14 +1131,18 @@ pub async fn serve(
         let gw = gw.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
             while hup.recv().await.is_some() {
                 let gw = gw.clone();
                 let p = path.clone();
                 let r = tokio::task::spawn_blocking(move || reload_file(&gw, &p)).await;
                 match r {
                     Ok(Ok(())) => eprintln!("gateway: reloaded {}", path_display(&path)),
-                    Ok(Err(e)) => eprintln!("gateway: reload failed, keeping the running config: {e:#}"),
+                    Ok(Err(e)) => {
+                        eprintln!("gateway: reload failed, keeping the running config: {e:#}")
+                    }
                     Err(e) => eprintln!("gateway: reload failed: {e}"),
                 }
             }
@@ -969,18 +1178,24 @@ fn process_env(k: &str) -> Option<String> {
 }
 
 fn reload_file(gw: &Gateway, path: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    gw.reload(&text, &process_env).with_context(|| format!("gateway config {}", path.display()))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    gw.reload(&text, &process_env)
+        .with_context(|| format!("gateway config {}", path.display()))
 }
 
 /// `novastack serve --config FILE.yaml`.
 pub fn run(path: &Path, host: &str, port: u16, engine: EngineArgs, drain: Duration) -> Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read gateway config {}", path.display()))?;
-    let gw = Gateway::from_config(&text, engine, &process_env).with_context(|| format!("gateway config {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read gateway config {}", path.display()))?;
+    let gw = Gateway::from_config(&text, engine, &process_env)
+        .with_context(|| format!("gateway config {}", path.display()))?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let addr = format!("{host}:{port}");
-        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
         let gen = gw.generation();
         eprintln!(
             "gateway at http://{}/v1 for {:?} (SIGHUP reloads {})",
@@ -1011,7 +1226,10 @@ mod tests {
         h.insert("x-novastack-budget-usd", "0.5".parse().unwrap());
         h.insert("authorization", "Bearer secret".parse().unwrap());
         let info = request_info(&p, &h).unwrap();
-        assert_eq!((info.task.as_deref(), info.budget), (Some("reasoning"), Some(0.5)));
+        assert_eq!(
+            (info.task.as_deref(), info.budget),
+            (Some("reasoning"), Some(0.5))
+        );
         assert!(!info.headers.contains_key("authorization"));
         for bad in [
             r#"{"messages": [{"role": "user", "content": "x"}]}"#,
@@ -1021,18 +1239,31 @@ mod tests {
             r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": []}"#,
             "[1]",
         ] {
-            assert_eq!(parse_chat(bad.as_bytes()).err().map(|e| e.status.as_u16()), Some(400), "{bad}");
+            assert_eq!(
+                parse_chat(bad.as_bytes()).err().map(|e| e.status.as_u16()),
+                Some(400),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn tally_prefers_upstream_usage_and_estimates_otherwise() {
         let mut t = Tally::default();
-        t.see(&UpEvent::Text { index: 0, text: "abcdefgh".into() });
+        t.see(&UpEvent::Text {
+            index: 0,
+            text: "abcdefgh".into(),
+        });
         assert_eq!(t.usage(10), (10, 2));
-        t.see(&UpEvent::Usage { prompt: 0, completion: 0 });
+        t.see(&UpEvent::Usage {
+            prompt: 0,
+            completion: 0,
+        });
         assert_eq!(t.usage(10), (10, 2));
-        t.see(&UpEvent::Usage { prompt: 7, completion: 3 });
+        t.see(&UpEvent::Usage {
+            prompt: 7,
+            completion: 3,
+        });
         assert_eq!(t.usage(10), (7, 3));
     }
 }

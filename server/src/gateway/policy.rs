@@ -218,10 +218,20 @@ mod tests {
     #[test]
     fn retryability_follows_retry_on() {
         let cfg = RetryConfig::default();
-        for k in [FailureKind::Status(429), FailureKind::Status(503), FailureKind::Timeout, FailureKind::Connect, FailureKind::Protocol] {
+        for k in [
+            FailureKind::Status(429),
+            FailureKind::Status(503),
+            FailureKind::Timeout,
+            FailureKind::Connect,
+            FailureKind::Protocol,
+        ] {
             assert!(is_retryable(&k, &cfg), "{k:?}");
         }
-        for k in [FailureKind::Status(400), FailureKind::Status(401), FailureKind::Status(404)] {
+        for k in [
+            FailureKind::Status(400),
+            FailureKind::Status(401),
+            FailureKind::Status(404),
+        ] {
             assert!(!is_retryable(&k, &cfg), "{k:?}");
         }
         let only = RetryConfig {
@@ -238,12 +248,21 @@ mod tests {
             ..Default::default()
         };
         let ms = |a| backoff(&cfg, a, None, 0.5).as_millis();
-        assert_eq!([ms(0), ms(1), ms(2), ms(5), ms(40)], [200, 400, 800, 5000, 5000]);
+        assert_eq!(
+            [ms(0), ms(1), ms(2), ms(5), ms(40)],
+            [200, 400, 800, 5000, 5000]
+        );
         let j = RetryConfig::default();
         assert_eq!(backoff(&j, 1, None, 0.0).as_millis(), 200);
         assert_eq!(backoff(&j, 1, None, 0.999_999).as_millis(), 399);
-        assert_eq!(backoff(&j, 0, Some(Duration::from_secs(2)), 0.3), Duration::from_secs(2));
-        assert_eq!(backoff(&j, 0, Some(Duration::from_secs(600)), 0.3), Duration::from_secs(10));
+        assert_eq!(
+            backoff(&j, 0, Some(Duration::from_secs(2)), 0.3),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            backoff(&j, 0, Some(Duration::from_secs(600)), 0.3),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]
@@ -260,7 +279,10 @@ mod tests {
         assert!(!c.failure(&cfg, t0 + Duration::from_secs(21)));
         assert!(c.remaining(t0 + Duration::from_secs(21)).is_none());
         assert!(c.failure(&cfg, t0 + Duration::from_secs(22)));
-        assert_eq!(c.remaining(t0 + Duration::from_secs(32)), Some(Duration::from_secs(20)));
+        assert_eq!(
+            c.remaining(t0 + Duration::from_secs(32)),
+            Some(Duration::from_secs(20))
+        );
         assert!(c.remaining(t0 + Duration::from_secs(52)).is_none());
         c.success();
         assert!(!c.failure(&cfg, t0 + Duration::from_secs(60)));

@@ -95,7 +95,9 @@ impl Matcher {
                     }
                     conds
                 }
-                serde_yaml::Value::Sequence(s) => vec![Cond::In(s.iter().map(yaml_to_json).collect())],
+                serde_yaml::Value::Sequence(s) => {
+                    vec![Cond::In(s.iter().map(yaml_to_json).collect())]
+                }
                 scalar => vec![Cond::Eq(yaml_to_json(scalar))],
             };
             checks.push((subject, conds));
@@ -127,14 +129,20 @@ fn as_num(v: &Value) -> Option<f64> {
     }
 }
 
+/// Equality across YAML and JSON types: numbers by value (`"2"` equals `2`), strings
+/// and booleans by text.
 fn same(a: &Value, b: &Value) -> bool {
-    match (as_num(a), as_num(b)) {
-        (Some(x), Some(y)) if !matches!((a, b), (Value::String(_), Value::String(_))) => x == y,
-        _ => match (a, b) {
-            (Value::String(x), Value::String(y)) => x == y,
-            (Value::String(x), y) | (y, Value::String(x)) => y.to_string() == *x,
-            _ => a == b,
-        },
+    if let (Value::String(x), Value::String(y)) = (a, b) {
+        return x == y;
+    }
+    if let (Some(x), Some(y)) = (as_num(a), as_num(b)) {
+        return x == y;
+    }
+    match (a, b) {
+        (Value::String(x), Value::Bool(v)) | (Value::Bool(v), Value::String(x)) => {
+            x.as_str() == if *v { "true" } else { "false" }
+        }
+        _ => a == b,
     }
 }
 
@@ -194,7 +202,11 @@ pub fn cheapest_capable(
     let mut why = Vec::new();
     for (i, m) in models.iter().enumerate() {
         if m.context_window.is_some_and(|w| w < need) {
-            why.push(format!("{}: context window {} < {need}", m.name, m.context_window.unwrap_or(0)));
+            why.push(format!(
+                "{}: context window {} < {need}",
+                m.name,
+                m.context_window.unwrap_or(0)
+            ));
             continue;
         }
         if let Some((k, floor)) = floors
@@ -212,7 +224,10 @@ pub fn cheapest_capable(
         fit.push((cost, i, m));
     }
     if fit.is_empty() {
-        return Err(format!("no model can take this request ({})", why.join("; ")));
+        return Err(format!(
+            "no model can take this request ({})",
+            why.join("; ")
+        ));
     }
     fit.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     Ok(fit.into_iter().map(|(_, _, m)| m.name.clone()).collect())
@@ -236,7 +251,9 @@ pub enum PlanError {
 pub fn plan(cfg: &ConfigFile, routes: &[Route], r: &RequestInfo) -> Result<Plan, PlanError> {
     let dedup = |v: Vec<String>| {
         let mut seen = std::collections::HashSet::new();
-        v.into_iter().filter(|m| seen.insert(m.clone())).collect::<Vec<_>>()
+        v.into_iter()
+            .filter(|m| seen.insert(m.clone()))
+            .collect::<Vec<_>>()
     };
     for (i, route) in routes.iter().enumerate() {
         if !route.matcher.matches(r) {
@@ -260,8 +277,8 @@ pub fn plan(cfg: &ConfigFile, routes: &[Route], r: &RequestInfo) -> Result<Plan,
         });
     }
     if r.model == "auto" {
-        let chain = cheapest_capable(&cfg.models, r, &BTreeMap::new())
-            .map_err(PlanError::NothingFits)?;
+        let chain =
+            cheapest_capable(&cfg.models, r, &BTreeMap::new()).map_err(PlanError::NothingFits)?;
         return Ok(Plan { chain, rule: None });
     }
     Err(PlanError::UnknownModel(r.model.clone()))
@@ -316,7 +333,10 @@ routes:
         assert_eq!(p.rule, Some(0));
         // Too short for rule 0; an unknown model name is then an error.
         r.context_length = 50_000;
-        assert_eq!(plan(&cfg, &routes, &r), Err(PlanError::UnknownModel("whatever".into())));
+        assert_eq!(
+            plan(&cfg, &routes, &r),
+            Err(PlanError::UnknownModel("whatever".into()))
+        );
         let mut r = req("auto");
         r.task = Some("reasoning".into());
         r.budget = Some(0.0001);
@@ -330,11 +350,19 @@ routes:
         let (cfg, routes) = setup();
         let mut r = req("qwen");
         r.headers.insert("x-team".into(), "blue".into());
-        assert_eq!(plan(&cfg, &routes, &r).unwrap().chain, ["qwen"], "metadata missing");
+        assert_eq!(
+            plan(&cfg, &routes, &r).unwrap().chain,
+            ["qwen"],
+            "metadata missing"
+        );
         r.metadata.insert("tier".into(), Value::from(2));
         assert_eq!(plan(&cfg, &routes, &r).unwrap().chain, ["tiny"]);
         r.metadata.insert("tier".into(), Value::from("2"));
-        assert_eq!(plan(&cfg, &routes, &r).unwrap().chain, ["tiny"], "\"2\" equals 2");
+        assert_eq!(
+            plan(&cfg, &routes, &r).unwrap().chain,
+            ["tiny"],
+            "\"2\" equals 2"
+        );
         r.headers.insert("x-team".into(), "green".into());
         assert_eq!(plan(&cfg, &routes, &r).unwrap().chain, ["qwen"]);
     }
@@ -354,7 +382,10 @@ routes:
         r.budget = Some(1e-9);
         match plan(&cfg, &routes, &r) {
             Err(PlanError::NothingFits(m)) => {
-                assert!(m.contains("tiny: score reasoning below 85") && m.contains("over the budget"), "{m}")
+                assert!(
+                    m.contains("tiny: score reasoning below 85") && m.contains("over the budget"),
+                    "{m}"
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -377,6 +408,8 @@ routes:
     fn matcher_compile_errors_name_the_key() {
         let when: BTreeMap<String, serde_yaml::Value> =
             serde_yaml::from_str("{context_length: {between: 3}}").unwrap();
-        assert!(Matcher::compile(&when).unwrap_err().starts_with("context_length.between"));
+        assert!(Matcher::compile(&when)
+            .unwrap_err()
+            .starts_with("context_length.between"));
     }
 }

@@ -119,7 +119,11 @@ fn anthropic_body(t: &Target, call: &ChatCall) -> Value {
         match role {
             "system" | "developer" => system.push(text),
             r => {
-                let role = if r == "assistant" { "assistant" } else { "user" };
+                let role = if r == "assistant" {
+                    "assistant"
+                } else {
+                    "user"
+                };
                 // Anthropic wants alternating turns: merge consecutive same-role ones.
                 match messages.last_mut() {
                     Some(last) if last["role"] == role => {
@@ -140,7 +144,11 @@ fn anthropic_body(t: &Target, call: &ChatCall) -> Value {
     if !system.is_empty() {
         body["system"] = Value::String(system.join("\n\n"));
     }
-    for (from, to) in [("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k")] {
+    for (from, to) in [
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("top_k", "top_k"),
+    ] {
         if let Some(v) = call.body.get(from).filter(|v| !v.is_null()) {
             body[to] = v.clone();
         }
@@ -216,7 +224,12 @@ pub async fn open(t: &Target<'_>, call: &ChatCall<'_>) -> Result<UpStream, UpErr
                 .boxed();
             (status, headers, is_json, stream)
         } else {
-            let base = t.model.base_url.as_deref().unwrap_or("").trim_end_matches('/');
+            let base = t
+                .model
+                .base_url
+                .as_deref()
+                .unwrap_or("")
+                .trim_end_matches('/');
             let url = match dialect {
                 Dialect::OpenAi => format!("{base}/chat/completions"),
                 Dialect::Anthropic if base.ends_with("/v1") => format!("{base}/messages"),
@@ -350,7 +363,12 @@ impl UpStream {
                 return None;
             }
             if self.is_json {
-                let body = match read_all(std::mem::replace(&mut self.bytes, futures_util::stream::empty().boxed()), self.idle).await {
+                let body = match read_all(
+                    std::mem::replace(&mut self.bytes, futures_util::stream::empty().boxed()),
+                    self.idle,
+                )
+                .await
+                {
                     Some(b) => b,
                     None => return Some(Err(UpError::new(FailureKind::Timeout, "no answer body"))),
                 };
@@ -390,7 +408,10 @@ impl UpStream {
                 self.done = true;
                 // EOF: fine once every choice finished (a missing [DONE] is a quirk);
                 // otherwise the upstream died mid-answer.
-                let pending_finish = self.queue.iter().any(|e| matches!(e, UpEvent::Finish { .. }));
+                let pending_finish = self
+                    .queue
+                    .iter()
+                    .any(|e| matches!(e, UpEvent::Finish { .. }));
                 if self.finished.is_empty() && !pending_finish {
                     return Some(Err(UpError::new(
                         FailureKind::Protocol,
@@ -417,16 +438,30 @@ impl UpStream {
                     return Ok(());
                 }
                 let v: Value = serde_json::from_str(data).map_err(|e| {
-                    UpError::new(FailureKind::Protocol, format!("malformed SSE data from upstream: {e}"))
+                    UpError::new(
+                        FailureKind::Protocol,
+                        format!("malformed SSE data from upstream: {e}"),
+                    )
                 })?;
                 if let Some(err) = v.get("error") {
-                    return Err(UpError::new(FailureKind::Protocol, format!("upstream error mid-stream: {}", err.get("message").and_then(Value::as_str).unwrap_or("unknown"))));
+                    return Err(UpError::new(
+                        FailureKind::Protocol,
+                        format!(
+                            "upstream error mid-stream: {}",
+                            err.get("message")
+                                .and_then(Value::as_str)
+                                .unwrap_or("unknown")
+                        ),
+                    ));
                 }
                 self.queue.extend(openai_events(&v, true));
             }
             Dialect::Anthropic => {
                 let v: Value = serde_json::from_str(ev.data.trim()).map_err(|e| {
-                    UpError::new(FailureKind::Protocol, format!("malformed SSE data from upstream: {e}"))
+                    UpError::new(
+                        FailureKind::Protocol,
+                        format!("malformed SSE data from upstream: {e}"),
+                    )
                 })?;
                 let kind = ev
                     .event
@@ -442,15 +477,24 @@ impl UpStream {
                     }
                     "content_block_delta" => {
                         if let Some(t) = v["delta"]["text"].as_str() {
-                            self.queue.push_back(UpEvent::Text { index: 0, text: t.to_string() });
+                            self.queue.push_back(UpEvent::Text {
+                                index: 0,
+                                text: t.to_string(),
+                            });
                         }
                     }
                     "message_delta" => {
                         if let Some(r) = v["delta"]["stop_reason"].as_str() {
-                            self.queue.push_back(UpEvent::Finish { index: 0, reason: anthropic_reason(r) });
+                            self.queue.push_back(UpEvent::Finish {
+                                index: 0,
+                                reason: anthropic_reason(r),
+                            });
                         }
                         if let Some(out) = v["usage"]["output_tokens"].as_u64() {
-                            self.queue.push_back(UpEvent::Usage { prompt: self.anthropic_prompt, completion: out as usize });
+                            self.queue.push_back(UpEvent::Usage {
+                                prompt: self.anthropic_prompt,
+                                completion: out as usize,
+                            });
                         }
                     }
                     "message_stop" => self.done = true,
@@ -460,7 +504,13 @@ impl UpStream {
                             Some("overloaded_error") => FailureKind::Status(529),
                             _ => FailureKind::Protocol,
                         };
-                        return Err(UpError::new(kind, format!("upstream error mid-stream: {}", v["error"]["message"].as_str().unwrap_or("unknown"))));
+                        return Err(UpError::new(
+                            kind,
+                            format!(
+                                "upstream error mid-stream: {}",
+                                v["error"]["message"].as_str().unwrap_or("unknown")
+                            ),
+                        ));
                     }
                     _ => {} // ping, content_block_start/stop
                 }
@@ -491,10 +541,16 @@ fn openai_events(v: &Value, stream: bool) -> Vec<UpEvent> {
             c["message"]["content"].as_str()
         };
         if let Some(t) = text.filter(|t| !t.is_empty()) {
-            out.push(UpEvent::Text { index, text: t.to_string() });
+            out.push(UpEvent::Text {
+                index,
+                text: t.to_string(),
+            });
         }
         if let Some(r) = c["finish_reason"].as_str() {
-            out.push(UpEvent::Finish { index, reason: r.to_string() });
+            out.push(UpEvent::Finish {
+                index,
+                reason: r.to_string(),
+            });
         }
     }
     if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
@@ -507,10 +563,22 @@ fn openai_events(v: &Value, stream: bool) -> Vec<UpEvent> {
 }
 
 fn parse_json_answer(d: Dialect, body: &[u8]) -> Result<Vec<UpEvent>, UpError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| UpError::new(FailureKind::Protocol, format!("malformed JSON from upstream: {e}")))?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        UpError::new(
+            FailureKind::Protocol,
+            format!("malformed JSON from upstream: {e}"),
+        )
+    })?;
     if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-        return Err(UpError::new(FailureKind::Protocol, format!("upstream error: {}", err.get("message").and_then(Value::as_str).unwrap_or("unknown"))));
+        return Err(UpError::new(
+            FailureKind::Protocol,
+            format!(
+                "upstream error: {}",
+                err.get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown")
+            ),
+        ));
     }
     Ok(match d {
         Dialect::OpenAi => openai_events(&v, false),

@@ -58,7 +58,10 @@ pub fn app(state: Arc<AppState>) -> Router {
 }
 
 /// Echoes the client's `x-request-id`, or makes one.
-pub(crate) async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub(crate) async fn request_id(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let id = req
         .headers()
         .get("x-request-id")

@@ -103,7 +103,9 @@ impl IntoResponse for ApiError {
                 resp.headers_mut().insert(*k, v);
             }
         }
-        if self.status == StatusCode::TOO_MANY_REQUESTS && !resp.headers().contains_key("retry-after") {
+        if self.status == StatusCode::TOO_MANY_REQUESTS
+            && !resp.headers().contains_key("retry-after")
+        {
             resp.headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));
         }

@@ -1,0 +1,310 @@
+//! A scripted upstream on 127.0.0.1 that misbehaves on demand: statuses with or without
+//! Retry-After, hangs, connection resets, streams that die midway, malformed SSE, error
+//! objects mid-stream, OpenAI quirks and Anthropic-format streams. Raw TCP, so every
+//! failure is real on the wire. It records each request (head and body).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Clone, Debug)]
+pub enum Behavior {
+    /// An error status with an OpenAI error body; optional `Retry-After` value.
+    Status(u16, Option<&'static str>),
+    /// Read the request, never answer.
+    Hang,
+    /// Read the request, then reset the connection.
+    Reset,
+    /// An OpenAI SSE stream of these text pieces, then finish, usage and [DONE].
+    Stream(Vec<&'static str>),
+    /// Stream these pieces, then drop the connection mid-body (no finish, no [DONE]).
+    DieAfter(Vec<&'static str>),
+    /// Stream these pieces, then an `{"error": ...}` object.
+    ErrorAfter(Vec<&'static str>),
+    /// A first event that is not JSON.
+    Malformed,
+    /// Keep-alive comments, no usage, finish, and two [DONE]s.
+    QuirkyStream(Vec<&'static str>),
+    /// Finish but no [DONE] before the connection closes.
+    NoDone(Vec<&'static str>),
+    /// Pieces with a pause before each (for in-flight tests).
+    SlowStream(Vec<&'static str>, Duration),
+    /// A non-streaming JSON answer even though streaming was asked.
+    Json(&'static str),
+    /// An Anthropic Messages stream of these pieces (stop reason `max_tokens`).
+    Anthropic(Vec<&'static str>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// Request line and headers, as sent (header names lower-cased).
+    pub head: String,
+    pub body: String,
+}
+
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    script: Arc<Mutex<VecDeque<Behavior>>>,
+    default: Arc<Mutex<Behavior>>,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl MockUpstream {
+    /// Starts the mock on its own thread; `default` answers once the script is empty.
+    pub fn start(default: Behavior) -> MockUpstream {
+        let script = Arc::new(Mutex::new(VecDeque::new()));
+        let default = Arc::new(Mutex::new(default));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s, d, r) = (script.clone(), default.clone(), requests.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(l.local_addr().unwrap()).unwrap();
+                loop {
+                    let Ok((sock, _)) = l.accept().await else {
+                        continue;
+                    };
+                    let (s, d, r) = (s.clone(), d.clone(), r.clone());
+                    tokio::spawn(async move {
+                        let _ = serve_one(sock, s, d, r).await;
+                    });
+                }
+            });
+        });
+        MockUpstream {
+            addr: rx.recv().unwrap(),
+            script,
+            default,
+            requests,
+        }
+    }
+
+    /// Queues behaviours for the next requests, in order.
+    pub fn script(&self, b: impl IntoIterator<Item = Behavior>) {
+        self.script.lock().unwrap().extend(b);
+    }
+
+    pub fn set_default(&self, b: Behavior) {
+        *self.default.lock().unwrap() = b;
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+}
+
+async fn serve_one(
+    mut sock: tokio::net::TcpStream,
+    script: Arc<Mutex<VecDeque<Behavior>>>,
+    default: Arc<Mutex<Behavior>>,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+) -> std::io::Result<()> {
+    // Read one request (Connection: close on every answer).
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 8192];
+    let head_end = loop {
+        let n = sock.read(&mut tmp).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = sock.read(&mut tmp).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+    let lower_head = head
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((k, v)) => format!("{}:{}", k.to_ascii_lowercase(), v),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    requests.lock().unwrap().push(Recorded {
+        head: lower_head,
+        body,
+    });
+    let behavior = script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or_else(|| default.lock().unwrap().clone());
+    let sse_head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    let chunk = |s: &str| format!("{:x}\r\n{s}\r\n", s.len());
+    let delta = |t: &str| {
+        chunk(&format!(
+            "data: {}\n\n",
+            serde_json::json!({"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": "up",
+                "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": null}]})
+        ))
+    };
+    let finish = |reason: &str| {
+        chunk(&format!(
+            "data: {}\n\n",
+            serde_json::json!({"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": "up",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
+        ))
+    };
+    let usage = |c: usize| {
+        chunk(&format!(
+            "data: {}\n\n",
+            serde_json::json!({"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": "up",
+                "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": c, "total_tokens": 11 + c}})
+        ))
+    };
+    let done = chunk("data: [DONE]\n\n");
+    let end = "0\r\n\r\n";
+    match behavior {
+        Behavior::Status(code, retry_after) => {
+            let body = serde_json::json!({"error": {"message": format!("scripted {code}"), "type": "mock", "code": null}}).to_string();
+            let ra = retry_after.map_or(String::new(), |v| format!("retry-after: {v}\r\n"));
+            sock.write_all(format!("HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{ra}connection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
+        }
+        Behavior::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Behavior::Reset => {
+            #[allow(deprecated)] // zero linger: an immediate RST, which is the point
+            sock.set_linger(Some(Duration::ZERO))?;
+            drop(sock);
+            return Ok(());
+        }
+        Behavior::Stream(pieces) => {
+            let mut out = sse_head.to_string();
+            for p in &pieces {
+                out += &delta(p);
+            }
+            out += &finish("stop");
+            out += &usage(pieces.len());
+            out += &done;
+            out += end;
+            sock.write_all(out.as_bytes()).await?;
+        }
+        Behavior::SlowStream(pieces, pause) => {
+            sock.write_all(sse_head.as_bytes()).await?;
+            for p in &pieces {
+                tokio::time::sleep(pause).await;
+                sock.write_all(delta(p).as_bytes()).await?;
+            }
+            let tail = finish("stop") + &usage(pieces.len()) + &done + end;
+            sock.write_all(tail.as_bytes()).await?;
+        }
+        Behavior::DieAfter(pieces) => {
+            let mut out = sse_head.to_string();
+            for p in &pieces {
+                out += &delta(p);
+            }
+            sock.write_all(out.as_bytes()).await?;
+            sock.flush().await?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            #[allow(deprecated)] // zero linger: an immediate RST, which is the point
+            sock.set_linger(Some(Duration::ZERO))?;
+            drop(sock);
+            return Ok(());
+        }
+        Behavior::ErrorAfter(pieces) => {
+            let mut out = sse_head.to_string();
+            for p in &pieces {
+                out += &delta(p);
+            }
+            out += &chunk("data: {\"error\": {\"message\": \"scripted mid-stream failure\", \"type\": \"server_error\"}}\n\n");
+            out += end;
+            sock.write_all(out.as_bytes()).await?;
+        }
+        Behavior::Malformed => {
+            let out = sse_head.to_string() + &chunk("data: {this is not json\n\n") + end;
+            sock.write_all(out.as_bytes()).await?;
+        }
+        Behavior::QuirkyStream(pieces) => {
+            let mut out = sse_head.to_string() + &chunk(": keep-alive\n\n");
+            for p in &pieces {
+                out += &delta(p);
+                out += &chunk(":\n\n");
+            }
+            out += &finish("length");
+            out += &done;
+            out += &done;
+            out += end;
+            sock.write_all(out.as_bytes()).await?;
+        }
+        Behavior::NoDone(pieces) => {
+            let mut out = sse_head.to_string();
+            for p in &pieces {
+                out += &delta(p);
+            }
+            out += &finish("stop");
+            out += end;
+            sock.write_all(out.as_bytes()).await?;
+        }
+        Behavior::Json(text) => {
+            let body = serde_json::json!({"id": "up-1", "object": "chat.completion", "created": 1, "model": "up",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}).to_string();
+            sock.write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
+        }
+        Behavior::Anthropic(pieces) => {
+            let ev = |name: &str, data: serde_json::Value| {
+                chunk(&format!("event: {name}\ndata: {data}\n\n"))
+            };
+            let mut out = sse_head.to_string();
+            out += &ev(
+                "message_start",
+                serde_json::json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": "claude", "usage": {"input_tokens": 21, "output_tokens": 1}}}),
+            );
+            out += &ev(
+                "content_block_start",
+                serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            );
+            out += &ev("ping", serde_json::json!({"type": "ping"}));
+            for p in &pieces {
+                out += &ev(
+                    "content_block_delta",
+                    serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
+                );
+            }
+            out += &ev(
+                "content_block_stop",
+                serde_json::json!({"type": "content_block_stop", "index": 0}),
+            );
+            out += &ev(
+                "message_delta",
+                serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": null}, "usage": {"output_tokens": pieces.len()}}),
+            );
+            out += &ev("message_stop", serde_json::json!({"type": "message_stop"}));
+            out += end;
+            sock.write_all(out.as_bytes()).await?;
+        }
+    }
+    sock.flush().await?;
+    let _ = sock.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,603 @@
+//! The gateway against real HTTP upstreams on 127.0.0.1 that misbehave on a script:
+//! retries, fallbacks, cooldowns, timeouts, resets, streams dying before and after the
+//! first byte, malformed SSE, OpenAI quirks, Anthropic translation, auth translation
+//! without leaks, per-key limits, the adaptive concurrency limit, routing, local models
+//! and reloads.
+
+use novastack_tests::mock_upstream::{Behavior as B, MockUpstream};
+use novastack_tests::{fixtures_dir, http, http_full, start_gateway};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const UP_KEY: &str = "sk-upstream-SECRET-1234";
+const CLIENT_KEY: &str = "client-key-abc";
+
+fn model_yaml(name: &str, up: &MockUpstream, extra: &str) -> String {
+    format!(
+        "  - {{name: {name}, provider: openai, base_url: \"{}\", upstream_model: up-{name}, timeout_s: 2, auth: {{header: Authorization, prefix: \"Bearer \", key_env: UP_KEY}}{extra}}}\n",
+        up.url()
+    )
+}
+
+const FAST_RETRY: &str =
+    "retry: {max_attempts: 3, initial_backoff_ms: 10, max_backoff_ms: 40, jitter: true}\n";
+
+fn chat(model: &str, stream: bool) -> String {
+    json!({"model": model, "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}],
+           "max_tokens": 16, "stream": stream, "stream_options": {"include_usage": true}})
+    .to_string()
+}
+
+struct Resp {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// Streamed content, the finish reason, and whether an error chunk came.
+    fn stream(&self) -> (String, Option<String>, Option<String>, Vec<Value>) {
+        let mut text = String::new();
+        let (mut finish, mut error) = (None, None);
+        let mut all = Vec::new();
+        let mut done = 0;
+        for d in self.body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            if d == "[DONE]" {
+                done += 1;
+                continue;
+            }
+            assert_eq!(done, 0, "data after [DONE]: {}", self.body);
+            let v: Value = serde_json::from_str(d).unwrap();
+            if let Some(e) = v.get("error") {
+                error = Some(e["message"].as_str().unwrap().to_string());
+            }
+            if let Some(c) = v["choices"].get(0) {
+                text += c["delta"]["content"].as_str().unwrap_or("");
+                if let Some(f) = c["finish_reason"].as_str() {
+                    finish = Some(f.to_string());
+                }
+            }
+            all.push(v);
+        }
+        assert_eq!(done, 1, "exactly one [DONE]: {}", self.body);
+        (text, finish, error, all)
+    }
+}
+
+fn post(addr: std::net::SocketAddr, body: &str, headers: &str) -> Resp {
+    let (status, head, body) = http_full(addr, "POST", "/v1/chat/completions", body, headers);
+    Resp { status, head, body }
+}
+
+fn auth() -> String {
+    format!("Authorization: Bearer {CLIENT_KEY}\r\n")
+}
+
+fn metric(addr: std::net::SocketAddr, line_start: &str) -> f64 {
+    let (_, page) = http(addr, "GET", "/metrics", "");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&format!("{line_start} ")))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[test]
+fn retries_with_backoff_honours_retry_after_then_succeeds() {
+    let a = MockUpstream::start(B::Stream(vec!["Hel", "lo"]));
+    let yaml = format!("models:\n{}{FAST_RETRY}", model_yaml("a", &a, ""));
+    let (addr, _) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
+    a.script([B::Status(429, Some("1")), B::Status(500, None)]);
+    let t = Instant::now();
+    let r = post(addr, &chat("a", false), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "Retry-After: 1 not honoured"
+    );
+    assert_eq!(r.header("x-novastack-attempts").as_deref(), Some("3"));
+    assert_eq!(r.header("x-novastack-model").as_deref(), Some("a"));
+    let v = r.json();
+    assert_eq!(v["model"], "a");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello");
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+    assert!(r.header("x-novastack-cost-usd").is_some());
+    // The upstream got its own model name, stream on, and no routing metadata.
+    let sent: Value = serde_json::from_str(&a.requests.lock().unwrap()[2].body).unwrap();
+    assert_eq!(sent["model"], "up-a");
+    assert_eq!(sent["stream"], true);
+    assert_eq!(
+        metric(
+            addr,
+            "novastack_gateway_upstream_retries_total{model=\"a\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            addr,
+            "novastack_gateway_upstream_errors_total{model=\"a\",class=\"http_429\"}"
+        ),
+        1.0
+    );
+    // A non-retryable client error is passed through at once, not retried.
+    a.script([B::Status(400, None)]);
+    let before = a.count();
+    let r = post(addr, &chat("a", false), "");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(a.count(), before + 1);
+}
+
+#[test]
+fn falls_back_along_the_chain_and_cools_down_a_failing_model() {
+    let a = MockUpstream::start(B::Status(503, None));
+    let b = MockUpstream::start(B::Stream(vec!["from ", "b"]));
+    let yaml = format!(
+        "models:\n{}{}routes:\n  - when: {{model: main}}\n    use: a\n    fallback: [b]\n{FAST_RETRY}cooldown: {{failures: 3, window_s: 60, cooldown_s: 30}}\n",
+        model_yaml("a", &a, ""),
+        model_yaml("b", &b, "")
+    );
+    let (addr, _) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
+    let r = post(addr, &chat("main", false), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-novastack-model").as_deref(), Some("b"));
+    assert_eq!(r.header("x-novastack-attempts").as_deref(), Some("4"));
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "from b");
+    assert_eq!(
+        r.json()["model"],
+        "main",
+        "the client sees the name it asked for"
+    );
+    assert_eq!(a.count(), 3);
+    // Three failures cooled `a` down: the next request goes straight to b.
+    let r = post(addr, &chat("main", true), "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-novastack-attempts").as_deref(), Some("1"));
+    assert_eq!(a.count(), 3, "a cooling down must not be called");
+    assert_eq!(
+        metric(addr, "novastack_gateway_upstream_cooling_down{model=\"a\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            addr,
+            "novastack_gateway_upstream_cooldowns_total{model=\"a\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            addr,
+            "novastack_gateway_upstream_fallbacks_total{model=\"b\"}"
+        ),
+        1.0
+    );
+    // Asking for the cooling model alone: 503 with Retry-After.
+    let r = post(addr, &chat("a", false), "");
+    assert_eq!(r.status, 503, "{}", r.body);
+    let ra: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=30).contains(&ra), "{ra}");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("cooling down"));
+}
+
+#[test]
+fn hangs_resets_malformed_and_early_deaths_are_retried_invisibly() {
+    let a = MockUpstream::start(B::Stream(vec!["ok"]));
+    let yaml = format!(
+        "models:\n{}retry: {{max_attempts: 6, initial_backoff_ms: 5, max_backoff_ms: 20}}\ncooldown: {{failures: 100}}\n",
+        model_yaml("a", &a, "").replace("timeout_s: 2", "timeout_s: 0.3")
+    );
+    let (addr, _) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
+    // Each of these fails before any content: the client never sees them.
+    a.script([
+        B::Hang,
+        B::Reset,
+        B::Malformed,
+        B::DieAfter(vec![]),
+        B::ErrorAfter(vec![]),
+    ]);
+    let r = post(addr, &chat("a", true), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (text, finish, error, _) = r.stream();
+    assert_eq!(
+        (text.as_str(), finish.as_deref(), error),
+        ("ok", Some("stop"), None)
+    );
+    assert_eq!(r.header("x-novastack-attempts").as_deref(), Some("6"));
+    for class in ["timeout", "connect_error", "protocol_error"] {
+        assert!(
+            metric(
+                addr,
+                &format!(
+                    "novastack_gateway_upstream_errors_total{{model=\"a\",class=\"{class}\"}}"
+                )
+            ) >= 1.0,
+            "{class}"
+        );
+    }
+    // Every attempt failing: 502 or 504 with the last cause, never a hang.
+    a.script([B::Reset, B::Reset, B::Reset, B::Reset, B::Reset, B::Hang]);
+    let r = post(addr, &chat("a", false), "");
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.json()["error"]["type"], "upstream_error");
+}
+
+#[test]
+fn a_stream_dying_after_the_first_byte_ends_with_an_error_chunk_and_no_duplicates() {
+    let a = MockUpstream::start(B::Stream(vec!["never"]));
+    let b = MockUpstream::start(B::Stream(vec!["never"]));
+    let yaml = format!(
+        "models:\n{}{}routes:\n  - when: {{model: main}}\n    use: a\n    fallback: [b]\n{FAST_RETRY}",
+        model_yaml("a", &a, ""),
+        model_yaml("b", &b, "")
+    );
+    let (addr, _) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
+    for behavior in [
+        B::DieAfter(vec!["Hel", "lo"]),
+        B::ErrorAfter(vec!["Hel", "lo"]),
+    ] {
+        a.script([behavior]);
+        let before = (a.count(), b.count());
+        let r = post(addr, &chat("main", true), "");
+        assert_eq!(r.status, 200);
+        let (text, finish, error, _) = r.stream();
+        assert_eq!(text, "Hello", "exactly what the upstream sent, once");
+        assert_eq!(finish, None);
+        let e = error.expect("an explicit error chunk");
+        assert!(e.contains("mid-stream"), "{e}");
+        assert_eq!(
+            (a.count(), b.count()),
+            (before.0 + 1, before.1),
+            "no retry after bytes went out"
+        );
+    }
+    // Non-streaming clients get nothing until the end, so the same death is retried.
+    a.script([B::DieAfter(vec!["Hel"])]);
+    let r = post(addr, &chat("main", false), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "never");
+}
+
+#[test]
+fn openai_quirks_are_normalized() {
+    let a = MockUpstream::start(B::Stream(vec!["x"]));
+    let yaml = format!(
+        "models:\n{}",
+        model_yaml(
+            "a",
+            &a,
+            ", price: {input_per_mtok: 1000000, output_per_mtok: 2000000}"
+        )
+    );
+    let (addr, _) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
+    // Keep-alives, no usage, two [DONE]s: usage is computed, one [DONE] goes out.
+    a.script([B::QuirkyStream(vec!["abcd", "efgh"])]);
+    let r = post(addr, &chat("a", true), "");
+    let (text, finish, error, chunks) = r.stream();
+    assert_eq!(
+        (text.as_str(), finish.as_deref(), error),
+        ("abcdefgh", Some("length"), None)
+    );
+    let ids: std::collections::HashSet<&str> =
+        chunks.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "one id for every chunk");
+    assert!(chunks
+        .iter()
+        .all(|c| c["model"] == "a" && c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        last["usage"]["completion_tokens"], 2,
+        "8 characters ≈ 2 tokens"
+    );
+    // Finish without [DONE]: a proper end.
+    a.script([B::NoDone(vec!["fine"])]);
+    let r = post(addr, &chat("a", false), "");
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "fine");
+    // A JSON answer to a streaming request, and its cost from the real usage.
+    a.script([B::Json("plain json")]);
+    let r = post(addr, &chat("a", false), "");
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "plain json");
+    assert_eq!(r.json()["usage"]["total_tokens"], 7);
+    let cost: f64 = r.header("x-novastack-cost-usd").unwrap().parse().unwrap();
+    assert!((cost - (5.0 + 2.0 * 2.0)).abs() < 1e-6, "{cost}");
+}
+
+#[test]
+fn anthropic_upstreams_are_translated_both_ways() {
+    let c = MockUpstream::start(B::Anthropic(vec!["Bonjour", " le monde"]));
+    let yaml = format!(
+        "models:\n  - {{name: claude, provider: anthropic, base_url: \"http://{}\", upstream_model: claude-x, auth: {{header: x-api-key, key_env: UP_KEY}}}}\n",
+        c.addr
+    );
+    let (addr, _) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
+    let body = json!({"model": "claude", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+        {"role": "user", "content": [{"type": "text", "text": "again"}]}], "max_tokens": 2, "temperature": 0.5, "stop": "END", "stream": true,
+        "stream_options": {"include_usage": true}});
+    let r = post(
+        addr,
+        &body.to_string(),
+        "Authorization: Bearer client-secret\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (text, finish, error, chunks) = r.stream();
+    assert_eq!(
+        (text.as_str(), finish.as_deref(), error),
+        ("Bonjour le monde", Some("length"), None)
+    );
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(
+        (
+            usage["prompt_tokens"].as_u64(),
+            usage["completion_tokens"].as_u64()
+        ),
+        (Some(21), Some(2))
+    );
+    let req = c.requests.lock().unwrap()[0].clone();
+    assert!(req.head.starts_with("POST /v1/messages "), "{}", req.head);
+    assert!(req.head.contains(&format!("x-api-key: {UP_KEY}")));
+    assert!(req.head.contains("anthropic-version: 2023-06-01"));
+    assert!(
+        !req.head.contains("authorization"),
+        "no Authorization header upstream: {}",
+        req.head
+    );
+    assert!(!req.head.contains("client-secret") && !req.body.contains("client-secret"));
+    let sent: Value = serde_json::from_str(&req.body).unwrap();
+    assert_eq!(sent["model"], "claude-x");
+    assert_eq!(sent["system"], "be brief");
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": "hi\n\nagain"}])
+    );
+    assert_eq!(
+        (sent["max_tokens"].as_u64(), sent["temperature"].as_f64()),
+        (Some(2), Some(0.5))
+    );
+    assert_eq!(sent["stop_sequences"], json!(["END"]));
+    // Non-streaming from the same stream.
+    let r = post(
+        addr,
+        &body
+            .to_string()
+            .replace("\"stream\":true", "\"stream\":false"),
+        "",
+    );
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "Bonjour le monde"
+    );
+    assert_eq!(r.json()["choices"][0]["finish_reason"], "length");
+}
+
+#[test]
+fn keys_are_translated_and_never_leak() {
+    let a = MockUpstream::start(B::Stream(vec!["x"]));
+    let yaml = format!(
+        "models:\n{}api_keys:\n  - {{name: team, key_env: CLIENT_KEY}}\n",
+        model_yaml("a", &a, "")
+    );
+    let (addr, _) = start_gateway(&yaml, &[("UP_KEY", UP_KEY), ("CLIENT_KEY", CLIENT_KEY)]);
+    let r = post(addr, &chat("a", false), &auth());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let req = a.requests.lock().unwrap()[0].clone();
+    assert!(
+        req.head
+            .contains(&format!("authorization: Bearer {UP_KEY}")),
+        "{}",
+        req.head
+    );
+    assert!(!req.head.contains(CLIENT_KEY) && !req.body.contains(CLIENT_KEY));
+    // An upstream error that quotes our key: the client sees it redacted.
+    a.set_default(B::Status(401, None));
+    a.script([B::Status(401, None)]);
+    let r = post(addr, &chat("a", false), &auth());
+    assert!(r.status >= 400);
+    assert!(!r.body.contains(UP_KEY) && !r.head.contains(UP_KEY));
+    // Wrong or missing client keys: 401 before anything goes upstream.
+    let before = a.count();
+    for h in ["", "Authorization: Bearer nope\r\n"] {
+        let r = post(addr, &chat("a", false), h);
+        assert_eq!(r.status, 401);
+    }
+    assert_eq!(a.count(), before);
+}
+
+#[test]
+fn per_key_rate_limits_and_allowed_models() {
+    let a = MockUpstream::start(B::Stream(vec!["x"]));
+    let yaml = format!(
+        "models:\n{}{}api_keys:\n  - {{name: team, key_env: CLIENT_KEY, rpm: 2, tpm: 100000, models: [a]}}\n",
+        model_yaml("a", &a, ""),
+        model_yaml("b", &a, "")
+    );
+    let (addr, _) = start_gateway(&yaml, &[("UP_KEY", UP_KEY), ("CLIENT_KEY", CLIENT_KEY)]);
+    let r = post(addr, &chat("b", false), &auth());
+    assert_eq!(r.status, 403, "{}", r.body);
+    for i in 0..2 {
+        let r = post(addr, &chat("a", false), &auth());
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-ratelimit-limit-requests").as_deref(), Some("2"));
+        assert_eq!(
+            r.header("x-ratelimit-remaining-requests"),
+            Some(format!("{}", 1 - i))
+        );
+        assert!(r.header("x-ratelimit-remaining-tokens").is_some());
+    }
+    let r = post(addr, &chat("a", false), &auth());
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    let ra: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=30).contains(&ra), "{ra}");
+    assert_eq!(
+        a.count(),
+        2,
+        "the limited request never reached the upstream"
+    );
+}
+
+#[test]
+fn adaptive_limit_falls_on_429_and_recovers_on_success() {
+    let a = MockUpstream::start(B::Stream(vec!["x"]));
+    let yaml = format!(
+        "models:\n{}retry: {{max_attempts: 1}}\ncooldown: {{failures: 1000}}\n",
+        model_yaml("a", &a, ", limits: {max_concurrency: 8}")
+    );
+    let (addr, gw) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
+    let limit = || gw.upstream("a").unwrap().adaptive_limit();
+    assert_eq!(limit(), 8);
+    a.script([
+        B::Status(429, None),
+        B::Status(429, None),
+        B::Status(429, None),
+    ]);
+    for _ in 0..3 {
+        assert_eq!(post(addr, &chat("a", false), "").status, 429);
+    }
+    assert_eq!(limit(), 1);
+    assert_eq!(
+        metric(
+            addr,
+            "novastack_gateway_upstream_adaptive_limit{model=\"a\"}"
+        ),
+        1.0
+    );
+    // One slot: concurrent requests queue for it rather than hammering the upstream.
+    a.script((0..4).map(|_| B::SlowStream(vec!["s"], Duration::from_millis(100))));
+    let t = Instant::now();
+    let hs: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || post(addr, &chat("a", false), "").status))
+        .collect();
+    for h in hs {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(380),
+        "requests overlapped under a limit of 1"
+    );
+    // Additive increase: about `limit` successes per +1, back to the configured 8.
+    assert!(limit() <= 4, "{}", limit());
+    let mut n = 0;
+    while limit() < 8 {
+        assert_eq!(post(addr, &chat("a", false), "").status, 200);
+        n += 1;
+        assert!(n < 100, "limit did not recover");
+    }
+    assert!(n >= 15, "recovery must be gradual, took {n}");
+    assert_eq!(
+        metric(
+            addr,
+            "novastack_gateway_upstream_adaptive_limit{model=\"a\"}"
+        ),
+        8.0
+    );
+}
+
+#[test]
+fn auto_with_a_budget_picks_the_cheapest_fit_and_task_rules_route() {
+    let cheap = MockUpstream::start(B::Stream(vec!["cheap"]));
+    let pricey = MockUpstream::start(B::Stream(vec!["pricey"]));
+    let smart = MockUpstream::start(B::Stream(vec!["smart"]));
+    let yaml = format!(
+        "models:\n{}{}{}routes:\n  - when: {{task: reasoning}}\n    use: smart\n  - when: {{model: auto}}\n    use: cheapest_capable\n    require: {{chat: 50}}\n",
+        model_yaml("small", &cheap, ", context_window: 64, price: {input_per_mtok: 0.1, output_per_mtok: 0.1}, scores: {chat: 60}"),
+        model_yaml("big", &pricey, ", context_window: 100000, price: {input_per_mtok: 5, output_per_mtok: 15}, scores: {chat: 90}"),
+        model_yaml("smart", &smart, ", context_window: 100000, price: {input_per_mtok: 50, output_per_mtok: 150}, scores: {chat: 40}")
+    );
+    let (addr, _) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
+    let r = post(addr, &chat("auto", false), "");
+    assert_eq!(r.header("x-novastack-model").as_deref(), Some("small"));
+    // Too long for `small`'s window: the next cheapest that fits.
+    let long = json!({"model": "auto", "messages": [{"role": "user", "content": "x".repeat(400)}], "max_tokens": 16}).to_string();
+    let r = post(addr, &long, "");
+    assert_eq!(r.header("x-novastack-model").as_deref(), Some("big"));
+    // A budget `big` would exceed: a clear 400.
+    let r = post(addr, &long, "x-novastack-budget-usd: 0.00000001\r\n");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("budget"));
+    // The task rule, by header and by metadata.
+    let r = post(
+        addr,
+        &chat("auto", false),
+        "x-novastack-task: reasoning\r\n",
+    );
+    assert_eq!(r.header("x-novastack-model").as_deref(), Some("smart"));
+    let body = json!({"model": "auto", "messages": [{"role": "user", "content": "q"}], "metadata": {"task": "reasoning"}}).to_string();
+    let r = post(addr, &body, "");
+    assert_eq!(r.header("x-novastack-model").as_deref(), Some("smart"));
+    assert!(!smart.requests.lock().unwrap()[1].body.contains("metadata"));
+    // Unknown model: 404.
+    assert_eq!(post(addr, &chat("gpt-9", false), "").status, 404);
+    let (_, models) = http(addr, "GET", "/v1/models", "");
+    let ids: Vec<String> = serde_json::from_str::<Value>(&models).unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["auto", "small", "big", "smart"]);
+}
+
+#[test]
+fn local_models_and_reload_without_dropping_in_flight_requests() {
+    let slow = MockUpstream::start(B::SlowStream(
+        vec!["a", "b", "c", "d", "e"],
+        Duration::from_millis(100),
+    ));
+    let other = MockUpstream::start(B::Stream(vec!["new"]));
+    let local = fixtures_dir().join("models/qwen3-f32");
+    let yaml = format!(
+        "models:\n{}  - {{name: tiny, provider: local, path: \"{}\"}}\n",
+        model_yaml("m", &slow, ""),
+        local.display()
+    );
+    let (addr, gw) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
+    // The local engine answers through the same normalization.
+    let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "temperature": 0,
+                      "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}}).to_string();
+    let r = post(addr, &body, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (_, finish, error, chunks) = r.stream();
+    assert_eq!((finish.as_deref(), error), (Some("length"), None));
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 5);
+    assert_eq!(r.header("x-novastack-model").as_deref(), Some("tiny"));
+    // Start a slow stream, reload mid-way so `m` points elsewhere: the stream finishes
+    // on the old upstream, new requests use the new one.
+    let h = std::thread::spawn(move || post(addr, &chat("m", true), ""));
+    std::thread::sleep(Duration::from_millis(150));
+    let new_yaml = format!("models:\n{}", model_yaml("m", &other, ""));
+    let env = |k: &str| (k == "UP_KEY").then(|| UP_KEY.to_string());
+    gw.reload(&new_yaml, &env).unwrap();
+    assert!(
+        gw.reload("models: [{name: broken}]", &env).is_err(),
+        "a bad config is refused"
+    );
+    let r = post(addr, &chat("m", false), "");
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "new");
+    let (text, finish, error, _) = h.join().unwrap().stream();
+    assert_eq!(
+        (text.as_str(), finish.as_deref(), error),
+        ("abcde", Some("stop"), None)
+    );
+    assert_eq!(
+        post(addr, &chat("tiny", false), "").status,
+        404,
+        "tiny left the config"
+    );
+}
