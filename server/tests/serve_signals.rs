@@ -114,3 +114,76 @@ fn sigterm_gives_up_after_the_shutdown_timeout() {
     assert!(st.success(), "{st:?}");
     assert!(t.elapsed() < Duration::from_secs(20));
 }
+
+fn get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn gateway_yaml(names: &[&str]) -> String {
+    let mut y = String::from("models:\n");
+    for n in names {
+        y += &format!("  - {{name: {n}, provider: openai, base_url: \"http://127.0.0.1:9/v1\"}}\n");
+    }
+    y
+}
+
+#[test]
+fn gateway_config_errors_name_the_field_and_sighup_reloads() {
+    let dir = std::env::temp_dir().join(format!("ns-gw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("gateway.yaml");
+    // A bad config at start: exit 1, naming the file and the field.
+    std::fs::write(&cfg, gateway_yaml(&["a"]) + "routes:\n  - {use: nothere}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_novastack"))
+        .args(["serve", "--port", "0", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("gateway.yaml") && err.contains("routes[0].use"), "{err}");
+
+    std::fs::write(&cfg, gateway_yaml(&["a"])).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_novastack"))
+        .args(["serve", "--port", "0", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: SocketAddr = lines
+        .by_ref()
+        .find_map(|l| {
+            let l = l.unwrap();
+            let rest = l.strip_prefix("gateway at http://")?;
+            rest.split('/').next()?.parse().ok()
+        })
+        .expect("the gateway printed its address");
+    std::thread::spawn(move || for _ in lines {});
+    assert!(get(addr, "/v1/models").contains("\"a\""));
+    let hup = |child: &Child| {
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    std::fs::write(&cfg, gateway_yaml(&["a", "b"])).unwrap();
+    hup(&child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !get(addr, "/v1/models").contains("\"b\"") {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A broken file on SIGHUP: the running config stays.
+    std::fs::write(&cfg, "models: [{name: c, provider: nope}]").unwrap();
+    hup(&child);
+    std::thread::sleep(Duration::from_millis(500));
+    let models = get(addr, "/v1/models");
+    assert!(models.contains("\"b\"") && !models.contains("\"c\""), "{models}");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+}
