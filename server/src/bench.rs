@@ -15,6 +15,9 @@ pub enum BenchCommand {
     Decode(DecodeArgs),
     /// Offline throughput of the batching engine on a dataset, buckets on and off.
     Offline(OfflineArgs),
+    /// Gateway overhead (p50/p99 added latency, max request rate) against an instant
+    /// mock upstream, optionally beside another gateway such as LiteLLM.
+    Gateway(crate::bench_gateway::GatewayBenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -79,6 +82,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Decode(args) => decode(args),
         BenchCommand::Offline(args) => crate::offline::run(args),
+        BenchCommand::Gateway(args) => crate::bench_gateway::run(args),
     }
 }
 

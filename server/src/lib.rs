@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod bench_gateway;
 pub mod default_model;
 pub mod gateway;
 pub mod generate;

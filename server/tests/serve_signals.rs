@@ -117,7 +117,11 @@ fn sigterm_gives_up_after_the_shutdown_timeout() {
 
 fn get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -145,7 +149,10 @@ fn gateway_config_errors_name_the_field_and_sighup_reloads() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("gateway.yaml") && err.contains("routes[0].use"), "{err}");
+    assert!(
+        err.contains("gateway.yaml") && err.contains("routes[0].use"),
+        "{err}"
+    );
 
     std::fs::write(&cfg, gateway_yaml(&["a"])).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_novastack"))
@@ -183,7 +190,10 @@ fn gateway_config_errors_name_the_field_and_sighup_reloads() {
     hup(&child);
     std::thread::sleep(Duration::from_millis(500));
     let models = get(addr, "/v1/models");
-    assert!(models.contains("\"b\"") && !models.contains("\"c\""), "{models}");
+    assert!(
+        models.contains("\"b\"") && !models.contains("\"c\""),
+        "{models}"
+    );
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
 }

@@ -111,10 +111,12 @@ fn retries_with_backoff_honours_retry_after_then_succeeds() {
     assert_eq!(v["choices"][0]["message"]["content"], "Hello");
     assert_eq!(v["usage"]["completion_tokens"], 2);
     assert!(r.header("x-novastack-cost-usd").is_some());
-    // The upstream got its own model name, stream on, and no routing metadata.
+    // The upstream got its own model name, the client's stream flag (a JSON answer for
+    // a JSON client), and no routing metadata.
     let sent: Value = serde_json::from_str(&a.requests.lock().unwrap()[2].body).unwrap();
     assert_eq!(sent["model"], "up-a");
-    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream"], false);
+    assert!(sent.get("stream_options").is_none() && sent.get("metadata").is_none());
     assert_eq!(
         metric(
             addr,

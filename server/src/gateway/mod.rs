@@ -53,6 +53,10 @@ pub struct Generation {
     upstream_keys: HashMap<String, String>,
     /// Local model name → the in-process serve router.
     locals: HashMap<String, Router>,
+    /// Remote model name → its endpoint.
+    urls: HashMap<String, reqwest::Url>,
+    /// Header names some rule looks at (only these are copied per request).
+    rule_headers: Vec<String>,
 }
 
 /// Per-model runtime state; it survives config reloads.
@@ -189,6 +193,8 @@ impl Gateway {
                 client_keys: Vec::new(),
                 upstream_keys: HashMap::new(),
                 locals: HashMap::new(),
+                urls: HashMap::new(),
+                rule_headers: Vec::new(),
             })),
             upstreams: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
@@ -215,6 +221,20 @@ impl Gateway {
                 upstream_keys.insert(m.name.clone(), env(&a.key_env).unwrap_or_default());
             }
         }
+        let mut urls = HashMap::new();
+        for (i, m) in cfg.models.iter().enumerate() {
+            if let Some(u) = upstream::endpoint(m) {
+                let u = u.map_err(|e| anyhow::anyhow!("models[{i}] ({}).base_url: {e}", m.name))?;
+                urls.insert(m.name.clone(), u);
+            }
+        }
+        let rule_headers: Vec<String> = cfg
+            .routes
+            .iter()
+            .flat_map(|r| r.when.keys())
+            .filter_map(|k| k.strip_prefix("header."))
+            .map(str::to_ascii_lowercase)
+            .collect();
         let mut locals = HashMap::new();
         for m in cfg.models.iter().filter(|m| m.provider == Provider::Local) {
             locals.insert(m.name.clone(), self.local_router(m)?);
@@ -260,6 +280,8 @@ impl Gateway {
             client_keys,
             upstream_keys,
             locals,
+            urls,
+            rule_headers,
         };
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(gen);
         Ok(())
@@ -542,7 +564,11 @@ fn parse_chat(body: &[u8]) -> Result<Parsed, ApiError> {
     })
 }
 
-fn request_info(p: &Parsed, headers: &HeaderMap) -> Result<RequestInfo, ApiError> {
+fn request_info(
+    p: &Parsed,
+    headers: &HeaderMap,
+    rule_headers: &[String],
+) -> Result<RequestInfo, ApiError> {
     let hdr = |n: &str| {
         headers
             .get(n)
@@ -594,10 +620,10 @@ fn request_info(p: &Parsed, headers: &HeaderMap) -> Result<RequestInfo, ApiError
         budget,
         context_length,
         max_tokens: p.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-        headers: headers
+        headers: rule_headers
             .iter()
-            .filter(|(k, _)| k.as_str() != "authorization")
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .filter(|k| k.as_str() != "authorization")
+            .filter_map(|k| Some((k.clone(), headers.get(k)?.to_str().ok()?.to_string())))
             .collect(),
         metadata: p.metadata.clone(),
     })
@@ -730,6 +756,7 @@ async fn attempt_chain(
             model: m,
             key: gen.upstream_keys.get(name).map(String::as_str),
             local: gen.locals.get(name),
+            url: gen.urls.get(name),
         };
         for try_i in 0..retry.max_attempts {
             if let Err(w) = up.take_rate(est_tokens, Instant::now()) {
@@ -933,7 +960,7 @@ async fn chat_completions(
         return Err(ApiError::unavailable("the gateway is shutting down"));
     }
     let p = parse_chat(&body)?;
-    let info = request_info(&p, &headers)?;
+    let info = request_info(&p, &headers, &gen.rule_headers)?;
     let key_name = key.map(|i| gen.cfg.api_keys[i].name.clone());
     if let Some(i) = key {
         if let Some(allowed) = &gen.cfg.api_keys[i].models {
@@ -968,6 +995,7 @@ async fn chat_completions(
         body: &p.body,
         messages: &p.messages,
         max_tokens: p.max_tokens,
+        stream: p.stream,
     };
     let started = Instant::now();
     let committed = match attempt_chain(&gw, &gen, &plan.chain, &call, est, !p.stream).await {
@@ -1218,14 +1246,15 @@ mod tests {
         assert!(p.stream && p.include_usage);
         assert_eq!(p.max_tokens, Some(5));
         assert!(!p.body.contains_key("metadata") && !p.body.contains_key("stream_options"));
-        let info = request_info(&p, &HeaderMap::new()).unwrap();
+        let info = request_info(&p, &HeaderMap::new(), &[]).unwrap();
         assert_eq!(info.task.as_deref(), Some("qa"));
         assert_eq!(info.budget, Some(0.01));
         let mut h = HeaderMap::new();
         h.insert("x-novastack-task", "reasoning".parse().unwrap());
         h.insert("x-novastack-budget-usd", "0.5".parse().unwrap());
         h.insert("authorization", "Bearer secret".parse().unwrap());
-        let info = request_info(&p, &h).unwrap();
+        let info =
+            request_info(&p, &h, &["authorization".to_string(), "x-team".to_string()]).unwrap();
         assert_eq!(
             (info.task.as_deref(), info.budget),
             (Some("reasoning"), Some(0.5))

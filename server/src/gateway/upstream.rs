@@ -60,6 +60,19 @@ pub struct Target<'a> {
     pub key: Option<&'a str>,
     /// `local` models: the in-process serve router.
     pub local: Option<&'a axum::Router>,
+    /// Remote models: the endpoint, parsed once per config load.
+    pub url: Option<&'a reqwest::Url>,
+}
+
+/// The endpoint a remote model's requests go to.
+pub fn endpoint(m: &ModelConfig) -> Option<Result<reqwest::Url, String>> {
+    let base = m.base_url.as_deref()?.trim_end_matches('/');
+    let url = match m.provider {
+        Provider::Anthropic if base.ends_with("/v1") => format!("{base}/messages"),
+        Provider::Anthropic => format!("{base}/v1/messages"),
+        _ => format!("{base}/chat/completions"),
+    };
+    Some(reqwest::Url::parse(&url).map_err(|e| format!("{url:?}: {e}")))
 }
 
 impl Target<'_> {
@@ -80,6 +93,8 @@ pub struct ChatCall<'a> {
     pub body: &'a Map<String, Value>,
     pub messages: &'a [Value],
     pub max_tokens: Option<usize>,
+    /// Stream from the upstream (the client streams); otherwise ask for one JSON answer.
+    pub stream: bool,
 }
 
 fn openai_body(t: &Target, call: &ChatCall) -> Value {
@@ -93,8 +108,10 @@ fn openai_body(t: &Target, call: &ChatCall) -> Value {
                 .unwrap_or_else(|| t.model.name.clone()),
         ),
     );
-    body.insert("stream".into(), Value::Bool(true));
-    body.insert("stream_options".into(), json!({"include_usage": true}));
+    body.insert("stream".into(), Value::Bool(call.stream));
+    if call.stream {
+        body.insert("stream_options".into(), json!({"include_usage": true}));
+    }
     body.remove("metadata");
     Value::Object(body)
 }
@@ -139,7 +156,7 @@ fn anthropic_body(t: &Target, call: &ChatCall) -> Value {
         "model": t.model.upstream_model.clone().unwrap_or_else(|| t.model.name.clone()),
         "messages": messages,
         "max_tokens": call.max_tokens.unwrap_or(4096),
-        "stream": true,
+        "stream": call.stream,
     });
     if !system.is_empty() {
         body["system"] = Value::String(system.join("\n\n"));
@@ -224,22 +241,25 @@ pub async fn open(t: &Target<'_>, call: &ChatCall<'_>) -> Result<UpStream, UpErr
                 .boxed();
             (status, headers, is_json, stream)
         } else {
-            let base = t
-                .model
-                .base_url
-                .as_deref()
-                .unwrap_or("")
-                .trim_end_matches('/');
-            let url = match dialect {
-                Dialect::OpenAi => format!("{base}/chat/completions"),
-                Dialect::Anthropic if base.ends_with("/v1") => format!("{base}/messages"),
-                Dialect::Anthropic => format!("{base}/v1/messages"),
+            let url = match t.url {
+                Some(u) => u.clone(),
+                None => match endpoint(t.model) {
+                    Some(Ok(u)) => u,
+                    _ => return Err(UpError::new(FailureKind::Connect, "no usable base_url")),
+                },
             };
             let client = http_client();
             let mut rb = client
-                .post(&url)
+                .post(url)
                 .header("content-type", "application/json")
-                .header("accept", "text/event-stream");
+                .header(
+                    "accept",
+                    if call.stream {
+                        "text/event-stream"
+                    } else {
+                        "application/json"
+                    },
+                );
             if dialect == Dialect::Anthropic {
                 rb = rb.header(
                     "anthropic-version",
@@ -607,11 +627,18 @@ fn parse_json_answer(d: Dialect, body: &[u8]) -> Result<Vec<UpEvent>, UpError> {
 pub fn http_client() -> &'static reqwest::Client {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
+        let mut b = reqwest::Client::builder()
             .pool_max_idle_per_host(1024)
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .expect("HTTP client")
+            .connect_timeout(Duration::from_secs(10));
+        // Proxies from the environment as usual; without any, skip the per-request
+        // proxy matching.
+        let proxied = ["http_proxy", "https_proxy", "all_proxy"]
+            .iter()
+            .any(|k| std::env::var_os(k).is_some() || std::env::var_os(k.to_uppercase()).is_some());
+        if !proxied {
+            b = b.no_proxy();
+        }
+        b.build().expect("HTTP client")
     })
 }
