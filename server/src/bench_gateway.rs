@@ -328,7 +328,10 @@ async fn closed_loop(proto: &RawConn, target: &str, concurrency: usize, secs: f6
 }
 
 pub fn run(args: GatewayBenchArgs) -> Result<()> {
-    if args.rates.iter().any(|r| r.is_nan() || *r <= 0.0) || args.duration <= 0.0 || args.concurrency == 0 {
+    if args.rates.iter().any(|r| r.is_nan() || *r <= 0.0)
+        || args.duration <= 0.0
+        || args.concurrency == 0
+    {
         bail!("--rates, --duration and --concurrency must be positive");
     }
     // Three runtimes, as three processes would be: mock, gateway, load generator.
@@ -397,9 +400,37 @@ pub fn run(args: GatewayBenchArgs) -> Result<()> {
             bail!("{name} at {url} does not answer");
         }
     }
+    // Closed loop first (bounded in flight), then open loop by rising rate: an
+    // overloaded target's backlog then only follows it, never another target's run.
+    let settle = |proto: &RawConn| {
+        load_rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            let mut conn = proto.clone_fresh();
+            while tokio::time::Instant::now() < deadline {
+                let t = Instant::now();
+                let ok = tokio::time::timeout(Duration::from_secs(5), conn.send())
+                    .await
+                    .unwrap_or(false);
+                if ok && t.elapsed() < Duration::from_millis(200) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let mut closed = Vec::new();
+    for ((name, _, _), proto) in targets.iter().zip(&protos) {
+        settle(proto);
+        let r = load_rt.block_on(closed_loop(proto, name, args.concurrency, args.duration));
+        eprintln!("closed loop {name}: {:.0} req/s", r.rps);
+        closed.push(r);
+    }
+    let mut rates = args.rates.clone();
+    rates.sort_by(f64::total_cmp);
     let mut open = Vec::new();
-    for &rate in &args.rates {
+    for &rate in &rates {
         for ((name, _, _), proto) in targets.iter().zip(&protos) {
+            settle(proto);
             let r = load_rt.block_on(open_loop(proto, name, rate, args.duration));
             eprintln!(
                 "open loop {name} at {rate}/s: p50 {:.3} ms p99 {:.3} ms ({} errors)",
@@ -407,12 +438,6 @@ pub fn run(args: GatewayBenchArgs) -> Result<()> {
             );
             open.push(r);
         }
-    }
-    let mut closed = Vec::new();
-    for ((name, _, _), proto) in targets.iter().zip(&protos) {
-        let r = load_rt.block_on(closed_loop(proto, name, args.concurrency, args.duration));
-        eprintln!("closed loop {name}: {:.0} req/s", r.rps);
-        closed.push(r);
     }
     println!(
         "\n## gateway overhead vs a direct call (instant mock upstream, 127.0.0.1, {} cores)\n",

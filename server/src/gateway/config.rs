@@ -407,3 +407,20 @@ api_keys:
         assert!(e.contains("line"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    /// The example in `examples/gateway.yaml` stays valid.
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../../examples/gateway.yaml");
+        let env = |k: &str| {
+            ["QWEN_KEY", "ANTHROPIC_KEY", "TEAM_A_KEY"]
+                .contains(&k)
+                .then(|| "x".to_string())
+        };
+        let cfg = super::parse(text, &env).unwrap();
+        assert_eq!(cfg.models.len(), 4);
+        assert_eq!(cfg.routes.len(), 3);
+    }
+}

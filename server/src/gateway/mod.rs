@@ -491,8 +491,8 @@ fn parse_chat(body: &[u8]) -> Result<Parsed, ApiError> {
             ))
         }
     };
-    let messages = match body.get("messages") {
-        Some(Value::Array(m)) if !m.is_empty() && m.iter().all(Value::is_object) => m.clone(),
+    let messages = match body.remove("messages") {
+        Some(Value::Array(m)) if !m.is_empty() && m.iter().all(Value::is_object) => m,
         _ => {
             return Err(ApiError::bad_request(
                 "`messages` must be a non-empty array of objects",

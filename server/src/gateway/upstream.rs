@@ -90,6 +90,7 @@ impl Target<'_> {
 
 /// The client's request, already validated by the gateway.
 pub struct ChatCall<'a> {
+    /// The client's fields except `messages` (given apart) and `metadata` (routing only).
     pub body: &'a Map<String, Value>,
     pub messages: &'a [Value],
     pub max_tokens: Option<usize>,
@@ -97,23 +98,38 @@ pub struct ChatCall<'a> {
     pub stream: bool,
 }
 
-fn openai_body(t: &Target, call: &ChatCall) -> Value {
-    let mut body = call.body.clone();
-    body.insert(
-        "model".into(),
-        Value::String(
-            t.model
-                .upstream_model
-                .clone()
-                .unwrap_or_else(|| t.model.name.clone()),
-        ),
-    );
-    body.insert("stream".into(), Value::Bool(call.stream));
-    if call.stream {
-        body.insert("stream_options".into(), json!({"include_usage": true}));
+/// The OpenAI request body: the client's fields with the upstream's model name and the
+/// stream settings, serialized straight from the borrowed request (no deep copy).
+struct OpenAiBody<'a> {
+    call: &'a ChatCall<'a>,
+    model: &'a str,
+}
+
+impl serde::Serialize for OpenAiBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("model", self.model)?;
+        m.serialize_entry("messages", self.call.messages)?;
+        m.serialize_entry("stream", &self.call.stream)?;
+        if self.call.stream {
+            m.serialize_entry("stream_options", &json!({"include_usage": true}))?;
+        }
+        for (k, v) in self.call.body {
+            if !matches!(
+                k.as_str(),
+                "model" | "messages" | "stream" | "stream_options" | "metadata"
+            ) {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
     }
-    body.remove("metadata");
-    Value::Object(body)
+}
+
+fn openai_body(t: &Target, call: &ChatCall) -> Vec<u8> {
+    let model = t.model.upstream_model.as_deref().unwrap_or(&t.model.name);
+    serde_json::to_vec(&OpenAiBody { call, model }).unwrap_or_default()
 }
 
 fn content_text(v: &Value) -> String {
@@ -208,7 +224,7 @@ pub async fn open(t: &Target<'_>, call: &ChatCall<'_>) -> Result<UpStream, UpErr
     };
     let body = match dialect {
         Dialect::OpenAi => openai_body(t, call),
-        Dialect::Anthropic => anthropic_body(t, call),
+        Dialect::Anthropic => anthropic_body(t, call).to_string().into_bytes(),
     };
     let timeout = t.timeout();
     let (status, headers, is_json, bytes): (u16, reqwest::header::HeaderMap, bool, ByteStream) =
@@ -216,7 +232,7 @@ pub async fn open(t: &Target<'_>, call: &ChatCall<'_>) -> Result<UpStream, UpErr
             use tower::ServiceExt;
             let req = axum::http::Request::post("/v1/chat/completions")
                 .header("content-type", "application/json")
-                .body(axum::body::Body::from(body.to_string()))
+                .body(axum::body::Body::from(body))
                 .map_err(|e| UpError::new(FailureKind::Protocol, e.to_string()))?;
             let resp = router
                 .clone()
@@ -269,7 +285,7 @@ pub async fn open(t: &Target<'_>, call: &ChatCall<'_>) -> Result<UpStream, UpErr
             if let (Some(AuthSpec::Header(a)), Some(key)) = (&t.model.auth, t.key) {
                 rb = rb.header(a.header.as_str(), format!("{}{key}", a.prefix));
             }
-            let send = rb.body(body.to_string()).send();
+            let send = rb.body(body).send();
             let resp = match tokio::time::timeout(timeout, send).await {
                 Err(_) => {
                     return Err(UpError::new(

@@ -8,21 +8,33 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
-/// Responses by (route, status code).
+/// Responses by route and status code.
 #[derive(Default)]
 pub struct HttpMetrics {
-    counts: Mutex<BTreeMap<(String, u16), u64>>,
+    counts: Mutex<std::collections::HashMap<String, BTreeMap<u16, u64>>>,
 }
 
 impl HttpMetrics {
     pub fn record(&self, route: &str, status: u16) {
         if let Ok(mut m) = self.counts.lock() {
-            *m.entry((route.to_string(), status)).or_default() += 1;
+            // No allocation once the route has been seen.
+            match m.get_mut(route) {
+                Some(by_status) => *by_status.entry(status).or_default() += 1,
+                None => {
+                    m.insert(route.to_string(), BTreeMap::from([(status, 1)]));
+                }
+            }
         }
     }
 
+    /// Counts by (route, status), sorted.
     pub fn snapshot(&self) -> BTreeMap<(String, u16), u64> {
-        self.counts.lock().map(|m| m.clone()).unwrap_or_default()
+        let Ok(m) = self.counts.lock() else {
+            return BTreeMap::new();
+        };
+        m.iter()
+            .flat_map(|(r, by)| by.iter().map(move |(s, n)| ((r.clone(), *s), *n)))
+            .collect()
     }
 }
 
