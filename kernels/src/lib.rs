@@ -6,6 +6,8 @@
 //! are checked against it.
 
 pub mod cpu;
+#[cfg(feature = "hip")]
+pub mod hip;
 mod error;
 mod paged;
 

@@ -1,0 +1,397 @@
+//! The HIP runtime, loaded at run time (feature `hip`): `libamdhip64` for devices,
+//! memory, modules and launches, and hiprtc (inside `libamdhip64.so.5` on ROCm 5, in
+//! `libhiprtc.so` on ROCm 6+) to compile `kernels/hip/*.hip` for the device's
+//! architecture at start-up. No ROCm is needed to build; without the library or a GPU,
+//! opening a device is a clear error, never a crash.
+
+use crate::{Error, Result};
+use libloading::Library;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+
+/// The kernel sources, embedded: compiled by hiprtc (AMD) or NVRTC (NVIDIA) at start-up.
+pub const KERNEL_SOURCES: &[(&str, &str)] = &[
+    ("elementwise.hip", include_str!("../hip/elementwise.hip")),
+    ("norm.hip", include_str!("../hip/norm.hip")),
+    ("rope.hip", include_str!("../hip/rope.hip")),
+    ("cache.hip", include_str!("../hip/cache.hip")),
+    ("attention.hip", include_str!("../hip/attention.hip")),
+    ("sampling.hip", include_str!("../hip/sampling.hip")),
+];
+pub const COMPAT_H: &str = include_str!("../hip/compat.h");
+
+type HipError = c_int;
+const HIP_SUCCESS: HipError = 0;
+const HIP_ERROR_NO_DEVICE: HipError = 100;
+/// What `hipInit` returns on ROCm 5 when the machine has no AMD GPU at all.
+const HIP_ERROR_INVALID_DEVICE: HipError = 101;
+
+type Prog = *mut c_void;
+
+/// The functions we use, resolved once.
+#[allow(non_snake_case)]
+struct Api {
+    hipInit: unsafe extern "C" fn(c_uint) -> HipError,
+    hipGetDeviceCount: unsafe extern "C" fn(*mut c_int) -> HipError,
+    hipSetDevice: unsafe extern "C" fn(c_int) -> HipError,
+    hipGetErrorString: unsafe extern "C" fn(HipError) -> *const c_char,
+    hipDeviceGetName: unsafe extern "C" fn(*mut c_char, c_int, c_int) -> HipError,
+    hipMemGetInfo: unsafe extern "C" fn(*mut usize, *mut usize) -> HipError,
+    hipMalloc: unsafe extern "C" fn(*mut *mut c_void, usize) -> HipError,
+    hipFree: unsafe extern "C" fn(*mut c_void) -> HipError,
+    hipMemcpyHtoD: unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> HipError,
+    hipMemcpyDtoH: unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> HipError,
+    hipModuleLoadData: unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> HipError,
+    hipModuleGetFunction: unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const c_char) -> HipError,
+    #[allow(clippy::type_complexity)]
+    hipModuleLaunchKernel: unsafe extern "C" fn(
+        *mut c_void,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        *mut c_void,
+        *mut *mut c_void,
+        *mut *mut c_void,
+    ) -> HipError,
+    hipDeviceSynchronize: unsafe extern "C" fn() -> HipError,
+    hiprtcCreateProgram: unsafe extern "C" fn(
+        *mut Prog,
+        *const c_char,
+        *const c_char,
+        c_int,
+        *const *const c_char,
+        *const *const c_char,
+    ) -> c_int,
+    hiprtcCompileProgram: unsafe extern "C" fn(Prog, c_int, *const *const c_char) -> c_int,
+    hiprtcGetProgramLogSize: unsafe extern "C" fn(Prog, *mut usize) -> c_int,
+    hiprtcGetProgramLog: unsafe extern "C" fn(Prog, *mut c_char) -> c_int,
+    hiprtcGetCodeSize: unsafe extern "C" fn(Prog, *mut usize) -> c_int,
+    hiprtcGetCode: unsafe extern "C" fn(Prog, *mut c_char) -> c_int,
+    hiprtcDestroyProgram: unsafe extern "C" fn(*mut Prog) -> c_int,
+}
+
+/// A loaded HIP runtime (no device opened yet).
+pub struct Hip {
+    api: Api,
+    _libs: Vec<Library>,
+}
+
+fn open_first(names: &[&str]) -> std::result::Result<Library, String> {
+    let mut errs = Vec::new();
+    for n in names {
+        // SAFETY: loading a system library whose initialisers are the vendor's.
+        match unsafe { Library::new(n) } {
+            Ok(l) => return Ok(l),
+            Err(e) => errs.push(format!("{n}: {e}")),
+        }
+    }
+    Err(errs.join("; "))
+}
+
+macro_rules! sym {
+    ($libs:expr, $name:ident) => {{
+        let mut found = None;
+        for lib in $libs.iter() {
+            // SAFETY: the symbol's type is the HIP C API's signature for that name.
+            if let Ok(s) = unsafe { lib.get(concat!(stringify!($name), "\0").as_bytes()) } {
+                found = Some(*s);
+                break;
+            }
+        }
+        found.ok_or_else(|| {
+            Error::Unavailable(format!(
+                "the HIP runtime lacks {} (ROCm too old?)",
+                stringify!($name)
+            ))
+        })?
+    }};
+}
+
+impl Hip {
+    /// Loads `libamdhip64` (and `libhiprtc` where separate).
+    pub fn load() -> Result<Hip> {
+        let hip = open_first(&["libamdhip64.so", "libamdhip64.so.6", "libamdhip64.so.5"]).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot load the HIP runtime (libamdhip64): {e}. Install ROCm, or set LD_LIBRARY_PATH to its lib folder"
+            ))
+        })?;
+        let mut libs = vec![hip];
+        if let Ok(rtc) = open_first(&["libhiprtc.so", "libhiprtc.so.6"]) {
+            libs.insert(0, rtc);
+        }
+        let api = Api {
+            hipInit: sym!(libs, hipInit),
+            hipGetDeviceCount: sym!(libs, hipGetDeviceCount),
+            hipSetDevice: sym!(libs, hipSetDevice),
+            hipGetErrorString: sym!(libs, hipGetErrorString),
+            hipDeviceGetName: sym!(libs, hipDeviceGetName),
+            hipMemGetInfo: sym!(libs, hipMemGetInfo),
+            hipMalloc: sym!(libs, hipMalloc),
+            hipFree: sym!(libs, hipFree),
+            hipMemcpyHtoD: sym!(libs, hipMemcpyHtoD),
+            hipMemcpyDtoH: sym!(libs, hipMemcpyDtoH),
+            hipModuleLoadData: sym!(libs, hipModuleLoadData),
+            hipModuleGetFunction: sym!(libs, hipModuleGetFunction),
+            hipModuleLaunchKernel: sym!(libs, hipModuleLaunchKernel),
+            hipDeviceSynchronize: sym!(libs, hipDeviceSynchronize),
+            hiprtcCreateProgram: sym!(libs, hiprtcCreateProgram),
+            hiprtcCompileProgram: sym!(libs, hiprtcCompileProgram),
+            hiprtcGetProgramLogSize: sym!(libs, hiprtcGetProgramLogSize),
+            hiprtcGetProgramLog: sym!(libs, hiprtcGetProgramLog),
+            hiprtcGetCodeSize: sym!(libs, hiprtcGetCodeSize),
+            hiprtcGetCode: sym!(libs, hiprtcGetCode),
+            hiprtcDestroyProgram: sym!(libs, hiprtcDestroyProgram),
+        };
+        Ok(Hip { api, _libs: libs })
+    }
+
+    fn check(&self, what: &str, e: HipError) -> Result<()> {
+        if e == HIP_SUCCESS {
+            return Ok(());
+        }
+        // SAFETY: hipGetErrorString returns a static C string for any code.
+        let msg = unsafe { CStr::from_ptr((self.api.hipGetErrorString)(e)) }
+            .to_string_lossy()
+            .into_owned();
+        Err(Error::Unavailable(format!("{what}: {msg} (hipError {e})")))
+    }
+
+    /// Number of visible AMD GPUs; a machine without one gives a clear error.
+    pub fn device_count(&self) -> Result<usize> {
+        // SAFETY: plain C calls with valid out-pointers.
+        let e = unsafe { (self.api.hipInit)(0) };
+        if e == HIP_ERROR_NO_DEVICE || e == HIP_ERROR_INVALID_DEVICE {
+            return Err(Error::Unavailable(format!(
+                "no AMD GPU is visible (hipInit returned {e}): check /dev/kfd and /dev/dri permissions and HIP_VISIBLE_DEVICES"
+            )));
+        }
+        self.check("hipInit", e)?;
+        let mut n = 0;
+        let e = unsafe { (self.api.hipGetDeviceCount)(&mut n) };
+        if e == HIP_ERROR_NO_DEVICE || n == 0 {
+            return Err(Error::Unavailable(
+                "no AMD GPU is visible (hipErrorNoDevice): check /dev/kfd and /dev/dri permissions and HIP_VISIBLE_DEVICES".into(),
+            ));
+        }
+        self.check("hipGetDeviceCount", e)?;
+        Ok(n as usize)
+    }
+
+    /// Opens device `ordinal`: its name and free/total memory.
+    pub fn open(&self, ordinal: usize) -> Result<DeviceInfo> {
+        let n = self.device_count()?;
+        if ordinal >= n {
+            return Err(Error::Unavailable(format!(
+                "AMD GPU {ordinal} requested, {n} visible"
+            )));
+        }
+        // SAFETY: valid ordinal, buffers sized as passed.
+        unsafe {
+            self.check("hipSetDevice", (self.api.hipSetDevice)(ordinal as c_int))?;
+            let mut name = [0 as c_char; 256];
+            self.check(
+                "hipDeviceGetName",
+                (self.api.hipDeviceGetName)(name.as_mut_ptr(), 256, ordinal as c_int),
+            )?;
+            let (mut free, mut total) = (0usize, 0usize);
+            self.check("hipMemGetInfo", (self.api.hipMemGetInfo)(&mut free, &mut total))?;
+            Ok(DeviceInfo {
+                name: CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned(),
+                free_bytes: free,
+                total_bytes: total,
+            })
+        }
+    }
+
+    /// Compiles one kernel source with hiprtc for `arch` (e.g. `gfx90a`); returns the
+    /// code object. Works without a GPU. Errors carry the compiler log.
+    pub fn compile(&self, name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
+        let src = CString::new(source).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let cname = CString::new(name).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let hdr = CString::new(COMPAT_H).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let hdr_name = c"compat.h";
+        let opts: Vec<CString> = [format!("--offload-arch={arch}"), "-O3".into(), "-std=c++17".into()]
+            .into_iter()
+            .map(|o| CString::new(o).expect("no NUL"))
+            .collect();
+        let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+        let mut prog: Prog = std::ptr::null_mut();
+        // SAFETY: hiprtc C API with pointers that outlive the calls.
+        unsafe {
+            let headers = [hdr.as_ptr()];
+            let names = [hdr_name.as_ptr()];
+            let r = (self.api.hiprtcCreateProgram)(
+                &mut prog,
+                src.as_ptr(),
+                cname.as_ptr(),
+                1,
+                headers.as_ptr(),
+                names.as_ptr(),
+            );
+            if r != 0 {
+                return Err(Error::Unavailable(format!("hiprtcCreateProgram({name}) failed: {r}")));
+            }
+            let r = (self.api.hiprtcCompileProgram)(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr());
+            let mut log_len = 0usize;
+            (self.api.hiprtcGetProgramLogSize)(prog, &mut log_len);
+            let mut log = vec![0u8; log_len.max(1)];
+            (self.api.hiprtcGetProgramLog)(prog, log.as_mut_ptr() as *mut c_char);
+            let log = String::from_utf8_lossy(&log).trim_end_matches('\0').to_string();
+            if r != 0 {
+                (self.api.hiprtcDestroyProgram)(&mut prog);
+                return Err(Error::Unavailable(format!(
+                    "hiprtc could not compile {name} for {arch} (error {r}):\n{log}"
+                )));
+            }
+            let mut size = 0usize;
+            (self.api.hiprtcGetCodeSize)(prog, &mut size);
+            let mut code = vec![0u8; size];
+            (self.api.hiprtcGetCode)(prog, code.as_mut_ptr() as *mut c_char);
+            (self.api.hiprtcDestroyProgram)(&mut prog);
+            Ok(code)
+        }
+    }
+
+    /// Allocates, copies and frees device memory; the GPU backend builds on these.
+    pub fn alloc(&self, bytes: usize) -> Result<*mut c_void> {
+        let mut p = std::ptr::null_mut();
+        // SAFETY: out-pointer valid.
+        self.check("hipMalloc", unsafe { (self.api.hipMalloc)(&mut p, bytes.max(1)) })?;
+        Ok(p)
+    }
+
+    /// # Safety
+    /// `p` must come from [`Hip::alloc`] and not be freed twice.
+    pub unsafe fn free(&self, p: *mut c_void) -> Result<()> {
+        self.check("hipFree", (self.api.hipFree)(p))
+    }
+
+    /// # Safety
+    /// `dst` must be a device allocation of at least `src.len()` bytes.
+    pub unsafe fn copy_to_device(&self, dst: *mut c_void, src: &[u8]) -> Result<()> {
+        self.check(
+            "hipMemcpyHtoD",
+            (self.api.hipMemcpyHtoD)(dst, src.as_ptr() as *const c_void, src.len()),
+        )
+    }
+
+    /// # Safety
+    /// `src` must be a device allocation of at least `dst.len()` bytes.
+    pub unsafe fn copy_to_host(&self, dst: &mut [u8], src: *const c_void) -> Result<()> {
+        self.check(
+            "hipMemcpyDtoH",
+            (self.api.hipMemcpyDtoH)(dst.as_mut_ptr() as *mut c_void, src, dst.len()),
+        )
+    }
+
+    /// Loads a code object and returns a kernel from it.
+    pub fn function(&self, code: &[u8], kernel: &str) -> Result<*mut c_void> {
+        let name = CString::new(kernel).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let (mut module, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: code is a complete code object; out-pointers valid.
+        unsafe {
+            self.check(
+                "hipModuleLoadData",
+                (self.api.hipModuleLoadData)(&mut module, code.as_ptr() as *const c_void),
+            )?;
+            self.check(
+                &format!("hipModuleGetFunction({kernel})"),
+                (self.api.hipModuleGetFunction)(&mut f, module, name.as_ptr()),
+            )?;
+        }
+        Ok(f)
+    }
+
+    /// Launches `f` on the default stream.
+    ///
+    /// # Safety
+    /// `args` must point at values matching the kernel's parameter list.
+    pub unsafe fn launch(
+        &self,
+        f: *mut c_void,
+        grid: (u32, u32, u32),
+        block: u32,
+        shared: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        self.check(
+            "hipModuleLaunchKernel",
+            (self.api.hipModuleLaunchKernel)(
+                f,
+                grid.0,
+                grid.1,
+                grid.2,
+                block,
+                1,
+                1,
+                shared,
+                std::ptr::null_mut(),
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            ),
+        )
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        // SAFETY: no arguments.
+        self.check("hipDeviceSynchronize", unsafe { (self.api.hipDeviceSynchronize)() })
+    }
+}
+
+/// What `Hip::open` reports.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub free_bytes: usize,
+    pub total_bytes: usize,
+}
+
+/// The AMD architecture to compile for: `NOVASTACK_HIP_ARCH`, else gfx90a (MI250).
+pub fn target_arch() -> String {
+    std::env::var("NOVASTACK_HIP_ARCH").unwrap_or_else(|_| "gfx90a".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a machine with the HIP runtime but no GPU (CI installs Debian's), opening a
+    /// device is a clear error; without the runtime, loading is.
+    #[test]
+    fn no_gpu_or_no_runtime_is_a_clear_error() {
+        match Hip::load() {
+            Err(e) => assert!(e.to_string().contains("libamdhip64"), "{e}"),
+            Ok(hip) => match hip.open(0) {
+                Err(e) => assert!(e.to_string().contains("no AMD GPU"), "{e}"),
+                Ok(info) => assert!(info.total_bytes > 0, "{info:?}"),
+            },
+        }
+    }
+
+    /// hiprtc compiles every kernel for gfx90a at run time, GPU or not. Runs where the
+    /// runtime is installed; `NOVASTACK_REQUIRE_HIP=1` (CI) makes its absence a failure.
+    #[test]
+    fn hiprtc_compiles_every_kernel_for_gfx90a() {
+        let hip = match Hip::load() {
+            Ok(h) => h,
+            Err(e) => {
+                assert!(std::env::var_os("NOVASTACK_REQUIRE_HIP").is_none(), "{e}");
+                eprintln!("skipped: {e}");
+                return;
+            }
+        };
+        for (name, src) in KERNEL_SOURCES {
+            let code = hip
+                .compile(name, src, "gfx90a")
+                .unwrap_or_else(|e| panic!("{e}"));
+            // An ELF code object for amdgcn.
+            assert_eq!(&code[..4], b"\x7fELF", "{name}");
+        }
+        let bad = hip.compile("bad.hip", "#include \"compat.h\"\nNS_KERNEL void k() { undefined_thing(); }", "gfx90a");
+        let e = bad.unwrap_err().to_string();
+        assert!(e.contains("bad.hip") && e.contains("undefined_thing"), "{e}");
+    }
+}
