@@ -8,16 +8,7 @@ use crate::{Error, Result};
 use libloading::Library;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 
-/// The kernel sources, embedded: compiled by hiprtc (AMD) or NVRTC (NVIDIA) at start-up.
-pub const KERNEL_SOURCES: &[(&str, &str)] = &[
-    ("elementwise.hip", include_str!("../hip/elementwise.hip")),
-    ("norm.hip", include_str!("../hip/norm.hip")),
-    ("rope.hip", include_str!("../hip/rope.hip")),
-    ("cache.hip", include_str!("../hip/cache.hip")),
-    ("attention.hip", include_str!("../hip/attention.hip")),
-    ("sampling.hip", include_str!("../hip/sampling.hip")),
-];
-pub const COMPAT_H: &str = include_str!("../hip/compat.h");
+pub use crate::sources::{COMPAT_H, KERNELS as KERNEL_SOURCES};
 
 type HipError = c_int;
 const HIP_SUCCESS: HipError = 0;
@@ -41,7 +32,8 @@ struct Api {
     hipMemcpyHtoD: unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> HipError,
     hipMemcpyDtoH: unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> HipError,
     hipModuleLoadData: unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> HipError,
-    hipModuleGetFunction: unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const c_char) -> HipError,
+    hipModuleGetFunction:
+        unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const c_char) -> HipError,
     #[allow(clippy::type_complexity)]
     hipModuleLaunchKernel: unsafe extern "C" fn(
         *mut c_void,
@@ -197,7 +189,10 @@ impl Hip {
                 (self.api.hipDeviceGetName)(name.as_mut_ptr(), 256, ordinal as c_int),
             )?;
             let (mut free, mut total) = (0usize, 0usize);
-            self.check("hipMemGetInfo", (self.api.hipMemGetInfo)(&mut free, &mut total))?;
+            self.check(
+                "hipMemGetInfo",
+                (self.api.hipMemGetInfo)(&mut free, &mut total),
+            )?;
             Ok(DeviceInfo {
                 name: CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned(),
                 free_bytes: free,
@@ -213,10 +208,14 @@ impl Hip {
         let cname = CString::new(name).map_err(|e| Error::Unavailable(e.to_string()))?;
         let hdr = CString::new(COMPAT_H).map_err(|e| Error::Unavailable(e.to_string()))?;
         let hdr_name = c"compat.h";
-        let opts: Vec<CString> = [format!("--offload-arch={arch}"), "-O3".into(), "-std=c++17".into()]
-            .into_iter()
-            .map(|o| CString::new(o).expect("no NUL"))
-            .collect();
+        let opts: Vec<CString> = [
+            format!("--offload-arch={arch}"),
+            "-O3".into(),
+            "-std=c++17".into(),
+        ]
+        .into_iter()
+        .map(|o| CString::new(o).expect("no NUL"))
+        .collect();
         let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
         let mut prog: Prog = std::ptr::null_mut();
         // SAFETY: hiprtc C API with pointers that outlive the calls.
@@ -232,14 +231,19 @@ impl Hip {
                 names.as_ptr(),
             );
             if r != 0 {
-                return Err(Error::Unavailable(format!("hiprtcCreateProgram({name}) failed: {r}")));
+                return Err(Error::Unavailable(format!(
+                    "hiprtcCreateProgram({name}) failed: {r}"
+                )));
             }
-            let r = (self.api.hiprtcCompileProgram)(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr());
+            let r =
+                (self.api.hiprtcCompileProgram)(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr());
             let mut log_len = 0usize;
             (self.api.hiprtcGetProgramLogSize)(prog, &mut log_len);
             let mut log = vec![0u8; log_len.max(1)];
             (self.api.hiprtcGetProgramLog)(prog, log.as_mut_ptr() as *mut c_char);
-            let log = String::from_utf8_lossy(&log).trim_end_matches('\0').to_string();
+            let log = String::from_utf8_lossy(&log)
+                .trim_end_matches('\0')
+                .to_string();
             if r != 0 {
                 (self.api.hiprtcDestroyProgram)(&mut prog);
                 return Err(Error::Unavailable(format!(
@@ -259,7 +263,9 @@ impl Hip {
     pub fn alloc(&self, bytes: usize) -> Result<*mut c_void> {
         let mut p = std::ptr::null_mut();
         // SAFETY: out-pointer valid.
-        self.check("hipMalloc", unsafe { (self.api.hipMalloc)(&mut p, bytes.max(1)) })?;
+        self.check("hipMalloc", unsafe {
+            (self.api.hipMalloc)(&mut p, bytes.max(1))
+        })?;
         Ok(p)
     }
 
@@ -337,7 +343,9 @@ impl Hip {
 
     pub fn synchronize(&self) -> Result<()> {
         // SAFETY: no arguments.
-        self.check("hipDeviceSynchronize", unsafe { (self.api.hipDeviceSynchronize)() })
+        self.check("hipDeviceSynchronize", unsafe {
+            (self.api.hipDeviceSynchronize)()
+        })
     }
 }
 
@@ -390,8 +398,15 @@ mod tests {
             // An ELF code object for amdgcn.
             assert_eq!(&code[..4], b"\x7fELF", "{name}");
         }
-        let bad = hip.compile("bad.hip", "#include \"compat.h\"\nNS_KERNEL void k() { undefined_thing(); }", "gfx90a");
+        let bad = hip.compile(
+            "bad.hip",
+            "#include \"compat.h\"\nNS_KERNEL void k() { undefined_thing(); }",
+            "gfx90a",
+        );
         let e = bad.unwrap_err().to_string();
-        assert!(e.contains("bad.hip") && e.contains("undefined_thing"), "{e}");
+        assert!(
+            e.contains("bad.hip") && e.contains("undefined_thing"),
+            "{e}"
+        );
     }
 }

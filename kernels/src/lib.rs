@@ -6,8 +6,23 @@
 //! are checked against it.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(feature = "hip")]
 pub mod hip;
+/// The kernel sources (HIP C++), compiled at start-up by hiprtc or NVRTC.
+#[cfg(any(feature = "hip", feature = "cuda"))]
+pub mod sources {
+    pub const KERNELS: &[(&str, &str)] = &[
+        ("elementwise.hip", include_str!("../hip/elementwise.hip")),
+        ("norm.hip", include_str!("../hip/norm.hip")),
+        ("rope.hip", include_str!("../hip/rope.hip")),
+        ("cache.hip", include_str!("../hip/cache.hip")),
+        ("attention.hip", include_str!("../hip/attention.hip")),
+        ("sampling.hip", include_str!("../hip/sampling.hip")),
+    ];
+    pub const COMPAT_H: &str = include_str!("../hip/compat.h");
+}
 mod error;
 mod paged;
 
