@@ -53,3 +53,11 @@ __device__ void to_f32_impl(float* out, const T* x, long n) {
     out[i] = ns_load(x, i);
 }
 NS_FOR_DTYPES(to_f32, (float* out, const void* x, long n), (out, (const T*)x, n))
+
+// out[r, :] += bias (after a GEMM).
+template <typename T>
+__device__ void add_bias_impl(T* out, const T* bias, int n) {
+  const long r = blockIdx.x;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) ns_store(out, r * n + i, ns_load(out, r * n + i) + ns_load(bias, i));
+}
+NS_FOR_DTYPES(add_bias, (void* out, const void* bias, int n), ((T*)out, (const T*)bias, n))

@@ -8,6 +8,8 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod cuda_backend;
 #[cfg(feature = "hip")]
 pub mod hip;
 /// The kernel sources (HIP C++), compiled at start-up by hiprtc or NVRTC.
