@@ -7,5 +7,7 @@ pub mod bench_gateway;
 pub mod default_model;
 pub mod gateway;
 pub mod generate;
+#[cfg(feature = "cuda")]
+pub mod gpu_check;
 pub mod offline;
 pub mod serve;

@@ -28,6 +28,10 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Every GPU op and the golden fixtures against the CPU, then 8B-shaped decode
+    /// timing (NVIDIA; see scripts/gpu_check.sh).
+    #[cfg(feature = "cuda")]
+    GpuCheck(novastack_server::gpu_check::GpuCheckArgs),
 }
 
 fn main() {
@@ -37,6 +41,8 @@ fn main() {
         None => serve::run(serve::ServeArgs::default()),
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Bench(cmd)) => bench::run(cmd),
+        #[cfg(feature = "cuda")]
+        Some(Command::GpuCheck(args)) => novastack_server::gpu_check::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
