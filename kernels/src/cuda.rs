@@ -47,6 +47,12 @@ pub fn open(ordinal: usize) -> Result<(std::sync::Arc<cudarc::driver::CudaContex
     ))
 }
 
+/// Free and total memory of the current device, in bytes.
+pub fn mem_info() -> Result<(usize, usize)> {
+    cudarc::driver::result::mem_get_info()
+        .map_err(|e| Error::Unavailable(format!("cuMemGetInfo: {e}")))
+}
+
 /// The CUDA include folder NVRTC needs for `cuda_fp16.h`: `NOVASTACK_CUDA_INCLUDE`,
 /// `$CUDA_HOME/include`, or `/usr/local/cuda/include`.
 pub fn include_dir() -> Option<String> {

