@@ -18,6 +18,11 @@ pub enum BenchCommand {
     /// Gateway overhead (p50/p99 added latency, max request rate) against an instant
     /// mock upstream, optionally beside another gateway such as LiteLLM.
     Gateway(crate::bench_gateway::GatewayBenchArgs),
+    /// Replay a workload against any OpenAI-compatible server: TTFT, TPOT, ITL, E2E,
+    /// throughput, goodput (vLLM's flags).
+    Serve(crate::bench_serve::ServeBenchArgs),
+    /// Ratios of two `bench serve --result-json` files.
+    Compare(crate::bench_serve::CompareArgs),
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +88,8 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Decode(args) => decode(args),
         BenchCommand::Offline(args) => crate::offline::run(args),
         BenchCommand::Gateway(args) => crate::bench_gateway::run(args),
+        BenchCommand::Serve(args) => crate::bench_serve::run(args),
+        BenchCommand::Compare(args) => crate::bench_serve::compare(args),
     }
 }
 
