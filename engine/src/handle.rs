@@ -97,6 +97,11 @@ impl EngineHandle {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Requests waiting to be scheduled (as of the last step), without copying the stats.
+    pub fn num_waiting(&self) -> usize {
+        self.stats.lock().map_or(0, |s| s.num_waiting)
+    }
+
     pub fn is_alive(&self) -> bool {
         self.alive.load(std::sync::atomic::Ordering::SeqCst)
     }

@@ -86,38 +86,41 @@ __device__ __forceinline__ void ns_store(float* p, long i, float v) { p[i] = v; 
 __device__ __forceinline__ void ns_store(ns_half* p, long i, float v) { p[i] = __float2half(v); }
 __device__ __forceinline__ void ns_store(ns_bf16* p, long i, float v) { p[i] = ns_f32_to_bf16(v); }
 
-// Warp-wide reductions.
-__device__ __forceinline__ float ns_warp_sum(float v) {
-  for (int m = NS_WARP / 2; m > 0; m >>= 1) v += ns_shfl_xor(v, m);
+// Warp- and block-wide reductions, one implementation for every operator.
+struct ns_add {
+  __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
+struct ns_max {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <typename Op>
+__device__ __forceinline__ float ns_warp_reduce(float v, Op op) {
+  for (int m = NS_WARP / 2; m > 0; m >>= 1) v = op(v, ns_shfl_xor(v, m));
   return v;
 }
 
-__device__ __forceinline__ float ns_warp_max(float v) {
-  for (int m = NS_WARP / 2; m > 0; m >>= 1) v = fmaxf(v, ns_shfl_xor(v, m));
-  return v;
+// `scratch` holds one float per warp; every thread gets the result. Safe to call again
+// at once with the same scratch (the first barrier orders it).
+template <typename Op>
+__device__ __forceinline__ float ns_block_reduce(float v, float* scratch, Op op, float identity) {
+  const int lane = threadIdx.x % NS_WARP, warp = threadIdx.x / NS_WARP;
+  const int nwarps = (blockDim.x + NS_WARP - 1) / NS_WARP;
+  v = ns_warp_reduce(v, op);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? scratch[lane] : identity;
+  return ns_warp_reduce(v, op);
 }
 
-// Block-wide sum; `scratch` holds one float per warp. All threads get the result.
+__device__ __forceinline__ float ns_warp_sum(float v) { return ns_warp_reduce(v, ns_add()); }
+__device__ __forceinline__ float ns_warp_max(float v) { return ns_warp_reduce(v, ns_max()); }
 __device__ __forceinline__ float ns_block_sum(float v, float* scratch) {
-  const int lane = threadIdx.x % NS_WARP, warp = threadIdx.x / NS_WARP;
-  const int nwarps = (blockDim.x + NS_WARP - 1) / NS_WARP;
-  v = ns_warp_sum(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < nwarps ? scratch[lane] : 0.0f;
-  return ns_warp_sum(v);
+  return ns_block_reduce(v, scratch, ns_add(), 0.0f);
 }
-
 __device__ __forceinline__ float ns_block_max(float v, float* scratch) {
-  const int lane = threadIdx.x % NS_WARP, warp = threadIdx.x / NS_WARP;
-  const int nwarps = (blockDim.x + NS_WARP - 1) / NS_WARP;
-  v = ns_warp_max(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < nwarps ? scratch[lane] : -NS_INF;
-  return ns_warp_max(v);
+  return ns_block_reduce(v, scratch, ns_max(), -NS_INF);
 }
 
 // Instantiates `name##_f32`, `name##_f16`, `name##_bf16` entry points around a template

@@ -11,7 +11,11 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// The last upload of some per-step metadata: its host copy and device buffer.
+type CachedUpload = Option<(Vec<u32>, CudaSlice<u32>)>;
+type UploadCache = Mutex<CachedUpload>;
 
 /// Storage type of every buffer of a backend instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +84,10 @@ pub struct CudaBackend {
     pub info: DeviceInfo,
     /// Lanes per warp, from the device.
     warp: u32,
+    positions: UploadCache,
+    slots: UploadCache,
+    /// [query_start | num_queries | context_len | block tables] in one buffer.
+    attn_meta: UploadCache,
 }
 
 fn dev(e: impl std::fmt::Display) -> Error {
@@ -125,9 +133,19 @@ impl CudaBackend {
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
                 .map_err(dev)?;
+            // Keyed by base name: this backend's dtype variant, or the untyped kernel.
+            let suffix = format!("_{}", dtype.suffix());
             for f in kernel_names(src) {
-                let func = module.load_function(&f).map_err(dev)?;
-                funcs.insert(f, func);
+                let base = match f.rsplit_once('_') {
+                    Some((b, d)) if ["f32", "f16", "bf16"].contains(&d) => {
+                        if !f.ends_with(&suffix) {
+                            continue;
+                        }
+                        b.to_string()
+                    }
+                    _ => f.clone(),
+                };
+                funcs.insert(base, module.load_function(&f).map_err(dev)?);
             }
         }
         let warp = ctx
@@ -141,15 +159,32 @@ impl CudaBackend {
             dtype,
             info,
             warp,
+            positions: Mutex::new(None),
+            slots: Mutex::new(None),
+            attn_meta: Mutex::new(None),
         })
     }
 
+    /// The kernel for this backend's dtype (no allocation: called per launch).
     fn f(&self, base: &str) -> Result<&CudaFunction> {
-        let typed = format!("{base}_{}", self.dtype.suffix());
         self.funcs
-            .get(&typed)
-            .or_else(|| self.funcs.get(base))
-            .ok_or_else(|| dev(format!("kernel {typed} not found")))
+            .get(base)
+            .ok_or_else(|| dev(format!("kernel {base} not found")))
+    }
+
+    /// `v` on the device, reusing the last upload through `slot` when the contents are
+    /// the same: a step's positions, slot mapping and attention metadata are the same
+    /// for every layer, so they cross the bus once per step, not once per layer.
+    fn cached_u32s<'a>(
+        &self,
+        slot: &'a UploadCache,
+        v: &[u32],
+    ) -> Result<std::sync::MutexGuard<'a, CachedUpload>> {
+        let mut g = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if g.as_ref().is_none_or(|(host, _)| host.as_slice() != v) {
+            *g = Some((v.to_vec(), self.u32s(v)?));
+        }
+        Ok(g)
     }
 
     fn u32s(&self, v: &[u32]) -> Result<CudaSlice<u32>> {
@@ -472,7 +507,8 @@ impl Backend for CudaBackend {
                 limit: max_pos,
             });
         }
-        let pos = self.u32s(positions)?;
+        let pos_guard = self.cached_u32s(&self.positions, positions)?;
+        let pos = &pos_guard.as_ref().expect("just set").1;
         let (rs, co, nh, hd) = (
             row_stride as i32,
             col_offset as i32,
@@ -484,7 +520,7 @@ impl Backend for CudaBackend {
             self.f("rope")?,
             grid1(positions.len()),
             &mut x.data,
-            &pos,
+            pos,
             &cos_sin.data,
             &rs,
             &co,
@@ -520,7 +556,8 @@ impl Backend for CudaBackend {
                 limit: cache.num_slots(),
             });
         }
-        let slots = self.u32s(slot_mapping)?;
+        let slots_guard = self.cached_u32s(&self.slots, slot_mapping)?;
+        let slots = &slots_guard.as_ref().expect("just set").1;
         let (rs, ko, vo, sl) = (
             row_stride as i32,
             k_offset as i32,
@@ -532,7 +569,7 @@ impl Backend for CudaBackend {
             self.f("reshape_and_cache")?,
             grid1(slot_mapping.len()),
             &qkv.data,
-            &slots,
+            slots,
             &mut key_cache.data,
             &mut value_cache.data,
             &rs,
@@ -572,34 +609,23 @@ impl Backend for CudaBackend {
             .max()
             .unwrap_or(1)
             .max(1);
-        let mut tables = vec![0u32; seqs.len() * max_blocks];
+        let n = seqs.len();
+        let mut meta_host = vec![0u32; 3 * n + n * max_blocks];
         for (i, s) in seqs.iter().enumerate() {
-            tables[i * max_blocks..i * max_blocks + s.block_table.len()]
-                .copy_from_slice(&s.block_table);
+            meta_host[i] = s.query_start as u32;
+            meta_host[n + i] = s.num_queries as u32;
+            meta_host[2 * n + i] = s.context_len as u32;
+            let t = 3 * n + i * max_blocks;
+            meta_host[t..t + s.block_table.len()].copy_from_slice(&s.block_table);
         }
-        let qs = self.u32s(
-            &seqs
-                .iter()
-                .map(|s| s.query_start as u32)
-                .collect::<Vec<_>>(),
-        )?;
-        let nq = self.u32s(
-            &seqs
-                .iter()
-                .map(|s| s.num_queries as u32)
-                .collect::<Vec<_>>(),
-        )?;
-        let cl = self.u32s(
-            &seqs
-                .iter()
-                .map(|s| s.context_len as u32)
-                .collect::<Vec<_>>(),
-        )?;
-        let bt = self.u32s(&tables)?;
-        let (qs_p, _a) = qs.device_ptr(&self.stream);
-        let (nq_p, _b) = nq.device_ptr(&self.stream);
-        let (cl_p, _c) = cl.device_ptr(&self.stream);
-        let (bt_p, _d) = bt.device_ptr(&self.stream);
+        let meta_guard = self.cached_u32s(&self.attn_meta, &meta_host)?;
+        let (base, _record) = meta_guard
+            .as_ref()
+            .expect("just set")
+            .1
+            .device_ptr(&self.stream);
+        let at = |k: usize| base + (k * std::mem::size_of::<u32>()) as u64;
+        let (qs_p, nq_p, cl_p, bt_p) = (at(0), at(n), at(2 * n), at(3 * n));
         let args = AttnArgs {
             query_start: qs_p,
             num_queries: nq_p,

@@ -81,7 +81,8 @@ pub struct DecodeArgs {
     pub vocab: usize,
 }
 
-const BLOCK: usize = 16;
+/// KV block size of the benchmarks.
+pub const BLOCK: usize = 16;
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
@@ -117,29 +118,16 @@ fn decode(a: DecodeArgs) -> Result<()> {
     }
     let head_dim = a.hidden / a.heads;
     let max_batch = a.batch.iter().copied().max().unwrap_or(1);
-    let config = ModelConfig {
-        architecture: Architecture::Llama,
-        hidden_size: a.hidden,
-        intermediate_size: a.ffn,
-        num_layers: a.layers,
-        num_heads: a.heads,
-        num_kv_heads: a.kv_heads,
-        head_dim,
-        vocab_size: a.vocab,
-        rms_norm_eps: 1e-5,
-        rope_theta: 100000.0,
-        rope_scaling: RopeScaling::None,
-        max_position_embeddings: a.context + a.steps + 1,
-        tie_word_embeddings: true,
-        qkv_bias: false,
-        o_bias: false,
-        mlp_bias: false,
-        qk_norm: false,
-        sliding_window: vec![None; a.layers],
-        dtype: None,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    };
+    let config = llama_shape(
+        a.hidden,
+        a.ffn,
+        a.layers,
+        a.heads,
+        a.kv_heads,
+        a.vocab,
+        a.context + a.steps + 1,
+        true,
+    );
     let (q, kv) = (a.heads * head_dim, a.kv_heads * head_dim);
     let per_layer = (q + 2 * kv) * a.hidden + a.hidden * q + 3 * a.ffn * a.hidden;
     let weight_bytes = ((per_layer * a.layers + a.vocab * a.hidden) * 4) as f64;
@@ -173,16 +161,7 @@ fn decode(a: DecodeArgs) -> Result<()> {
                     .collect()
             })
             .collect();
-        let step = |lens: &[usize], new: usize| -> ForwardInput {
-            let mut inp = ForwardInput::default();
-            for (s, &len) in lens.iter().enumerate() {
-                let toks: Vec<u32> = (len..len + new)
-                    .map(|p| ((p * 7919 + s * 104729) % a.vocab) as u32)
-                    .collect();
-                inp.push_seq(&toks, len, tables[s].clone(), BLOCK, true);
-            }
-            inp
-        };
+        let step = |lens: &[usize], new: usize| synthetic_step(lens, new, &tables, a.vocab);
         let mut lens = vec![0usize; b];
         model.forward(&step(&lens, a.context), &mut cache)?;
         lens.iter_mut().for_each(|l| *l = a.context);
@@ -207,4 +186,60 @@ fn decode(a: DecodeArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A Llama-shaped config (default RoPE, no biases, no sliding window) for benchmarks
+/// with random weights; shared by `bench decode` and `gpu-check`.
+#[allow(clippy::too_many_arguments)]
+pub fn llama_shape(
+    hidden: usize,
+    ffn: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    vocab: usize,
+    max_positions: usize,
+    tie_word_embeddings: bool,
+) -> ModelConfig {
+    ModelConfig {
+        architecture: Architecture::Llama,
+        hidden_size: hidden,
+        intermediate_size: ffn,
+        num_layers: layers,
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim: hidden / heads,
+        vocab_size: vocab,
+        rms_norm_eps: 1e-5,
+        rope_theta: 500000.0,
+        rope_scaling: RopeScaling::None,
+        max_position_embeddings: max_positions,
+        tie_word_embeddings,
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        qk_norm: false,
+        sliding_window: vec![None; layers],
+        dtype: None,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    }
+}
+
+/// One benchmark step: `new` deterministic tokens for each sequence at its length
+/// `lens[s]`, over block table `tables[s]` (blocks of [`BLOCK`] tokens).
+pub fn synthetic_step(
+    lens: &[usize],
+    new: usize,
+    tables: &[Vec<u32>],
+    vocab: usize,
+) -> ForwardInput {
+    let mut inp = ForwardInput::default();
+    for (s, &len) in lens.iter().enumerate() {
+        let toks: Vec<u32> = (len..len + new)
+            .map(|p| ((p * 7919 + s * 104729) % vocab) as u32)
+            .collect();
+        inp.push_seq(&toks, len, tables[s].clone(), BLOCK, true);
+    }
+    inp
 }

@@ -113,7 +113,9 @@ struct ClosedLoop {
     rps: f64,
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+/// Nearest-rank percentile (`p` in [0, 1]) of sorted values; NaN when empty. Shared with
+/// `bench serve`.
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -349,7 +351,7 @@ pub fn run(args: GatewayBenchArgs) -> Result<()> {
     );
     let gw = crate::gateway::Gateway::from_config(
         &yaml,
-        crate::serve::ServeArgs::default().engine,
+        &crate::serve::ServeArgs::default(),
         &|_: &str| None,
     )?;
     let gw_rt = runtime(2, "gateway")?;

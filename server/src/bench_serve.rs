@@ -378,7 +378,7 @@ fn stats(v: &mut [f64]) -> Value {
         return json!({"mean": null, "median": null, "p90": null, "p99": null});
     }
     v.sort_by(f64::total_cmp);
-    let p = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    let p = |q: f64| crate::bench_gateway::pct(v, q);
     json!({"mean": v.iter().sum::<f64>() / v.len() as f64, "median": p(0.5), "p90": p(0.9), "p99": p(0.99)})
 }
 

@@ -162,7 +162,7 @@ pub fn start_gateway(
         .collect();
     let gw = novastack_server::gateway::Gateway::from_config(
         yaml,
-        novastack_server::serve::ServeArgs::default().engine,
+        &novastack_server::serve::ServeArgs::default(),
         &move |k: &str| env.get(k).cloned(),
     )
     .expect("gateway config");

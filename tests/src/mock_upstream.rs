@@ -11,7 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Clone, Debug)]
 pub enum Behavior {
-    /// An error status with an OpenAI error body; optional `Retry-After` value.
+    /// An error status with an OpenAI error body quoting the key the request carried;
+    /// optional `Retry-After` value.
     Status(u16, Option<&'static str>),
     /// Read the request, never answer.
     Hang,
@@ -185,7 +186,18 @@ async fn serve_one(
     let end = "0\r\n\r\n";
     match behavior {
         Behavior::Status(code, retry_after) => {
-            let body = serde_json::json!({"error": {"message": format!("scripted {code}"), "type": "mock", "code": null}}).to_string();
+            // Like real providers ("Incorrect API key provided: sk-..."), echo the key the
+            // request carried, so the gateway's redaction is really exercised.
+            let sent_key = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    ["authorization", "x-api-key"]
+                        .contains(&k.trim().to_ascii_lowercase().as_str())
+                        .then(|| v.trim().to_string())
+                })
+                .unwrap_or_default();
+            let body = serde_json::json!({"error": {"message": format!("scripted {code}; key sent: {sent_key}"), "type": "mock", "code": null}}).to_string();
             let ra = retry_after.map_or(String::new(), |v| format!("retry-after: {v}\r\n"));
             sock.write_all(format!("HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{ra}connection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
         }

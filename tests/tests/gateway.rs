@@ -408,7 +408,12 @@ fn keys_are_translated_and_never_leak() {
     a.script([B::Status(401, None)]);
     let r = post(addr, &chat("a", false), &auth());
     assert!(r.status >= 400);
-    assert!(!r.body.contains(UP_KEY) && !r.head.contains(UP_KEY));
+    assert!(
+        !r.body.contains(UP_KEY) && !r.head.contains(UP_KEY),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("key sent: Bearer [redacted]"), "{}", r.body);
     // Wrong or missing client keys: 401 before anything goes upstream.
     let before = a.count();
     for h in ["", "Authorization: Bearer nope\r\n"] {

@@ -56,7 +56,7 @@ pub struct Row<'a> {
 }
 
 pub fn render(out: &mut String, rows: &[Row]) {
-    let lbl = |r: &Row| format!("model=\"{}\"", r.name.replace('"', "\\\""));
+    let lbl = |r: &Row| format!("model=\"{}\"", crate::serve::metrics::escape(r.name));
     type Get = fn(&Row) -> f64;
     let series: [(&str, &str, &str, Get); 11] = [
         (
@@ -151,20 +151,6 @@ pub fn render(out: &mut String, rows: &[Row]) {
     let _ = writeln!(out, "# HELP novastack_{name} Time from the first attempt to the end of completed requests.\n# TYPE novastack_{name} histogram");
     for r in rows {
         let Ok(h) = r.m.latency.lock() else { continue };
-        let l = lbl(r);
-        let mut cum = 0;
-        for (i, c) in h.counts.iter().enumerate() {
-            cum += c;
-            let le = h
-                .bounds
-                .get(i)
-                .map_or("+Inf".to_string(), |b| b.to_string());
-            let _ = writeln!(out, "novastack_{name}_bucket{{{l},le=\"{le}\"}} {cum}");
-        }
-        let _ = writeln!(
-            out,
-            "novastack_{name}_sum{{{l}}} {}\nnovastack_{name}_count{{{l}}} {}",
-            h.sum, h.count
-        );
+        crate::serve::metrics::write_histogram(out, name, &lbl(r), &h);
     }
 }

@@ -18,7 +18,7 @@ pub mod sse;
 pub mod upstream;
 
 use crate::batch::EngineArgs;
-use crate::serve::{ApiError, AppState, ModelEntry};
+use crate::serve::{ApiError, AppState, ModelEntry, ServeArgs};
 use anyhow::{Context, Result};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -47,8 +47,8 @@ const DEFAULT_MAX_TOKENS: usize = 1024;
 pub struct Generation {
     pub cfg: ConfigFile,
     routes: Vec<Route>,
-    /// Client key value → index into `cfg.api_keys`.
-    client_keys: Vec<(String, usize)>,
+    /// Client key values, in `cfg.api_keys` order.
+    client_keys: Vec<String>,
     /// Model name → upstream key value (from the environment).
     upstream_keys: HashMap<String, String>,
     /// Local model name → the in-process serve router.
@@ -73,16 +73,26 @@ const UNLIMITED_CONCURRENCY: usize = 1024;
 
 impl Upstream {
     fn new(m: &ModelConfig, now: Instant) -> Self {
-        Upstream {
-            aimd: Mutex::new(Aimd::new(
-                m.limits.max_concurrency.unwrap_or(UNLIMITED_CONCURRENCY),
-            )),
+        let up = Upstream {
+            aimd: Mutex::new(Aimd::new(UNLIMITED_CONCURRENCY)),
             slot_freed: tokio::sync::Notify::new(),
             cooldown: Mutex::new(Cooldown::default()),
-            rpm: Mutex::new(m.limits.rpm.map(|c| TokenBucket::per_minute(c, now))),
-            tpm: Mutex::new(m.limits.tpm.map(|c| TokenBucket::per_minute(c, now))),
+            rpm: Mutex::new(None),
+            tpm: Mutex::new(None),
             metrics: Default::default(),
-        }
+        };
+        up.configure(m, now);
+        up
+    }
+
+    /// Takes the model's limits (at start and on reload), keeping requests in flight.
+    fn configure(&self, m: &ModelConfig, now: Instant) {
+        let mut a = lock(&self.aimd);
+        let in_flight = a.in_flight;
+        *a = Aimd::new(m.limits.max_concurrency.unwrap_or(UNLIMITED_CONCURRENCY));
+        a.in_flight = in_flight;
+        *lock(&self.rpm) = m.limits.rpm.map(|c| TokenBucket::per_minute(c, now));
+        *lock(&self.tpm) = m.limits.tpm.map(|c| TokenBucket::per_minute(c, now));
     }
 
     /// Waits up to `wait` for a slot under the adaptive limit.
@@ -171,6 +181,10 @@ pub struct Gateway {
     /// Loaded local engines by path, reused across reloads.
     local_cache: Mutex<HashMap<String, Router>>,
     engine: EngineArgs,
+    /// Largest request body (`--max-body-bytes`); also the local engines' limit.
+    max_body_bytes: usize,
+    /// Local engines' waiting-queue limit (`--max-waiting`).
+    max_waiting: usize,
     http: crate::serve::metrics::HttpMetrics,
     pub draining: AtomicBool,
 }
@@ -178,8 +192,9 @@ pub struct Gateway {
 type Env = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 impl Gateway {
-    /// Builds a gateway from config text; local models are loaded here (blocking).
-    pub fn from_config(text: &str, engine: EngineArgs, env: &Env) -> Result<Arc<Gateway>> {
+    /// Builds a gateway from config text and the serve flags (engine sizing, body and
+    /// queue limits); local models are loaded here (blocking).
+    pub fn from_config(text: &str, args: &ServeArgs, env: &Env) -> Result<Arc<Gateway>> {
         let gw = Arc::new(Gateway {
             current: RwLock::new(Arc::new(Generation {
                 cfg: ConfigFile {
@@ -199,7 +214,9 @@ impl Gateway {
             upstreams: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
             local_cache: Mutex::new(HashMap::new()),
-            engine,
+            engine: args.engine.clone(),
+            max_body_bytes: args.max_body_bytes,
+            max_waiting: args.max_waiting,
             http: Default::default(),
             draining: AtomicBool::new(false),
         });
@@ -211,10 +228,11 @@ impl Gateway {
     pub fn reload(&self, text: &str, env: &Env) -> Result<()> {
         let cfg = config::parse(text, env)?;
         let routes = rules::compile_routes(&cfg.routes).map_err(anyhow::Error::msg)?;
-        let mut client_keys = Vec::new();
-        for (i, k) in cfg.api_keys.iter().enumerate() {
-            client_keys.push((env(&k.key_env).unwrap_or_default(), i));
-        }
+        let client_keys = cfg
+            .api_keys
+            .iter()
+            .map(|k| env(&k.key_env).unwrap_or_default())
+            .collect();
         let mut upstream_keys = HashMap::new();
         for m in &cfg.models {
             if let Some(config::AuthSpec::Header(a)) = &m.auth {
@@ -243,20 +261,11 @@ impl Gateway {
         {
             let mut ups = lock(&self.upstreams);
             for m in &cfg.models {
-                let fresh = Upstream::new(m, now);
                 match ups.get(&m.name) {
-                    // Keep counters, cooldowns and in-flight counts; take new limits.
-                    Some(up) => {
-                        let max = m.limits.max_concurrency.unwrap_or(UNLIMITED_CONCURRENCY);
-                        let mut a = lock(&up.aimd);
-                        let in_flight = a.in_flight;
-                        *a = Aimd::new(max);
-                        a.in_flight = in_flight;
-                        *lock(&up.rpm) = m.limits.rpm.map(|c| TokenBucket::per_minute(c, now));
-                        *lock(&up.tpm) = m.limits.tpm.map(|c| TokenBucket::per_minute(c, now));
-                    }
+                    // Keep counters, cooldowns and in-flight counts; take the new limits.
+                    Some(up) => up.configure(m, now),
                     None => {
-                        ups.insert(m.name.clone(), Arc::new(fresh));
+                        ups.insert(m.name.clone(), Arc::new(Upstream::new(m, now)));
                     }
                 }
             }
@@ -310,7 +319,7 @@ impl Gateway {
                     resolved.display()
                 )
             })?;
-        let state = AppState::new(Vec::new(), 1024, 64 << 20);
+        let state = AppState::new(Vec::new(), self.max_waiting, self.max_body_bytes);
         state.set_models(vec![ModelEntry::start(lm, vec![served], &self.engine)?])?;
         let router = crate::serve::app(state);
         lock(&self.local_cache).insert(cache_key, router.clone());
@@ -346,7 +355,7 @@ pub fn app(gw: Arc<Gateway>) -> Router {
             gw.clone(),
             count_responses,
         ))
-        .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
+        .layer(axum::extract::DefaultBodyLimit::max(gw.max_body_bytes))
         .layer(axum::middleware::from_fn(crate::serve::request_id))
         .with_state(gw)
 }
@@ -356,13 +365,7 @@ async fn count_responses(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
-    let resp = next.run(req).await;
-    gw.http.record(&route, resp.status().as_u16());
-    resp
+    crate::serve::metrics::count_response(&gw.http, req, next).await
 }
 
 async fn ready(State(gw): State<Arc<Gateway>>) -> Result<&'static str, ApiError> {
@@ -375,12 +378,7 @@ async fn ready(State(gw): State<Arc<Gateway>>) -> Result<&'static str, ApiError>
 
 async fn metrics_page(State(gw): State<Arc<Gateway>>) -> Response {
     let mut out = String::new();
-    out.push_str("# HELP novastack_http_requests_total HTTP responses by route and status code.\n# TYPE novastack_http_requests_total counter\n");
-    for ((route, status), n) in gw.http.snapshot() {
-        out.push_str(&format!(
-            "novastack_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}\n"
-        ));
-    }
+    crate::serve::metrics::render_http(&mut out, &gw.http);
     let gen = gw.generation();
     let now = Instant::now();
     let ups: Vec<(String, Arc<Upstream>)> = gen
@@ -413,31 +411,14 @@ async fn metrics_page(State(gw): State<Arc<Gateway>>) -> Response {
         .into_response()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The client's key config index, `None` when the gateway has no keys; 401 otherwise.
 fn authenticate(gen: &Generation, headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
     if gen.client_keys.is_empty() {
         return Ok(None);
     }
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .unwrap_or("");
-    let mut found = None;
-    for (k, i) in &gen.client_keys {
-        if constant_time_eq(k.as_bytes(), given.as_bytes()) {
-            found = Some(*i);
-        }
-    }
-    found.map(Some).ok_or_else(ApiError::unauthorized)
+    crate::serve::find_key(&gen.client_keys, headers)
+        .map(Some)
+        .ok_or_else(ApiError::unauthorized)
 }
 
 async fn models(
@@ -612,7 +593,11 @@ fn request_info(
     let context_length = p
         .messages
         .iter()
-        .map(|m| 4 + estimate_tokens(&upstream_text(m.get("content"))))
+        .map(|m| {
+            4 + estimate_tokens(&upstream::content_text(
+                m.get("content").unwrap_or(&Value::Null),
+            ))
+        })
         .sum();
     Ok(RequestInfo {
         model: p.model.clone(),
@@ -627,17 +612,6 @@ fn request_info(
             .collect(),
         metadata: p.metadata.clone(),
     })
-}
-
-fn upstream_text(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect(),
-        _ => String::new(),
-    }
 }
 
 fn secs_header(d: Duration) -> String {
@@ -942,20 +916,7 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let gen = gw.generation();
     let key = authenticate(&gen, &headers)?;
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                r.status(),
-                "the request body is larger than the gateway's limit",
-                None,
-            )
-        } else {
-            ApiError::bad_request(
-                format!("cannot read the request body: {}", r.body_text()),
-                None,
-            )
-        }
-    })?;
+    let body = crate::serve::body_bytes(body)?;
     if gw.draining.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable("the gateway is shutting down"));
     }
@@ -1213,10 +1174,12 @@ fn reload_file(gw: &Gateway, path: &Path) -> Result<()> {
 }
 
 /// `novastack serve --config FILE.yaml`.
-pub fn run(path: &Path, host: &str, port: u16, engine: EngineArgs, drain: Duration) -> Result<()> {
+pub fn run(path: &Path, args: &ServeArgs) -> Result<()> {
+    let (host, port) = (&args.host, args.port);
+    let drain = Duration::from_secs(args.shutdown_timeout);
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read gateway config {}", path.display()))?;
-    let gw = Gateway::from_config(&text, engine, &process_env)
+    let gw = Gateway::from_config(&text, args, &process_env)
         .with_context(|| format!("gateway config {}", path.display()))?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

@@ -132,7 +132,8 @@ fn openai_body(t: &Target, call: &ChatCall) -> Vec<u8> {
     serde_json::to_vec(&OpenAiBody { call, model }).unwrap_or_default()
 }
 
-fn content_text(v: &Value) -> String {
+/// Text from a message `content`: a string or an array of text parts.
+pub(crate) fn content_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts

@@ -82,26 +82,30 @@ async fn count_responses(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
-    let resp = next.run(req).await;
-    state.http.record(&route, resp.status().as_u16());
-    resp
+    super::metrics::count_response(&state.http, req, next).await
 }
 
-/// Bearer-key check for the API routes (constant-time per key).
+/// Bearer-key check for the API routes.
 async fn auth(
     State(state): State<Arc<AppState>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if state.api_keys.is_empty() {
-        return next.run(req).await;
+    if state.api_keys.is_empty() || find_key(&state.api_keys, req.headers()).is_some() {
+        next.run(req).await
+    } else {
+        ApiError::unauthorized().into_response()
     }
-    let given = req
-        .headers()
+}
+
+/// The index of the key in `keys` that the request's `Authorization: Bearer` header
+/// carries. Every key is compared in constant time, so timing tells nothing about which
+/// or how much matched. Shared by `serve` and the gateway.
+pub(crate) fn find_key<K: AsRef<str>>(
+    keys: &[K],
+    headers: &axum::http::HeaderMap,
+) -> Option<usize> {
+    let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -109,26 +113,22 @@ async fn auth(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim)
-        .unwrap_or("");
-    let ok = state.api_keys.iter().fold(false, |acc, k| {
-        acc | constant_time_eq(k.as_bytes(), given.as_bytes())
-    });
-    if ok {
-        next.run(req).await
-    } else {
-        ApiError::unauthorized().into_response()
+        .unwrap_or("")
+        .as_bytes();
+    let mut found = None;
+    for (i, k) in keys.iter().enumerate() {
+        let k = k.as_ref().as_bytes();
+        let same = k.len() == given.len()
+            && k.iter().zip(given).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+        if same {
+            found = Some(i);
+        }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    found
 }
 
 /// The body bytes, or the limit / read failure as OpenAI error JSON (413 when too big).
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rej| {
         let status = rej.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -809,12 +809,14 @@ struct Collector {
     prompt_tokens: usize,
     completion_tokens: usize,
     error: Option<String>,
+    /// Streaming: logprobs go out with each delta; otherwise they are kept per choice.
+    stream: bool,
 }
 
 impl Collector {
     fn on_event(&mut self, ev: TokenEvent) -> Option<Delta> {
         let &ci = self.index_of.get(&ev.id)?;
-        let tok = self.m.tokenizer.clone();
+        let tok = &*self.m.tokenizer;
         let c = &mut self.choices[ci];
         if c.finish.is_some() {
             return None;
@@ -826,7 +828,7 @@ impl Collector {
             if let Some((lp, top)) = ev.logprobs {
                 lps.push((t, lp, top));
             }
-            let piece = c.decoder.push(&tok, t).unwrap_or_default();
+            let piece = c.decoder.push(tok, t).unwrap_or_default();
             let (emit, stopped) = c.stop.push(&piece);
             text.push_str(&emit);
             if stopped {
@@ -836,7 +838,7 @@ impl Collector {
         }
         if let Some(f) = ev.finished {
             if c.finish.is_none() {
-                let tail = c.decoder.flush(&tok).unwrap_or_default();
+                let tail = c.decoder.flush(tok).unwrap_or_default();
                 let (emit, stopped) = c.stop.push(&tail);
                 text.push_str(&emit);
                 if !stopped {
@@ -854,7 +856,9 @@ impl Collector {
             }
         }
         c.text.push_str(&text);
-        c.logprobs.extend(lps.iter().cloned());
+        if !self.stream {
+            c.logprobs.append(&mut lps);
+        }
         if let Some(f) = c.finish {
             // Finished just now (events for finished choices return early above).
             self.m.metrics.finished(f);
@@ -895,7 +899,7 @@ async fn start(
             m.id()
         )));
     }
-    let waiting = m.engine.stats().num_waiting;
+    let waiting = m.engine.num_waiting();
     if waiting >= state.max_waiting {
         return Err(ApiError::too_many(format!(
             "the server is busy: {waiting} requests are waiting (limit {}); retry later",
@@ -934,6 +938,7 @@ async fn start(
     let prompt_tokens = spec.prompts.iter().map(Vec::len).sum::<usize>() * n;
     Ok((
         Collector {
+            stream: spec.stream,
             m: m.clone(),
             choices,
             index_of,

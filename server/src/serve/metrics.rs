@@ -38,6 +38,52 @@ impl HttpMetrics {
     }
 }
 
+/// Middleware body shared by `serve` and the gateway: counts each response by its route
+/// template (not the raw path, so ids do not explode the label set) and status.
+pub async fn count_response(
+    http: &HttpMetrics,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let resp = next.run(req).await;
+    http.record(&route, resp.status().as_u16());
+    resp
+}
+
+/// `novastack_http_requests_total{route,status}`, HELP and TYPE included.
+pub fn render_http(out: &mut String, http: &HttpMetrics) {
+    let _ = writeln!(
+        out,
+        "# HELP novastack_http_requests_total HTTP responses by route and status code.\n# TYPE novastack_http_requests_total counter"
+    );
+    for ((route, status), n) in http.snapshot() {
+        let _ = writeln!(
+            out,
+            "novastack_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+            escape(&route)
+        );
+    }
+}
+
+/// One histogram's bucket, sum and count lines (no HELP/TYPE) with `labels`.
+pub fn write_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let mut cum = 0;
+    for (i, c) in h.counts.iter().enumerate() {
+        cum += c;
+        let le = h
+            .bounds
+            .get(i)
+            .map_or("+Inf".to_string(), |b| b.to_string());
+        let _ = writeln!(out, "novastack_{name}_bucket{{{labels},le=\"{le}\"}} {cum}");
+    }
+    let _ = writeln!(out, "novastack_{name}_sum{{{labels}}} {}", h.sum);
+    let _ = writeln!(out, "novastack_{name}_count{{{labels}}} {}", h.count);
+}
+
 /// Finished generations by finish reason (stop, length, abort, error).
 #[derive(Default)]
 pub struct ModelMetrics {
@@ -52,7 +98,7 @@ impl ModelMetrics {
     }
 }
 
-fn escape(v: &str) -> String {
+pub fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -73,38 +119,14 @@ impl Out {
     }
 
     fn histogram(&mut self, name: &str, labels: &str, h: &Histogram) {
-        let mut cum = 0;
-        for (i, c) in h.counts.iter().enumerate() {
-            cum += c;
-            let le = h
-                .bounds
-                .get(i)
-                .map_or("+Inf".to_string(), |b| b.to_string());
-            let _ = writeln!(
-                self.0,
-                "novastack_{name}_bucket{{{labels},le=\"{le}\"}} {cum}"
-            );
-        }
-        let _ = writeln!(self.0, "novastack_{name}_sum{{{labels}}} {}", h.sum);
-        let _ = writeln!(self.0, "novastack_{name}_count{{{labels}}} {}", h.count);
+        write_histogram(&mut self.0, name, labels, h);
     }
 }
 
 /// The whole `/metrics` page.
 pub fn render(state: &AppState) -> String {
     let mut o = Out(String::new());
-    o.head(
-        "http_requests_total",
-        "HTTP responses by route and status code.",
-        "counter",
-    );
-    for ((route, status), n) in state.http.snapshot() {
-        o.sample(
-            "http_requests_total",
-            &format!("route=\"{}\",status=\"{status}\"", escape(&route)),
-            n as f64,
-        );
-    }
+    render_http(&mut o.0, &state.http);
     let Some(reg) = state.registry() else {
         return o.0;
     };

@@ -11,7 +11,7 @@ pub mod metrics;
 mod stop;
 
 pub use api::app;
-pub(crate) use api::request_id;
+pub(crate) use api::{body_bytes, find_key, request_id};
 pub use error::ApiError;
 
 use crate::batch::EngineArgs;
@@ -368,13 +368,7 @@ pub fn load_on_device(
 
 pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(cfg) = &args.config {
-        return crate::gateway::run(
-            cfg,
-            &args.host,
-            args.port,
-            args.engine.clone(),
-            Duration::from_secs(args.shutdown_timeout),
-        );
+        return crate::gateway::run(cfg, &args);
     }
     let names = model_names(&args.model, &args.served_model_name)?;
     {
