@@ -7,15 +7,7 @@ use crate::{Error, Result};
 use cudarc::nvrtc::sys as nvrtc;
 use std::ffi::{c_char, CStr, CString};
 
-/// What [`open`] reports.
-#[derive(Debug, Clone)]
-pub struct DeviceInfo {
-    pub name: String,
-    pub free_bytes: usize,
-    pub total_bytes: usize,
-    /// e.g. `sm_90`.
-    pub arch: String,
-}
+pub use crate::gpu::DeviceInfo;
 
 /// Opens NVIDIA device `ordinal`. Without the driver or a GPU: a clear error.
 pub fn open(ordinal: usize) -> Result<(std::sync::Arc<cudarc::driver::CudaContext>, DeviceInfo)> {
@@ -36,6 +28,9 @@ pub fn open(ordinal: usize) -> Result<(std::sync::Arc<cudarc::driver::CudaContex
         .map_err(|e| Error::Unavailable(format!("compute capability: {e}")))?;
     let (free, total) = cudarc::driver::result::mem_get_info()
         .map_err(|e| Error::Unavailable(format!("cuMemGetInfo: {e}")))?;
+    let warp = ctx
+        .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_WARP_SIZE)
+        .map_err(|e| Error::Unavailable(format!("warp size: {e}")))? as u32;
     Ok((
         ctx,
         DeviceInfo {
@@ -43,6 +38,7 @@ pub fn open(ordinal: usize) -> Result<(std::sync::Arc<cudarc::driver::CudaContex
             free_bytes: free,
             total_bytes: total,
             arch: format!("sm_{major}{minor}"),
+            warp,
         },
     ))
 }

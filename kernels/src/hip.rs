@@ -29,6 +29,8 @@ struct Api {
     hipMemGetInfo: unsafe extern "C" fn(*mut usize, *mut usize) -> HipError,
     hipMalloc: unsafe extern "C" fn(*mut *mut c_void, usize) -> HipError,
     hipFree: unsafe extern "C" fn(*mut c_void) -> HipError,
+    hipMemset: unsafe extern "C" fn(*mut c_void, c_int, usize) -> HipError,
+    hipDeviceGetAttribute: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> HipError,
     hipMemcpyHtoD: unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> HipError,
     hipMemcpyDtoH: unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> HipError,
     hipModuleLoadData: unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> HipError,
@@ -71,7 +73,7 @@ pub struct Hip {
     _libs: Vec<Library>,
 }
 
-fn open_first(names: &[&str]) -> std::result::Result<Library, String> {
+pub(crate) fn open_first(names: &[&str]) -> std::result::Result<Library, String> {
     let mut errs = Vec::new();
     for n in names {
         // SAFETY: loading a system library whose initialisers are the vendor's.
@@ -123,6 +125,8 @@ impl Hip {
             hipMemGetInfo: sym!(libs, hipMemGetInfo),
             hipMalloc: sym!(libs, hipMalloc),
             hipFree: sym!(libs, hipFree),
+            hipMemset: sym!(libs, hipMemset),
+            hipDeviceGetAttribute: sym!(libs, hipDeviceGetAttribute),
             hipMemcpyHtoD: sym!(libs, hipMemcpyHtoD),
             hipMemcpyDtoH: sym!(libs, hipMemcpyDtoH),
             hipModuleLoadData: sym!(libs, hipModuleLoadData),
@@ -270,6 +274,41 @@ impl Hip {
     }
 
     /// # Safety
+    /// `p` must be a device allocation of at least `bytes` bytes.
+    pub unsafe fn memset_zero(&self, p: *mut c_void, bytes: usize) -> Result<()> {
+        self.check("hipMemset", (self.api.hipMemset)(p, 0, bytes))
+    }
+
+    /// Makes `ordinal` the calling thread's current device.
+    pub fn set_device(&self, ordinal: usize) -> Result<()> {
+        // SAFETY: plain C call; the ordinal was validated by `open`.
+        self.check("hipSetDevice", unsafe {
+            (self.api.hipSetDevice)(ordinal as c_int)
+        })
+    }
+
+    /// Lanes per wavefront of device `ordinal` (64 on gfx9/CDNA, 32 on RDNA), from
+    /// `hipDeviceAttributeWarpSize` (87 in ROCm 5 and 6), checked against the arch.
+    pub fn warp_size(&self, ordinal: usize, arch: &str) -> u32 {
+        const HIP_DEVICE_ATTRIBUTE_WARP_SIZE: c_int = 87;
+        let guess = if arch.starts_with("gfx9") { 64 } else { 32 };
+        let mut v: c_int = 0;
+        // SAFETY: valid out-pointer.
+        let e = unsafe {
+            (self.api.hipDeviceGetAttribute)(
+                &mut v,
+                HIP_DEVICE_ATTRIBUTE_WARP_SIZE,
+                ordinal as c_int,
+            )
+        };
+        if e == HIP_SUCCESS && (v == 32 || v == 64) {
+            v as u32
+        } else {
+            guess
+        }
+    }
+
+    /// # Safety
     /// `p` must come from [`Hip::alloc`] and not be freed twice.
     pub unsafe fn free(&self, p: *mut c_void) -> Result<()> {
         self.check("hipFree", (self.api.hipFree)(p))
@@ -293,21 +332,40 @@ impl Hip {
         )
     }
 
-    /// Loads a code object and returns a kernel from it.
-    pub fn function(&self, code: &[u8], kernel: &str) -> Result<*mut c_void> {
-        let name = CString::new(kernel).map_err(|e| Error::Unavailable(e.to_string()))?;
-        let (mut module, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
-        // SAFETY: code is a complete code object; out-pointers valid.
+    /// Free and total memory of the current device, in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: valid out-pointers.
+        self.check("hipMemGetInfo", unsafe {
+            (self.api.hipMemGetInfo)(&mut free, &mut total)
+        })?;
+        Ok((free, total))
+    }
+
+    /// Loads a code object (kept loaded for the life of the process).
+    pub fn module(&self, code: &[u8]) -> Result<*mut c_void> {
+        let mut module = std::ptr::null_mut();
+        // SAFETY: code is a complete code object; out-pointer valid.
         unsafe {
             self.check(
                 "hipModuleLoadData",
                 (self.api.hipModuleLoadData)(&mut module, code.as_ptr() as *const c_void),
             )?;
-            self.check(
-                &format!("hipModuleGetFunction({kernel})"),
-                (self.api.hipModuleGetFunction)(&mut f, module, name.as_ptr()),
-            )?;
         }
+        Ok(module)
+    }
+
+    /// A kernel of a loaded module.
+    ///
+    /// # Safety
+    /// `module` must come from [`Hip::module`].
+    pub unsafe fn get_function(&self, module: *mut c_void, kernel: &str) -> Result<*mut c_void> {
+        let name = CString::new(kernel).map_err(|e| Error::Unavailable(e.to_string()))?;
+        let mut f = std::ptr::null_mut();
+        self.check(
+            &format!("hipModuleGetFunction({kernel})"),
+            (self.api.hipModuleGetFunction)(&mut f, module, name.as_ptr()),
+        )?;
         Ok(f)
     }
 
@@ -319,7 +377,7 @@ impl Hip {
         &self,
         f: *mut c_void,
         grid: (u32, u32, u32),
-        block: u32,
+        block: (u32, u32, u32),
         shared: u32,
         args: &mut [*mut c_void],
     ) -> Result<()> {
@@ -330,9 +388,9 @@ impl Hip {
                 grid.0,
                 grid.1,
                 grid.2,
-                block,
-                1,
-                1,
+                block.0,
+                block.1,
+                block.2,
                 shared,
                 std::ptr::null_mut(),
                 args.as_mut_ptr(),

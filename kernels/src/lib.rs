@@ -10,8 +10,12 @@ pub mod cpu;
 pub mod cuda;
 #[cfg(feature = "cuda")]
 pub mod cuda_backend;
+#[cfg(any(feature = "hip", feature = "cuda"))]
+pub mod gpu;
 #[cfg(feature = "hip")]
 pub mod hip;
+#[cfg(feature = "hip")]
+pub mod hip_backend;
 /// The kernel sources (HIP C++), compiled at start-up by hiprtc or NVRTC.
 #[cfg(any(feature = "hip", feature = "cuda"))]
 pub mod sources {

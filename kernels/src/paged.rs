@@ -1,5 +1,8 @@
 //! Plain-data description of the paged KV cache and of one step's attention batch.
 
+use crate::error::ensure;
+use crate::{Error, Result};
+
 /// Shape of one layer's key (or value) cache: `[num_blocks, block_size, num_kv_heads, head_dim]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvCacheConfig {
@@ -44,6 +47,66 @@ pub struct AttentionMetadata {
 impl AttentionMetadata {
     pub fn num_tokens(&self) -> usize {
         self.seqs.iter().map(|s| s.num_queries).sum()
+    }
+
+    /// Checks a step against the cache and the buffers before any work (every backend
+    /// calls this, so no kernel can read outside a buffer or fail midway): heads, rows
+    /// in order, blocks covering each context, block ids in range. Returns the rows.
+    pub fn validate(
+        &self,
+        row_stride: usize,
+        num_heads: usize,
+        cache: &KvCacheConfig,
+        qkv_len: usize,
+        out_len: usize,
+    ) -> Result<usize> {
+        const OP: &str = "paged_attention";
+        let hd = cache.head_dim;
+        let kvh = cache.num_kv_heads;
+        ensure(kvh > 0 && num_heads.is_multiple_of(kvh), OP, || {
+            format!("{num_heads} heads is not a multiple of {kvh} kv heads")
+        })?;
+        ensure(num_heads * hd <= row_stride, OP, || {
+            "q overruns the row".into()
+        })?;
+        let num_tokens = self.num_tokens();
+        ensure(qkv_len >= num_tokens * row_stride, OP, || {
+            "qkv is shorter than the batch".into()
+        })?;
+        ensure(out_len >= num_tokens * num_heads * hd, OP, || {
+            "out is shorter than the batch".into()
+        })?;
+        let mut rows = 0;
+        for (s, seq) in self.seqs.iter().enumerate() {
+            ensure(seq.query_start == rows, OP, || {
+                format!(
+                    "sequence {s} starts at row {} (expected {})",
+                    seq.query_start, rows
+                )
+            })?;
+            ensure(seq.num_queries <= seq.context_len, OP, || {
+                format!("sequence {s} has more queries than context")
+            })?;
+            let need = seq.context_len.div_ceil(cache.block_size);
+            ensure(seq.block_table.len() >= need, OP, || {
+                format!(
+                    "sequence {s} has {} blocks, needs {need}",
+                    seq.block_table.len()
+                )
+            })?;
+            if let Some(&b) = seq.block_table[..need]
+                .iter()
+                .find(|&&b| b as usize >= cache.num_blocks)
+            {
+                return Err(Error::OutOfRange {
+                    op: OP,
+                    index: b as usize,
+                    limit: cache.num_blocks,
+                });
+            }
+            rows += seq.num_queries;
+        }
+        Ok(num_tokens)
     }
 }
 

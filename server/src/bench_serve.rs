@@ -75,6 +75,9 @@ pub struct ServeBenchArgs {
     /// A label for this run in the JSON (e.g. `novastack` or `llama.cpp`).
     #[arg(long)]
     pub label: Option<String>,
+    /// Write PNG plots here: latency CDFs and throughput over time.
+    #[arg(long)]
+    pub plot_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -498,6 +501,12 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
         std::fs::write(p, serde_json::to_string_pretty(&result)?)
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
+    if let Some(dir) = &a.plot_dir {
+        let label = a.label.clone().unwrap_or_else(|| a.base_url.clone());
+        for f in crate::bench_plot::plot_runs(dir, &[(label, &result)])? {
+            eprintln!("wrote {}", f.display());
+        }
+    }
     Ok(())
 }
 
@@ -543,6 +552,9 @@ fn print_report(r: &Value) {
 pub struct CompareArgs {
     pub a: PathBuf,
     pub b: PathBuf,
+    /// Also plot both runs together (latency CDFs, throughput over time) into this folder.
+    #[arg(long)]
+    pub plot_dir: Option<PathBuf>,
 }
 
 pub fn compare(c: CompareArgs) -> Result<()> {
@@ -581,6 +593,11 @@ pub fn compare(c: CompareArgs) -> Result<()> {
         };
         let fmt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
         println!("| {k} | {} | {} | {ratio} |", fmt(x), fmt(y));
+    }
+    if let Some(dir) = &c.plot_dir {
+        for f in crate::bench_plot::plot_runs(dir, &[(na, &a), (nb, &b)])? {
+            eprintln!("wrote {}", f.display());
+        }
     }
     Ok(())
 }

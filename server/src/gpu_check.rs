@@ -7,7 +7,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use novastack_engine::{generate, GenerateParams, SamplingParams};
-use novastack_kernels::cuda_backend::{CudaBackend, Dtype};
+use novastack_kernels::cuda_backend::CudaBackend;
+use novastack_kernels::gpu::Dtype;
 use novastack_kernels::{AttentionMetadata, Backend, CpuBackend, KvCacheConfig, SeqAttention};
 use novastack_models::random::RandomSource;
 use novastack_models::{load_model, Llama};
@@ -373,7 +374,7 @@ fn fixtures(args: &GpuCheckArgs, out: &mut Vec<Check>) -> Result<()> {
 /// Device-to-device copy bandwidth (bytes read + written per second), best of 5.
 fn copy_bandwidth(b: &CudaBackend) -> Result<f64> {
     let n = 1usize << 30;
-    let stream = b.context().default_stream();
+    let stream = b.device().stream().clone();
     let src = stream.alloc_zeros::<u8>(n)?;
     let mut dst = stream.alloc_zeros::<u8>(n)?;
     let mut best = 0f64;
@@ -467,9 +468,9 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
         if dtype == Dtype::F32 {
             println!(
                 "device: {} ({}), {:.1} GiB free",
-                gpu.info.name,
-                gpu.info.arch,
-                gpu.info.free_bytes as f64 / (1u64 << 30) as f64
+                gpu.info().name,
+                gpu.info().arch,
+                gpu.info().free_bytes as f64 / (1u64 << 30) as f64
             );
         }
         let mut pair = Pair {

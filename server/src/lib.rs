@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod bench;
 pub mod bench_gateway;
+pub mod bench_plot;
 pub mod bench_serve;
 pub mod default_model;
 pub mod gateway;

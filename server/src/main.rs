@@ -28,6 +28,12 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Fetch the embedded default model into the cache (if needed) and print its path.
+    Fetch {
+        /// `default` (SmolLM2-135M-Instruct); other values are printed as given.
+        #[arg(default_value = "default")]
+        model: std::path::PathBuf,
+    },
     /// Every GPU op and the golden fixtures against the CPU, then 8B-shaped decode
     /// timing (NVIDIA; see scripts/gpu_check.sh).
     #[cfg(feature = "cuda")]
@@ -41,6 +47,8 @@ fn main() {
         None => serve::run(serve::ServeArgs::default()),
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Bench(cmd)) => bench::run(cmd),
+        Some(Command::Fetch { model }) => novastack_server::default_model::resolve(Some(&model))
+            .map(|p| println!("{}", p.display())),
         #[cfg(feature = "cuda")]
         Some(Command::GpuCheck(args)) => novastack_server::gpu_check::run(args),
     };

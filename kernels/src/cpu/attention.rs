@@ -1,7 +1,6 @@
 //! Causal attention over the paged KV cache, one (token, head) at a time.
 
-use crate::error::ensure;
-use crate::{AttentionMetadata, Error, KvCacheConfig, Result};
+use crate::{AttentionMetadata, KvCacheConfig, Result};
 use rayon::prelude::*;
 
 #[allow(clippy::too_many_arguments)]
@@ -17,52 +16,11 @@ pub(crate) fn paged_attention(
     sliding_window: Option<usize>,
     out: &mut [f32],
 ) -> Result<()> {
-    const OP: &str = "paged_attention";
     let hd = cache.head_dim;
     let kvh = cache.num_kv_heads;
-    ensure(kvh > 0 && num_heads.is_multiple_of(kvh), OP, || {
-        format!("{num_heads} heads is not a multiple of {kvh} kv heads")
-    })?;
-    ensure(num_heads * hd <= row_stride, OP, || {
-        "q overruns the row".into()
-    })?;
-    let num_tokens = meta.num_tokens();
-    ensure(qkv.len() >= num_tokens * row_stride, OP, || {
-        "qkv is shorter than the batch".into()
-    })?;
-    ensure(out.len() >= num_tokens * num_heads * hd, OP, || {
-        "out is shorter than the batch".into()
-    })?;
-    // Validate every sequence before any work so that tasks cannot fail midway.
+    let num_tokens = meta.validate(row_stride, num_heads, cache, qkv.len(), out.len())?;
     let mut seq_of_row = Vec::with_capacity(num_tokens);
     for (s, seq) in meta.seqs.iter().enumerate() {
-        ensure(seq.query_start == seq_of_row.len(), OP, || {
-            format!(
-                "sequence {s} starts at row {} (expected {})",
-                seq.query_start,
-                seq_of_row.len()
-            )
-        })?;
-        ensure(seq.num_queries <= seq.context_len, OP, || {
-            format!("sequence {s} has more queries than context")
-        })?;
-        let need = seq.context_len.div_ceil(cache.block_size);
-        ensure(seq.block_table.len() >= need, OP, || {
-            format!(
-                "sequence {s} has {} blocks, needs {need}",
-                seq.block_table.len()
-            )
-        })?;
-        if let Some(&b) = seq.block_table[..need]
-            .iter()
-            .find(|&&b| b as usize >= cache.num_blocks)
-        {
-            return Err(Error::OutOfRange {
-                op: OP,
-                index: b as usize,
-                limit: cache.num_blocks,
-            });
-        }
         seq_of_row.extend(std::iter::repeat_n(s, seq.num_queries));
     }
     let group = num_heads / kvh;

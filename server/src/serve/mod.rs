@@ -315,6 +315,55 @@ fn load_all(args: &ServeArgs, names: Vec<Vec<String>>) -> Result<Vec<Arc<ModelEn
         .collect()
 }
 
+#[cfg(any(feature = "cuda", feature = "hip"))]
+fn gpu_dtype(engine: &EngineArgs) -> Result<novastack_kernels::gpu::Dtype> {
+    novastack_kernels::gpu::Dtype::parse(&engine.gpu_dtype)
+        .with_context(|| format!("--gpu-dtype {:?}: use bf16, f16 or f32", engine.gpu_dtype))
+}
+
+/// Uploads the weights to the GPU once, sizes the KV cache from what they leave of
+/// `--gpu-memory-utilization`, and starts the engine.
+#[cfg(any(feature = "cuda", feature = "hip"))]
+fn start_on_gpu<D: novastack_kernels::gpu::Device>(
+    path: &Path,
+    names: Vec<String>,
+    engine: &EngineArgs,
+    backend: novastack_kernels::gpu::GpuBackend<D>,
+) -> Result<Arc<ModelEntry>> {
+    let info = backend.info().clone();
+    let dtype = backend.dtype;
+    let total = info.total_bytes as f64;
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    eprintln!(
+        "{} ({}, warp {}), {:.1} GiB",
+        info.name,
+        info.arch,
+        info.warp,
+        gib(total)
+    );
+    let lm = load_model(path, backend)
+        .with_context(|| format!("cannot load model from {}", path.display()))?;
+    let (free, _) = lm.model.backend().mem_info()?;
+    // KV bytes per token in the storage type (the model counts f32).
+    let per_block = lm.model.kv_bytes_per_token() / 4 * dtype.size() * engine.block_size.max(1);
+    let budget = total * engine.gpu_memory_utilization.clamp(0.05, 0.99) - (total - free as f64);
+    if budget < per_block as f64 {
+        bail!(
+            "--gpu-memory-utilization {}: the weights leave no room for the KV cache ({:.2} GiB free of {:.2} GiB)",
+            engine.gpu_memory_utilization,
+            gib(free as f64),
+            gib(total)
+        );
+    }
+    let blocks = (budget / per_block as f64) as usize;
+    eprintln!(
+        "KV cache: {blocks} blocks of {} tokens ({:.2} GiB)",
+        engine.block_size,
+        gib((blocks * per_block) as f64)
+    );
+    ModelEntry::start_with(lm, names, engine, Some(blocks))
+}
+
 /// Loads a model on `--device` and starts its engine.
 pub fn load_on_device(
     path: &Path,
@@ -326,37 +375,13 @@ pub fn load_on_device(
         "cpu" => ModelEntry::start(load_model(path, CpuBackend::new()).with_context(ctx)?, names, engine),
         #[cfg(feature = "cuda")]
         "cuda" => {
-            use novastack_kernels::cuda_backend::{CudaBackend, Dtype};
-            let dtype = Dtype::parse(&engine.gpu_dtype)
-                .with_context(|| format!("--gpu-dtype {:?}: use bf16, f16 or f32", engine.gpu_dtype))?;
-            let backend = CudaBackend::new(0, dtype)?;
-            let total = backend.info.total_bytes as f64;
-            eprintln!("{} ({}), {:.1} GiB", backend.info.name, backend.info.arch, total / (1u64 << 30) as f64);
-            let lm = load_model(path, backend).with_context(ctx)?;
-            let (free, _) = novastack_kernels::cuda::mem_info()?;
-            // KV bytes per token in the storage type (the model counts f32).
-            let per_block = lm.model.kv_bytes_per_token() / 4 * dtype.size() * engine.block_size.max(1);
-            let budget = total * engine.gpu_memory_utilization.clamp(0.05, 0.99) - (total - free as f64);
-            if budget < per_block as f64 {
-                bail!(
-                    "--gpu-memory-utilization {}: the weights leave no room for the KV cache ({:.2} GiB free of {:.2} GiB)",
-                    engine.gpu_memory_utilization,
-                    free as f64 / (1u64 << 30) as f64,
-                    total / (1u64 << 30) as f64
-                );
-            }
-            let blocks = (budget / per_block as f64) as usize;
-            eprintln!("KV cache: {blocks} blocks of {} tokens ({:.2} GiB)", engine.block_size, (blocks * per_block) as f64 / (1u64 << 30) as f64);
-            ModelEntry::start_with(lm, names, engine, Some(blocks))
+            let dtype = gpu_dtype(engine)?;
+            start_on_gpu(path, names, engine, novastack_kernels::cuda_backend::CudaBackend::new(0, dtype)?)
         }
         #[cfg(feature = "hip")]
         "hip" => {
-            let hip = novastack_kernels::hip::Hip::load()?;
-            let info = hip.open(0)?;
-            bail!(
-                "--device hip: found {} but the HIP backend cannot run models yet (its kernels compile; see issue 7)",
-                info.name
-            )
+            let dtype = gpu_dtype(engine)?;
+            start_on_gpu(path, names, engine, novastack_kernels::hip_backend::HipBackend::new(0, dtype)?)
         }
         #[cfg(not(feature = "cuda"))]
         "cuda" => bail!("--device cuda needs a build with `--features cuda` (cargo build --release --features cuda)"),
