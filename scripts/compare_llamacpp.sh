@@ -15,7 +15,8 @@
 # Usage: scripts/compare_llamacpp.sh
 # Env: OUT (default target/compare-llamacpp), PRECISIONS (default "f32 q4_1"),
 #      CONCURRENCY (default "1 16"), NUM_PROMPTS_1 / NUM_PROMPTS_16 (default 12 / 64),
-#      LENGTH_SCALE (default 0.25), MAX_MODEL_LEN (default 2048), TRACE, SKIP_BUCKETS=1.
+#      LENGTH_SCALE (default 0.25), MAX_MODEL_LEN (default 2048), TRACE, BUCKETS_ON,
+#      SKIP_BUCKETS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -128,14 +129,15 @@ for prec in $PRECISIONS; do
 done
 
 if [ -z "${SKIP_BUCKETS:-}" ]; then
-  # Bucketing effect: the widest-spread workload (the full trace lengths up to the model
-  # length) at the highest concurrency, novastack with buckets on (the default) and off.
+  # Bucketing effect: the same workload at the highest concurrency, novastack with
+  # context-length buckets on (the GPU default boundaries, BUCKETS_ON) and off (what
+  # `--buckets auto` picks on the CPU).
   prec="${PRECISIONS%% *}"
   model="$q4"
   [ "$prec" = f32 ] && model="$f32"
   c="${CONCURRENCY##* }"
   for b in on off; do
-    flags=()
+    flags=(--buckets "${BUCKETS_ON:-512,2048,8192,32768,131072}")
     [ "$b" = off ] && flags=(--buckets off)
     start_ns "$model" "$OUT/novastack-buckets-$b.log" "${flags[@]}"
     bench "$NS_PORT" "buckets-$b" "$model" "$c" "$OUT/buckets-$b.json"

@@ -24,8 +24,11 @@ pub struct EngineArgs {
     pub kv_cache_mb: usize,
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
-    /// Context-length bucket boundaries, e.g. 512,2048,8192; `off` disables bucketing.
-    #[arg(long, default_value = "512,2048,8192,32768")]
+    /// Context-length bucket boundaries, e.g. 512,2048,8192; `off` disables bucketing;
+    /// `auto` is off on the CPU (its attention costs per token, so mixing lengths wastes
+    /// nothing and bucketing only delays requests) and the engine's default boundaries (512, 2048, 8192, 32768, 131072) on a GPU
+    /// (where a batch's attention time follows its longest context).
+    #[arg(long, default_value = "auto")]
     pub buckets: String,
     /// Steps a request may wait before its bucket is served first.
     #[arg(long, default_value_t = 8)]
@@ -58,6 +61,13 @@ impl EngineArgs {
     pub fn buckets(&self) -> Result<Buckets> {
         if self.buckets == "off" || self.buckets.is_empty() {
             return Ok(Buckets::off());
+        }
+        if self.buckets == "auto" {
+            return Ok(if self.device == "cpu" {
+                Buckets::off()
+            } else {
+                Buckets::new(Buckets::default_boundaries())
+            });
         }
         let b: std::result::Result<Vec<usize>, _> =
             self.buckets.split(',').map(|s| s.trim().parse()).collect();

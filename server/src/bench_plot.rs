@@ -186,6 +186,7 @@ fn panel(
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .label_style((FONT, 13))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()

@@ -424,7 +424,10 @@ pub fn run(a: ServeBenchArgs) -> Result<()> {
     eprintln!("{n} requests to {url} (model {:?})", a.model);
     let (outcomes, wall) = rt.block_on(async {
         let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(1024)
+            // A fresh connection per request: a pooled keep-alive connection the server is
+            // closing at that moment fails the send (seen with llama-server), and a
+            // loopback connect costs microseconds against requests of seconds.
+            .pool_max_idle_per_host(0)
             .build()?;
         let sem = Arc::new(tokio::sync::Semaphore::new(
             a.max_concurrency.unwrap_or(usize::MAX >> 4),

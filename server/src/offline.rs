@@ -100,7 +100,7 @@ pub fn run(a: OfflineArgs) -> Result<()> {
     let bucket_modes: Vec<bool> = if a.compare_buckets {
         vec![true, false]
     } else {
-        vec![a.engine.buckets != "off"]
+        vec![a.engine.buckets()?.num_buckets() > 1]
     };
     println!(
         "{:>5} {:>8} {:>8} {:>10} {:>10} {:>10} {:>8} {:>9} {:>10}",
@@ -120,6 +120,13 @@ pub fn run(a: OfflineArgs) -> Result<()> {
             ea.max_num_seqs = conc;
             if !bucketed {
                 ea.buckets = "off".into();
+            } else if ea.buckets == "auto" {
+                // "On" means the GPU default boundaries (auto is off on the CPU).
+                ea.buckets = novastack_engine::Buckets::default_boundaries()
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
             }
             let lm = load_model(&path, CpuBackend::new())?;
             let mut engine = ea.build(lm.model, vec![])?;

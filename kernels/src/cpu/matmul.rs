@@ -1,12 +1,14 @@
-//! `out = x · wᵀ + bias` through `matrixmultiply`, split over output columns with rayon.
+//! `out = x · wᵀ + bias`: the micro-kernels of `simd.rs`, split over output columns
+//! with rayon.
 //!
-//! Why this is batch-invariant: matrixmultiply's reduction order for one output
-//! element depends only on `k` (it walks `k` in fixed `kc` blocks, and each block's
-//! dot product runs in order inside the micro-kernel), never on `m` or on where the
-//! element sits in a tile; partial tiles go through the same kernel into a buffer.
-//! Splitting `n` across threads does not touch the reduction at all. The unit test
-//! `matmul_is_batch_invariant` checks this bit for bit.
+//! Why this is batch-invariant: each output element is one `simd::dot`-ordered
+//! reduction over its two rows (fixed lanes, `k` in order, fixed lane sum), whatever
+//! `m` is and wherever the element sits in a tile; splitting `n` across threads does
+//! not touch the reduction. The unit test `matmul_is_batch_invariant` checks this bit
+//! for bit. The weights are read in place (no packing), which is what decode steps of
+//! a few rows need: one pass over the weights per step.
 
+use super::simd;
 use rayon::prelude::*;
 
 /// Columns per task: a multiple of every micro-kernel width, big enough to amortize packing.
@@ -44,28 +46,10 @@ pub(crate) fn matmul_bt(
     let c = SendPtr(out.as_mut_ptr());
     (0..num_tasks).into_par_iter().for_each(|t| {
         let j0 = t * per_task;
-        let nj = per_task.min(n - j0);
-        // SAFETY: x is [m, k] row-major, w is [n, k] row-major so wᵀ has row stride 1
-        // and column stride k; columns j0..j0+nj of out (row stride n) belong to this
-        // task alone, and all slices were checked by the caller to be long enough.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                nj,
-                1.0,
-                x.as_ptr(),
-                k as isize,
-                1,
-                w.as_ptr().add(j0 * k),
-                1,
-                k as isize,
-                0.0,
-                c.get().add(j0),
-                n as isize,
-                1,
-            );
-        }
+        let j1 = (j0 + per_task).min(n);
+        // SAFETY: x is [m, k] and w is [n, k] (checked by the caller); out is [m, n] and
+        // columns j0..j1 belong to this task alone.
+        unsafe { simd::gemm_bt_tile(x, w, k, 0..m, j0..j1, c.get(), n) };
     });
     if let Some(b) = bias {
         for row in out[..m * n].chunks_exact_mut(n) {

@@ -7,6 +7,7 @@
 
 mod attention;
 mod matmul;
+mod simd;
 
 use crate::error::ensure;
 use crate::{AttentionMetadata, Backend, Error, KvCacheConfig, Result};

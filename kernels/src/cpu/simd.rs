@@ -1,0 +1,267 @@
+//! The CPU backend's inner loops: a dot product and the `x · wᵀ` GEMM micro-kernel.
+//!
+//! Both keep eight partial sums per output (one 8-lane vector) and walk `k` in order, then
+//! add the lanes in one fixed order. So an output's value depends only on its two input
+//! rows, never on the batch size or on where the row sits in a tile: the backend stays
+//! deterministic and batch-invariant. On x86-64 with AVX2+FMA (checked once at run time)
+//! the lanes are one `__m256` and each step is a fused multiply-add; elsewhere the same
+//! structure runs on plain arrays (multiply then add).
+//!
+//! The GEMM streams weights straight from their row-major `[n, k]` layout with no
+//! packing: 2 rows of `x` by 4 rows of `w` per micro-kernel (8 accumulators, 6 loads per
+//! 8 FMAs), tiles of `x` sized to stay in L2. Decode steps (a few rows) therefore read
+//! each weight once per step, which is what bounds them.
+
+use std::sync::OnceLock;
+
+/// Lanes per accumulator.
+const L: usize = 8;
+
+fn has_fma() -> bool {
+    static F: OnceLock<bool> = OnceLock::new();
+    *F.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Adds 8 lanes in a fixed order (pairwise).
+#[inline(always)]
+fn reduce8(v: [f32; L]) -> f32 {
+    ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+}
+
+/// `Σ a[i]·b[i]` over `min(a.len(), b.len())`, in the module's fixed order.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    gemm_block::<1, 1>(&[a], &[b])[0][0]
+}
+
+/// `[dot(a, b[0]), ..., dot(a, b[3])]`, bit for bit, loading `a` once.
+pub(crate) fn dot4(a: &[f32], b: &[&[f32]; 4]) -> [f32; 4] {
+    gemm_block::<1, 4>(&[a], b)[0]
+}
+
+/// Row-major `out[i, j] = Σ_k x[i, k]·w[j, k]` for rows `rows` of `x` and columns
+/// `cols` of `out` (rows of `w`); `out` has row stride `ldo`.
+///
+/// # Safety
+/// `out` must be valid for writes at `i * ldo + j` for every `i` in `rows` and `j` in
+/// `cols`, and no one else may access those elements during the call (tasks of one
+/// GEMM own disjoint column ranges).
+pub(crate) unsafe fn gemm_bt_tile(
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // Rows of x per tile: about 128 KiB of x, so a tile stays in L2 while the 4-row
+    // groups of w stream through L1.
+    let mt = ((128 * 1024 / 4) / k.max(1)).clamp(MR, 256) / MR * MR;
+    let xrow = |i: usize| &x[i * k..(i + 1) * k];
+    let wrow = |j: usize| &w[j * k..(j + 1) * k];
+    let put = |i: usize, j: usize, v: f32| {
+        // SAFETY: (i, j) is in the caller's range (contract above).
+        unsafe { *out.add(i * ldo + j) = v };
+    };
+    // One R×C block at (i, j), written out.
+    let block = |i: usize, j: usize, nr: usize, nc: usize| {
+        macro_rules! run {
+            ($r:literal, $c:literal) => {{
+                let xs: [&[f32]; $r] = std::array::from_fn(|r| xrow(i + r));
+                let ws: [&[f32]; $c] = std::array::from_fn(|c| wrow(j + c));
+                let v = gemm_block::<$r, $c>(&xs, &ws);
+                for (r, row) in v.iter().enumerate() {
+                    for (c, x) in row.iter().enumerate() {
+                        put(i + r, j + c, *x);
+                    }
+                }
+            }};
+        }
+        match (nr, nc) {
+            (MR, NR) => run!(2, 4),
+            (_, NR) => (0..nr).for_each(|r| {
+                let ws: [&[f32]; NR] = std::array::from_fn(|c| wrow(j + c));
+                let v = gemm_block::<1, NR>(&[xrow(i + r)], &ws);
+                (0..NR).for_each(|c| put(i + r, j + c, v[0][c]));
+            }),
+            _ => {
+                for r in 0..nr {
+                    for c in 0..nc {
+                        put(
+                            i + r,
+                            j + c,
+                            gemm_block::<1, 1>(&[xrow(i + r)], &[wrow(j + c)])[0][0],
+                        );
+                    }
+                }
+            }
+        }
+    };
+    let mut t0 = rows.start;
+    while t0 < rows.end {
+        let t1 = (t0 + mt).min(rows.end);
+        let mut j = cols.start;
+        while j < cols.end {
+            let nc = (cols.end - j).min(NR);
+            let mut i = t0;
+            while i < t1 {
+                let nr = (t1 - i).min(MR);
+                block(i, j, nr, nc);
+                i += nr;
+            }
+            j += nc;
+        }
+        t0 = t1;
+    }
+}
+
+/// Micro-kernel shape: MR rows of x by NR rows of w, 8 accumulators. (4 x 3 with 12
+/// accumulators measured no faster here: `examples/matmul_gflops.rs`.)
+const MR: usize = 2;
+const NR: usize = 4;
+
+/// `[r][c] = dot(x[r], w[c])` for an R×C block, on AVX2+FMA when the CPU has it.
+/// Every (r, c) pair runs the same per-lane sequence whatever R and C.
+#[inline(always)]
+fn gemm_block<const R: usize, const C: usize>(x: &[&[f32]; R], w: &[&[f32]; C]) -> [[f32; C]; R] {
+    let k = x.iter().chain(w.iter()).map(|s| s.len()).min().unwrap_or(0);
+    #[cfg(target_arch = "x86_64")]
+    if has_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above); slices are at least k long.
+        return unsafe { fma::block::<R, C>(x, w, k) };
+    }
+    let mut acc = [[[0.0f32; L]; C]; R];
+    let full = k / L * L;
+    for p in (0..full).step_by(L) {
+        for r in 0..R {
+            for c in 0..C {
+                for l in 0..L {
+                    acc[r][c][l] += x[r][p + l] * w[c][p + l];
+                }
+            }
+        }
+    }
+    let mut out = [[0.0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            let mut s = reduce8(acc[r][c]);
+            for p in full..k {
+                s += x[r][p] * w[c][p];
+            }
+            out[r][c] = s;
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod fma {
+    use super::{reduce8, L};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA, and every slice must hold at least `k` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn block<const R: usize, const C: usize>(
+        x: &[&[f32]; R],
+        w: &[&[f32]; C],
+        k: usize,
+    ) -> [[f32; C]; R] {
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let full = k / L * L;
+        let mut p = 0;
+        while p < full {
+            let mut wv = [_mm256_setzero_ps(); C];
+            for c in 0..C {
+                wv[c] = _mm256_loadu_ps(w[c].as_ptr().add(p));
+            }
+            for r in 0..R {
+                let xv = _mm256_loadu_ps(x[r].as_ptr().add(p));
+                for c in 0..C {
+                    acc[r][c] = _mm256_fmadd_ps(xv, wv[c], acc[r][c]);
+                }
+            }
+            p += L;
+        }
+        let mut out = [[0.0f32; C]; R];
+        for r in 0..R {
+            for c in 0..C {
+                let mut lanes = [0.0f32; L];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][c]);
+                let mut s = reduce8(lanes);
+                for q in full..k {
+                    s += x[r][q] * w[c][q];
+                }
+                out[r][c] = s;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dot4_equals_dot() {
+        let a = data(64, 9);
+        let b: Vec<Vec<f32>> = (0..4).map(|i| data(64, 10 + i)).collect();
+        let r = dot4(&a, &[&b[0], &b[1], &b[2], &b[3]]);
+        for i in 0..4 {
+            assert_eq!(r[i].to_bits(), dot(&a, &b[i]).to_bits());
+        }
+    }
+
+    #[test]
+    fn dot_matches_f64_reference() {
+        for n in [0, 1, 7, 8, 9, 64, 100, 577] {
+            let (a, b) = (data(n, 1), data(n, 2));
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let got = dot(&a, &b) as f64;
+            assert!(
+                (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                "n {n}: {got} vs {want}"
+            );
+        }
+    }
+
+    /// Every shape and tail of the tiled GEMM gives each element exactly `dot` of its rows.
+    #[test]
+    fn gemm_tiles_equal_dot_bit_for_bit() {
+        for (m, n, k) in [(1, 1, 1), (3, 5, 9), (2, 4, 16), (7, 13, 67), (33, 9, 576)] {
+            let (x, w) = (data(m * k, 3), data(n * k, 4));
+            let mut out = vec![f32::NAN; m * n];
+            // SAFETY: out is m x n and this call is its only user.
+            unsafe { gemm_bt_tile(&x, &w, k, 0..m, 0..n, out.as_mut_ptr(), n) };
+            for i in 0..m {
+                for j in 0..n {
+                    let d = dot(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
+                    assert_eq!(
+                        out[i * n + j].to_bits(),
+                        d.to_bits(),
+                        "({m},{n},{k}) at ({i},{j})"
+                    );
+                }
+            }
+        }
+    }
+}
