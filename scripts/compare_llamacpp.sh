@@ -144,7 +144,7 @@ if [ -z "${SKIP_BUCKETS:-}" ]; then
     stop "$NS_PID"
     row "$prec buckets $b" "$c" "$OUT/buckets-$b.json"
   done
-  echo "== buckets off / on ==" | tee -a "$summary"
+  echo "== buckets off / on ==" >> "$summary"
   "$NS" bench compare "$OUT/buckets-on.json" "$OUT/buckets-off.json" \
     --plot-dir "$OUT/plots-buckets" | tee -a "$summary"
 fi

@@ -10,6 +10,13 @@ use novastack_kernels::{Backend, KvCache};
 use novastack_models::{ForwardInput, Llama};
 use std::collections::HashMap;
 
+/// What a step's forward pass returns: every sampled row's logits, or (a greedy-only
+/// step) just the argmax of each.
+enum StepOutput {
+    Logits(Vec<f32>),
+    Tokens(Vec<u32>),
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub scheduler: SchedulerConfig,
@@ -249,7 +256,27 @@ impl<B: Backend> Engine<B> {
             return Ok(events);
         }
         let input = self.forward_input(&mut out);
-        let logits = match self.model.forward(&input, &mut self.kv) {
+        // A step whose sampled rows are all plain greedy without logprobs needs only the
+        // argmax of each row: on a GPU that stays on the device and only ids come back.
+        let greedy_only = out.seqs.iter().filter(|s| s.sample).all(|s| {
+            self.seqs
+                .get(&s.id)
+                .is_some_and(|st| st.sampler.is_plain_greedy())
+                && self
+                    .sched
+                    .request(s.id)
+                    .is_some_and(|r| r.params.logprobs.is_none())
+        });
+        let result = if greedy_only {
+            self.model
+                .forward_greedy(&input, &mut self.kv)
+                .map(StepOutput::Tokens)
+        } else {
+            self.model
+                .forward(&input, &mut self.kv)
+                .map(StepOutput::Logits)
+        };
+        let logits = match result {
             Ok(l) => l,
             Err(e) => {
                 // A failed step fails its requests, not the engine.
@@ -280,14 +307,20 @@ impl<B: Backend> Engine<B> {
                 .min(s.token_ids.len());
             self.stats.num_prompt_tokens_computed += computed_prompt as u64;
             let Some(row) = row else { continue };
-            let l = &logits[row * vocab..(row + 1) * vocab];
             let Some(st) = self.seqs.get_mut(&s.id) else {
                 continue;
             };
-            let tok = st.sampler.sample_for(l, &req.prompt, &req.output);
-            if let Some(k) = req.params.logprobs {
-                lps.insert(s.id, logprobs(l, tok, k));
-            }
+            let tok = match &logits {
+                StepOutput::Tokens(ids) => ids[row],
+                StepOutput::Logits(all) => {
+                    let l = &all[row * vocab..(row + 1) * vocab];
+                    let tok = st.sampler.sample_for(l, &req.prompt, &req.output);
+                    if let Some(k) = req.params.logprobs {
+                        lps.insert(s.id, logprobs(l, tok, k));
+                    }
+                    tok
+                }
+            };
             sampled.insert(s.id, tok);
         }
         let updates = self.sched.update(&out, &sampled, &self.eos);

@@ -133,14 +133,24 @@ impl Sampler {
         }
     }
 
-    /// Picks the next token for a sequence: penalties, then [`Sampler::sample`].
-    pub fn sample_for(&mut self, logits: &[f32], prompt: &[u32], output: &[u32]) -> u32 {
+    /// Whether logits need bias or penalties before sampling.
+    fn needs_processing(&self) -> bool {
         let p = &self.params;
-        let needs_processing = !p.logit_bias.is_empty()
+        !p.logit_bias.is_empty()
             || p.repetition_penalty != 1.0
             || p.presence_penalty != 0.0
-            || p.frequency_penalty != 0.0;
-        if needs_processing {
+            || p.frequency_penalty != 0.0
+    }
+
+    /// Greedy with nothing applied to the logits first: the token is the plain argmax,
+    /// which the backend can compute where the logits are.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.params.is_greedy() && !self.needs_processing()
+    }
+
+    /// Picks the next token for a sequence: penalties, then [`Sampler::sample`].
+    pub fn sample_for(&mut self, logits: &[f32], prompt: &[u32], output: &[u32]) -> u32 {
+        if self.needs_processing() {
             let mut l = logits.to_vec();
             self.process(&mut l, prompt, output);
             self.sample(&l)

@@ -892,6 +892,42 @@ impl<D: Device> Backend for GpuBackend<D> {
             dim as i32
         )
     }
+
+    fn argmax_rows(&self, x: &GpuBuf<D>, rows: usize, cols: usize) -> Result<Vec<u32>> {
+        self.check("argmax_rows", "x", x, rows * cols)?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        if cols == 0 {
+            return Ok(vec![0; rows]);
+        }
+        // The logits as f32 (the kernel's input; the copy lives in the scratch area),
+        // then one block per row; only the ids cross the bus.
+        let n = rows * cols;
+        let ids_bytes = rows * 4;
+        let logits = if self.dtype == Dtype::F32 {
+            x.ptr
+        } else {
+            let f = self.scratch(n * 4)?;
+            launch!(self, "to_f32", stride_grid(n), f, x.ptr, n as i64)?;
+            f
+        };
+        let ids = self.dev.alloc_zeros(ids_bytes)?;
+        launch!(
+            self,
+            "argmax_rows",
+            grid1(rows),
+            logits,
+            self.dev.ptr(&ids),
+            cols as i32
+        )?;
+        let mut bytes = vec![0u8; ids_bytes];
+        self.dev.dtoh(&ids, &mut bytes)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
 }
 
 #[cfg(test)]

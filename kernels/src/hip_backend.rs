@@ -12,16 +12,70 @@ use crate::hip::{open_first, Hip};
 use crate::{Error, Result};
 use libloading::Library;
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The shared GPU backend on an AMD device.
 pub type HipBackend = GpuBackend<HipDevice>;
 
-/// An owned device allocation, freed (synchronously, as `hipFree` is) on drop.
-pub struct HipMem {
+/// Device memory cached for reuse: `hipFree` waits for the whole device, and the model
+/// allocates every op's output afresh each step, so freed blocks go back to this pool
+/// (by size class) instead. Reuse is safe because all work runs in order on the null
+/// stream: kernels queued before a block was dropped finish before any kernel queued
+/// after it was handed out again.
+struct Pool {
     hip: Arc<Hip>,
+    free: Mutex<HashMap<usize, Vec<usize>>>,
+}
+
+impl Pool {
+    /// Size classes: powers of two up to 1 MiB, then 1 MiB multiples up to 64 MiB, then
+    /// exact sizes (weights: allocated once, never reused).
+    fn class(bytes: usize) -> usize {
+        let b = bytes.max(256);
+        if b <= 1 << 20 {
+            b.next_power_of_two()
+        } else if b <= 64 << 20 {
+            b.div_ceil(1 << 20) << 20
+        } else {
+            b
+        }
+    }
+
+    fn take(&self, class: usize) -> Option<*mut c_void> {
+        let mut f = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        f.get_mut(&class)
+            .and_then(|v| v.pop())
+            .map(|p| p as *mut c_void)
+    }
+
+    fn give(&self, class: usize, p: *mut c_void) {
+        if class > 64 << 20 {
+            // SAFETY: allocated by `Hip::alloc`, freed once here.
+            let _ = unsafe { self.hip.free(p) };
+            return;
+        }
+        let mut f = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        f.entry(class).or_default().push(p as usize);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let f = self.free.get_mut().unwrap_or_else(|e| e.into_inner());
+        for p in f.values().flatten() {
+            // SAFETY: each cached block was allocated by `Hip::alloc` and is freed once.
+            let _ = unsafe { self.hip.free(*p as *mut c_void) };
+        }
+    }
+}
+
+/// An owned device allocation; on drop it goes back to the device's pool.
+pub struct HipMem {
+    pool: Arc<Pool>,
     ptr: *mut c_void,
+    class: usize,
 }
 
 // SAFETY: a device address is usable from any host thread of the process.
@@ -30,8 +84,7 @@ unsafe impl Sync for HipMem {}
 
 impl Drop for HipMem {
     fn drop(&mut self) {
-        // SAFETY: allocated by `Hip::alloc`, freed once here.
-        let _ = unsafe { self.hip.free(self.ptr) };
+        self.pool.give(self.class, self.ptr);
     }
 }
 
@@ -150,6 +203,7 @@ fn rocblas_type(d: Dtype) -> c_int {
 
 pub struct HipDevice {
     hip: Arc<Hip>,
+    pool: Arc<Pool>,
     blas: RocBlas,
     info: DeviceInfo,
     ordinal: usize,
@@ -178,6 +232,10 @@ impl HipDevice {
                 arch,
                 warp,
             },
+            pool: Arc::new(Pool {
+                hip: hip.clone(),
+                free: Mutex::new(HashMap::new()),
+            }),
             hip,
             blas,
             ordinal,
@@ -195,9 +253,15 @@ impl HipDevice {
 
     fn alloc(&self, bytes: usize) -> Result<HipMem> {
         self.bind()?;
+        let class = Pool::class(bytes);
+        let ptr = match self.pool.take(class) {
+            Some(p) => p,
+            None => self.hip.alloc(class)?,
+        };
         Ok(HipMem {
-            ptr: self.hip.alloc(bytes.max(1))?,
-            hip: self.hip.clone(),
+            pool: self.pool.clone(),
+            ptr,
+            class,
         })
     }
 }
@@ -314,6 +378,27 @@ impl GpuBackend<HipDevice> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_size_classes_cover_the_request() {
+        for b in [
+            0,
+            1,
+            255,
+            256,
+            257,
+            4096,
+            (1 << 20) + 1,
+            63 << 20,
+            (64 << 20) + 5,
+        ] {
+            let c = Pool::class(b);
+            assert!(c >= b.max(1), "{b} -> {c}");
+            assert!(c <= (2 * b).max(256) || b > 1 << 20, "{b} -> {c}");
+        }
+        assert_eq!(Pool::class(3 << 20), 3 << 20);
+        assert_eq!(Pool::class(1000), 1024);
+    }
 
     /// Without a GPU (CI installs Debian's HIP runtime but has no AMD GPU, and Debian
     /// 12 ships no rocBLAS) opening the backend is a clear error naming what is missing.

@@ -181,6 +181,24 @@ pub trait Backend: Send + Sync {
         indices: &[usize],
         out: &mut Self::Buf,
     ) -> Result<()>;
+
+    /// Greedy tokens: for each of `rows` rows of `x` (`[rows, cols]`), the index of its
+    /// largest value as [`argmax`] picks it (first on ties, NaN skipped; 0 for a row
+    /// with no number). GPU backends run this on the device and copy back only the ids,
+    /// so a greedy step does not move its logits to the host.
+    fn argmax_rows(&self, x: &Self::Buf, rows: usize, cols: usize) -> Result<Vec<u32>> {
+        let v = self.download(x)?;
+        error::ensure(v.len() >= rows * cols, "argmax_rows", || {
+            format!("x holds {} values, needs {}", v.len(), rows * cols)
+        })?;
+        if cols == 0 {
+            return Ok(vec![0; rows]);
+        }
+        Ok(v[..rows * cols]
+            .chunks_exact(cols)
+            .map(|r| argmax(r).unwrap_or(0) as u32)
+            .collect())
+    }
 }
 
 /// Index of the largest value (the first one on ties), as greedy decoding uses it.

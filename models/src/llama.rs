@@ -216,6 +216,21 @@ impl<B: Backend> Llama<B> {
 
     /// Runs one step and returns logits `[logits_indices.len(), vocab]` on the host.
     pub fn forward(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<f32>> {
+        let logits = self.forward_on_device(input, kv)?;
+        Ok(self.backend.download(&logits)?)
+    }
+
+    /// Runs one step for greedy decoding: the argmax of each logits row, computed where
+    /// the logits are (on a GPU only the ids come back).
+    pub fn forward_greedy(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<u32>> {
+        let logits = self.forward_on_device(input, kv)?;
+        Ok(self
+            .backend
+            .argmax_rows(&logits, input.logits_indices.len(), self.config.vocab_size)?)
+    }
+
+    /// Runs one step and leaves the logits `[logits_indices.len(), vocab]` on the device.
+    pub fn forward_on_device(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<B::Buf> {
         let c = &self.config;
         let b = &self.backend;
         let n = input.token_ids.len();
@@ -239,7 +254,7 @@ impl<B: Backend> Llama<B> {
             ));
         }
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(b.zeros(0)?);
         }
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (q_dim, kv_dim) = (c.num_heads * hd, c.num_kv_heads * hd);
@@ -349,6 +364,6 @@ impl<B: Backend> Llama<B> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let mut logits = b.zeros(m * c.vocab_size)?;
         b.matmul(&last_normed, head, None, m, h, c.vocab_size, &mut logits)?;
-        Ok(b.download(&logits)?)
+        Ok(logits)
     }
 }

@@ -206,7 +206,7 @@ pub fn run(a: OfflineArgs) -> Result<()> {
             "num_prompts": a.num_prompts,
             "length_scale": a.length_scale,
             "max_model_len": max_len,
-            "engine": {"max_num_batched_tokens": a.engine.max_num_batched_tokens, "kv_cache_mb": a.engine.kv_cache_mb,
+            "engine": {"max_num_batched_tokens": a.engine.token_budget(), "kv_cache_mb": a.engine.kv_cache_mb,
                        "block_size": a.engine.block_size, "buckets": a.engine.buckets, "max_wait_steps": a.engine.max_wait_steps},
             "runs": runs,
         });

@@ -42,9 +42,42 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     gemm_block::<1, 1>(&[a], &[b])[0][0]
 }
 
-/// `[dot(a, b[0]), ..., dot(a, b[3])]`, bit for bit, loading `a` once.
-pub(crate) fn dot4(a: &[f32], b: &[&[f32]; 4]) -> [f32; 4] {
-    gemm_block::<1, 4>(&[a], b)[0]
+/// `out[i] = dot(q, base[offs[i] .. offs[i] + q.len()])` for every `i`, bit for bit
+/// [`dot`], in one call (the attention's scores of one query against its keys).
+pub(crate) fn dot_rows(q: &[f32], base: &[f32], offs: &[usize], out: &mut [f32]) {
+    let hd = q.len();
+    assert!(offs.iter().all(|&f| f + hd <= base.len()) && out.len() >= offs.len());
+    let row = |i: usize| &base[offs[i]..offs[i] + hd];
+    #[cfg(target_arch = "x86_64")]
+    if has_fma() {
+        // SAFETY: AVX2+FMA present; rows are in bounds (asserted above).
+        unsafe { fma::dot_rows(q, base, offs, out) };
+        return;
+    }
+    for (i, o) in out.iter_mut().enumerate().take(offs.len()) {
+        *o = dot(q, row(i));
+    }
+}
+
+/// `o = Σ_i p[i] · base[offs[i] .. offs[i] + o.len()]`, each element summed over `i` in
+/// order (fused multiply-add on AVX2+FMA). The attention's probability-weighted sum of
+/// value rows: `o` stays in registers across all rows, 64 columns at a time.
+pub(crate) fn weighted_rows(o: &mut [f32], p: &[f32], base: &[f32], offs: &[usize]) {
+    let hd = o.len();
+    assert!(offs.iter().all(|&f| f + hd <= base.len()) && p.len() >= offs.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_fma() {
+        // SAFETY: AVX2+FMA present; every row is in bounds (asserted above).
+        unsafe { fma::weighted_rows(o, p, base, offs) };
+        return;
+    }
+    o.fill(0.0);
+    for (i, &f) in offs.iter().enumerate() {
+        let pi = p[i];
+        for (ov, &v) in o.iter_mut().zip(&base[f..f + hd]) {
+            *ov += pi * v;
+        }
+    }
 }
 
 /// Row-major `out[i, j] = Σ_k x[i, k]·w[j, k]` for rows `rows` of `x` and columns
@@ -169,6 +202,66 @@ mod fma {
     use std::arch::x86_64::*;
 
     /// # Safety
+    /// AVX2 and FMA must be present; `offs[i] + q.len() <= base.len()` for every `i`, and
+    /// `out.len() >= offs.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_rows(q: &[f32], base: &[f32], offs: &[usize], out: &mut [f32]) {
+        let hd = q.len();
+        let row = |i: usize| base.get_unchecked(offs[i]..offs[i] + hd);
+        let mut i = 0;
+        while i + 4 <= offs.len() {
+            let r = block::<1, 4>(&[q], &[row(i), row(i + 1), row(i + 2), row(i + 3)], hd);
+            out[i..i + 4].copy_from_slice(&r[0]);
+            i += 4;
+        }
+        while i < offs.len() {
+            out[i] = block::<1, 1>(&[q], &[row(i)], hd)[0][0];
+            i += 1;
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be present; `offs[i] + o.len() <= base.len()` for every `i`, and
+    /// `p.len() >= offs.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_rows(o: &mut [f32], p: &[f32], base: &[f32], offs: &[usize]) {
+        const W: usize = 8; // vectors per pass: 64 columns
+        let hd = o.len();
+        let b = base.as_ptr();
+        let mut c = 0;
+        while c + W * L <= hd {
+            let mut acc = [_mm256_setzero_ps(); W];
+            for (i, &f) in offs.iter().enumerate() {
+                let pv = _mm256_set1_ps(*p.get_unchecked(i));
+                for (w, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(b.add(f + c + w * L)), *a);
+                }
+            }
+            for (w, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(o.as_mut_ptr().add(c + w * L), *a);
+            }
+            c += W * L;
+        }
+        while c + L <= hd {
+            let mut acc = _mm256_setzero_ps();
+            for (i, &f) in offs.iter().enumerate() {
+                let pv = _mm256_set1_ps(*p.get_unchecked(i));
+                acc = _mm256_fmadd_ps(pv, _mm256_loadu_ps(b.add(f + c)), acc);
+            }
+            _mm256_storeu_ps(o.as_mut_ptr().add(c), acc);
+            c += L;
+        }
+        while c < hd {
+            let mut acc = 0.0f32;
+            for (i, &f) in offs.iter().enumerate() {
+                acc = p[i].mul_add(base[f + c], acc);
+            }
+            o[c] = acc;
+            c += 1;
+        }
+    }
+
+    /// # Safety
     /// The CPU must support AVX2 and FMA, and every slice must hold at least `k` values.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn block<const R: usize, const C: usize>(
@@ -222,12 +315,37 @@ mod tests {
     }
 
     #[test]
-    fn dot4_equals_dot() {
-        let a = data(64, 9);
-        let b: Vec<Vec<f32>> = (0..4).map(|i| data(64, 10 + i)).collect();
-        let r = dot4(&a, &[&b[0], &b[1], &b[2], &b[3]]);
-        for i in 0..4 {
-            assert_eq!(r[i].to_bits(), dot(&a, &b[i]).to_bits());
+    fn weighted_rows_matches_f64_reference() {
+        for hd in [1, 8, 60, 64, 72, 128, 136] {
+            let base = data(10 * hd + 7, 5);
+            let offs: Vec<usize> = (0..9).map(|i| (i * 7 % 10) * hd).collect();
+            let p = data(9, 6);
+            let mut o = vec![f32::NAN; hd];
+            weighted_rows(&mut o, &p, &base, &offs);
+            for c in 0..hd {
+                let want: f64 = offs
+                    .iter()
+                    .zip(&p)
+                    .map(|(&f, &pi)| pi as f64 * base[f + c] as f64)
+                    .sum();
+                assert!(
+                    (o[c] as f64 - want).abs() < 1e-5,
+                    "hd {hd} col {c}: {} vs {want}",
+                    o[c]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dot_rows_equals_dot() {
+        let base = data(64 * 11, 7);
+        let q = data(64, 8);
+        let offs: Vec<usize> = (0..11).rev().map(|i| i * 64).collect();
+        let mut out = vec![0.0; 11];
+        dot_rows(&q, &base, &offs, &mut out);
+        for (i, &f) in offs.iter().enumerate() {
+            assert_eq!(out[i].to_bits(), dot(&q, &base[f..f + 64]).to_bits());
         }
     }
 
