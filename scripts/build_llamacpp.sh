@@ -21,18 +21,22 @@ if [ -x "$BIN/llama-server" ] && [ -x "$BIN/llama-quantize" ] && [ -f "$DIR/.bui
   exit 0
 fi
 
-# 1. The sdist's URL and sha256 from the index's JSON API. (`pip download` would build the
-#    package's metadata, which compiles llama.cpp once more; the JSON API does not.)
+# 1. The sdist's URL and sha256 from the index's JSON simple API (PEP 691). (`pip download`
+#    would build the package's metadata, which compiles llama.cpp once more.)
 sdist="$DIR/llama_cpp_python-$VERSION.tar.gz"
 if [ ! -f "$sdist" ]; then
-  meta="$(curl -sfL --retry 3 -m 60 "https://pypi.org/pypi/llama-cpp-python/$VERSION/json")"
+  index="https://pypi.org/simple/llama-cpp-python/"
+  meta="$(curl -sfL --retry 3 -m 120 -H 'Accept: application/vnd.pypi.simple.v1+json' "$index")" \
+    || { echo "cannot read $index" >&2; exit 1; }
   read -r url sha < <(python3 -c '
 import json, sys
 from urllib.parse import urljoin
+want = "llama_cpp_python-%s.tar.gz" % sys.argv[2]
 d = json.loads(sys.stdin.read())
-s = [u for u in d["urls"] if u["packagetype"] == "sdist"][0]
-print(urljoin(sys.argv[1], s["url"]), s["digests"]["sha256"])' \
-    "https://pypi.org/pypi/llama-cpp-python/$VERSION/json" <<<"$meta")
+f = [f for f in d["files"] if f["filename"] == want]
+if not f:
+    sys.exit("no %s on the index" % want)
+print(urljoin(sys.argv[1], f[0]["url"]), f[0]["hashes"]["sha256"])' "$index" "$VERSION" <<<"$meta")
   echo "downloading $url" >&2
   curl -sfL --retry 3 -m 900 -o "$sdist.part" "$url"
   echo "$sha  $sdist.part" | sha256sum -c --quiet - || { echo "sha256 mismatch for $url" >&2; exit 1; }

@@ -58,15 +58,7 @@ pub(crate) fn paged_attention(
                     simd::dot_rows(q(g), key_cache, offs, sc);
                 }
                 for (sc, og) in scores.chunks_exact_mut(n).zip(o.chunks_exact_mut(hd)) {
-                    let max = sc.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s * scale));
-                    let mut sum = 0.0f32;
-                    for s in sc.iter_mut() {
-                        *s = (*s * scale - max).exp();
-                        sum += *s;
-                    }
-                    for s in sc.iter_mut() {
-                        *s /= sum;
-                    }
+                    simd::softmax_scaled(sc, scale);
                     simd::weighted_rows(og, sc, value_cache, offs);
                 }
             },

@@ -59,6 +59,28 @@ pub(crate) fn dot_rows(q: &[f32], base: &[f32], offs: &[usize], out: &mut [f32])
     }
 }
 
+/// Softmax of `s · scale` in place: `s[i] = exp(s[i]·scale − max) / Σ`. On AVX2+FMA
+/// eight lanes at a time with a degree-6 polynomial `exp` (Cephes' expf: within 2 ulp of
+/// libm on the range used, and 0 for arguments below −87.3 where libm gives a
+/// subnormal); elsewhere with libm. Deterministic per row, whatever the batch.
+pub(crate) fn softmax_scaled(s: &mut [f32], scale: f32) {
+    let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+    #[cfg(target_arch = "x86_64")]
+    if has_fma() {
+        // SAFETY: AVX2+FMA present.
+        unsafe { fma::softmax_scaled(s, scale, max) };
+        return;
+    }
+    let mut sum = 0.0f32;
+    for v in s.iter_mut() {
+        *v = (*v * scale - max).exp();
+        sum += *v;
+    }
+    for v in s.iter_mut() {
+        *v /= sum;
+    }
+}
+
 /// `o = Σ_i p[i] · base[offs[i] .. offs[i] + o.len()]`, each element summed over `i` in
 /// order (fused multiply-add on AVX2+FMA). The attention's probability-weighted sum of
 /// value rows: `o` stays in registers across all rows, 64 columns at a time.
@@ -200,6 +222,79 @@ fn gemm_block<const R: usize, const C: usize>(x: &[&[f32]; R], w: &[&[f32]; C]) 
 mod fma {
     use super::{reduce8, L};
     use std::arch::x86_64::*;
+
+    /// e^x for eight lanes (Cephes' expf polynomial); 0 below −87.3, clamped above 88.3.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let lo = _mm256_set1_ps(-87.336_55);
+        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
+        let x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.376_26));
+        let fx = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
+        let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), x);
+        let mut y = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_2e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5.000_000_1e-1,
+        ] {
+            y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(c));
+        }
+        let y = _mm256_fmadd_ps(
+            y,
+            _mm256_mul_ps(x, x),
+            _mm256_add_ps(x, _mm256_set1_ps(1.0)),
+        );
+        let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(fx),
+            _mm256_set1_epi32(127),
+        ));
+        let r = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+        _mm256_andnot_ps(under, r)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be present.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn softmax_scaled(s: &mut [f32], scale: f32, max: f32) {
+        let n = s.len();
+        let full = n / L * L;
+        let (sc, mx) = (_mm256_set1_ps(scale), _mm256_set1_ps(max));
+        let mut acc = _mm256_setzero_ps();
+        let p = s.as_mut_ptr();
+        let mut i = 0;
+        while i < full {
+            let v = exp8(_mm256_fmsub_ps(_mm256_loadu_ps(p.add(i)), sc, mx));
+            _mm256_storeu_ps(p.add(i), v);
+            acc = _mm256_add_ps(acc, v);
+            i += L;
+        }
+        let mut lanes = [0.0f32; L];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        let mut sum = reduce8(lanes);
+        for v in &mut s[full..] {
+            let mut t = [0.0f32; L];
+            t[0] = *v * scale - max;
+            let mut e = [0.0f32; L];
+            _mm256_storeu_ps(e.as_mut_ptr(), exp8(_mm256_loadu_ps(t.as_ptr())));
+            *v = e[0];
+            sum += e[0];
+        }
+        let inv = _mm256_set1_ps(1.0 / sum);
+        let mut i = 0;
+        while i < full {
+            _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), inv));
+            i += L;
+        }
+        for v in &mut s[full..] {
+            *v /= sum;
+        }
+    }
 
     /// # Safety
     /// AVX2 and FMA must be present; `offs[i] + q.len() <= base.len()` for every `i`, and
@@ -346,6 +441,27 @@ mod tests {
         dot_rows(&q, &base, &offs, &mut out);
         for (i, &f) in offs.iter().enumerate() {
             assert_eq!(out[i].to_bits(), dot(&q, &base[f..f + 64]).to_bits());
+        }
+    }
+
+    #[test]
+    fn softmax_matches_f64_reference() {
+        for n in [1, 5, 8, 13, 100, 1000] {
+            let mut s: Vec<f32> = data(n, 11).iter().map(|v| v * 40.0).collect();
+            let want: Vec<f64> = {
+                let x: Vec<f64> = s.iter().map(|v| *v as f64 * 0.125).collect();
+                let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = x.iter().map(|v| (v - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                e.iter().map(|v| v / z).collect()
+            };
+            softmax_scaled(&mut s, 0.125);
+            for (g, w) in s.iter().zip(&want) {
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-6 * w.max(1e-30) + 1e-12,
+                    "n {n}: {g} vs {w}"
+                );
+            }
         }
     }
 
