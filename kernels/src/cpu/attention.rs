@@ -54,9 +54,8 @@ pub(crate) fn paged_attention(
                 // scores[g * n + i]: head g's score for position first + i.
                 scores.clear();
                 scores.resize(group * n, 0.0);
-                for (g, sc) in scores.chunks_exact_mut(n).enumerate() {
-                    simd::dot_rows(q(g), key_cache, offs, sc);
-                }
+                let qs: Vec<&[f32]> = (0..group).map(q).collect();
+                simd::scores(&qs, key_cache, offs, scores);
                 for (sc, og) in scores.chunks_exact_mut(n).zip(o.chunks_exact_mut(hd)) {
                     simd::softmax_scaled(sc, scale);
                     simd::weighted_rows(og, sc, value_cache, offs);

@@ -42,6 +42,25 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     gemm_block::<1, 1>(&[a], &[b])[0][0]
 }
 
+/// `out[g * n + i] = dot(qs[g], base[offs[i] ..])` for every query `g` and row `i`
+/// (`n = offs.len()`), bit for bit [`dot`]: the attention scores of a kv head's query
+/// heads, two queries by four keys per block so each key row is loaded once per pair.
+pub(crate) fn scores(qs: &[&[f32]], base: &[f32], offs: &[usize], out: &mut [f32]) {
+    let n = offs.len();
+    let hd = qs.first().map_or(0, |q| q.len());
+    assert!(qs.iter().all(|q| q.len() == hd) && offs.iter().all(|&f| f + hd <= base.len()));
+    assert!(out.len() >= qs.len() * n);
+    #[cfg(target_arch = "x86_64")]
+    if has_fma() {
+        // SAFETY: AVX2+FMA present; rows are in bounds (asserted above).
+        unsafe { fma::scores(qs, base, offs, out) };
+        return;
+    }
+    for (g, q) in qs.iter().enumerate() {
+        dot_rows(q, base, offs, &mut out[g * n..(g + 1) * n]);
+    }
+}
+
 /// `out[i] = dot(q, base[offs[i] .. offs[i] + q.len()])` for every `i`, bit for bit
 /// [`dot`], in one call (the attention's scores of one query against its keys).
 pub(crate) fn dot_rows(q: &[f32], base: &[f32], offs: &[usize], out: &mut [f32]) {
@@ -241,7 +260,7 @@ mod fma {
             8.333_452e-3,
             4.166_579_6e-2,
             1.666_666_5e-1,
-            5.000_000_1e-1,
+            0.5,
         ] {
             y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(c));
         }
@@ -293,6 +312,36 @@ mod fma {
         }
         for v in &mut s[full..] {
             *v /= sum;
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be present; the bounds asserted by `super::scores` hold.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores(qs: &[&[f32]], base: &[f32], offs: &[usize], out: &mut [f32]) {
+        let n = offs.len();
+        let hd = qs[0].len();
+        let row = |i: usize| base.get_unchecked(offs[i]..offs[i] + hd);
+        let mut g = 0;
+        while g + 2 <= qs.len() {
+            let q = [qs[g], qs[g + 1]];
+            let mut i = 0;
+            while i + 4 <= n {
+                let r = block::<2, 4>(&q, &[row(i), row(i + 1), row(i + 2), row(i + 3)], hd);
+                out[g * n + i..g * n + i + 4].copy_from_slice(&r[0]);
+                out[(g + 1) * n + i..(g + 1) * n + i + 4].copy_from_slice(&r[1]);
+                i += 4;
+            }
+            while i < n {
+                let r = block::<2, 1>(&q, &[row(i)], hd);
+                out[g * n + i] = r[0][0];
+                out[(g + 1) * n + i] = r[1][0];
+                i += 1;
+            }
+            g += 2;
+        }
+        if g < qs.len() {
+            dot_rows(qs[g], base, offs, &mut out[g * n..(g + 1) * n]);
         }
     }
 
@@ -428,6 +477,26 @@ mod tests {
                     "hd {hd} col {c}: {} vs {want}",
                     o[c]
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn scores_equal_dot_for_any_number_of_queries() {
+        let base = data(64 * 11, 7);
+        let offs: Vec<usize> = (0..11).rev().map(|i| i * 64).collect();
+        for nq in 1..=5 {
+            let qv: Vec<Vec<f32>> = (0..nq).map(|g| data(64, 20 + g as u32)).collect();
+            let qs: Vec<&[f32]> = qv.iter().map(|q| q.as_slice()).collect();
+            let mut out = vec![f32::NAN; nq * 11];
+            scores(&qs, &base, &offs, &mut out);
+            for g in 0..nq {
+                for (i, &f) in offs.iter().enumerate() {
+                    assert_eq!(
+                        out[g * 11 + i].to_bits(),
+                        dot(qs[g], &base[f..f + 64]).to_bits()
+                    );
+                }
             }
         }
     }
