@@ -41,10 +41,9 @@ pub(crate) fn paged_attention(
                     _ => 0,
                 };
                 let n = pos + 1 - first;
-                let q = |g: usize| {
-                    let h = kv_head * group + g;
-                    &qkv[row * row_stride + h * hd..row * row_stride + (h + 1) * hd]
-                };
+                // The kv head's query heads are adjacent in the row: [group * hd].
+                let q0 = row * row_stride + kv_head * group * hd;
+                let qs = &qkv[q0..q0 + group * hd];
                 // Each position's slot offset, shared by its key and value rows.
                 offs.clear();
                 offs.extend((first..=pos).map(|t| {
@@ -54,8 +53,7 @@ pub(crate) fn paged_attention(
                 // scores[g * n + i]: head g's score for position first + i.
                 scores.clear();
                 scores.resize(group * n, 0.0);
-                let qs: Vec<&[f32]> = (0..group).map(q).collect();
-                simd::scores(&qs, key_cache, offs, scores);
+                simd::scores(qs, hd, key_cache, offs, scores);
                 for (sc, og) in scores.chunks_exact_mut(n).zip(o.chunks_exact_mut(hd)) {
                     simd::softmax_scaled(sc, scale);
                     simd::weighted_rows(og, sc, value_cache, offs);

@@ -42,21 +42,21 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     gemm_block::<1, 1>(&[a], &[b])[0][0]
 }
 
-/// `out[g * n + i] = dot(qs[g], base[offs[i] ..])` for every query `g` and row `i`
-/// (`n = offs.len()`), bit for bit [`dot`]: the attention scores of a kv head's query
-/// heads, two queries by four keys per block so each key row is loaded once per pair.
-pub(crate) fn scores(qs: &[&[f32]], base: &[f32], offs: &[usize], out: &mut [f32]) {
+/// `out[g * n + i] = dot(q_g, base[offs[i] ..])` for every query `q_g` (the `hd`-long
+/// chunks of `qs`) and row `i` (`n = offs.len()`), bit for bit [`dot`]: the attention
+/// scores of a kv head's query heads, two queries by four keys per block so each key
+/// row is loaded once per pair.
+pub(crate) fn scores(qs: &[f32], hd: usize, base: &[f32], offs: &[usize], out: &mut [f32]) {
     let n = offs.len();
-    let hd = qs.first().map_or(0, |q| q.len());
-    assert!(qs.iter().all(|q| q.len() == hd) && offs.iter().all(|&f| f + hd <= base.len()));
-    assert!(out.len() >= qs.len() * n);
+    assert!(hd > 0 && qs.len().is_multiple_of(hd));
+    assert!(offs.iter().all(|&f| f + hd <= base.len()) && out.len() >= qs.len() / hd * n);
     #[cfg(target_arch = "x86_64")]
     if has_fma() {
         // SAFETY: AVX2+FMA present; rows are in bounds (asserted above).
-        unsafe { fma::scores(qs, base, offs, out) };
+        unsafe { fma::scores(qs, hd, base, offs, out) };
         return;
     }
-    for (g, q) in qs.iter().enumerate() {
+    for (g, q) in qs.chunks_exact(hd).enumerate() {
         dot_rows(q, base, offs, &mut out[g * n..(g + 1) * n]);
     }
 }
@@ -318,13 +318,20 @@ mod fma {
     /// # Safety
     /// AVX2 and FMA must be present; the bounds asserted by `super::scores` hold.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores(qs: &[&[f32]], base: &[f32], offs: &[usize], out: &mut [f32]) {
+    pub(super) unsafe fn scores(
+        qs: &[f32],
+        hd: usize,
+        base: &[f32],
+        offs: &[usize],
+        out: &mut [f32],
+    ) {
         let n = offs.len();
-        let hd = qs[0].len();
+        let nq = qs.len() / hd;
+        let qh = |g: usize| &qs[g * hd..(g + 1) * hd];
         let row = |i: usize| base.get_unchecked(offs[i]..offs[i] + hd);
         let mut g = 0;
-        while g + 2 <= qs.len() {
-            let q = [qs[g], qs[g + 1]];
+        while g + 2 <= nq {
+            let q = [qh(g), qh(g + 1)];
             let mut i = 0;
             while i + 4 <= n {
                 let r = block::<2, 4>(&q, &[row(i), row(i + 1), row(i + 2), row(i + 3)], hd);
@@ -340,8 +347,8 @@ mod fma {
             }
             g += 2;
         }
-        if g < qs.len() {
-            dot_rows(qs[g], base, offs, &mut out[g * n..(g + 1) * n]);
+        if g < nq {
+            dot_rows(qh(g), base, offs, &mut out[g * n..(g + 1) * n]);
         }
     }
 
@@ -486,15 +493,15 @@ mod tests {
         let base = data(64 * 11, 7);
         let offs: Vec<usize> = (0..11).rev().map(|i| i * 64).collect();
         for nq in 1..=5 {
-            let qv: Vec<Vec<f32>> = (0..nq).map(|g| data(64, 20 + g as u32)).collect();
-            let qs: Vec<&[f32]> = qv.iter().map(|q| q.as_slice()).collect();
+            let qs = data(64 * nq, 20 + nq as u32);
             let mut out = vec![f32::NAN; nq * 11];
-            scores(&qs, &base, &offs, &mut out);
+            scores(&qs, 64, &base, &offs, &mut out);
             for g in 0..nq {
+                let q = &qs[g * 64..(g + 1) * 64];
                 for (i, &f) in offs.iter().enumerate() {
                     assert_eq!(
                         out[g * 11 + i].to_bits(),
-                        dot(qs[g], &base[f..f + 64]).to_bits()
+                        dot(q, &base[f..f + 64]).to_bits()
                     );
                 }
             }
