@@ -42,22 +42,59 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     gemm_block::<1, 1>(&[a], &[b])[0][0]
 }
 
-/// `out[g * n + i] = dot(q_g, base[offs[i] ..])` for every query `q_g` (the `hd`-long
-/// chunks of `qs`) and row `i` (`n = offs.len()`), bit for bit [`dot`]: the attention
-/// scores of a kv head's query heads, two queries by four keys per block so each key
-/// row is loaded once per pair.
-pub(crate) fn scores(qs: &[f32], hd: usize, base: &[f32], offs: &[usize], out: &mut [f32]) {
-    let n = offs.len();
-    assert!(hd > 0 && qs.len().is_multiple_of(hd));
-    assert!(offs.iter().all(|&f| f + hd <= base.len()) && out.len() >= qs.len() / hd * n);
+/// A set of query vectors of `hd` values: query `g` is head `g % per_row` of row
+/// `g / per_row`, at `data[(g / per_row) * stride + (g % per_row) * hd..][..hd]` (the
+/// query heads of one kv head, for a block of consecutive tokens).
+#[derive(Clone, Copy)]
+pub(crate) struct Queries<'a> {
+    data: &'a [f32],
+    stride: usize,
+    per_row: usize,
+    hd: usize,
+    len: usize,
+}
+
+impl<'a> Queries<'a> {
+    /// Panics if a query falls outside `data`.
+    pub(crate) fn new(
+        data: &'a [f32],
+        stride: usize,
+        per_row: usize,
+        hd: usize,
+        rows: usize,
+    ) -> Self {
+        assert!(hd > 0 && per_row > 0);
+        assert!(rows == 0 || (rows - 1) * stride + per_row * hd <= data.len());
+        Queries {
+            data,
+            stride,
+            per_row,
+            hd,
+            len: rows * per_row,
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, g: usize) -> &'a [f32] {
+        let at = (g / self.per_row) * self.stride + (g % self.per_row) * self.hd;
+        &self.data[at..at + self.hd]
+    }
+}
+
+/// `out[g * n + i] = dot(q_g, base[offs[i] ..])` for every query `q_g` and key row `i`
+/// (`n = offs.len()`), bit for bit [`dot`]: the attention scores of a block of queries,
+/// three queries by four keys per micro-kernel so each key row is loaded once per three.
+pub(crate) fn scores(qs: Queries<'_>, base: &[f32], offs: &[usize], out: &mut [f32]) {
+    let (n, hd) = (offs.len(), qs.hd);
+    assert!(offs.iter().all(|&f| f + hd <= base.len()) && out.len() >= qs.len * n);
     #[cfg(target_arch = "x86_64")]
     if has_fma() {
         // SAFETY: AVX2+FMA present; rows are in bounds (asserted above).
-        unsafe { fma::scores(qs, hd, base, offs, out) };
+        unsafe { fma::scores(qs, base, offs, out) };
         return;
     }
-    for (g, q) in qs.chunks_exact(hd).enumerate() {
-        dot_rows(q, base, offs, &mut out[g * n..(g + 1) * n]);
+    for g in 0..qs.len {
+        dot_rows(qs.get(g), base, offs, &mut out[g * n..(g + 1) * n]);
     }
 }
 
@@ -100,23 +137,36 @@ pub(crate) fn softmax_scaled(s: &mut [f32], scale: f32) {
     }
 }
 
-/// `o = Σ_i p[i] · base[offs[i] .. offs[i] + o.len()]`, each element summed over `i` in
-/// order (fused multiply-add on AVX2+FMA). The attention's probability-weighted sum of
-/// value rows: `o` stays in registers across all rows, 64 columns at a time.
-pub(crate) fn weighted_rows(o: &mut [f32], p: &[f32], base: &[f32], offs: &[usize]) {
-    let hd = o.len();
-    assert!(offs.iter().all(|&f| f + hd <= base.len()) && p.len() >= offs.len());
+/// For each head `g` of `o` (`heads` runs of `hd` values):
+/// `o_g = Σ_i p[g * ps + i] · base[offs[i] .. offs[i] + hd]`, each element summed over
+/// `i` in order (fused multiply-add on AVX2+FMA), whatever the number of heads. The
+/// attention's probability-weighted sum of value rows for the query heads of one kv
+/// head: each value row is loaded once for all of them and the sums stay in registers.
+pub(crate) fn weighted_rows(
+    o: &mut [f32],
+    hd: usize,
+    p: &[f32],
+    ps: usize,
+    base: &[f32],
+    offs: &[usize],
+) {
+    assert!(hd > 0 && o.len().is_multiple_of(hd));
+    let heads = o.len() / hd;
+    assert!(offs.iter().all(|&f| f + hd <= base.len()));
+    assert!(heads == 0 || (heads - 1) * ps + offs.len() <= p.len());
     #[cfg(target_arch = "x86_64")]
     if has_fma() {
         // SAFETY: AVX2+FMA present; every row is in bounds (asserted above).
-        unsafe { fma::weighted_rows(o, p, base, offs) };
+        unsafe { fma::weighted_rows(o, hd, p, ps, base, offs) };
         return;
     }
-    o.fill(0.0);
-    for (i, &f) in offs.iter().enumerate() {
-        let pi = p[i];
-        for (ov, &v) in o.iter_mut().zip(&base[f..f + hd]) {
-            *ov += pi * v;
+    for (g, og) in o.chunks_exact_mut(hd).enumerate() {
+        og.fill(0.0);
+        for (i, &f) in offs.iter().enumerate() {
+            let pi = p[g * ps + i];
+            for (ov, &v) in og.iter_mut().zip(&base[f..f + hd]) {
+                *ov += pi * v;
+            }
         }
     }
 }
@@ -239,7 +289,7 @@ fn gemm_block<const R: usize, const C: usize>(x: &[&[f32]; R], w: &[&[f32]; C]) 
 
 #[cfg(target_arch = "x86_64")]
 mod fma {
-    use super::{reduce8, L};
+    use super::{reduce8, Queries, L};
     use std::arch::x86_64::*;
 
     /// e^x for eight lanes (Cephes' expf polynomial); 0 below −87.3, clamped above 88.3.
@@ -318,37 +368,41 @@ mod fma {
     /// # Safety
     /// AVX2 and FMA must be present; the bounds asserted by `super::scores` hold.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores(
-        qs: &[f32],
-        hd: usize,
-        base: &[f32],
-        offs: &[usize],
-        out: &mut [f32],
-    ) {
-        let n = offs.len();
-        let nq = qs.len() / hd;
-        let qh = |g: usize| &qs[g * hd..(g + 1) * hd];
+    pub(super) unsafe fn scores(qs: Queries<'_>, base: &[f32], offs: &[usize], out: &mut [f32]) {
+        let (n, hd) = (offs.len(), qs.hd);
         let row = |i: usize| base.get_unchecked(offs[i]..offs[i] + hd);
-        let mut g = 0;
-        while g + 2 <= nq {
-            let q = [qh(g), qh(g + 1)];
-            let mut i = 0;
-            while i + 4 <= n {
-                let r = block::<2, 4>(&q, &[row(i), row(i + 1), row(i + 2), row(i + 3)], hd);
-                out[g * n + i..g * n + i + 4].copy_from_slice(&r[0]);
-                out[(g + 1) * n + i..(g + 1) * n + i + 4].copy_from_slice(&r[1]);
-                i += 4;
-            }
-            while i < n {
-                let r = block::<2, 1>(&q, &[row(i)], hd);
-                out[g * n + i] = r[0][0];
-                out[(g + 1) * n + i] = r[1][0];
-                i += 1;
-            }
-            g += 2;
+        let o = out.as_mut_ptr();
+        // R queries from g against every key: R×4 micro-kernels, then R×1 for the rest.
+        macro_rules! run {
+            ($r:literal, $g:expr) => {{
+                let g = $g;
+                let q: [&[f32]; $r] = std::array::from_fn(|j| qs.get(g + j));
+                let mut i = 0;
+                while i + 4 <= n {
+                    let v = block::<$r, 4>(&q, &[row(i), row(i + 1), row(i + 2), row(i + 3)], hd);
+                    for (j, vr) in v.iter().enumerate() {
+                        std::ptr::copy_nonoverlapping(vr.as_ptr(), o.add((g + j) * n + i), 4);
+                    }
+                    i += 4;
+                }
+                while i < n {
+                    let v = block::<$r, 1>(&q, &[row(i)], hd);
+                    for (j, vr) in v.iter().enumerate() {
+                        *o.add((g + j) * n + i) = vr[0];
+                    }
+                    i += 1;
+                }
+            }};
         }
-        if g < nq {
-            dot_rows(qh(g), base, offs, &mut out[g * n..(g + 1) * n]);
+        let mut g = 0;
+        while g + 3 <= qs.len {
+            run!(3, g);
+            g += 3;
+        }
+        match qs.len - g {
+            2 => run!(2, g),
+            1 => run!(1, g),
+            _ => {}
         }
     }
 
@@ -372,42 +426,87 @@ mod fma {
     }
 
     /// # Safety
-    /// AVX2 and FMA must be present; `offs[i] + o.len() <= base.len()` for every `i`, and
-    /// `p.len() >= offs.len()`.
+    /// AVX2 and FMA must be present; the bounds asserted by `super::weighted_rows` hold.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_rows(o: &mut [f32], p: &[f32], base: &[f32], offs: &[usize]) {
-        const W: usize = 8; // vectors per pass: 64 columns
-        let hd = o.len();
+    pub(super) unsafe fn weighted_rows(
+        o: &mut [f32],
+        hd: usize,
+        p: &[f32],
+        ps: usize,
+        base: &[f32],
+        offs: &[usize],
+    ) {
+        let heads = o.len() / hd;
+        let mut g = 0;
+        // Up to 12 accumulators: G heads by W vectors of columns.
+        while g < heads {
+            match heads - g {
+                1 => weighted_pass::<1, 8>(o, hd, p, ps, base, offs, g),
+                2 => weighted_pass::<2, 4>(o, hd, p, ps, base, offs, g),
+                _ => weighted_pass::<3, 4>(o, hd, p, ps, base, offs, g),
+            }
+            g += (heads - g).min(3);
+        }
+    }
+
+    /// Heads `g0..g0 + G` of [`weighted_rows`]: W vectors of columns at a time, then one,
+    /// then the scalar tail. Each element's sum is the same sequence of fused
+    /// multiply-adds over `i` whatever G and W are.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn weighted_pass<const G: usize, const W: usize>(
+        o: &mut [f32],
+        hd: usize,
+        p: &[f32],
+        ps: usize,
+        base: &[f32],
+        offs: &[usize],
+        g0: usize,
+    ) {
         let b = base.as_ptr();
+        let pr: [*const f32; G] = std::array::from_fn(|g| p.as_ptr().add((g0 + g) * ps));
+        let out: [*mut f32; G] = std::array::from_fn(|g| o.as_mut_ptr().add((g0 + g) * hd));
         let mut c = 0;
         while c + W * L <= hd {
-            let mut acc = [_mm256_setzero_ps(); W];
+            let mut acc = [[_mm256_setzero_ps(); W]; G];
             for (i, &f) in offs.iter().enumerate() {
-                let pv = _mm256_set1_ps(*p.get_unchecked(i));
-                for (w, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(b.add(f + c + w * L)), *a);
+                let v: [__m256; W] = std::array::from_fn(|w| _mm256_loadu_ps(b.add(f + c + w * L)));
+                for g in 0..G {
+                    let pv = _mm256_set1_ps(*pr[g].add(i));
+                    for w in 0..W {
+                        acc[g][w] = _mm256_fmadd_ps(pv, v[w], acc[g][w]);
+                    }
                 }
             }
-            for (w, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(o.as_mut_ptr().add(c + w * L), *a);
+            for g in 0..G {
+                for w in 0..W {
+                    _mm256_storeu_ps(out[g].add(c + w * L), acc[g][w]);
+                }
             }
             c += W * L;
         }
         while c + L <= hd {
-            let mut acc = _mm256_setzero_ps();
+            let mut acc = [_mm256_setzero_ps(); G];
             for (i, &f) in offs.iter().enumerate() {
-                let pv = _mm256_set1_ps(*p.get_unchecked(i));
-                acc = _mm256_fmadd_ps(pv, _mm256_loadu_ps(b.add(f + c)), acc);
+                let v = _mm256_loadu_ps(b.add(f + c));
+                for g in 0..G {
+                    acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(*pr[g].add(i)), v, acc[g]);
+                }
             }
-            _mm256_storeu_ps(o.as_mut_ptr().add(c), acc);
+            for g in 0..G {
+                _mm256_storeu_ps(out[g].add(c), acc[g]);
+            }
             c += L;
         }
         while c < hd {
-            let mut acc = 0.0f32;
-            for (i, &f) in offs.iter().enumerate() {
-                acc = p[i].mul_add(base[f + c], acc);
+            for g in 0..G {
+                let mut acc = 0.0f32;
+                for (i, &f) in offs.iter().enumerate() {
+                    acc = (*pr[g].add(i)).mul_add(*b.add(f + c), acc);
+                }
+                *out[g].add(c) = acc;
             }
-            o[c] = acc;
             c += 1;
         }
     }
@@ -437,18 +536,61 @@ mod fma {
             p += L;
         }
         let mut out = [[0.0f32; C]; R];
-        for r in 0..R {
-            for c in 0..C {
-                let mut lanes = [0.0f32; L];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][c]);
-                let mut s = reduce8(lanes);
-                for q in full..k {
-                    s += x[r][q] * w[c][q];
+        // `acc` and `out` are both R×C row-major: reduce them as flat arrays.
+        let flat = std::slice::from_raw_parts(acc.as_ptr().cast::<__m256>(), R * C);
+        reduce_lanes(flat, out.as_mut_ptr().cast::<f32>());
+        if full < k {
+            for r in 0..R {
+                for c in 0..C {
+                    for q in full..k {
+                        out[r][c] += x[r][q] * w[c][q];
+                    }
                 }
-                out[r][c] = s;
             }
         }
         out
+    }
+
+    /// `out[i] = reduce8(lanes of v[i])` for every `i`, eight (then four) vectors at a
+    /// time with shuffles and horizontal adds that pair the lanes exactly as `reduce8`
+    /// does, so the sums are bit for bit the scalar ones. With `k = 64` (an attention
+    /// head) the scalar sums cost as much as the multiply-adds.
+    ///
+    /// # Safety
+    /// AVX2 must be present and `out` valid for `v.len()` writes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn reduce_lanes(v: &[__m256], out: *mut f32) {
+        let mut i = 0;
+        while i + 8 <= v.len() {
+            // (lo(v_a) + hi(v_a) | lo(v_b) + hi(v_b)): lanes (v0+v4, v1+v5, v2+v6, v3+v7).
+            let half = |a: __m256, b: __m256| {
+                _mm256_add_ps(
+                    _mm256_permute2f128_ps::<0x20>(a, b),
+                    _mm256_permute2f128_ps::<0x31>(a, b),
+                )
+            };
+            let (a04, a15) = (half(v[i], v[i + 4]), half(v[i + 1], v[i + 5]));
+            let (a26, a37) = (half(v[i + 2], v[i + 6]), half(v[i + 3], v[i + 7]));
+            // hadd pairs within each 128-bit half: ((a0+a1) + (a2+a3)) per vector.
+            let s = _mm256_hadd_ps(_mm256_hadd_ps(a04, a15), _mm256_hadd_ps(a26, a37));
+            _mm256_storeu_ps(out.add(i), s);
+            i += 8;
+        }
+        if i + 4 <= v.len() {
+            let half =
+                |a: __m256| _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+            let (a0, a1, a2, a3) = (half(v[i]), half(v[i + 1]), half(v[i + 2]), half(v[i + 3]));
+            let s = _mm_hadd_ps(_mm_hadd_ps(a0, a1), _mm_hadd_ps(a2, a3));
+            _mm_storeu_ps(out.add(i), s);
+            i += 4;
+        }
+        while i < v.len() {
+            let mut lanes = [0.0f32; L];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), v[i]);
+            *out.add(i) = reduce8(lanes);
+            i += 1;
+        }
     }
 }
 
@@ -468,23 +610,47 @@ mod tests {
     #[test]
     fn weighted_rows_matches_f64_reference() {
         for hd in [1, 8, 60, 64, 72, 128, 136] {
-            let base = data(10 * hd + 7, 5);
-            let offs: Vec<usize> = (0..9).map(|i| (i * 7 % 10) * hd).collect();
-            let p = data(9, 6);
-            let mut o = vec![f32::NAN; hd];
-            weighted_rows(&mut o, &p, &base, &offs);
-            for c in 0..hd {
-                let want: f64 = offs
-                    .iter()
-                    .zip(&p)
-                    .map(|(&f, &pi)| pi as f64 * base[f + c] as f64)
-                    .sum();
-                assert!(
-                    (o[c] as f64 - want).abs() < 1e-5,
-                    "hd {hd} col {c}: {} vs {want}",
-                    o[c]
-                );
+            for heads in 1..=5 {
+                let base = data(10 * hd + 7, 5);
+                let offs: Vec<usize> = (0..9).map(|i| (i * 7 % 10) * hd).collect();
+                let ps = 11;
+                let p = data(heads * ps, 6);
+                let mut o = vec![f32::NAN; heads * hd];
+                weighted_rows(&mut o, hd, &p, ps, &base, &offs);
+                for g in 0..heads {
+                    for c in 0..hd {
+                        let want: f64 = offs
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &f)| p[g * ps + i] as f64 * base[f + c] as f64)
+                            .sum();
+                        let got = o[g * hd + c] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "hd {hd} head {g} col {c}: {got} vs {want}"
+                        );
+                    }
+                }
             }
+        }
+    }
+
+    /// Each head's sums are the same bits whether it is computed alone or with others.
+    #[test]
+    fn weighted_rows_is_the_same_for_any_number_of_heads() {
+        let hd = 64;
+        let base = data(40 * hd, 9);
+        let offs: Vec<usize> = (0..37).map(|i| (i * 11 % 40) * hd).collect();
+        let p = data(5 * 37, 10);
+        let mut all = vec![0.0; 5 * hd];
+        weighted_rows(&mut all, hd, &p, 37, &base, &offs);
+        for g in 0..5 {
+            let mut one = vec![0.0; hd];
+            weighted_rows(&mut one, hd, &p[g * 37..], 37, &base, &offs);
+            assert!(one
+                .iter()
+                .zip(&all[g * hd..])
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
         }
     }
 
@@ -492,12 +658,26 @@ mod tests {
     fn scores_equal_dot_for_any_number_of_queries() {
         let base = data(64 * 11, 7);
         let offs: Vec<usize> = (0..11).rev().map(|i| i * 64).collect();
-        for nq in 1..=5 {
-            let qs = data(64 * nq, 20 + nq as u32);
+        // (rows, heads per row): 1 to 12 queries, contiguous or strided by rows.
+        for (rows, per_row) in [
+            (1, 1),
+            (1, 2),
+            (1, 3),
+            (1, 4),
+            (1, 5),
+            (2, 3),
+            (4, 3),
+            (3, 1),
+        ] {
+            let stride = per_row * 64 + 40;
+            let qdata = data(stride * rows, 20 + per_row as u32);
+            let qs = Queries::new(&qdata, stride, per_row, 64, rows);
+            let nq = rows * per_row;
             let mut out = vec![f32::NAN; nq * 11];
-            scores(&qs, 64, &base, &offs, &mut out);
+            scores(qs, &base, &offs, &mut out);
             for g in 0..nq {
-                let q = &qs[g * 64..(g + 1) * 64];
+                let at = (g / per_row) * stride + (g % per_row) * 64;
+                let q = &qdata[at..at + 64];
                 for (i, &f) in offs.iter().enumerate() {
                     assert_eq!(
                         out[g * 11 + i].to_bits(),
