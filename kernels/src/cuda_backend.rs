@@ -107,6 +107,17 @@ impl Device for CudaDevice {
         self.stream.synchronize().map_err(dev)
     }
 
+    unsafe fn copy(
+        &self,
+        src: &CudaSlice<u8>,
+        dst: &mut CudaSlice<u8>,
+        bytes: usize,
+    ) -> Result<()> {
+        self.stream
+            .memcpy_dtod(&src.slice(..bytes), &mut dst.slice_mut(..bytes))
+            .map_err(dev)
+    }
+
     fn ptr(&self, m: &CudaSlice<u8>) -> u64 {
         m.device_ptr(&self.stream).0
     }

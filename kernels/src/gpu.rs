@@ -144,6 +144,11 @@ pub trait Device: Send + Sync + Sized + 'static {
     /// # Safety
     /// The addresses must be live allocations of at least those sizes.
     unsafe fn gemm_bt(&self, dtype: Dtype, g: Gemm) -> Result<()>;
+    /// Queues a device-to-device copy of the first `bytes` bytes of `src` into `dst`.
+    ///
+    /// # Safety
+    /// Both allocations must hold at least `bytes` bytes.
+    unsafe fn copy(&self, src: &Self::Mem, dst: &mut Self::Mem, bytes: usize) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
     /// Free and total device memory in bytes.
     fn mem_info(&self) -> Result<(usize, usize)>;
@@ -354,6 +359,23 @@ impl<D: Device> GpuBackend<D> {
 
     pub fn synchronize(&self) -> Result<()> {
         self.dev.synchronize()
+    }
+
+    /// Device-to-device copy bandwidth over `bytes` (bytes read + written per second),
+    /// best of five: the memory-bandwidth bound that decode is measured against.
+    pub fn copy_bandwidth(&self, bytes: usize) -> Result<f64> {
+        let src = self.dev.alloc_zeros(bytes)?;
+        let mut dst = self.dev.alloc_zeros(bytes)?;
+        let mut best = 0f64;
+        for _ in 0..5 {
+            self.dev.synchronize()?;
+            let t = std::time::Instant::now();
+            // SAFETY: both allocations hold `bytes` bytes.
+            unsafe { self.dev.copy(&src, &mut dst, bytes)? };
+            self.dev.synchronize()?;
+            best = best.max(2.0 * bytes as f64 / t.elapsed().as_secs_f64());
+        }
+        Ok(best)
     }
 
     pub fn mem_info(&self) -> Result<(usize, usize)> {

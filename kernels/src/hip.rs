@@ -33,6 +33,7 @@ struct Api {
     hipDeviceGetAttribute: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> HipError,
     hipMemcpyHtoD: unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> HipError,
     hipMemcpyDtoH: unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> HipError,
+    hipMemcpyDtoD: unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> HipError,
     hipModuleLoadData: unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> HipError,
     hipModuleGetFunction:
         unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const c_char) -> HipError,
@@ -129,6 +130,7 @@ impl Hip {
             hipDeviceGetAttribute: sym!(libs, hipDeviceGetAttribute),
             hipMemcpyHtoD: sym!(libs, hipMemcpyHtoD),
             hipMemcpyDtoH: sym!(libs, hipMemcpyDtoH),
+            hipMemcpyDtoD: sym!(libs, hipMemcpyDtoD),
             hipModuleLoadData: sym!(libs, hipModuleLoadData),
             hipModuleGetFunction: sym!(libs, hipModuleGetFunction),
             hipModuleLaunchKernel: sym!(libs, hipModuleLaunchKernel),
@@ -330,6 +332,17 @@ impl Hip {
             "hipMemcpyDtoH",
             (self.api.hipMemcpyDtoH)(dst.as_mut_ptr() as *mut c_void, src, dst.len()),
         )
+    }
+
+    /// # Safety
+    /// `dst` and `src` must be device allocations of at least `bytes` bytes.
+    pub unsafe fn copy_on_device(
+        &self,
+        dst: *mut c_void,
+        src: *const c_void,
+        bytes: usize,
+    ) -> Result<()> {
+        self.check("hipMemcpyDtoD", (self.api.hipMemcpyDtoD)(dst, src, bytes))
     }
 
     /// Free and total memory of the current device, in bytes.

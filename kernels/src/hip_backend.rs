@@ -306,6 +306,12 @@ impl Device for HipDevice {
         unsafe { self.hip.copy_to_host(out, m.ptr) }
     }
 
+    unsafe fn copy(&self, src: &HipMem, dst: &mut HipMem, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: both hold at least `bytes` bytes (the caller's contract).
+        unsafe { self.hip.copy_on_device(dst.ptr, src.ptr, bytes) }
+    }
+
     fn ptr(&self, m: &HipMem) -> u64 {
         m.ptr as u64
     }

@@ -49,18 +49,6 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    /// Commands that run on the CPU only (for now) refuse another `--device` rather
-    /// than ignoring it.
-    pub fn require_cpu(&self, command: &str) -> Result<()> {
-        if self.device != "cpu" {
-            bail!(
-                "{command} runs on the CPU only for now; --device {} works with `novastack serve`",
-                self.device
-            );
-        }
-        Ok(())
-    }
-
     /// The per-step token budget: the flag, else 512 on the CPU and 2048 on a GPU.
     pub fn token_budget(&self) -> usize {
         self.max_num_batched_tokens
@@ -93,6 +81,20 @@ impl EngineArgs {
     pub fn build<B: Backend>(&self, model: Llama<B>, eos: Vec<u32>) -> Result<Engine<B>> {
         let per_block = model.kv_bytes_per_token() * self.block_size.max(1);
         self.build_with_blocks(model, eos, (self.kv_cache_mb << 20) / per_block.max(1))
+    }
+
+    /// [`EngineArgs::build_with_blocks`] when the device sized the KV cache
+    /// (`crate::device::ModelJob`), else [`EngineArgs::build`].
+    pub fn build_for<B: Backend>(
+        &self,
+        model: Llama<B>,
+        eos: Vec<u32>,
+        kv_blocks: Option<usize>,
+    ) -> Result<Engine<B>> {
+        match kv_blocks {
+            Some(n) => self.build_with_blocks(model, eos, n),
+            None => self.build(model, eos),
+        }
     }
 
     /// Like [`EngineArgs::build`] with the KV cache size given in blocks (GPU sizing).

@@ -3,8 +3,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use novastack_engine::{generate, GenerateParams, SamplingParams};
-use novastack_kernels::CpuBackend;
-use novastack_models::{load_model, IncrementalDecoder};
+use novastack_kernels::Backend;
+use novastack_models::{IncrementalDecoder, LoadedModel};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
@@ -55,13 +55,26 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    args.engine.require_cpu("generate")?;
     let path = crate::default_model::resolve(args.model.as_deref())?;
-    let lm = load_model(&path, CpuBackend::new())
-        .with_context(|| format!("cannot load model from {}", path.display()))?;
-    if let Some(file) = &args.prompts_file {
-        return run_file(&args, file, lm);
+    crate::device::with_model(&path, &args.engine, Job { args: &args })
+}
+
+/// `generate` on whatever device `--device` loaded the model on.
+struct Job<'a> {
+    args: &'a GenerateArgs,
+}
+
+impl crate::device::ModelJob for Job<'_> {
+    type Output = ();
+    fn run<B: Backend + 'static>(self, lm: LoadedModel<B>, kv_blocks: Option<usize>) -> Result<()> {
+        match &self.args.prompts_file {
+            Some(file) => run_file(self.args, file, lm, kv_blocks),
+            None => run_one(self.args, lm),
+        }
     }
+}
+
+fn run_one<B: Backend>(args: &GenerateArgs, lm: LoadedModel<B>) -> Result<()> {
     let tok = &lm.tokenizer;
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (Some(text), _) if args.chat => {
@@ -189,15 +202,18 @@ fn line_job(
     ))
 }
 
-fn run_file(
+fn run_file<B: Backend>(
     args: &GenerateArgs,
     file: &std::path::Path,
-    lm: novastack_models::LoadedModel<CpuBackend>,
+    lm: LoadedModel<B>,
+    kv_blocks: Option<usize>,
 ) -> Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let tok = lm.tokenizer;
-    let mut engine = args.engine.build(lm.model, tok.eos_token_ids().to_vec())?;
+    let mut engine = args
+        .engine
+        .build_for(lm.model, tok.eos_token_ids().to_vec(), kv_blocks)?;
     // Lines that fail to parse get an error result in their place; the rest run together.
     let mut jobs = Vec::new();
     let mut slots: Vec<std::result::Result<usize, String>> = Vec::new();

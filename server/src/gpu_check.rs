@@ -1,14 +1,14 @@
-//! `novastack gpu-check` (feature `cuda`): every GPU op against the CPU oracle on random
-//! inputs of several shapes (outputs poisoned with NaN before each run), the golden
-//! fixtures end to end on the GPU, then decode of a Llama-3-8B-shaped model with random
-//! bf16 weights at several batch sizes against the weight-bandwidth bound. Prints a short
-//! table last; exits non-zero when a check fails. Run by `scripts/gpu_check.sh`.
+//! `novastack gpu-check` (feature `cuda` or `hip`): every GPU op against the CPU oracle
+//! on random inputs of several shapes (outputs poisoned with NaN before each run), the
+//! golden fixtures end to end on the GPU, then decode of a Llama-3-8B-shaped model with
+//! random bf16 weights at several batch sizes against the weight-bandwidth bound. Prints
+//! a short table last; exits non-zero when a check fails. Run by `scripts/gpu_check.sh`
+//! on NVIDIA (`--device cuda`), and by users on AMD with `--device hip`.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use novastack_engine::{generate, GenerateParams, SamplingParams};
-use novastack_kernels::cuda_backend::CudaBackend;
-use novastack_kernels::gpu::Dtype;
+use novastack_kernels::gpu::{Device, Dtype, GpuBackend, GpuBuf};
 use novastack_kernels::{AttentionMetadata, Backend, CpuBackend, KvCacheConfig, SeqAttention};
 use novastack_models::random::RandomSource;
 use novastack_models::{load_model, Llama};
@@ -18,6 +18,9 @@ use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct GpuCheckArgs {
+    /// cuda or hip (each needs its cargo feature).
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
     #[arg(long, default_value_t = 0)]
     pub device_index: usize,
     /// Golden fixture folders (each with golden.json).
@@ -68,13 +71,13 @@ fn rel_err(gpu: &[f32], cpu: &[f32]) -> f64 {
     diff / scale
 }
 
-struct Pair<'a> {
-    gpu: &'a CudaBackend,
+struct Pair<'a, D: Device> {
+    gpu: &'a GpuBackend<D>,
     rng: rand_chacha::ChaCha8Rng,
     checks: Vec<Check>,
 }
 
-impl Pair<'_> {
+impl<D: Device> Pair<'_, D> {
     fn rand(&mut self, n: usize, scale: f32) -> Vec<f32> {
         let v: Vec<f32> = (0..n)
             .map(|_| self.rng.random_range(-scale..scale))
@@ -89,7 +92,7 @@ impl Pair<'_> {
         }
     }
 
-    fn poisoned(&self, n: usize) -> Result<novastack_kernels::cuda_backend::GpuBuf> {
+    fn poisoned(&self, n: usize) -> Result<GpuBuf<D>> {
         Ok(self.gpu.upload(&vec![f32::NAN; n])?)
     }
 
@@ -328,7 +331,10 @@ impl Pair<'_> {
     }
 }
 
-fn fixtures(args: &GpuCheckArgs, out: &mut Vec<Check>) -> Result<()> {
+/// Opens the checked GPU with a storage type.
+type Open<'a, D> = &'a dyn Fn(Dtype) -> Result<GpuBackend<D>>;
+
+fn fixtures<D: Device>(args: &GpuCheckArgs, open: Open<D>, out: &mut Vec<Check>) -> Result<()> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&args.fixtures)
         .with_context(|| format!("cannot read {}", args.fixtures.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -338,8 +344,7 @@ fn fixtures(args: &GpuCheckArgs, out: &mut Vec<Check>) -> Result<()> {
     for dir in dirs {
         let golden: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("golden.json"))?)?;
-        let backend = CudaBackend::new(args.device_index, Dtype::F32)?;
-        let lm = load_model(&dir, backend)?;
+        let lm = load_model(&dir, open(Dtype::F32)?)?;
         let (mut same, mut total) = (0usize, 0usize);
         for case in golden["cases"].as_array().into_iter().flatten() {
             let prompt: Vec<u32> = serde_json::from_value(case["prompt_token_ids"].clone())?;
@@ -371,24 +376,7 @@ fn fixtures(args: &GpuCheckArgs, out: &mut Vec<Check>) -> Result<()> {
     Ok(())
 }
 
-/// Device-to-device copy bandwidth (bytes read + written per second), best of 5.
-fn copy_bandwidth(b: &CudaBackend) -> Result<f64> {
-    let n = 1usize << 30;
-    let stream = b.device().stream().clone();
-    let src = stream.alloc_zeros::<u8>(n)?;
-    let mut dst = stream.alloc_zeros::<u8>(n)?;
-    let mut best = 0f64;
-    for _ in 0..5 {
-        stream.synchronize()?;
-        let t = Instant::now();
-        stream.memcpy_dtod(&src, &mut dst)?;
-        stream.synchronize()?;
-        best = best.max(2.0 * n as f64 / t.elapsed().as_secs_f64());
-    }
-    Ok(best)
-}
-
-fn decode_bench(args: &GpuCheckArgs) -> Result<Vec<String>> {
+fn decode_bench<D: Device>(args: &GpuCheckArgs, open: Open<D>) -> Result<Vec<String>> {
     let (hidden, heads, kv_heads, ffn, vocab) = (4096, 32, 8, 14336, 128256);
     let hd = hidden / heads;
     let steps = args.steps.max(1);
@@ -402,8 +390,8 @@ fn decode_bench(args: &GpuCheckArgs) -> Result<Vec<String>> {
         args.prompt_len + steps + 1,
         false,
     );
-    let backend = CudaBackend::new(args.device_index, Dtype::Bf16)?;
-    let bw = copy_bandwidth(&backend)?;
+    let backend = open(Dtype::Bf16)?;
+    let bw = backend.copy_bandwidth(1 << 30)?;
     let per_layer = (hidden + 2 * kv_heads * hd) * hidden + hidden * hidden + 3 * ffn * hidden;
     let weight_bytes = ((per_layer * args.layers + 2 * vocab * hidden) * 2) as f64;
     eprintln!(
@@ -462,9 +450,28 @@ fn decode_bench(args: &GpuCheckArgs) -> Result<Vec<String>> {
 }
 
 pub fn run(args: GpuCheckArgs) -> Result<()> {
+    let index = args.device_index;
+    match args.device.as_str() {
+        #[cfg(feature = "cuda")]
+        "cuda" => check(&args, &|d| {
+            Ok(novastack_kernels::cuda_backend::CudaBackend::new(index, d)?)
+        }),
+        #[cfg(feature = "hip")]
+        "hip" => check(&args, &|d| {
+            Ok(novastack_kernels::hip_backend::HipBackend::new(index, d)?)
+        }),
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => bail!("--device cuda needs a build with `--features cuda`"),
+        #[cfg(not(feature = "hip"))]
+        "hip" => bail!("--device hip needs a build with `--features hip`"),
+        other => bail!("--device {other:?}: use cuda or hip"),
+    }
+}
+
+fn check<D: Device>(args: &GpuCheckArgs, open: Open<D>) -> Result<()> {
     let mut checks = Vec::new();
     for dtype in [Dtype::F32, Dtype::Bf16] {
-        let gpu = CudaBackend::new(args.device_index, dtype)?;
+        let gpu = open(dtype)?;
         if dtype == Dtype::F32 {
             println!(
                 "device: {} ({}), {:.1} GiB free",
@@ -481,11 +488,11 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
         pair.ops()?;
         checks.extend(pair.checks);
     }
-    fixtures(&args, &mut checks)?;
+    fixtures(args, open, &mut checks)?;
     let bench = if args.batch.is_empty() {
         Vec::new()
     } else {
-        decode_bench(&args)?
+        decode_bench(args, open)?
     };
     let passed = |c: &Check| c.err <= c.tol; // NaN fails
     let failed = checks.iter().filter(|c| !passed(c)).count();

@@ -7,9 +7,10 @@ pub mod bench_gateway;
 pub mod bench_plot;
 pub mod bench_serve;
 pub mod default_model;
+pub mod device;
 pub mod gateway;
 pub mod generate;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "hip"))]
 pub mod gpu_check;
 pub mod offline;
 pub mod serve;

@@ -35,8 +35,8 @@ enum Command {
         model: std::path::PathBuf,
     },
     /// Every GPU op and the golden fixtures against the CPU, then 8B-shaped decode
-    /// timing (NVIDIA; see scripts/gpu_check.sh).
-    #[cfg(feature = "cuda")]
+    /// timing (`--device cuda|hip`; see scripts/gpu_check.sh).
+    #[cfg(any(feature = "cuda", feature = "hip"))]
     GpuCheck(novastack_server::gpu_check::GpuCheckArgs),
 }
 
@@ -49,7 +49,7 @@ fn main() {
         Some(Command::Bench(cmd)) => bench::run(cmd),
         Some(Command::Fetch { model }) => novastack_server::default_model::resolve(Some(&model))
             .map(|p| println!("{}", p.display())),
-        #[cfg(feature = "cuda")]
+        #[cfg(any(feature = "cuda", feature = "hip"))]
         Some(Command::GpuCheck(args)) => novastack_server::gpu_check::run(args),
     };
     if let Err(e) = result {

@@ -1,12 +1,13 @@
 //! `novastack bench offline`: many requests through the engine at once; throughput and
 //! the batching shape's wasted work, with context-length buckets on and off.
 
-use crate::batch::run_batch;
+use crate::batch::{run_batch, EngineArgs};
 use crate::bench::OfflineArgs;
+use crate::device::{with_model, ModelJob};
 use anyhow::{bail, Context, Result};
 use novastack_engine::{RequestParams, SamplingParams};
-use novastack_kernels::CpuBackend;
-use novastack_models::load_model;
+use novastack_kernels::Backend;
+use novastack_models::LoadedModel;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -45,13 +46,9 @@ pub fn read_trace(path: &str) -> Result<Vec<(usize, usize)>> {
     Ok(out)
 }
 
-pub fn run(a: OfflineArgs) -> Result<()> {
-    a.engine.require_cpu("bench offline")?;
-    let path = crate::default_model::resolve(a.model.as_deref())?;
-    let probe = load_model(&path, CpuBackend::new())?;
-    let max_len = probe.model.max_positions();
-    let vocab = probe.model.config.vocab_size as u32;
-    drop(probe);
+/// The run's requests: (input, output) lengths fitted to the model's context, and a
+/// random prompt of each input length (ids from 100 up, below the vocabulary size).
+fn workload(a: &OfflineArgs, max_len: usize, vocab: u32) -> Result<Workload> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
     let lens: Vec<(usize, usize)> = match a.dataset.strip_prefix("trace:") {
         Some(p) => {
@@ -96,24 +93,93 @@ pub fn run(a: OfflineArgs) -> Result<()> {
                 .collect()
         })
         .collect();
+    Ok(Workload {
+        lens,
+        prompts,
+        max_len,
+    })
+}
+
+struct Workload {
+    lens: Vec<(usize, usize)>,
+    prompts: Vec<Vec<u32>>,
+    max_len: usize,
+}
+
+/// One engine run of the workload on whatever device the model was loaded on. The
+/// workload is made on the first run, from the loaded model's context and vocabulary.
+struct Run<'a> {
+    a: &'a OfflineArgs,
+    ea: &'a EngineArgs,
+    work: &'a mut Option<Workload>,
+}
+
+/// What a run measured.
+struct Measured {
+    secs: f64,
+    out_tokens: usize,
+    stats: novastack_engine::EngineStats,
+}
+
+impl ModelJob for Run<'_> {
+    type Output = Measured;
+    fn run<B: Backend + 'static>(
+        self,
+        lm: LoadedModel<B>,
+        kv_blocks: Option<usize>,
+    ) -> Result<Measured> {
+        if self.work.is_none() {
+            let (max_len, vocab) = (lm.model.max_positions(), lm.model.config.vocab_size as u32);
+            *self.work = Some(workload(self.a, max_len, vocab)?);
+        }
+        let work = self.work.as_ref().expect("made above");
+        let mut engine = self.ea.build_for(lm.model, vec![], kv_blocks)?;
+        let jobs = work
+            .prompts
+            .iter()
+            .zip(&work.lens)
+            .map(|(p, &(_, o))| {
+                (
+                    p.clone(),
+                    RequestParams {
+                        max_tokens: o,
+                        sampling: SamplingParams::greedy(),
+                        ignore_eos: true,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        let results = run_batch(&mut engine, jobs, None);
+        let secs = t.elapsed().as_secs_f64();
+        let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        if let Some(e) = errors.first() {
+            bail!("{} requests failed, first: {e}", errors.len());
+        }
+        let out_tokens = results
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|s| s.token_ids.len())
+            .sum();
+        Ok(Measured {
+            secs,
+            out_tokens,
+            stats: engine.stats.clone(),
+        })
+    }
+}
+
+pub fn run(a: OfflineArgs) -> Result<()> {
+    let path = crate::default_model::resolve(a.model.as_deref())?;
+    let mut work: Option<Workload> = None;
     let mut runs = Vec::new();
     let bucket_modes: Vec<bool> = if a.compare_buckets {
         vec![true, false]
     } else {
         vec![a.engine.buckets()?.num_buckets() > 1]
     };
-    println!(
-        "{:>5} {:>8} {:>8} {:>10} {:>10} {:>10} {:>8} {:>9} {:>10}",
-        "seqs",
-        "buckets",
-        "req/s",
-        "out tok/s",
-        "tot tok/s",
-        "mean batch",
-        "steps",
-        "kv waste",
-        "q waste"
-    );
     for &conc in &a.concurrency {
         for &bucketed in &bucket_modes {
             let mut ea = a.engine.clone();
@@ -128,38 +194,18 @@ pub fn run(a: OfflineArgs) -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(",");
             }
-            let lm = load_model(&path, CpuBackend::new())?;
-            let mut engine = ea.build(lm.model, vec![])?;
-            let jobs = prompts
-                .iter()
-                .zip(&lens)
-                .map(|(p, &(_, o))| {
-                    (
-                        p.clone(),
-                        RequestParams {
-                            max_tokens: o,
-                            sampling: SamplingParams::greedy(),
-                            ignore_eos: true,
-                            ..Default::default()
-                        },
-                    )
-                })
-                .collect();
-            let t = std::time::Instant::now();
-            let results = run_batch(&mut engine, jobs, None);
-            let secs = t.elapsed().as_secs_f64();
-            let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-            if let Some(e) = errors.first() {
-                bail!("{} requests failed, first: {e}", errors.len());
-            }
-            let out_tokens: usize = results
-                .iter()
-                .flatten()
-                .flatten()
-                .map(|s| s.token_ids.len())
-                .sum();
+            let job = Run {
+                a: &a,
+                ea: &ea,
+                work: &mut work,
+            };
+            let Measured {
+                secs,
+                out_tokens,
+                stats: st,
+            } = with_model(&path, &ea, job)?;
+            let lens = &work.as_ref().expect("made by the run").lens;
             let in_tokens: usize = lens.iter().map(|l| l.0).sum();
-            let st = &engine.stats;
             let frac = |w: u64, u: u64| {
                 if w + u == 0 {
                     0.0
@@ -184,6 +230,21 @@ pub fn run(a: OfflineArgs) -> Result<()> {
                 "preemptions": st.num_preemptions,
                 "prefix_hit_rate": st.prefix_hit_rate(),
             });
+            // The header once the first run worked (a device error comes alone).
+            if runs.is_empty() {
+                println!(
+                    "{:>5} {:>8} {:>8} {:>10} {:>10} {:>10} {:>8} {:>9} {:>10}",
+                    "seqs",
+                    "buckets",
+                    "req/s",
+                    "out tok/s",
+                    "tot tok/s",
+                    "mean batch",
+                    "steps",
+                    "kv waste",
+                    "q waste"
+                );
+            }
             println!(
                 "{:>5} {:>8} {:>8.2} {:>10.1} {:>10.1} {:>10.2} {:>8} {:>8.1}% {:>9.1}%",
                 conc,
@@ -205,7 +266,8 @@ pub fn run(a: OfflineArgs) -> Result<()> {
             "dataset": a.dataset,
             "num_prompts": a.num_prompts,
             "length_scale": a.length_scale,
-            "max_model_len": max_len,
+            "max_model_len": work.as_ref().map(|w| w.max_len),
+            "device": a.engine.device,
             "engine": {"max_num_batched_tokens": a.engine.token_budget(), "kv_cache_mb": a.engine.kv_cache_mb,
                        "block_size": a.engine.block_size, "buckets": a.engine.buckets, "max_wait_steps": a.engine.max_wait_steps},
             "runs": runs,

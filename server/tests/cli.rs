@@ -282,7 +282,7 @@ fn bad_arguments_are_errors() {
 }
 
 /// Without a GPU build or a GPU, `--device` fails at start-up with a message saying
-/// what to do, never a crash; commands that cannot use a GPU yet refuse the flag.
+/// what to do, never a crash, for every command that takes it.
 #[test]
 fn gpu_devices_fail_clearly_without_a_gpu() {
     let dir = fixtures()[0].clone();
@@ -301,16 +301,24 @@ fn gpu_devices_fail_clearly_without_a_gpu() {
     }
     let out = novastack(&["serve", "--model", d, "--port", "0", "--device", "tpu"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("use cpu, cuda or hip"));
-    let out = novastack(&[
-        "generate",
-        "--model",
-        d,
-        "--prompt-ids",
-        "1",
-        "--device",
-        "cuda",
-    ]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("CPU only"));
+    // generate and bench offline take the same --device switch.
+    for device in ["cuda", "hip"] {
+        for args in [
+            vec!["generate", "--model", d, "--prompt-ids", "1"],
+            vec!["bench", "offline", "--model", d, "--num-prompts", "1"],
+        ] {
+            let mut args = args.clone();
+            args.extend(["--device", device]);
+            let out = novastack(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?}");
+            let clear = err.contains(&format!("--features {device}"))
+                || err.contains("CUDA driver")
+                || err.contains("no AMD GPU")
+                || err.contains("libamdhip64");
+            assert!(clear && !err.contains("panicked"), "{args:?}: {err}");
+        }
+    }
 }
 
 /// The acceptance check, from an empty cache: runs when

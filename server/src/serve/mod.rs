@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use novastack_engine::EngineHandle;
 use novastack_kernels::CpuBackend;
-use novastack_models::{load_model, LoadedModel, Tokenizer};
+use novastack_models::{LoadedModel, Tokenizer};
 use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
@@ -315,80 +315,30 @@ fn load_all(args: &ServeArgs, names: Vec<Vec<String>>) -> Result<Vec<Arc<ModelEn
         .collect()
 }
 
-#[cfg(any(feature = "cuda", feature = "hip"))]
-fn gpu_dtype(engine: &EngineArgs) -> Result<novastack_kernels::gpu::Dtype> {
-    novastack_kernels::gpu::Dtype::parse(&engine.gpu_dtype)
-        .with_context(|| format!("--gpu-dtype {:?}: use bf16, f16 or f32", engine.gpu_dtype))
-}
-
-/// Uploads the weights to the GPU once, sizes the KV cache from what they leave of
-/// `--gpu-memory-utilization`, and starts the engine.
-#[cfg(any(feature = "cuda", feature = "hip"))]
-fn start_on_gpu<D: novastack_kernels::gpu::Device>(
-    path: &Path,
-    names: Vec<String>,
-    engine: &EngineArgs,
-    backend: novastack_kernels::gpu::GpuBackend<D>,
-) -> Result<Arc<ModelEntry>> {
-    let info = backend.info().clone();
-    let dtype = backend.dtype;
-    let total = info.total_bytes as f64;
-    let gib = |b: f64| b / (1u64 << 30) as f64;
-    eprintln!(
-        "{} ({}, warp {}), {:.1} GiB",
-        info.name,
-        info.arch,
-        info.warp,
-        gib(total)
-    );
-    let lm = load_model(path, backend)
-        .with_context(|| format!("cannot load model from {}", path.display()))?;
-    let (free, _) = lm.model.backend().mem_info()?;
-    // KV bytes per token in the storage type (the model counts f32).
-    let per_block = lm.model.kv_bytes_per_token() / 4 * dtype.size() * engine.block_size.max(1);
-    let budget = total * engine.gpu_memory_utilization.clamp(0.05, 0.99) - (total - free as f64);
-    if budget < per_block as f64 {
-        bail!(
-            "--gpu-memory-utilization {}: the weights leave no room for the KV cache ({:.2} GiB free of {:.2} GiB)",
-            engine.gpu_memory_utilization,
-            gib(free as f64),
-            gib(total)
-        );
-    }
-    let blocks = (budget / per_block as f64) as usize;
-    eprintln!(
-        "KV cache: {blocks} blocks of {} tokens ({:.2} GiB)",
-        engine.block_size,
-        gib((blocks * per_block) as f64)
-    );
-    ModelEntry::start_with(lm, names, engine, Some(blocks))
-}
-
 /// Loads a model on `--device` and starts its engine.
 pub fn load_on_device(
     path: &Path,
     names: Vec<String>,
     engine: &EngineArgs,
 ) -> Result<Arc<ModelEntry>> {
-    let ctx = || format!("cannot load model from {}", path.display());
-    match engine.device.as_str() {
-        "cpu" => ModelEntry::start(load_model(path, CpuBackend::new()).with_context(ctx)?, names, engine),
-        #[cfg(feature = "cuda")]
-        "cuda" => {
-            let dtype = gpu_dtype(engine)?;
-            start_on_gpu(path, names, engine, novastack_kernels::cuda_backend::CudaBackend::new(0, dtype)?)
-        }
-        #[cfg(feature = "hip")]
-        "hip" => {
-            let dtype = gpu_dtype(engine)?;
-            start_on_gpu(path, names, engine, novastack_kernels::hip_backend::HipBackend::new(0, dtype)?)
-        }
-        #[cfg(not(feature = "cuda"))]
-        "cuda" => bail!("--device cuda needs a build with `--features cuda` (cargo build --release --features cuda)"),
-        #[cfg(not(feature = "hip"))]
-        "hip" => bail!("--device hip needs a build with `--features hip` (cargo build --release --features hip)"),
-        other => bail!("--device {other:?}: use cpu, cuda or hip"),
+    struct Start<'a> {
+        names: Vec<String>,
+        engine: &'a EngineArgs,
     }
+    impl crate::device::ModelJob for Start<'_> {
+        type Output = Arc<ModelEntry>;
+        fn run<B: novastack_kernels::Backend + 'static>(
+            self,
+            lm: LoadedModel<B>,
+            kv_blocks: Option<usize>,
+        ) -> Result<Arc<ModelEntry>>
+        where
+            B::Buf: 'static,
+        {
+            ModelEntry::start_with(lm, self.names, self.engine, kv_blocks)
+        }
+    }
+    crate::device::with_model(path, engine, Start { names, engine })
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
