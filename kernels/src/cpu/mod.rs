@@ -284,9 +284,7 @@ impl Backend for CpuBackend {
             .zip(x[..rows * 2 * inter].par_chunks(2 * inter))
             .for_each(|(o, xr)| {
                 let (gate, up) = xr.split_at(inter);
-                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                    *o = g / (1.0 + (-g).exp()) * u;
-                }
+                simd::silu_mul(gate, up, o);
             });
         Ok(())
     }
