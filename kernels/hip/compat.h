@@ -18,11 +18,14 @@
 #include <hip/hip_runtime.h>
 #include <hip/hip_fp16.h>
 #endif
-// clang defines the wavefront size for the target: 64 on gfx90a (MI250), 32 on RDNA.
+// The runtime backends define NS_WARP from the device before this header. Otherwise
+// (hipcc compile checks) clang's wavefront size for the target: 64 on gfx90a (MI250).
+#if !defined(NS_WARP)
 #if defined(__AMDGCN_WAVEFRONT_SIZE)
 #define NS_WARP __AMDGCN_WAVEFRONT_SIZE
 #else
 #define NS_WARP 64
+#endif
 #endif
 typedef unsigned long long ns_lane_mask_t;
 typedef __half ns_half;
@@ -38,8 +41,11 @@ __device__ __forceinline__ void ns_syncwarp() { __builtin_amdgcn_fence(__ATOMIC_
 #include <cuda_runtime.h>
 #endif
 #include <cuda_fp16.h>
-// NVIDIA warps: the vendor's fixed width (the CUDA runtime's warpSize), spelled once here.
+// NVIDIA warps: the vendor's fixed width (the CUDA runtime's warpSize), unless the
+// runtime backend defined it from the device.
+#if !defined(NS_WARP)
 #define NS_WARP (sizeof(unsigned int) * 8)
+#endif
 typedef unsigned int ns_lane_mask_t;
 typedef __half ns_half;
 #define NS_FULL_MASK 0xffffffffu

@@ -2,7 +2,8 @@
 // inverse-CDF sampling from probabilities with a host-drawn uniform per row.
 #include "compat.h"
 
-// One block per row; the lowest index wins ties; NaNs never win (as the CPU argmax).
+// One block per row; the lowest index wins ties; NaNs never win; a row with no number
+// gives 0 (all as the CPU argmax).
 NS_KERNEL void argmax_rows(const float* logits, unsigned int* out, int vocab) {
   __shared__ float sv[NS_MAX_WARPS];
   __shared__ int si[NS_MAX_WARPS];
@@ -11,7 +12,9 @@ NS_KERNEL void argmax_rows(const float* logits, unsigned int* out, int vocab) {
   int idx = 0x7fffffff;
   for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
     const float v = logits[r * vocab + i];
-    if (v > best) {  // false for NaN
+    // False for NaN; the first number wins even at -inf (the CPU argmax's rule), and the
+    // merges below then prefer real indices over the INT_MAX sentinel at equal values.
+    if (v > best || (idx == 0x7fffffff && v == v)) {
       best = v;
       idx = i;
     }

@@ -185,8 +185,10 @@ mod tests {
             return;
         }
         for (name, src) in crate::sources::KERNELS {
-            let cubin = compile(name, src, "sm_90").unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(&cubin[..4], b"\x7fELF", "{name}");
+            for src in [src.to_string(), format!("#define NS_WARP 32\n{src}")] {
+                let cubin = compile(name, &src, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(&cubin[..4], b"\x7fELF", "{name}");
+            }
         }
         let e = compile(
             "bad.hip",

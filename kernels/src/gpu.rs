@@ -12,6 +12,7 @@
 //! once per step (it is the same for every layer); nothing comes back to the host
 //! except what `download` asks for.
 
+use crate::error::ensure;
 use crate::{AttentionMetadata, Backend, Error, KvCacheConfig, Result};
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -83,7 +84,7 @@ impl Dtype {
 }
 
 /// What a GPU reports when opened.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DeviceInfo {
     pub name: String,
     pub free_bytes: usize,
@@ -261,13 +262,20 @@ impl Params {
 macro_rules! launch {
     ($self:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
         let f = $self.f($name)?;
-        let mut p = Params::new();
-        $( p.push($arg); )*
-        let n = p.n;
-        let mut ptrs = p.ptrs();
-        // SAFETY: arguments match the kernel's parameter list (see kernels/hip/), and
-        // the buffers they address are borrowed for the duration of the op.
-        unsafe { $self.dev.launch(f, $cfg, &mut ptrs[..n]) }
+        let cfg: Launch = $cfg;
+        if cfg.grid.0 == 0 || cfg.grid.1 == 0 || cfg.grid.2 == 0 {
+            // Nothing to do (no rows, no sequences): a kernel launched anyway would run
+            // one block over row 0 of buffers that may hold no rows.
+            Ok(())
+        } else {
+            let mut p = Params::new();
+            $( p.push($arg); )*
+            let n = p.n;
+            let mut ptrs = p.ptrs();
+            // SAFETY: arguments match the kernel's parameter list (see kernels/hip/), and
+            // the buffers they address are borrowed for the duration of the op.
+            unsafe { $self.dev.launch(f, cfg, &mut ptrs[..n]) }
+        }
     }};
 }
 
@@ -296,17 +304,19 @@ pub(crate) fn kernel_names(src: &str) -> Vec<String> {
     out
 }
 
+/// One block per row; no launch at all for 0 rows.
 fn grid1(n: usize) -> Launch {
     Launch {
-        grid: (n.max(1) as u32, 1, 1),
+        grid: (n as u32, 1, 1),
         block: (THREADS, 1, 1),
         shared: 0,
     }
 }
 
+/// A grid-stride loop over `n` values; no launch for 0.
 fn stride_grid(n: usize) -> Launch {
     Launch {
-        grid: (n.div_ceil(THREADS as usize).clamp(1, 65535) as u32, 1, 1),
+        grid: (n.div_ceil(THREADS as usize).min(65535) as u32, 1, 1),
         block: (THREADS, 1, 1),
         shared: 0,
     }
@@ -334,7 +344,13 @@ impl<D: Device> GpuBackend<D> {
                 wanted.push(f);
                 bases.push(base);
             }
-            for (base, func) in bases.into_iter().zip(dev.load_kernels(file, src, &wanted)?) {
+            // The device's warp width, fixed at compile time so that kernel code and the
+            // launch geometry here (which reads `info().warp`) can never disagree.
+            let src = format!("#define NS_WARP {}\n{src}", dev.info().warp);
+            for (base, func) in bases
+                .into_iter()
+                .zip(dev.load_kernels(file, &src, &wanted)?)
+            {
                 funcs.insert(base, func);
             }
         }
@@ -518,6 +534,7 @@ impl<D: Device> Backend for GpuBackend<D> {
         out: &mut GpuBuf<D>,
     ) -> Result<()> {
         self.check("rms_norm", "x", x, rows * dim)?;
+        self.check("rms_norm", "weight", weight, dim)?;
         self.check("rms_norm", "out", out, rows * dim)?;
         launch!(
             self,
@@ -542,6 +559,7 @@ impl<D: Device> Backend for GpuBackend<D> {
         out: &mut GpuBuf<D>,
     ) -> Result<()> {
         self.check("add_rms_norm", "residual", residual, rows * dim)?;
+        self.check("add_rms_norm", "weight", weight, dim)?;
         self.check("add_rms_norm", "x", x, rows * dim)?;
         self.check("add_rms_norm", "out", out, rows * dim)?;
         launch!(
@@ -617,6 +635,14 @@ impl<D: Device> Backend for GpuBackend<D> {
         positions: &[u32],
         cos_sin: &GpuBuf<D>,
     ) -> Result<()> {
+        ensure(head_dim.is_multiple_of(2), "rope", || {
+            format!("head_dim {head_dim} is odd")
+        })?;
+        ensure(
+            col_offset + num_heads * head_dim <= row_stride,
+            "rope",
+            || "heads overrun the row".into(),
+        )?;
         self.check("rope", "x", x, positions.len() * row_stride)?;
         let max_pos = cos_sin.len / head_dim.max(1);
         if let Some(&p) = positions.iter().find(|&&p| p as usize >= max_pos) {
@@ -652,6 +678,11 @@ impl<D: Device> Backend for GpuBackend<D> {
         value_cache: &mut GpuBuf<D>,
     ) -> Result<()> {
         let slot_len = cache.slot_len();
+        ensure(
+            k_offset + 2 * slot_len <= row_stride,
+            "reshape_and_cache",
+            || "k and v overrun the row".into(),
+        )?;
         self.check(
             "reshape_and_cache",
             "qkv",
@@ -709,6 +740,9 @@ impl<D: Device> Backend for GpuBackend<D> {
         sliding_window: Option<usize>,
         out: &mut GpuBuf<D>,
     ) -> Result<()> {
+        // A window of 0 means none, as on the CPU (the kernels read 0 as "no window",
+        // while the split-K partition count would take it as a 0-token window).
+        let sliding_window = sliding_window.filter(|&w| w > 0);
         let seqs = &meta.seqs;
         if seqs.is_empty() {
             return Ok(());
@@ -865,7 +899,13 @@ impl<D: Device> Backend for GpuBackend<D> {
         weight: &GpuBuf<D>,
         eps: f32,
     ) -> Result<()> {
+        ensure(
+            col_offset + num_heads * head_dim <= row_stride,
+            "head_rms_norm",
+            || "heads overrun the row".into(),
+        )?;
         self.check("head_rms_norm", "x", x, rows * row_stride)?;
+        self.check("head_rms_norm", "weight", weight, head_dim)?;
         let items = rows * num_heads;
         let cfg = Launch {
             grid: (items.div_ceil(ATTN_WARPS as usize).max(1) as u32, 1, 1),
@@ -1012,5 +1052,196 @@ mod tests {
         }
         assert_eq!(Dtype::parse("bfloat16"), Some(Dtype::Bf16));
         assert_eq!(Dtype::parse("f8"), None);
+    }
+}
+
+/// `GpuBackend`'s host-side logic (checks, launch geometry, argument counts) against a
+/// device that records what it is asked to do instead of running kernels.
+#[cfg(test)]
+mod recording_tests {
+    use super::*;
+    use crate::SeqAttention;
+
+    #[derive(Default)]
+    struct Recorder {
+        info: DeviceInfo,
+        launches: Mutex<Vec<(String, Launch, usize)>>,
+        gemms: Mutex<usize>,
+        sources: Mutex<Vec<String>>,
+    }
+
+    impl Device for Recorder {
+        type Mem = Vec<u8>;
+        type Func = String;
+        const NAME: &'static str = "recorder";
+        fn info(&self) -> &DeviceInfo {
+            &self.info
+        }
+        fn load_kernels(&self, _: &str, source: &str, names: &[String]) -> Result<Vec<String>> {
+            self.sources.lock().unwrap().push(source.to_string());
+            Ok(names.to_vec())
+        }
+        fn alloc_zeros(&self, bytes: usize) -> Result<Vec<u8>> {
+            Ok(vec![0; bytes.max(1)])
+        }
+        fn htod(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+            Ok(bytes.to_vec())
+        }
+        fn dtoh(&self, m: &Vec<u8>, out: &mut [u8]) -> Result<()> {
+            out.copy_from_slice(&m[..out.len()]);
+            Ok(())
+        }
+        fn ptr(&self, m: &Vec<u8>) -> u64 {
+            m.as_ptr() as u64
+        }
+        unsafe fn launch(&self, f: &String, cfg: Launch, params: &mut [*mut c_void]) -> Result<()> {
+            self.launches
+                .lock()
+                .unwrap()
+                .push((f.clone(), cfg, params.len()));
+            Ok(())
+        }
+        unsafe fn gemm_bt(&self, _: Dtype, _: Gemm) -> Result<()> {
+            *self.gemms.lock().unwrap() += 1;
+            Ok(())
+        }
+        unsafe fn copy(&self, _: &Vec<u8>, _: &mut Vec<u8>, _: usize) -> Result<()> {
+            Ok(())
+        }
+        fn synchronize(&self) -> Result<()> {
+            Ok(())
+        }
+        fn mem_info(&self) -> Result<(usize, usize)> {
+            Ok((1 << 30, 1 << 30))
+        }
+    }
+
+    fn backend(warp: u32) -> GpuBackend<Recorder> {
+        let dev = Recorder {
+            info: DeviceInfo {
+                warp,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        GpuBackend::with_device(dev, Dtype::F32).unwrap()
+    }
+
+    fn launches(b: &GpuBackend<Recorder>) -> Vec<(String, Launch, usize)> {
+        std::mem::take(&mut *b.dev.launches.lock().unwrap())
+    }
+
+    #[test]
+    fn kernels_are_compiled_for_the_devices_warp_width() {
+        for warp in [32, 64] {
+            let b = backend(warp);
+            let sources = b.dev.sources.lock().unwrap();
+            assert!(!sources.is_empty());
+            let line = format!("#define NS_WARP {warp}\n");
+            assert!(sources.iter().all(|s| s.starts_with(&line)));
+        }
+    }
+
+    /// An op over no rows launches nothing: one block over row 0 would write into
+    /// buffers that hold no rows (a chunked-prefill step samples no sequence).
+    #[test]
+    fn ops_over_no_rows_launch_nothing() {
+        let b = backend(32);
+        let h = 8;
+        let x = b.zeros(0).unwrap();
+        let mut out = b.zeros(0).unwrap();
+        let w = b.upload(&[1.0; 8]).unwrap();
+        b.gather_rows(&x, h, &[], &mut out).unwrap();
+        b.rms_norm(&x, &w, 0, h, 1e-5, &mut out).unwrap();
+        let mut r = b.zeros(0).unwrap();
+        b.add_rms_norm(&mut r, &x, &w, 0, h, 1e-5, &mut out)
+            .unwrap();
+        b.silu_and_mul(&x, 0, h, &mut out).unwrap();
+        b.matmul(&x, &w, Some(&w), 0, 1, 8, &mut out).unwrap();
+        let table = b.upload(&[1.0; 8]).unwrap();
+        b.embedding(&table, 1, 8, &[], &mut out).unwrap();
+        let mut q = b.zeros(0).unwrap();
+        b.rope(&mut q, 8, 0, 1, 8, &[], &table).unwrap();
+        b.add_inplace(&mut q, &x, 0).unwrap();
+        assert!(launches(&b).is_empty());
+        assert_eq!(*b.dev.gemms.lock().unwrap(), 0);
+        // One row does launch.
+        let x1 = b.upload(&[1.0; 8]).unwrap();
+        let mut o1 = b.zeros(8).unwrap();
+        b.rms_norm(&x1, &w, 1, h, 1e-5, &mut o1).unwrap();
+        let l = launches(&b);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].1.grid, (1, 1, 1));
+    }
+
+    /// Shapes the kernels would overrun are errors before any launch, as on the CPU.
+    #[test]
+    fn bad_shapes_fail_before_launching() {
+        let b = backend(32);
+        let mut x = b.upload(&[0.0; 32]).unwrap();
+        let cs = b.upload(&[1.0; 64]).unwrap();
+        let short = b.upload(&[1.0; 4]).unwrap();
+        let mut out = b.zeros(32).unwrap();
+        // rope: heads past the row, odd head_dim.
+        assert!(b.rope(&mut x, 8, 4, 1, 8, &[0], &cs).is_err());
+        assert!(b.rope(&mut x, 8, 0, 1, 7, &[0], &cs).is_err());
+        // norms: a weight shorter than the row.
+        assert!(b.rms_norm(&x, &short, 4, 8, 1e-5, &mut out).is_err());
+        assert!(b
+            .head_rms_norm(&mut x, 4, 8, 0, 1, 8, &short, 1e-5)
+            .is_err());
+        assert!(b.head_rms_norm(&mut x, 4, 8, 4, 1, 8, &cs, 1e-5).is_err());
+        // reshape_and_cache: k and v past the row.
+        let cache = KvCacheConfig {
+            num_blocks: 2,
+            block_size: 4,
+            num_kv_heads: 1,
+            head_dim: 4,
+        };
+        let (mut kc, mut vc) = (b.zeros(32).unwrap(), b.zeros(32).unwrap());
+        assert!(b
+            .reshape_and_cache(&x, 8, 4, &cache, &[0], &mut kc, &mut vc)
+            .is_err());
+        assert!(launches(&b).is_empty());
+    }
+
+    /// A sliding window of 0 is no window: decode attention splits the whole context,
+    /// exactly as with `None`.
+    #[test]
+    fn a_zero_sliding_window_is_no_window() {
+        let b = backend(32);
+        let cache = KvCacheConfig {
+            num_blocks: 80,
+            block_size: 16,
+            num_kv_heads: 1,
+            head_dim: 8,
+        };
+        let (kc, vc) = (
+            b.zeros(cache.layer_len()).unwrap(),
+            b.zeros(cache.layer_len()).unwrap(),
+        );
+        let qkv = b.zeros(3 * 8).unwrap();
+        let meta = AttentionMetadata {
+            seqs: vec![SeqAttention {
+                query_start: 0,
+                num_queries: 1,
+                context_len: 1200,
+                block_table: (0..75).collect(),
+            }],
+        };
+        let mut grids = Vec::new();
+        for window in [None, Some(0)] {
+            let mut out = b.zeros(8).unwrap();
+            b.paged_attention(&qkv, 24, 1, &cache, &kc, &vc, &meta, 1.0, window, &mut out)
+                .unwrap();
+            grids.push(
+                launches(&b)
+                    .iter()
+                    .map(|l| (l.0.clone(), l.1.grid))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert!(!grids[0].is_empty());
+        assert_eq!(grids[0], grids[1]);
     }
 }

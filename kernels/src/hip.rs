@@ -463,11 +463,14 @@ mod tests {
             }
         };
         for (name, src) in KERNEL_SOURCES {
-            let code = hip
-                .compile(name, src, "gfx90a")
-                .unwrap_or_else(|e| panic!("{e}"));
-            // An ELF code object for amdgcn.
-            assert_eq!(&code[..4], b"\x7fELF", "{name}");
+            // As written, and as the backend compiles it (the device's warp width first).
+            for src in [src.to_string(), format!("#define NS_WARP 64\n{src}")] {
+                let code = hip
+                    .compile(name, &src, "gfx90a")
+                    .unwrap_or_else(|e| panic!("{e}"));
+                // An ELF code object for amdgcn.
+                assert_eq!(&code[..4], b"\x7fELF", "{name}");
+            }
         }
         let bad = hip.compile(
             "bad.hip",
