@@ -16,7 +16,10 @@
 # Env: OUT (default target/compare-llamacpp), PRECISIONS (default "f32 q4_1"),
 #      CONCURRENCY (default "1 16"), NUM_PROMPTS_1 / NUM_PROMPTS_16 (default 12 / 64),
 #      LENGTH_SCALE (default 0.25), MAX_MODEL_LEN (default 2048), TRACE, BUCKETS_ON,
-#      SKIP_BUCKETS=1.
+#      SKIP_BUCKETS=1, REPEAT (default 1).
+# Tail latencies on a shared 2-core machine move by +-30% from run to run (llama.cpp's
+# own TTFT p99 has ranged 5.4-8.0 s on the same workload). REPEAT=N runs each pair N
+# times, alternating the servers, and adds a table of per-run ratios and their median.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +30,7 @@ LENGTH_SCALE="${LENGTH_SCALE:-0.25}"
 MAX_MODEL_LEN="${MAX_MODEL_LEN:-2048}"
 TRACE="${TRACE:-../shared/traces/AzureLLMInferenceTrace_conv_2023.csv}"
 SLOTS=16
+REPEAT="${REPEAT:-1}"
 THREADS="$(nproc)"
 NS_PORT="${NS_PORT:-8391}"
 LL_PORT="${LL_PORT:-8392}"
@@ -106,27 +110,57 @@ print(f"| {m} | {c} | {r['label']} | {f(r['output_throughput'])} | {f(r['ttft_ms
 PY
 }
 
+# Result file suffix of repeat r (none when there is one run).
+sfx() { [ "$REPEAT" = 1 ] || echo "-r$1"; }
+
 for prec in $PRECISIONS; do
   model="$q4"
   [ "$prec" = f32 ] && model="$f32"
-  start_llama "$model" "$OUT/llama-server-$prec.log"
-  for c in $CONCURRENCY; do
-    bench "$LL_PORT" "llama.cpp-$prec" "$model" "$c" "$OUT/llamacpp-$prec-c$c.json"
+  for r in $(seq 1 "$REPEAT"); do
+    start_llama "$model" "$OUT/llama-server-$prec.log"
+    for c in $CONCURRENCY; do
+      bench "$LL_PORT" "llama.cpp-$prec" "$model" "$c" "$OUT/llamacpp-$prec-c$c$(sfx "$r").json"
+    done
+    stop "$LL_PID"
+    start_ns "$model" "$OUT/novastack-$prec.log"
+    for c in $CONCURRENCY; do
+      bench "$NS_PORT" "novastack-$prec" "$model" "$c" "$OUT/novastack-$prec-c$c$(sfx "$r").json"
+    done
+    stop "$NS_PID"
   done
-  stop "$LL_PID"
-  start_ns "$model" "$OUT/novastack-$prec.log"
   for c in $CONCURRENCY; do
-    bench "$NS_PORT" "novastack-$prec" "$model" "$c" "$OUT/novastack-$prec-c$c.json"
-  done
-  stop "$NS_PID"
-  for c in $CONCURRENCY; do
-    echo "== $prec, concurrency $c: novastack / llama.cpp =="
-    "$NS" bench compare "$OUT/llamacpp-$prec-c$c.json" "$OUT/novastack-$prec-c$c.json" \
-      --plot-dir "$OUT/plots-$prec-c$c" | tee "$OUT/compare-$prec-c$c.md"
-    row "$prec" "$c" "$OUT/llamacpp-$prec-c$c.json"
-    row "$prec" "$c" "$OUT/novastack-$prec-c$c.json"
+    for r in $(seq 1 "$REPEAT"); do
+      echo "== $prec, concurrency $c$(sfx "$r"): novastack / llama.cpp =="
+      "$NS" bench compare "$OUT/llamacpp-$prec-c$c$(sfx "$r").json" \
+        "$OUT/novastack-$prec-c$c$(sfx "$r").json" \
+        --plot-dir "$OUT/plots-$prec-c$c$(sfx "$r")" | tee "$OUT/compare-$prec-c$c$(sfx "$r").md"
+      row "$prec" "$c" "$OUT/llamacpp-$prec-c$c$(sfx "$r").json"
+      row "$prec" "$c" "$OUT/novastack-$prec-c$c$(sfx "$r").json"
+    done
   done
 done
+
+if [ "$REPEAT" != 1 ]; then
+  python3 - "$OUT" "$REPEAT" "$PRECISIONS" "$CONCURRENCY" >> "$summary" <<'PY'
+import json, statistics, sys
+out, n, precs, concs = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split()
+print("\n## novastack / llama.cpp per run, and the median over runs\n")
+print("| model | conc | metric | " + " | ".join(f"run {r}" for r in range(1, n + 1)) + " | median |")
+print("| --- | --- | --- | " + " | ".join("---" for _ in range(n)) + " | --- |")
+for p in precs:
+    for c in concs:
+        runs = [(json.load(open(f"{out}/llamacpp-{p}-c{c}-r{r}.json")),
+                 json.load(open(f"{out}/novastack-{p}-c{c}-r{r}.json"))) for r in range(1, n + 1)]
+        for name, get in [("out tok/s", lambda d: d["output_throughput"]),
+                          ("TTFT p50", lambda d: d["ttft_ms"]["median"]),
+                          ("TTFT p99", lambda d: d["ttft_ms"]["p99"]),
+                          ("TPOT p50", lambda d: d["tpot_ms"]["median"]),
+                          ("TPOT p99", lambda d: d["tpot_ms"]["p99"])]:
+            ratios = [get(b) / get(a) if get(a) else float("nan") for a, b in runs]
+            cells = " | ".join(f"{x:.2f}" for x in ratios)
+            print(f"| {p} | {c} | {name} | {cells} | {statistics.median(ratios):.2f} |")
+PY
+fi
 
 if [ -z "${SKIP_BUCKETS:-}" ]; then
   # Bucketing effect: the same workload at the highest concurrency, novastack with
