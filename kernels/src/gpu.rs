@@ -12,7 +12,7 @@
 //! once per step (it is the same for every layer); nothing comes back to the host
 //! except what `download` asks for.
 
-use crate::error::ensure;
+use crate::error;
 use crate::{AttentionMetadata, Backend, Error, KvCacheConfig, Result};
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -635,14 +635,7 @@ impl<D: Device> Backend for GpuBackend<D> {
         positions: &[u32],
         cos_sin: &GpuBuf<D>,
     ) -> Result<()> {
-        ensure(head_dim.is_multiple_of(2), "rope", || {
-            format!("head_dim {head_dim} is odd")
-        })?;
-        ensure(
-            col_offset + num_heads * head_dim <= row_stride,
-            "rope",
-            || "heads overrun the row".into(),
-        )?;
+        error::rope_shape(row_stride, col_offset, num_heads, head_dim)?;
         self.check("rope", "x", x, positions.len() * row_stride)?;
         let max_pos = cos_sin.len / head_dim.max(1);
         if let Some(&p) = positions.iter().find(|&&p| p as usize >= max_pos) {
@@ -678,11 +671,7 @@ impl<D: Device> Backend for GpuBackend<D> {
         value_cache: &mut GpuBuf<D>,
     ) -> Result<()> {
         let slot_len = cache.slot_len();
-        ensure(
-            k_offset + 2 * slot_len <= row_stride,
-            "reshape_and_cache",
-            || "k and v overrun the row".into(),
-        )?;
+        error::kv_in_row(row_stride, k_offset, slot_len)?;
         self.check(
             "reshape_and_cache",
             "qkv",
@@ -899,16 +888,12 @@ impl<D: Device> Backend for GpuBackend<D> {
         weight: &GpuBuf<D>,
         eps: f32,
     ) -> Result<()> {
-        ensure(
-            col_offset + num_heads * head_dim <= row_stride,
-            "head_rms_norm",
-            || "heads overrun the row".into(),
-        )?;
+        error::heads_in_row("head_rms_norm", row_stride, col_offset, num_heads, head_dim)?;
         self.check("head_rms_norm", "x", x, rows * row_stride)?;
         self.check("head_rms_norm", "weight", weight, head_dim)?;
         let items = rows * num_heads;
         let cfg = Launch {
-            grid: (items.div_ceil(ATTN_WARPS as usize).max(1) as u32, 1, 1),
+            grid: (items.div_ceil(ATTN_WARPS as usize) as u32, 1, 1),
             block: (ATTN_WARPS * self.dev.info().warp, 1, 1),
             shared: 0,
         };
@@ -1163,6 +1148,16 @@ mod recording_tests {
         let mut q = b.zeros(0).unwrap();
         b.rope(&mut q, 8, 0, 1, 8, &[], &table).unwrap();
         b.add_inplace(&mut q, &x, 0).unwrap();
+        b.head_rms_norm(&mut q, 0, 8, 0, 1, 8, &w, 1e-5).unwrap();
+        let cache = KvCacheConfig {
+            num_blocks: 1,
+            block_size: 4,
+            num_kv_heads: 1,
+            head_dim: 4,
+        };
+        let (mut kc, mut vc) = (b.zeros(16).unwrap(), b.zeros(16).unwrap());
+        b.reshape_and_cache(&q, 8, 0, &cache, &[], &mut kc, &mut vc)
+            .unwrap();
         assert!(launches(&b).is_empty());
         assert_eq!(*b.dev.gemms.lock().unwrap(), 0);
         // One row does launch.

@@ -16,10 +16,10 @@ pub struct EngineArgs {
     /// Most sequences in one step.
     #[arg(long, default_value_t = 64)]
     pub max_num_seqs: usize,
-    /// Token budget per step (prefill chunks + decodes). Default: 512 on the CPU (a step
-    /// of 2,048 prompt tokens takes seconds there and stalls every stream; measured with
-    /// `scripts/compare_llamacpp.sh`: same throughput, TTFT p99 -20 %, ITL p99 -50 %),
-    /// 2048 on a GPU.
+    /// Token budget per step (prefill chunks + decodes). Default: 512 on the CPU, where a
+    /// step of 2,048 prompt tokens takes ~10 s on 2 cores and stalls every stream (in
+    /// `scripts/compare_llamacpp.sh` runs, 256 / 512 / 1024 differed by less than the
+    /// run-to-run noise); 2048 on a GPU.
     #[arg(long)]
     pub max_num_batched_tokens: Option<usize>,
     /// KV cache size in MiB (f32 keys and values on the CPU backend).

@@ -10,6 +10,7 @@
 //! (prefill, chunked prefill and decode agree).
 
 use super::simd::{self, Queries};
+use super::SendPtr;
 use crate::error::ensure;
 use crate::{AttentionMetadata, KvCacheConfig, Result};
 use rayon::prelude::*;
@@ -17,19 +18,6 @@ use rayon::prelude::*;
 /// Query tokens per task: 4 tokens of a 3-head group are 12 queries, four 3×4
 /// micro-kernels per key block.
 const ROWS: usize = 4;
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: each task writes a disjoint set of output elements (its rows' heads of its kv
-// head).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn paged_attention(
@@ -67,15 +55,20 @@ pub(crate) fn paged_attention(
     };
     // Per sequence, the slot offset (slot · slot_len) of every position its queries can
     // see, from `lo` on: computed once per call, shared by all kv heads and tokens.
+    let bs = cache.block_size;
     let spans: Vec<(usize, Vec<usize>)> = meta
         .seqs
         .iter()
         .map(|seq| {
             let lo = first_key(seq.context_len - seq.num_queries);
-            let offs = (lo..seq.context_len)
-                .map(|t| {
-                    let block = seq.block_table[t / cache.block_size] as usize;
-                    (block * cache.block_size + t % cache.block_size) * slot_len
+            // Block by block (no division per position).
+            let offs = seq.block_table[lo / bs..seq.context_len.div_ceil(bs)]
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &b)| {
+                    let first = (lo / bs + i) * bs;
+                    (first.max(lo)..(first + bs).min(seq.context_len))
+                        .map(move |t| (b as usize * bs + t - first) * slot_len)
                 })
                 .collect();
             (lo, offs)

@@ -8,24 +8,11 @@
 //! for bit. The weights are read in place (no packing), which is what decode steps of
 //! a few rows need: one pass over the weights per step.
 
-use super::simd;
+use super::{simd, SendPtr};
 use rayon::prelude::*;
 
 /// Columns per task are a multiple of this (and so of every micro-kernel width).
 const COL_ALIGN: usize = 4;
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: each task writes a disjoint set of output columns.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// Taking `self` makes closures capture the whole wrapper, not its raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// `(columns per task, tasks)` for `n` columns on `threads` threads: two tasks per
 /// thread, each a multiple of `COL_ALIGN` columns, so that every thread gets the same

@@ -9,7 +9,22 @@ mod attention;
 mod matmul;
 mod simd;
 
-use crate::error::ensure;
+/// An output pointer shared by the tasks of one parallel op; each task writes a
+/// disjoint set of elements (its columns of a GEMM, its rows and heads of attention).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: see above: no two tasks touch the same element.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Taking `self` makes closures capture the whole wrapper, not its raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+use crate::error::{self, ensure};
 use crate::{AttentionMetadata, Backend, Error, KvCacheConfig, Result};
 use rayon::prelude::*;
 
@@ -172,12 +187,7 @@ impl Backend for CpuBackend {
         cos_sin: &Vec<f32>,
     ) -> Result<()> {
         const OP: &str = "rope";
-        ensure(head_dim.is_multiple_of(2), OP, || {
-            format!("head_dim {head_dim} is odd")
-        })?;
-        ensure(col_offset + num_heads * head_dim <= row_stride, OP, || {
-            "heads overrun the row".into()
-        })?;
+        error::rope_shape(row_stride, col_offset, num_heads, head_dim)?;
         check_len(OP, "x", x, positions.len() * row_stride)?;
         let max_pos = cos_sin.len() / head_dim;
         if let Some(&p) = positions.iter().find(|&&p| p as usize >= max_pos) {
@@ -220,9 +230,7 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         const OP: &str = "reshape_and_cache";
         let slot_len = cache.slot_len();
-        ensure(k_offset + 2 * slot_len <= row_stride, OP, || {
-            "k and v overrun the row".into()
-        })?;
+        error::kv_in_row(row_stride, k_offset, slot_len)?;
         check_len(OP, "qkv", qkv, slot_mapping.len() * row_stride)?;
         check_len(OP, "key_cache", key_cache, cache.layer_len())?;
         check_len(OP, "value_cache", value_cache, cache.layer_len())?;
@@ -289,6 +297,19 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// The logits are already on the host: the argmax of each row in place, without the
+    /// copy that the trait's default (`download`) makes.
+    fn argmax_rows(&self, x: &Vec<f32>, rows: usize, cols: usize) -> Result<Vec<u32>> {
+        check_len("argmax_rows", "x", x, rows * cols)?;
+        if cols == 0 {
+            return Ok(vec![0; rows]);
+        }
+        Ok(x[..rows * cols]
+            .chunks_exact(cols)
+            .map(|r| crate::argmax(r).unwrap_or(0) as u32)
+            .collect())
+    }
+
     fn head_rms_norm(
         &self,
         x: &mut Vec<f32>,
@@ -301,9 +322,7 @@ impl Backend for CpuBackend {
         eps: f32,
     ) -> Result<()> {
         const OP: &str = "head_rms_norm";
-        ensure(col_offset + num_heads * head_dim <= row_stride, OP, || {
-            "heads overrun the row".into()
-        })?;
+        error::heads_in_row(OP, row_stride, col_offset, num_heads, head_dim)?;
         check_len(OP, "x", x, rows * row_stride)?;
         check_len(OP, "weight", weight, head_dim)?;
         x[..rows * row_stride]

@@ -117,10 +117,7 @@ impl ModelEntry {
         }
         let max_context = lm.model.max_positions();
         let eos = lm.tokenizer.eos_token_ids().to_vec();
-        let engine = match kv_blocks {
-            Some(n) => engine.build_with_blocks(lm.model, eos, n)?,
-            None => engine.build(lm.model, eos)?,
-        };
+        let engine = engine.build_for(lm.model, eos, kv_blocks)?;
         let engine = EngineHandle::spawn(engine);
         Ok(Arc::new(ModelEntry {
             names,
