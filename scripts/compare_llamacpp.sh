@@ -28,7 +28,7 @@ PRECISIONS="${PRECISIONS:-f32 q4_1}"
 CONCURRENCY="${CONCURRENCY:-1 16}"
 LENGTH_SCALE="${LENGTH_SCALE:-0.25}"
 MAX_MODEL_LEN="${MAX_MODEL_LEN:-2048}"
-TRACE="${TRACE:-../shared/traces/AzureLLMInferenceTrace_conv_2023.csv}"
+TRACE="${TRACE:-$(scripts/fetch_traces.sh | tail -1)/AzureLLMInferenceTrace_conv.csv}"
 SLOTS=16
 REPEAT="${REPEAT:-1}"
 THREADS="$(nproc)"
@@ -39,7 +39,7 @@ mkdir -p "$OUT"
 bin="$(scripts/build_llamacpp.sh | tail -1)"
 # novastack for this machine's ISA, like llama.cpp's GGML_NATIVE build.
 CARGO_TARGET_DIR="$PWD/target/native" RUSTFLAGS="-C target-cpu=native" \
-  cargo build --release -q -p novastack-server
+  cargo build --release -q -p novastack
 NS="$PWD/target/native/release/novastack"
 
 q4="$("$NS" fetch default)"

@@ -7,6 +7,7 @@ use crate::request::{FinishReason, Request, RequestId, RequestParams};
 use crate::sampler::{logprobs, Sampler};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
 use novastack_kernels::{Backend, KvCache};
+pub use novastack_metrics::Histogram;
 use novastack_models::{ForwardInput, Llama};
 use std::collections::HashMap;
 
@@ -67,46 +68,6 @@ pub struct EngineStats {
     pub itl: Histogram,
     /// Seconds from arrival to the last token of a sequence that finished normally.
     pub e2e: Histogram,
-}
-
-/// A fixed-bucket histogram (Prometheus style): O(1) to record and cheap to copy, so
-/// the engine thread can publish its stats every step.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Histogram {
-    /// Upper bounds in seconds; a last, implicit `+Inf` bucket follows.
-    pub bounds: &'static [f64],
-    /// Observations per bucket (not cumulative), `bounds.len() + 1` of them.
-    pub counts: Vec<u64>,
-    pub sum: f64,
-    pub count: u64,
-}
-
-const LATENCY_BOUNDS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            bounds: LATENCY_BOUNDS,
-            counts: vec![0; LATENCY_BOUNDS.len() + 1],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-}
-
-impl Histogram {
-    pub fn observe(&mut self, v: f64) {
-        let i = self
-            .bounds
-            .iter()
-            .position(|&b| v <= b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i] += 1;
-        self.sum += v;
-        self.count += 1;
-    }
 }
 
 impl EngineStats {

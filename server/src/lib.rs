@@ -1,16 +1,14 @@
-//! The novastack server: CLI commands, the embedded default model, and the
-//! OpenAI-compatible HTTP API.
+//! `novastack serve`: the OpenAI-compatible HTTP API over the continuous-batching engine,
+//! plus what every command that runs a model shares: the engine flags
+//! ([`engine_args`]), the device switch ([`device`]) and the embedded default model
+//! ([`default_model`]).
+//!
+//! The gateway and the benchmarks are separate crates; the `novastack` binary (`cli/`)
+//! wires them together.
 
-pub mod batch;
-pub mod bench;
-pub mod bench_gateway;
-pub mod bench_plot;
-pub mod bench_serve;
 pub mod default_model;
 pub mod device;
-pub mod gateway;
-pub mod generate;
-#[cfg(any(feature = "cuda", feature = "hip"))]
-pub mod gpu_check;
-pub mod offline;
+pub mod engine_args;
 pub mod serve;
+
+pub use engine_args::EngineArgs;

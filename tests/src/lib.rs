@@ -154,15 +154,28 @@ pub fn start_gateway(
     env: &[(&str, &str)],
 ) -> (
     std::net::SocketAddr,
-    std::sync::Arc<novastack_server::gateway::Gateway>,
+    std::sync::Arc<novastack_gateway::Gateway>,
 ) {
     let env: std::collections::HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let gw = novastack_server::gateway::Gateway::from_config(
+    // Local models run as `novastack serve --config` runs them: in-process servers
+    // built from the default serve flags.
+    let serve = novastack_server::serve::ServeArgs::default();
+    let loader = move |path: &str, served: &str| {
+        novastack_server::serve::local_router(
+            path,
+            served,
+            &serve.engine,
+            serve.max_waiting,
+            serve.max_body_bytes,
+        )
+    };
+    let gw = novastack_gateway::Gateway::from_config(
         yaml,
-        &novastack_server::serve::ServeArgs::default(),
+        &novastack_gateway::GatewayArgs::default(),
+        std::sync::Arc::new(loader),
         &move |k: &str| env.get(k).cloned(),
     )
     .expect("gateway config");
@@ -173,7 +186,7 @@ pub fn start_gateway(
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            novastack_server::gateway::serve(listener, g, None, std::time::Duration::from_secs(5))
+            novastack_gateway::serve(listener, g, None, std::time::Duration::from_secs(5))
                 .await
                 .unwrap();
         });

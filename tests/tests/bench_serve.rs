@@ -7,7 +7,7 @@ use novastack_tests::{fixtures_dir, start_server};
 #[derive(Parser)]
 struct Wrap {
     #[command(flatten)]
-    args: novastack_server::bench_serve::ServeBenchArgs,
+    args: novastack_bench::serve::ServeBenchArgs,
 }
 
 #[test]
@@ -43,7 +43,7 @@ fn bench_serve_reports_exact_token_counts_and_latencies() {
         out.to_str().unwrap(),
     ])
     .args;
-    novastack_server::bench_serve::run(args).unwrap();
+    novastack_bench::serve::run(args).unwrap();
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(r["completed"], 12, "{r}");
     assert_eq!(r["failed"], 0);

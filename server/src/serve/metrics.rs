@@ -3,86 +3,10 @@
 //! latency histograms.
 
 use super::AppState;
-use novastack_engine::Histogram;
+use novastack_metrics::{escape, write_head, write_histogram, write_sample, Histogram};
+use novastack_openai::http::render_http;
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
-
-/// Responses by route and status code.
-#[derive(Default)]
-pub struct HttpMetrics {
-    counts: Mutex<std::collections::HashMap<String, BTreeMap<u16, u64>>>,
-}
-
-impl HttpMetrics {
-    pub fn record(&self, route: &str, status: u16) {
-        if let Ok(mut m) = self.counts.lock() {
-            // No allocation once the route has been seen.
-            match m.get_mut(route) {
-                Some(by_status) => *by_status.entry(status).or_default() += 1,
-                None => {
-                    m.insert(route.to_string(), BTreeMap::from([(status, 1)]));
-                }
-            }
-        }
-    }
-
-    /// Counts by (route, status), sorted.
-    pub fn snapshot(&self) -> BTreeMap<(String, u16), u64> {
-        let Ok(m) = self.counts.lock() else {
-            return BTreeMap::new();
-        };
-        m.iter()
-            .flat_map(|(r, by)| by.iter().map(move |(s, n)| ((r.clone(), *s), *n)))
-            .collect()
-    }
-}
-
-/// Middleware body shared by `serve` and the gateway: counts each response by its route
-/// template (not the raw path, so ids do not explode the label set) and status.
-pub async fn count_response(
-    http: &HttpMetrics,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
-    let resp = next.run(req).await;
-    http.record(&route, resp.status().as_u16());
-    resp
-}
-
-/// `novastack_http_requests_total{route,status}`, HELP and TYPE included.
-pub fn render_http(out: &mut String, http: &HttpMetrics) {
-    let _ = writeln!(
-        out,
-        "# HELP novastack_http_requests_total HTTP responses by route and status code.\n# TYPE novastack_http_requests_total counter"
-    );
-    for ((route, status), n) in http.snapshot() {
-        let _ = writeln!(
-            out,
-            "novastack_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
-            escape(&route)
-        );
-    }
-}
-
-/// One histogram's bucket, sum and count lines (no HELP/TYPE) with `labels`.
-pub fn write_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
-    let mut cum = 0;
-    for (i, c) in h.counts.iter().enumerate() {
-        cum += c;
-        let le = h
-            .bounds
-            .get(i)
-            .map_or("+Inf".to_string(), |b| b.to_string());
-        let _ = writeln!(out, "novastack_{name}_bucket{{{labels},le=\"{le}\"}} {cum}");
-    }
-    let _ = writeln!(out, "novastack_{name}_sum{{{labels}}} {}", h.sum);
-    let _ = writeln!(out, "novastack_{name}_count{{{labels}}} {}", h.count);
-}
 
 /// Finished generations by finish reason (stop, length, abort, error).
 #[derive(Default)]
@@ -98,24 +22,15 @@ impl ModelMetrics {
     }
 }
 
-pub fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 struct Out(String);
 
 impl Out {
     fn head(&mut self, name: &str, help: &str, kind: &str) {
-        let _ = writeln!(
-            self.0,
-            "# HELP novastack_{name} {help}\n# TYPE novastack_{name} {kind}"
-        );
+        write_head(&mut self.0, name, help, kind);
     }
 
     fn sample(&mut self, name: &str, labels: &str, v: f64) {
-        let _ = writeln!(self.0, "novastack_{name}{{{labels}}} {v}");
+        write_sample(&mut self.0, name, labels, v);
     }
 
     fn histogram(&mut self, name: &str, labels: &str, h: &Histogram) {

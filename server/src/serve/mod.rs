@@ -5,27 +5,33 @@
 //! connections, lets in-flight requests finish for up to `--shutdown-timeout` seconds,
 //! then exits.
 
-mod api;
+mod collector;
 mod error;
+mod logprobs;
 pub mod metrics;
+mod openapi;
+mod respond;
+mod router;
+mod routes;
+mod state;
 mod stop;
+mod validate;
 
-pub use api::app;
-pub(crate) use api::{body_bytes, find_key, request_id};
-pub use error::ApiError;
+pub use novastack_openai::http::shutdown_signal;
+pub use novastack_openai::ApiError;
+pub use openapi::openapi_document;
+pub use router::app;
+pub use state::{app_state, AppState, ModelEntry, Registry};
 
-use crate::batch::EngineArgs;
 use crate::default_model;
+use crate::engine_args::EngineArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use novastack_engine::EngineHandle;
-use novastack_kernels::CpuBackend;
-use novastack_models::{LoadedModel, Tokenizer};
-use std::collections::HashMap;
+use novastack_models::LoadedModel;
 use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
@@ -76,160 +82,6 @@ impl Default for ServeArgs {
         }
         Wrap::parse_from(["novastack"]).args
     }
-}
-
-/// One served model: its names, tokenizer and engine thread.
-pub struct ModelEntry {
-    /// The first is the id responses carry; the rest are aliases.
-    pub names: Vec<String>,
-    pub tokenizer: Arc<Tokenizer>,
-    pub max_context: usize,
-    pub engine: EngineHandle,
-    /// Request latency from the HTTP layer's view, by outcome.
-    pub metrics: metrics::ModelMetrics,
-}
-
-impl ModelEntry {
-    /// Starts the engine thread for a loaded model.
-    pub fn start<B: novastack_kernels::Backend + 'static>(
-        lm: LoadedModel<B>,
-        names: Vec<String>,
-        engine: &EngineArgs,
-    ) -> Result<Arc<ModelEntry>>
-    where
-        B::Buf: 'static,
-    {
-        Self::start_with(lm, names, engine, None)
-    }
-
-    /// Like [`ModelEntry::start`] with the KV cache size in blocks (GPU sizing).
-    pub fn start_with<B: novastack_kernels::Backend + 'static>(
-        lm: LoadedModel<B>,
-        names: Vec<String>,
-        engine: &EngineArgs,
-        kv_blocks: Option<usize>,
-    ) -> Result<Arc<ModelEntry>>
-    where
-        B::Buf: 'static,
-    {
-        if names.is_empty() {
-            bail!("a served model needs at least one name");
-        }
-        let max_context = lm.model.max_positions();
-        let eos = lm.tokenizer.eos_token_ids().to_vec();
-        let engine = engine.build_for(lm.model, eos, kv_blocks)?;
-        let engine = EngineHandle::spawn(engine);
-        Ok(Arc::new(ModelEntry {
-            names,
-            tokenizer: Arc::new(lm.tokenizer),
-            max_context,
-            engine,
-            metrics: Default::default(),
-        }))
-    }
-
-    pub fn id(&self) -> &str {
-        &self.names[0]
-    }
-}
-
-/// The served models, by every name.
-pub struct Registry {
-    pub models: Vec<Arc<ModelEntry>>,
-    by_name: HashMap<String, usize>,
-}
-
-impl Registry {
-    pub fn new(models: Vec<Arc<ModelEntry>>) -> Result<Registry> {
-        if models.is_empty() {
-            bail!("no model to serve");
-        }
-        let mut by_name = HashMap::new();
-        for (i, m) in models.iter().enumerate() {
-            for n in &m.names {
-                if n.is_empty() {
-                    bail!("--served-model-name: empty name");
-                }
-                if by_name.insert(n.clone(), i).is_some() {
-                    bail!("--served-model-name: {n:?} names two models");
-                }
-            }
-        }
-        Ok(Registry { models, by_name })
-    }
-
-    /// The model a request names; none (or `default`, unless a model has that name)
-    /// means the first.
-    pub fn get(&self, name: Option<&str>) -> Option<&Arc<ModelEntry>> {
-        match name {
-            None | Some("") => self.models.first(),
-            Some(n) => match self.by_name.get(n) {
-                Some(&i) => self.models.get(i),
-                None if n == "default" => self.models.first(),
-                None => None,
-            },
-        }
-    }
-
-    pub fn names(&self) -> Vec<&str> {
-        self.models.iter().map(|m| m.id()).collect()
-    }
-}
-
-/// Server-wide settings and state the handlers share.
-pub struct AppState {
-    registry: OnceLock<Registry>,
-    /// Accepted bearer keys; empty means no authentication.
-    pub api_keys: Vec<String>,
-    pub max_waiting: usize,
-    pub max_body_bytes: usize,
-    /// Set once SIGTERM arrived: /ready answers 503 and new generations are refused.
-    pub draining: AtomicBool,
-    pub http: metrics::HttpMetrics,
-}
-
-impl AppState {
-    /// A state with no model yet: the API answers 503 until [`AppState::set_models`].
-    pub fn new(api_keys: Vec<String>, max_waiting: usize, max_body_bytes: usize) -> Arc<Self> {
-        Arc::new(AppState {
-            registry: OnceLock::new(),
-            api_keys,
-            max_waiting,
-            max_body_bytes,
-            draining: AtomicBool::new(false),
-            http: Default::default(),
-        })
-    }
-
-    pub fn set_models(&self, models: Vec<Arc<ModelEntry>>) -> Result<()> {
-        let reg = Registry::new(models)?;
-        if self.registry.set(reg).is_err() {
-            bail!("models are already set");
-        }
-        Ok(())
-    }
-
-    /// `None` while loading.
-    pub fn registry(&self) -> Option<&Registry> {
-        self.registry.get()
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
-    }
-}
-
-/// A ready state serving one loaded model under `name` (tests and embedding).
-pub fn app_state(
-    lm: LoadedModel<CpuBackend>,
-    name: String,
-    engine: &EngineArgs,
-    api_key: Option<String>,
-    max_waiting: usize,
-) -> Result<Arc<AppState>> {
-    let state = AppState::new(api_key.into_iter().collect(), max_waiting, 16 << 20);
-    state.set_models(vec![ModelEntry::start(lm, vec![name], engine)?])?;
-    Ok(state)
 }
 
 /// Reads `--api-key-file`: one key per line; `#` starts a comment line.
@@ -301,7 +153,7 @@ fn load_all(args: &ServeArgs, names: Vec<Vec<String>>) -> Result<Vec<Arc<ModelEn
         .zip(names)
         .map(|(p, names)| {
             let path = default_model::resolve(p)?;
-            eprintln!(
+            tracing::info!(
                 "loading {} as {:?} on {}",
                 path.display(),
                 names,
@@ -338,10 +190,26 @@ pub fn load_on_device(
     crate::device::with_model(path, engine, Start { names, engine })
 }
 
+/// An in-process server for one model at `path` (or `default`) named `served`, on
+/// `engine.device`: what the gateway's `provider: local` models run on.
+pub fn local_router(
+    path: &str,
+    served: &str,
+    engine: &EngineArgs,
+    max_waiting: usize,
+    max_body_bytes: usize,
+) -> Result<axum::Router> {
+    let resolved = default_model::resolve(Some(Path::new(path)))?;
+    tracing::info!(path = %resolved.display(), served, device = %engine.device, "loading a local model");
+    let entry = load_on_device(&resolved, vec![served.to_string()], engine)
+        .with_context(|| format!("cannot load {}", resolved.display()))?;
+    let state = AppState::new(Vec::new(), max_waiting, max_body_bytes);
+    state.set_models(vec![entry])?;
+    Ok(app(state))
+}
+
+/// `novastack serve` without `--config` (the binary sends `--config` to the gateway).
 pub fn run(args: ServeArgs) -> Result<()> {
-    if let Some(cfg) = &args.config {
-        return crate::gateway::run(cfg, &args);
-    }
     let names = model_names(&args.model, &args.served_model_name)?;
     {
         let mut seen = std::collections::HashSet::new();
@@ -364,7 +232,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
-        eprintln!("listening on http://{local} (loading models; /ready answers 503 until done)");
+        tracing::info!(
+            "listening on http://{local} (loading models; /ready answers 503 until done)"
+        );
         let st = state.clone();
         let timeout = Duration::from_secs(args.shutdown_timeout);
         let loader = tokio::task::spawn_blocking(move || load_all(&args, names));
@@ -376,34 +246,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 let models = loaded.context("model loading panicked")??;
                 let ids: Vec<String> = models.iter().map(|m| m.id().to_string()).collect();
                 st.set_models(models)?;
-                eprintln!("serving {ids:?} at http://{local}/v1");
+                tracing::info!("serving {ids:?} at http://{local}/v1");
             }
         }
         serve.await
     })
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Serves `state` on `listener` until SIGTERM or Ctrl-C, then drains.
@@ -424,7 +271,7 @@ pub async fn serve_with_shutdown(
     let shutdown = async move {
         signal.await;
         st.draining.store(true, Ordering::SeqCst);
-        eprintln!("shutting down: draining in-flight requests (up to {timeout:?})");
+        tracing::info!("shutting down: draining in-flight requests (up to {timeout:?})");
         notify.notify_one();
     };
     let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(shutdown);
@@ -435,7 +282,7 @@ pub async fn serve_with_shutdown(
                 let s = m.engine.stats();
                 s.num_running + s.num_waiting
             }).sum());
-            eprintln!("shutdown timeout: abandoning {running} unfinished sequences");
+            tracing::warn!("shutdown timeout: abandoning {running} unfinished sequences");
             Ok(())
         }
     };

@@ -1,0 +1,188 @@
+//! `novastack bench decode`: decode throughput of the CPU backend on a model of a given
+//! shape (random weights), beside the memory-bandwidth bound measured in the same run.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use novastack_kernels::CpuBackend;
+use novastack_models::random::RandomSource;
+use novastack_models::{Architecture, ForwardInput, Llama, ModelConfig, RopeScaling};
+use rayon::prelude::*;
+use std::time::Instant;
+
+/// Defaults are SmolLM2-135M's shape.
+#[derive(Args, Debug)]
+pub struct DecodeArgs {
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub batch: Vec<usize>,
+    /// Timed decode steps per batch size.
+    #[arg(long, default_value_t = 16)]
+    pub steps: usize,
+    /// Tokens already in each sequence's cache when decoding starts.
+    #[arg(long, default_value_t = 128)]
+    pub context: usize,
+    #[arg(long, default_value_t = 576)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 30)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 9)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 3)]
+    pub kv_heads: usize,
+    #[arg(long, default_value_t = 1536)]
+    pub ffn: usize,
+    #[arg(long, default_value_t = 49152)]
+    pub vocab: usize,
+}
+
+/// KV block size of the benchmarks.
+pub const BLOCK: usize = 16;
+
+/// Best-of-3 read bandwidth (bytes/s) summing a 1 GiB buffer on all threads.
+fn read_bandwidth() -> f64 {
+    let buf = vec![1.0f32; 1 << 28];
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s: f32 = buf.par_chunks(1 << 16).map(|c| c.iter().sum::<f32>()).sum();
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((buf.len() * 4) as f64 / secs);
+    }
+    best
+}
+
+pub fn run(a: DecodeArgs) -> Result<()> {
+    if a.heads == 0
+        || a.kv_heads == 0
+        || !a.heads.is_multiple_of(a.kv_heads)
+        || !a.hidden.is_multiple_of(a.heads)
+    {
+        bail!("heads must divide hidden and be a multiple of kv_heads");
+    }
+    let head_dim = a.hidden / a.heads;
+    let max_batch = a.batch.iter().copied().max().unwrap_or(1);
+    let config = llama_shape(
+        a.hidden,
+        a.ffn,
+        a.layers,
+        a.heads,
+        a.kv_heads,
+        a.vocab,
+        a.context + a.steps + 1,
+        true,
+    );
+    let (q, kv) = (a.heads * head_dim, a.kv_heads * head_dim);
+    let per_layer = (q + 2 * kv) * a.hidden + a.hidden * q + 3 * a.ffn * a.hidden;
+    let weight_bytes = ((per_layer * a.layers + a.vocab * a.hidden) * 4) as f64;
+    tracing::info!("measuring memory bandwidth...");
+    let bw = read_bandwidth();
+    tracing::info!(
+        "loading random {:.0}M-parameter model...",
+        weight_bytes / 4e6
+    );
+    let model = Llama::load(config, &RandomSource::new(0, 0.02), CpuBackend::new())?;
+    let threads = rayon::current_num_threads();
+    println!(
+        "decode benchmark: hidden {} layers {} heads {}/{} ffn {} vocab {}, f32 weights {:.0} MB, context {}, {} threads",
+        a.hidden, a.layers, a.heads, a.kv_heads, a.ffn, a.vocab, weight_bytes / 1e6, a.context, threads
+    );
+    println!("memory read bandwidth (measured): {:.1} GB/s", bw / 1e9);
+    println!(
+        "{:>6} {:>10} {:>12} {:>14} {:>8}",
+        "batch", "ms/step", "tokens/s", "bound tok/s", "ratio"
+    );
+    let blocks_per_seq = (a.context + a.steps).div_ceil(BLOCK);
+    for &b in &a.batch {
+        if b == 0 || b > max_batch {
+            continue;
+        }
+        let mut cache = model.new_kv_cache(b * blocks_per_seq, BLOCK)?;
+        let tables: Vec<Vec<u32>> = (0..b)
+            .map(|s| {
+                (0..blocks_per_seq)
+                    .map(|i| (s * blocks_per_seq + i) as u32)
+                    .collect()
+            })
+            .collect();
+        let step = |lens: &[usize], new: usize| synthetic_step(lens, new, &tables, a.vocab);
+        let mut lens = vec![0usize; b];
+        model.forward(&step(&lens, a.context), &mut cache)?;
+        lens.iter_mut().for_each(|l| *l = a.context);
+        let t = Instant::now();
+        for _ in 0..a.steps {
+            let logits = model.forward(&step(&lens, 1), &mut cache)?;
+            std::hint::black_box(&logits);
+            lens.iter_mut().for_each(|l| *l += 1);
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let tps = (b * a.steps) as f64 / secs;
+        let avg_ctx = a.context as f64 + a.steps as f64 / 2.0;
+        let kv_read = b as f64 * avg_ctx * model.kv_bytes_per_token() as f64;
+        let bound = b as f64 * bw / (weight_bytes + kv_read);
+        println!(
+            "{:>6} {:>10.1} {:>12.1} {:>14.1} {:>8.2}",
+            b,
+            secs * 1e3 / a.steps as f64,
+            tps,
+            bound,
+            tps / bound
+        );
+    }
+    Ok(())
+}
+
+/// A Llama-shaped config (default RoPE, no biases, no sliding window) for benchmarks
+/// with random weights; shared by `bench decode` and `gpu-check`.
+#[allow(clippy::too_many_arguments)]
+pub fn llama_shape(
+    hidden: usize,
+    ffn: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    vocab: usize,
+    max_positions: usize,
+    tie_word_embeddings: bool,
+) -> ModelConfig {
+    ModelConfig {
+        architecture: Architecture::Llama,
+        hidden_size: hidden,
+        intermediate_size: ffn,
+        num_layers: layers,
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim: hidden / heads,
+        vocab_size: vocab,
+        rms_norm_eps: 1e-5,
+        rope_theta: 500000.0,
+        rope_scaling: RopeScaling::None,
+        max_position_embeddings: max_positions,
+        tie_word_embeddings,
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        qk_norm: false,
+        sliding_window: vec![None; layers],
+        dtype: None,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    }
+}
+
+/// One benchmark step: `new` deterministic tokens for each sequence at its length
+/// `lens[s]`, over block table `tables[s]` (blocks of [`BLOCK`] tokens).
+pub fn synthetic_step(
+    lens: &[usize],
+    new: usize,
+    tables: &[Vec<u32>],
+    vocab: usize,
+) -> ForwardInput {
+    let mut inp = ForwardInput::default();
+    for (s, &len) in lens.iter().enumerate() {
+        let toks: Vec<u32> = (len..len + new)
+            .map(|p| ((p * 7919 + s * 104729) % vocab) as u32)
+            .collect();
+        inp.push_seq(&toks, len, tables[s].clone(), BLOCK, true);
+    }
+    inp
+}

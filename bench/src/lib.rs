@@ -1,0 +1,39 @@
+//! `novastack bench ...`: the benchmarks, each in its own module. Performance targets
+//! live here as ratios against a peer or a physical bound measured in the same run,
+//! never as timed tests.
+
+pub mod decode;
+pub mod gateway;
+pub mod offline;
+pub mod plot;
+pub mod serve;
+pub mod stats;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Decode tokens/s at several batch sizes vs the memory-bandwidth bound.
+    Decode(decode::DecodeArgs),
+    /// Offline throughput of the batching engine on a dataset, buckets on and off.
+    Offline(offline::OfflineArgs),
+    /// Gateway overhead (p50/p99 added latency, max request rate) against an instant
+    /// mock upstream, optionally beside another gateway such as LiteLLM.
+    Gateway(gateway::GatewayBenchArgs),
+    /// Replay a workload against any OpenAI-compatible server: TTFT, TPOT, ITL, E2E,
+    /// throughput, goodput (vLLM's flags).
+    Serve(serve::ServeBenchArgs),
+    /// Ratios of two `bench serve --result-json` files.
+    Compare(serve::CompareArgs),
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Decode(args) => decode::run(args),
+        BenchCommand::Offline(args) => offline::run(args),
+        BenchCommand::Gateway(args) => gateway::run(args),
+        BenchCommand::Serve(args) => serve::run(args),
+        BenchCommand::Compare(args) => serve::compare(args),
+    }
+}

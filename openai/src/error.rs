@@ -1,0 +1,114 @@
+//! The single place errors become HTTP: OpenAI's error JSON.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub param: Option<String>,
+    /// Extra response headers (e.g. `Retry-After`, `x-ratelimit-*`).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl ApiError {
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn new(status: StatusCode, message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            param: param.map(str::to_string),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            param: param.map(str::to_string),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+            param: param.map(str::to_string),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "missing or invalid API key (send Authorization: Bearer KEY)".into(),
+            param: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn too_many(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: message.into(),
+            param: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            param: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            400 | 405 | 413 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            503 => "service_unavailable",
+            502 | 504 => "upstream_error",
+            _ => "server_error",
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"message": self.message, "type": self.kind(), "param": self.param, "code": null}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, "{}", self.message);
+        }
+        let mut resp = (self.status, Json(self.body())).into_response();
+        for (k, v) in &self.headers {
+            if let Ok(v) = axum::http::HeaderValue::from_str(v) {
+                resp.headers_mut().insert(*k, v);
+            }
+        }
+        if self.status == StatusCode::TOO_MANY_REQUESTS
+            && !resp.headers().contains_key("retry-after")
+        {
+            resp.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

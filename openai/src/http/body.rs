@@ -1,0 +1,55 @@
+//! Request bodies: the byte limit as 413, and JSON into typed requests with errors that
+//! name the offending field.
+
+use crate::ApiError;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use serde_json::Value;
+
+/// The body bytes, or the limit / read failure as OpenAI error JSON (413 when too big).
+pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rej| {
+        let status = rej.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "the request body is larger than the server's limit (--max-body-bytes)",
+                None,
+            )
+        } else {
+            ApiError::bad_request(
+                format!("cannot read the request body: {}", rej.body_text()),
+                None,
+            )
+        }
+    })
+}
+
+/// Parses a JSON object body; anything else is a 400.
+pub fn json_object(body: &[u8]) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}"), None))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid request body: expected a JSON object",
+            None,
+        ));
+    }
+    Ok(v)
+}
+
+/// Deserializes `v` into `T`; a type error names the field's path (`param` too).
+pub fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ApiError::bad_request(format!("invalid request body: {}", e.inner()), None)
+        } else {
+            ApiError::bad_request(
+                format!("invalid request body: field `{path}`: {}", e.inner()),
+                Some(&path),
+            )
+        }
+    })
+}

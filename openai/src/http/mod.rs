@@ -1,0 +1,14 @@
+//! HTTP plumbing shared by `serve` and the gateway: authentication, body limits and
+//! JSON parsing, request ids, response counting and the shutdown signal.
+
+pub mod auth;
+pub mod body;
+pub mod metrics;
+pub mod request_id;
+pub mod shutdown;
+
+pub use auth::find_key;
+pub use body::{body_bytes, from_value, json_object};
+pub use metrics::{count_response, render_http, HttpMetrics};
+pub use request_id::request_id;
+pub use shutdown::shutdown_signal;

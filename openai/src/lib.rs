@@ -1,0 +1,13 @@
+//! What the OpenAI-compatible server and the gateway share: the error type and its one
+//! mapping to OpenAI error JSON and HTTP status, the HTTP plumbing (auth, bodies,
+//! request ids, response counts, shutdown), and the SSE wire format.
+//!
+//! Neither `novastack-server` nor `novastack-gateway` depends on the other; both depend
+//! on this crate.
+
+pub mod error;
+pub mod http;
+pub mod protocol;
+pub mod sse_parser;
+
+pub use error::ApiError;

@@ -1,0 +1,319 @@
+//! The OpenAI wire protocol: request and response bodies of the chat, completion,
+//! model and tokenize endpoints, as `/openapi.json` describes them. Shared by the
+//! server (which fills them from engine output) and the gateway.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use utoipa::ToSchema;
+
+/// A string or a list of strings.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Sampling fields shared by both endpoints (OpenAI's plus vLLM's extensions).
+#[derive(Deserialize, Default, ToSchema)]
+pub struct GenerationParams {
+    /// A served model name or alias (default: the first model).
+    pub model: Option<String>,
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// Choices per prompt, 1 to 16.
+    pub n: Option<usize>,
+    /// Up to 4 stop strings; matched across token boundaries, never included.
+    pub stop: Option<OneOrMany>,
+    pub seed: Option<u64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    /// Token id (as a string) to a bias added to its logit.
+    pub logit_bias: Option<HashMap<String, f32>>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub user: Option<String>,
+    /// vLLM extension: sample from the k most likely tokens (0 or -1: all).
+    pub top_k: Option<i64>,
+    /// vLLM extension.
+    pub min_p: Option<f32>,
+    /// vLLM extension.
+    pub repetition_penalty: Option<f32>,
+    /// vLLM extension: keep generating past end-of-sequence tokens.
+    pub ignore_eos: Option<bool>,
+    /// vLLM extension: lower runs first.
+    pub priority: Option<i32>,
+    /// vLLM extension: extra token ids that end a sequence.
+    pub stop_token_ids: Option<Vec<u32>>,
+    /// Not supported yet: a non-null value is rejected with 400.
+    pub tools: Option<Value>,
+    /// Not supported yet: a non-null value is rejected with 400.
+    pub response_format: Option<Value>,
+}
+
+#[derive(Deserialize, Default, ToSchema)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` and empty `choices` before `[DONE]`.
+    pub include_usage: Option<bool>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct ChatRequest {
+    /// `{"role", "content"}` objects; content is a string or an array of text parts.
+    pub messages: Vec<Value>,
+    pub max_completion_tokens: Option<usize>,
+    pub logprobs: Option<bool>,
+    /// 0 to 20 alternatives per token (with `logprobs: true`).
+    pub top_logprobs: Option<usize>,
+}
+
+/// A string, strings, token ids, or lists of token ids.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    /// Top alternatives per token, 0 to 20.
+    pub logprobs: Option<usize>,
+    /// Not supported: `true` is rejected with 400.
+    pub echo: Option<bool>,
+    /// Not supported: rejected with 400.
+    pub suffix: Option<String>,
+    /// vLLM extension: logprob tokens as `token_id:N`.
+    pub return_tokens_as_token_ids: Option<bool>,
+}
+
+/// The body of `POST /v1/chat/completions` (documentation type: the handler parses
+/// the two parts separately so errors name the exact field).
+#[derive(ToSchema)]
+pub struct ChatCompletionRequest {
+    #[schema(inline)]
+    pub chat: ChatRequest,
+    #[schema(inline)]
+    pub common: GenerationParams,
+}
+
+/// The body of `POST /v1/completions` (documentation type, as above).
+#[derive(ToSchema)]
+pub struct CompletionBody {
+    #[schema(inline)]
+    pub completion: CompletionRequest,
+    #[schema(inline)]
+    pub common: GenerationParams,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct TokenizeRequest {
+    /// A served model name or alias (read with the common fields).
+    pub model: Option<String>,
+    pub prompt: Option<String>,
+    pub messages: Option<Vec<Value>>,
+    pub add_special_tokens: Option<bool>,
+    pub add_generation_prompt: Option<bool>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct DetokenizeRequest {
+    /// A served model name or alias (read with the common fields).
+    pub model: Option<String>,
+    pub tokens: Vec<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenizeResponse {
+    pub count: usize,
+    pub max_model_len: usize,
+    pub tokens: Vec<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DetokenizeResponse {
+    pub prompt: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+    pub max_model_len: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}
+
+#[derive(Serialize, ToSchema, Clone, Copy)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: usize,
+    pub message: ChatMessage,
+    /// `{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}` when requested.
+    pub logprobs: Option<Value>,
+    /// `stop`, `length`, or `abort`.
+    pub finish_reason: FinishReason,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ChatCompletion {
+    pub id: String,
+    /// `chat.completion`
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Serialize, ToSchema, Default)]
+pub struct ChatDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ChatChunkChoice {
+    pub index: usize,
+    pub delta: ChatDelta,
+    pub logprobs: Option<Value>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// One `data:` event of a streamed chat completion.
+#[derive(Serialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    /// `chat.completion.chunk`
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChunkChoice>,
+    /// Only on the last chunk (empty `choices`) when `stream_options.include_usage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CompletionChoice {
+    pub index: usize,
+    pub text: String,
+    /// `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}` when requested.
+    pub logprobs: Option<Value>,
+    /// Null in stream chunks until the choice ends.
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// A text completion, or (streaming) one `data:` event of it.
+#[derive(Serialize, ToSchema)]
+pub struct Completion {
+    pub id: String,
+    /// `text_completion`
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+/// OpenAI's error shape.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorDetail,
+}
+
+/// Why a choice ended, as the wire spells it.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token, a stop token or a stop string.
+    Stop,
+    /// `max_tokens` or the context window.
+    Length,
+    /// The request was cancelled.
+    Abort,
+    /// The request failed (streams end with an error chunk).
+    Error,
+}
+
+/// A chat message's author.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    /// The role named `s`, if it is one the API accepts.
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "system" => Role::System,
+            "developer" => Role::Developer,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_reasons_and_roles_serialize_as_the_wire_spells_them() {
+        for (f, s) in [
+            (FinishReason::Stop, "stop"),
+            (FinishReason::Length, "length"),
+            (FinishReason::Abort, "abort"),
+            (FinishReason::Error, "error"),
+        ] {
+            assert_eq!(serde_json::to_value(f).unwrap(), s);
+        }
+        for r in ["system", "developer", "user", "assistant", "tool"] {
+            let role = Role::parse(r).unwrap();
+            assert_eq!(serde_json::to_value(role).unwrap(), r);
+        }
+        assert_eq!(Role::parse("robot"), None);
+    }
+}

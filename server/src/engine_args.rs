@@ -1,0 +1,130 @@
+//! The engine sizing flags (vLLM's names) every command that runs a model shares, and
+//! the engine built from them.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use novastack_engine::{Buckets, Engine, EngineConfig, SchedulerConfig};
+use novastack_kernels::Backend;
+use novastack_models::Llama;
+
+/// Engine sizing flags (vLLM's names).
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Most sequences in one step.
+    #[arg(long, default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Token budget per step (prefill chunks + decodes). Default: 512 on the CPU, where a
+    /// step of 2,048 prompt tokens takes ~10 s on 2 cores and stalls every stream (in
+    /// `scripts/compare_llamacpp.sh` runs, 256 / 512 / 1024 differed by less than the
+    /// run-to-run noise); 2048 on a GPU.
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<usize>,
+    /// KV cache size in MiB (f32 keys and values on the CPU backend).
+    #[arg(long, default_value_t = 1024)]
+    pub kv_cache_mb: usize,
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Context-length bucket boundaries, e.g. 512,2048,8192; `off` disables bucketing;
+    /// `auto` is off on the CPU (its attention costs per token, so mixing lengths wastes
+    /// nothing and bucketing only delays requests) and the engine's default boundaries (512, 2048, 8192, 32768, 131072) on a GPU
+    /// (where a batch's attention time follows its longest context).
+    #[arg(long, default_value = "auto")]
+    pub buckets: String,
+    /// Steps a request may wait before its bucket is served first.
+    #[arg(long, default_value_t = 8)]
+    pub max_wait_steps: u64,
+    /// `cpu`, or `cuda` / `hip` for a GPU (needs a build with `--features cuda` / `hip`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// GPU: fraction of the card's memory for weights and KV cache; the KV cache gets
+    /// what the weights leave (replaces --kv-cache-mb).
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
+    /// GPU storage type for weights, activations and KV cache: bf16, f16 or f32.
+    #[arg(long, default_value = "bf16")]
+    pub gpu_dtype: String,
+}
+
+impl EngineArgs {
+    /// The per-step token budget: the flag, else 512 on the CPU and 2048 on a GPU.
+    pub fn token_budget(&self) -> usize {
+        self.max_num_batched_tokens
+            .unwrap_or(if self.device == "cpu" { 512 } else { 2048 })
+            .max(1)
+    }
+
+    pub fn buckets(&self) -> Result<Buckets> {
+        if self.buckets == "off" || self.buckets.is_empty() {
+            return Ok(Buckets::off());
+        }
+        if self.buckets == "auto" {
+            return Ok(if self.device == "cpu" {
+                Buckets::off()
+            } else {
+                Buckets::new(Buckets::default_boundaries())
+            });
+        }
+        let b: std::result::Result<Vec<usize>, _> =
+            self.buckets.split(',').map(|s| s.trim().parse()).collect();
+        match b {
+            Ok(b) => Ok(Buckets::new(b)),
+            Err(_) => bail!(
+                "--buckets must be comma-separated token counts or `off`, got {:?}",
+                self.buckets
+            ),
+        }
+    }
+
+    pub fn build<B: Backend>(&self, model: Llama<B>, eos: Vec<u32>) -> Result<Engine<B>> {
+        let per_block = model.kv_bytes_per_token() * self.block_size.max(1);
+        self.build_with_blocks(model, eos, (self.kv_cache_mb << 20) / per_block.max(1))
+    }
+
+    /// [`EngineArgs::build_with_blocks`] when the device sized the KV cache
+    /// (`crate::device::ModelJob`), else [`EngineArgs::build`].
+    pub fn build_for<B: Backend>(
+        &self,
+        model: Llama<B>,
+        eos: Vec<u32>,
+        kv_blocks: Option<usize>,
+    ) -> Result<Engine<B>> {
+        match kv_blocks {
+            Some(n) => self.build_with_blocks(model, eos, n),
+            None => self.build(model, eos),
+        }
+    }
+
+    /// Like [`EngineArgs::build`] with the KV cache size given in blocks (GPU sizing).
+    pub fn build_with_blocks<B: Backend>(
+        &self,
+        model: Llama<B>,
+        eos: Vec<u32>,
+        num_blocks: usize,
+    ) -> Result<Engine<B>> {
+        let per_block = model.kv_bytes_per_token() * self.block_size.max(1);
+        if num_blocks == 0 {
+            bail!(
+                "--kv-cache-mb {} holds no block of {} bytes",
+                self.kv_cache_mb,
+                per_block
+            );
+        }
+        let max_model_len = model.max_positions();
+        let scheduler = SchedulerConfig {
+            max_num_batched_tokens: self.token_budget(),
+            max_num_seqs: self.max_num_seqs.max(1),
+            max_model_len,
+            buckets: self.buckets()?,
+            max_wait_steps: self.max_wait_steps,
+        };
+        Ok(Engine::new(
+            model,
+            eos,
+            EngineConfig {
+                scheduler,
+                num_blocks,
+                block_size: self.block_size.max(1),
+            },
+        )?)
+    }
+}
