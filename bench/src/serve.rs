@@ -208,7 +208,9 @@ fn load_tokenizer(path: Option<&std::path::Path>) -> Result<novastack_models::To
     if p.is_dir() {
         return Ok(novastack_models::Tokenizer::from_dir(&p)?);
     }
-    Ok(novastack_models::load_model(&p, novastack_kernels::CpuBackend::new())?.tokenizer)
+    // Only the tokenizer: a GGUF's metadata, not its (dequantized) weights.
+    let file = novastack_models::gguf::GgufFile::open(&p)?;
+    Ok(novastack_models::gguf::tokenizer_from_gguf(&file)?)
 }
 
 fn workload(a: &ServeBenchArgs, tok: &novastack_models::Tokenizer) -> Result<Vec<Req>> {
