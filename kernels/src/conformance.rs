@@ -6,9 +6,10 @@
 //! checks, and every compiled kernel is launched by some case).
 //!
 //! A case is defined beside the op's GPU launch and kernel (`gpu/ops/<kernel file>.rs`)
-//! and registered with one line in `gpu/ops/mod.rs`. Inputs are drawn from a fixed
-//! seed and rounded to the target's storage type, so oracle and target see the same
-//! values; outputs start as NaN, so a value the target never writes fails the check.
+//! and listed in that file's `cases` (`gpu/ops/mod.rs` lists the files). Inputs are
+//! drawn from a fixed seed and rounded to the target's storage type, so oracle and
+//! target see the same values; outputs start as NaN, so a value the target never
+//! writes fails the check.
 
 use crate::{Backend, CpuBackend, Dtype, Result};
 

@@ -168,11 +168,11 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     match args.device.as_str() {
         #[cfg(feature = "cuda")]
         "cuda" => check(&args, &|d| {
-            Ok(novastack_kernels::cuda_backend::CudaBackend::new(index, d)?)
+            Ok(novastack_kernels::vendor::cuda::CudaBackend::new(index, d)?)
         }),
         #[cfg(feature = "hip")]
         "hip" => check(&args, &|d| {
-            Ok(novastack_kernels::hip_backend::HipBackend::new(index, d)?)
+            Ok(novastack_kernels::vendor::hip::HipBackend::new(index, d)?)
         }),
         #[cfg(not(feature = "cuda"))]
         "cuda" => bail!("--device cuda needs a build with `--features cuda`"),

@@ -100,6 +100,14 @@ pub(crate) fn gather_rows<D: Device>(
     )
 }
 
+/// The cases of this file's ops.
+pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
+    embedding_cases(g, v)?;
+    add_inplace_cases(g, v)?;
+    silu_and_mul_cases(g, v)?;
+    gather_rows_cases(g, v)
+}
+
 struct Embedding {
     vocab: usize,
     hidden: usize,
@@ -123,7 +131,7 @@ impl Case for Embedding {
 }
 
 /// A small table, and the Llama-2 vocabulary at 4096 wide.
-pub(super) fn embedding_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
+fn embedding_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
     for (vocab, hidden) in [(1000, 64), (32000, 4096)] {
         v.case(Embedding {
             vocab,
@@ -155,7 +163,7 @@ impl Case for AddInplace {
 }
 
 /// One value, and more values than one grid-stride pass covers (65535 blocks x 256).
-pub(super) fn add_inplace_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
+fn add_inplace_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
     for len in [1, 65535 * 256 + 3] {
         v.case(AddInplace {
             residual: g.rand(len, 2.0),
@@ -186,7 +194,7 @@ impl Case for SiluAndMul {
 }
 
 /// One small row, and Llama-3-8B's MLP width.
-pub(super) fn silu_and_mul_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
+fn silu_and_mul_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
     for (rows, inter) in [(1, 128), (9, 14336)] {
         v.case(SiluAndMul {
             rows,
@@ -218,7 +226,7 @@ impl Case for GatherRows {
 }
 
 /// The last, first and a middle row, out of order (the LM head's gather).
-pub(super) fn gather_rows_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
+fn gather_rows_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
     v.case(GatherRows {
         dim: 64,
         x: g.rand(40 * 64, 1.0),

@@ -99,6 +99,13 @@ pub(crate) fn head_rms_norm<D: Device>(
     )
 }
 
+/// The cases of this file's ops.
+pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
+    rms_norm_cases(g, v)?;
+    add_rms_norm_cases(g, v)?;
+    head_rms_norm_cases(g, v)
+}
+
 const EPS: f32 = 1e-6;
 
 /// One row of a tiny model, a few rows of an 8B model, and a batch of Qwen2-0.5B rows.
@@ -126,7 +133,7 @@ impl Case for RmsNorm {
     }
 }
 
-pub(super) fn rms_norm_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
+fn rms_norm_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
     for (rows, dim) in NORM_SHAPES {
         v.case(RmsNorm {
             rows,
@@ -163,7 +170,7 @@ impl Case for AddRmsNorm {
     }
 }
 
-pub(super) fn add_rms_norm_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
+fn add_rms_norm_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
     for (rows, dim) in NORM_SHAPES {
         v.case(AddRmsNorm {
             rows,
@@ -202,7 +209,7 @@ impl Case for HeadRmsNorm {
 }
 
 /// The q heads of 5 packed `[q | k | v]` rows (8 q heads, 2 kv heads), as Qwen3 norms them.
-pub(super) fn head_rms_norm_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
+fn head_rms_norm_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
     for hd in [64, 128] {
         let (heads, kv_heads, rows) = (8, 2, 5);
         let stride = (heads + 2 * kv_heads) * hd;
