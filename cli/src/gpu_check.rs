@@ -8,11 +8,11 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use novastack_engine::{generate, GenerateParams, SamplingParams};
-use novastack_kernels::gpu::{Device, Dtype, GpuBackend, GpuBuf};
-use novastack_kernels::{AttentionMetadata, Backend, CpuBackend, KvCacheConfig, SeqAttention};
+use novastack_kernels::conformance::{self, Check};
+use novastack_kernels::gpu::{Device, GpuBackend};
+use novastack_kernels::Dtype;
 use novastack_models::random::RandomSource;
 use novastack_models::{load_model, Llama};
-use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -38,297 +38,11 @@ pub struct GpuCheckArgs {
     pub layers: usize,
 }
 
-struct Check {
-    name: String,
-    err: f64,
-    tol: f64,
-}
-
-fn round(v: &[f32], d: Dtype) -> Vec<f32> {
-    match d {
-        Dtype::F32 => v.to_vec(),
-        Dtype::F16 => v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect(),
-        Dtype::Bf16 => v
-            .iter()
-            .map(|x| half::bf16::from_f32(*x).to_f32())
-            .collect(),
-    }
-}
-
-/// max |gpu - cpu| / max |cpu| (NaN anywhere: infinite).
-fn rel_err(gpu: &[f32], cpu: &[f32]) -> f64 {
-    if gpu.len() != cpu.len() || gpu.iter().any(|v| !v.is_finite()) {
-        return f64::INFINITY;
-    }
-    let scale = cpu
-        .iter()
-        .fold(0f64, |m, v| m.max(v.abs() as f64))
-        .max(1e-6);
-    let diff = gpu
-        .iter()
-        .zip(cpu)
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
-    diff / scale
-}
-
-struct Pair<'a, D: Device> {
-    gpu: &'a GpuBackend<D>,
-    rng: rand_chacha::ChaCha8Rng,
-    checks: Vec<Check>,
-}
-
-impl<D: Device> Pair<'_, D> {
-    fn rand(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        let v: Vec<f32> = (0..n)
-            .map(|_| self.rng.random_range(-scale..scale))
-            .collect();
-        round(&v, self.gpu.dtype)
-    }
-
-    fn tol(&self) -> f64 {
-        match self.gpu.dtype {
-            Dtype::F32 => 1e-4,
-            _ => 3e-2,
-        }
-    }
-
-    fn poisoned(&self, n: usize) -> Result<GpuBuf<D>> {
-        Ok(self.gpu.upload(&vec![f32::NAN; n])?)
-    }
-
-    fn record(&mut self, name: String, gpu: &[f32], cpu: &[f32]) {
-        let err = rel_err(gpu, cpu);
-        let tol = self.tol();
-        self.checks.push(Check { name, err, tol });
-    }
-
-    fn ops(&mut self) -> Result<()> {
-        let (g, c) = (self.gpu, CpuBackend::new());
-        let d = format!("{:?}", g.dtype).to_lowercase();
-        for (vocab, hidden) in [(1000, 64), (32000, 4096)] {
-            let table = self.rand(vocab * hidden, 1.0);
-            let ids: Vec<u32> = (0..7).map(|i| (i * 7919 % vocab) as u32).collect();
-            let mut co = c.zeros(ids.len() * hidden)?;
-            c.embedding(&table, vocab, hidden, &ids, &mut co)?;
-            let mut go = self.poisoned(ids.len() * hidden)?;
-            g.embedding(&g.upload(&table)?, vocab, hidden, &ids, &mut go)?;
-            self.record(
-                format!("embedding {d} {vocab}x{hidden}"),
-                &g.download(&go)?,
-                &co,
-            );
-        }
-        for (rows, dim) in [(1, 64), (5, 4096), (33, 896)] {
-            let (x, r, w) = (
-                self.rand(rows * dim, 2.0),
-                self.rand(rows * dim, 2.0),
-                self.rand(dim, 1.0),
-            );
-            let mut co = c.zeros(rows * dim)?;
-            c.rms_norm(&x, &w, rows, dim, 1e-6, &mut co)?;
-            let mut go = self.poisoned(rows * dim)?;
-            g.rms_norm(&g.upload(&x)?, &g.upload(&w)?, rows, dim, 1e-6, &mut go)?;
-            self.record(format!("rms_norm {d} {rows}x{dim}"), &g.download(&go)?, &co);
-            let (mut cr, mut gr) = (r.clone(), g.upload(&r)?);
-            c.add_rms_norm(&mut cr, &x, &w, rows, dim, 1e-6, &mut co)?;
-            let mut go = self.poisoned(rows * dim)?;
-            g.add_rms_norm(
-                &mut gr,
-                &g.upload(&x)?,
-                &g.upload(&w)?,
-                rows,
-                dim,
-                1e-6,
-                &mut go,
-            )?;
-            self.record(
-                format!("add_rms_norm {d} {rows}x{dim}"),
-                &g.download(&go)?,
-                &co,
-            );
-            self.record(
-                format!("add_rms_norm.residual {d} {rows}x{dim}"),
-                &g.download(&gr)?,
-                &cr,
-            );
-        }
-        for (m, k, n, bias) in [
-            (1, 64, 96, false),
-            (7, 4096, 4096, false),
-            (33, 896, 1000, true),
-            (1, 4096, 14336, false),
-        ] {
-            let (x, w, b) = (
-                self.rand(m * k, 1.0),
-                self.rand(n * k, 0.05),
-                self.rand(n, 1.0),
-            );
-            let mut co = c.zeros(m * n)?;
-            c.matmul(&x, &w, bias.then_some(&b), m, k, n, &mut co)?;
-            let gb = g.upload(&b)?;
-            let mut go = self.poisoned(m * n)?;
-            g.matmul(
-                &g.upload(&x)?,
-                &g.upload(&w)?,
-                bias.then_some(&gb),
-                m,
-                k,
-                n,
-                &mut go,
-            )?;
-            self.record(
-                format!("matmul {d} {m}x{k}x{n}{}", if bias { "+bias" } else { "" }),
-                &g.download(&go)?,
-                &co,
-            );
-        }
-        for (rows, inter) in [(1, 128), (9, 14336)] {
-            let x = self.rand(rows * 2 * inter, 3.0);
-            let mut co = c.zeros(rows * inter)?;
-            c.silu_and_mul(&x, rows, inter, &mut co)?;
-            let mut go = self.poisoned(rows * inter)?;
-            g.silu_and_mul(&g.upload(&x)?, rows, inter, &mut go)?;
-            self.record(
-                format!("silu_and_mul {d} {rows}x{inter}"),
-                &g.download(&go)?,
-                &co,
-            );
-        }
-        for hd in [64, 128] {
-            let (heads, kvh, toks, max_pos) = (8, 2, 5, 64);
-            let stride = (heads + 2 * kvh) * hd;
-            let x = self.rand(toks * stride, 1.0);
-            let table: Vec<f32> = round(
-                &(0..max_pos * hd)
-                    .map(|i| {
-                        let (p, j) = ((i / hd) as f32, (i % hd) % (hd / 2));
-                        let a = p / 10000f32.powf(2.0 * j as f32 / hd as f32);
-                        if (i % hd) < hd / 2 {
-                            a.cos()
-                        } else {
-                            a.sin()
-                        }
-                    })
-                    .collect::<Vec<_>>(),
-                g.dtype,
-            );
-            let pos: Vec<u32> = vec![0, 3, 17, 40, 63];
-            let mut cx = x.clone();
-            c.rope(&mut cx, stride, heads * hd, kvh, hd, &pos, &table)?;
-            let mut gx = g.upload(&x)?;
-            g.rope(
-                &mut gx,
-                stride,
-                heads * hd,
-                kvh,
-                hd,
-                &pos,
-                &g.upload(&table)?,
-            )?;
-            self.record(format!("rope {d} hd{hd}"), &g.download(&gx)?, &cx);
-            let w = self.rand(hd, 1.0);
-            let mut cx = x.clone();
-            c.head_rms_norm(&mut cx, toks, stride, 0, heads, hd, &w, 1e-6)?;
-            let mut gx = g.upload(&x)?;
-            g.head_rms_norm(&mut gx, toks, stride, 0, heads, hd, &g.upload(&w)?, 1e-6)?;
-            self.record(format!("head_rms_norm {d} hd{hd}"), &g.download(&gx)?, &cx);
-            self.attention(hd)?;
-        }
-        let x = self.rand(40 * 64, 1.0);
-        let idx = vec![39, 0, 7];
-        let mut co = c.zeros(3 * 64)?;
-        c.gather_rows(&x, 64, &idx, &mut co)?;
-        let mut go = self.poisoned(3 * 64)?;
-        g.gather_rows(&g.upload(&x)?, 64, &idx, &mut go)?;
-        self.record(format!("gather_rows {d}"), &g.download(&go)?, &co);
-        Ok(())
-    }
-
-    /// reshape_and_cache, then paged attention for decode, prefill, chunked prefill and a
-    /// sliding window, over scattered blocks.
-    fn attention(&mut self, hd: usize) -> Result<()> {
-        let (g, c) = (self.gpu, CpuBackend::new());
-        let d = format!("{:?}", g.dtype).to_lowercase();
-        let cfg = KvCacheConfig {
-            num_blocks: 96,
-            block_size: 16,
-            num_kv_heads: 2,
-            head_dim: hd,
-        };
-        let heads = 8;
-        let stride = (heads + 2 * cfg.num_kv_heads) * hd;
-        // Every slot of the cache holds random keys and values already.
-        let (kc, vc) = (
-            self.rand(cfg.layer_len(), 1.0),
-            self.rand(cfg.layer_len(), 1.0),
-        );
-        let (ctxs, queries) = ([700usize, 40, 100], [1usize, 40, 20]);
-        let mut seqs = Vec::new();
-        let mut slots = Vec::new();
-        let mut start = 0;
-        for (s, (&ctx, &nq)) in ctxs.iter().zip(&queries).enumerate() {
-            let blocks: Vec<u32> = (0..ctx.div_ceil(16))
-                .map(|i| ((i * 3 + s * 31) % 96) as u32)
-                .collect();
-            for p in ctx - nq..ctx {
-                slots.push(blocks[p / 16] * 16 + (p % 16) as u32);
-            }
-            seqs.push(SeqAttention {
-                query_start: start,
-                num_queries: nq,
-                context_len: ctx,
-                block_table: blocks,
-            });
-            start += nq;
-        }
-        let n = start;
-        let qkv = self.rand(n * stride, 1.0);
-        let (mut ck, mut cv) = (kc.clone(), vc.clone());
-        c.reshape_and_cache(&qkv, stride, heads * hd, &cfg, &slots, &mut ck, &mut cv)?;
-        let (mut gk, mut gv) = (g.upload(&kc)?, g.upload(&vc)?);
-        let gq = g.upload(&qkv)?;
-        g.reshape_and_cache(&gq, stride, heads * hd, &cfg, &slots, &mut gk, &mut gv)?;
-        self.record(
-            format!("reshape_and_cache {d} hd{hd}"),
-            &g.download(&gk)?,
-            &ck,
-        );
-        let scale = 1.0 / (hd as f32).sqrt();
-        let cases: [(&str, Vec<SeqAttention>, Option<usize>); 3] = [
-            ("mixed prefill", seqs.clone(), None),
-            ("mixed prefill window 64", seqs.clone(), Some(64)),
-            (
-                "decode",
-                seqs.iter()
-                    .enumerate()
-                    .map(|(i, s)| SeqAttention {
-                        query_start: i,
-                        num_queries: 1,
-                        ..s.clone()
-                    })
-                    .collect(),
-                None,
-            ),
-        ];
-        for (label, seqs, window) in cases {
-            let meta = AttentionMetadata { seqs };
-            let rows = meta.num_tokens();
-            let mut co = c.zeros(rows * heads * hd)?;
-            c.paged_attention(
-                &qkv, stride, heads, &cfg, &ck, &cv, &meta, scale, window, &mut co,
-            )?;
-            let mut go = self.poisoned(rows * heads * hd)?;
-            g.paged_attention(
-                &gq, stride, heads, &cfg, &gk, &gv, &meta, scale, window, &mut go,
-            )?;
-            self.record(
-                format!("paged_attention {label} {d} hd{hd}"),
-                &g.download(&go)?,
-                &co,
-            );
-        }
-        Ok(())
-    }
+/// Every op of the kernels' conformance table (`novastack_kernels::conformance`) on the
+/// GPU against the CPU oracle: inputs rounded to the GPU's storage type, outputs
+/// poisoned with NaN, one check per output.
+fn ops<D: Device>(gpu: &GpuBackend<D>) -> Result<Vec<Check>> {
+    Ok(conformance::check(gpu)?)
 }
 
 /// Opens the checked GPU with a storage type.
@@ -454,11 +168,11 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     match args.device.as_str() {
         #[cfg(feature = "cuda")]
         "cuda" => check(&args, &|d| {
-            Ok(novastack_kernels::cuda_backend::CudaBackend::new(index, d)?)
+            Ok(novastack_kernels::vendor::cuda::CudaBackend::new(index, d)?)
         }),
         #[cfg(feature = "hip")]
         "hip" => check(&args, &|d| {
-            Ok(novastack_kernels::hip_backend::HipBackend::new(index, d)?)
+            Ok(novastack_kernels::vendor::hip::HipBackend::new(index, d)?)
         }),
         #[cfg(not(feature = "cuda"))]
         "cuda" => bail!("--device cuda needs a build with `--features cuda`"),
@@ -480,13 +194,7 @@ fn check<D: Device>(args: &GpuCheckArgs, open: Open<D>) -> Result<()> {
                 gpu.info().free_bytes as f64 / (1u64 << 30) as f64
             );
         }
-        let mut pair = Pair {
-            gpu: &gpu,
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(7),
-            checks: Vec::new(),
-        };
-        pair.ops()?;
-        checks.extend(pair.checks);
+        checks.extend(ops(&gpu)?);
     }
     fixtures(args, open, &mut checks)?;
     let bench = if args.batch.is_empty() {

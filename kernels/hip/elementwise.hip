@@ -1,4 +1,4 @@
-// Embedding gather, residual add, SiLU-and-mul, row gather and dtype conversion.
+// Embedding gather, residual add, SiLU-and-mul, row gather, widening to f32, bias add.
 #include "compat.h"
 
 // out[t, :] = table[ids[t], :]; ids are checked on the host (vocab).
@@ -39,14 +39,7 @@ __device__ void gather_rows_impl(T* out, const T* x, const unsigned int* indices
 NS_FOR_DTYPES(gather_rows, (void* out, const void* x, const unsigned int* indices, int dim),
               ((T*)out, (const T*)x, indices, dim))
 
-// Storage conversions (weights are uploaded as f32 and stored as f16/bf16, logits read back as f32).
-template <typename T>
-__device__ void from_f32_impl(T* out, const float* x, long n) {
-  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
-    ns_store(out, i, x[i]);
-}
-NS_FOR_DTYPES(from_f32, (void* out, const float* x, long n), ((T*)out, x, n))
-
+// Widens to f32 (16-bit logits before the argmax, which reads f32).
 template <typename T>
 __device__ void to_f32_impl(float* out, const T* x, long n) {
   for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)

@@ -1,5 +1,5 @@
-// Sampling helpers over logits rows (f32): greedy argmax, temperature softmax, and
-// inverse-CDF sampling from probabilities with a host-drawn uniform per row.
+// Sampling over logits rows (f32): greedy argmax. (Temperature sampling runs on the host,
+// over downloaded logits, with penalties and logprobs.)
 #include "compat.h"
 
 // One block per row; the lowest index wins ties; NaNs never win; a row with no number
@@ -40,69 +40,5 @@ NS_KERNEL void argmax_rows(const float* logits, unsigned int* out, int vocab) {
         idx = si[w];
       }
     out[r] = idx == 0x7fffffff ? 0u : (unsigned int)idx;
-  }
-}
-
-// probs = softmax(logits / temperature) per row, in place.
-NS_KERNEL void softmax_rows(float* x, int vocab, float temperature) {
-  __shared__ float scratch[NS_MAX_WARPS];
-  float* row = x + (long)blockIdx.x * vocab;
-  const float inv_t = 1.0f / temperature;
-  float m = -NS_INF;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, row[i] * inv_t);
-  m = ns_block_max(m, scratch);
-  float s = 0.0f;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float e = __expf(row[i] * inv_t - m);
-    row[i] = e;
-    s += e;
-  }
-  const float inv = 1.0f / ns_block_sum(s, scratch);
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) row[i] *= inv;
-}
-
-// The first index whose cumulative probability exceeds u[r] * total (u in [0, 1)).
-// Chunked scan: each pass sums blockDim.x values, then one thread walks the chunk that
-// crosses the threshold.
-NS_KERNEL void sample_rows(const float* probs, const float* u, unsigned int* out, int vocab) {
-  __shared__ float scratch[NS_MAX_WARPS];
-  __shared__ float chunk[1024];
-  __shared__ int found;
-  const float* row = probs + (long)blockIdx.x * vocab;
-  float total = 0.0f;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) total += row[i];
-  total = ns_block_sum(total, scratch);
-  const float target = u[blockIdx.x] * total;
-  if (threadIdx.x == 0) found = -1;
-  float acc = 0.0f;
-  for (int base = 0; base < vocab; base += blockDim.x) {
-    const int i = base + threadIdx.x;
-    const float p = i < vocab ? row[i] : 0.0f;
-    chunk[threadIdx.x] = p;
-    const float s = ns_block_sum(p, scratch);
-    if (acc + s > target) {
-      if (threadIdx.x == 0) {
-        float a = acc;
-        int k = 0;
-        const int n = min((int)blockDim.x, vocab - base);
-        for (; k < n - 1; ++k) {
-          a += chunk[k];
-          if (a > target) break;
-        }
-        found = base + k;
-      }
-      __syncthreads();
-      break;
-    }
-    acc += s;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int f = found;
-    if (f < 0) {  // rounding: the last nonzero probability
-      for (f = vocab - 1; f > 0 && row[f] <= 0.0f; --f) {
-      }
-    }
-    out[blockIdx.x] = (unsigned int)f;
   }
 }

@@ -1,3 +1,8 @@
+//! The kernels' one error type: every op checks its arguments and returns one of these
+//! rather than panicking or reading outside a buffer. Callers match on the variant; the
+//! messages are what users see (`models` wraps this type, the server prints it).
+
+use crate::Dtype;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -9,6 +14,14 @@ pub enum Error {
         op: &'static str,
         index: usize,
         limit: usize,
+    },
+    /// A buffer whose storage type is not the one the op's kernels were loaded for.
+    #[error("{op}: {arg} is {found}, the kernels take {expected}")]
+    Dtype {
+        op: &'static str,
+        arg: &'static str,
+        found: Dtype,
+        expected: Dtype,
     },
     #[error("backend unavailable: {0}")]
     Unavailable(String),
@@ -23,41 +36,4 @@ pub(crate) fn ensure(cond: bool, op: &'static str, msg: impl FnOnce() -> String)
     } else {
         Err(Error::Shape { op, msg: msg() })
     }
-}
-
-/// `num_heads` heads of `head_dim` from `col_offset` fit in a row of `row_stride` (the
-/// q/k sections rope and the q/k norms work on), on every backend.
-pub(crate) fn heads_in_row(
-    op: &'static str,
-    row_stride: usize,
-    col_offset: usize,
-    num_heads: usize,
-    head_dim: usize,
-) -> Result<()> {
-    ensure(col_offset + num_heads * head_dim <= row_stride, op, || {
-        "heads overrun the row".into()
-    })
-}
-
-/// Rope's shape rules on every backend: heads in the row and an even head_dim (the
-/// halves rotate in pairs).
-pub(crate) fn rope_shape(
-    row_stride: usize,
-    col_offset: usize,
-    num_heads: usize,
-    head_dim: usize,
-) -> Result<()> {
-    ensure(head_dim.is_multiple_of(2), "rope", || {
-        format!("head_dim {head_dim} is odd")
-    })?;
-    heads_in_row("rope", row_stride, col_offset, num_heads, head_dim)
-}
-
-/// reshape_and_cache's rule on every backend: the k and v sections fit in the row.
-pub(crate) fn kv_in_row(row_stride: usize, k_offset: usize, slot_len: usize) -> Result<()> {
-    ensure(
-        k_offset + 2 * slot_len <= row_stride,
-        "reshape_and_cache",
-        || "k and v overrun the row".into(),
-    )
 }

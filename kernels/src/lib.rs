@@ -3,21 +3,24 @@
 //! The [`Backend`] trait lists only the ops the models call. [`CpuBackend`] is the
 //! reference implementation (the oracle): f32 math, deterministic and batch-invariant,
 //! meaning a row's result never depends on what else is in the batch. GPU backends
-//! are checked against it.
+//! are checked against it, op by op, with the cases of [`conformance`].
+//!
+//! Layout: `cpu/` is the oracle; `gpu/` is the host side of the GPU backend, written
+//! once for both vendors (`gpu/ops/*.rs` beside the `hip/*.hip` kernels they launch,
+//! each with its conformance cases); `vendor/` holds the AMD and NVIDIA runtimes behind
+//! `gpu::Device`. The host-side GPU code builds without any vendor feature, so its
+//! tests (against a recording device) and the conformance table run everywhere.
 
+pub mod conformance;
 pub mod cpu;
-#[cfg(feature = "cuda")]
-pub mod cuda;
-#[cfg(feature = "cuda")]
-pub mod cuda_backend;
-#[cfg(any(feature = "hip", feature = "cuda"))]
+mod dtype;
+mod error;
 pub mod gpu;
-#[cfg(feature = "hip")]
-pub mod hip;
-#[cfg(feature = "hip")]
-pub mod hip_backend;
+mod paged;
+mod shape;
+pub mod vendor;
+
 /// The kernel sources (HIP C++), compiled at start-up by hiprtc or NVRTC.
-#[cfg(any(feature = "hip", feature = "cuda"))]
 pub mod sources {
     pub const KERNELS: &[(&str, &str)] = &[
         ("elementwise.hip", include_str!("../hip/elementwise.hip")),
@@ -29,17 +32,29 @@ pub mod sources {
     ];
     pub const COMPAT_H: &str = include_str!("../hip/compat.h");
 }
-mod error;
-mod paged;
+
+/// The NVIDIA backend under its former path (`server/src/device.rs` names it so; moves
+/// with that file to `vendor::cuda`).
+#[cfg(feature = "cuda")]
+pub mod cuda_backend {
+    pub use crate::vendor::cuda::{CudaBackend, CudaDevice};
+}
+/// The AMD backend under its former path (as `cuda_backend`).
+#[cfg(feature = "hip")]
+pub mod hip_backend {
+    pub use crate::vendor::hip::{HipBackend, HipDevice};
+}
 
 pub use cpu::CpuBackend;
+pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use paged::{AttentionMetadata, KvCache, KvCacheConfig, SeqAttention};
 
 /// The ops a decoder-only transformer needs. Shapes are given explicitly; buffers are
 /// row-major. Each op checks its shapes and returns an error rather than panicking.
 pub trait Backend: Send + Sync {
-    /// A buffer of f32 values on the backend's device.
+    /// A buffer of values on the backend's device, stored as [`Backend::dtype`] says
+    /// and seen as f32 by the host.
     type Buf: Send + Sync;
 
     fn name(&self) -> &'static str;
@@ -50,6 +65,8 @@ pub trait Backend: Send + Sync {
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     /// Copies a device buffer to the host.
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    /// The storage type of `buf` (fixed when it was allocated or uploaded).
+    fn dtype(&self, buf: &Self::Buf) -> Dtype;
 
     /// `out[i, :] = table[ids[i], :]`; `table` is `[vocab, hidden]`.
     fn embedding(

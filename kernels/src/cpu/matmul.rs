@@ -1,4 +1,4 @@
-//! `out = x · wᵀ + bias`: the micro-kernels of `simd.rs`, split over output columns
+//! `out = x · wᵀ + bias`: the micro-kernels of `simd/gemm.rs`, split over output columns
 //! with rayon.
 //!
 //! Why this is batch-invariant: each output element is one `simd::dot`-ordered

@@ -24,8 +24,9 @@ impl SendPtr {
     }
 }
 
-use crate::error::{self, ensure};
-use crate::{AttentionMetadata, Backend, Error, KvCacheConfig, Result};
+use crate::error::ensure;
+use crate::shape;
+use crate::{AttentionMetadata, Backend, Dtype, Error, KvCacheConfig, Result};
 use rayon::prelude::*;
 
 /// Rows per rayon task for the cheap row-wise ops.
@@ -72,6 +73,11 @@ impl Backend for CpuBackend {
 
     fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
         Ok(buf.clone())
+    }
+
+    /// The oracle stores and computes in f32 only.
+    fn dtype(&self, _: &Vec<f32>) -> Dtype {
+        Dtype::F32
     }
 
     fn embedding(
@@ -187,7 +193,7 @@ impl Backend for CpuBackend {
         cos_sin: &Vec<f32>,
     ) -> Result<()> {
         const OP: &str = "rope";
-        error::rope_shape(row_stride, col_offset, num_heads, head_dim)?;
+        shape::rope_shape(row_stride, col_offset, num_heads, head_dim)?;
         check_len(OP, "x", x, positions.len() * row_stride)?;
         let max_pos = cos_sin.len() / head_dim;
         if let Some(&p) = positions.iter().find(|&&p| p as usize >= max_pos) {
@@ -230,7 +236,7 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         const OP: &str = "reshape_and_cache";
         let slot_len = cache.slot_len();
-        error::kv_in_row(row_stride, k_offset, slot_len)?;
+        shape::kv_in_row(row_stride, k_offset, slot_len)?;
         check_len(OP, "qkv", qkv, slot_mapping.len() * row_stride)?;
         check_len(OP, "key_cache", key_cache, cache.layer_len())?;
         check_len(OP, "value_cache", value_cache, cache.layer_len())?;
@@ -322,7 +328,7 @@ impl Backend for CpuBackend {
         eps: f32,
     ) -> Result<()> {
         const OP: &str = "head_rms_norm";
-        error::heads_in_row(OP, row_stride, col_offset, num_heads, head_dim)?;
+        shape::heads_in_row(OP, row_stride, col_offset, num_heads, head_dim)?;
         check_len(OP, "x", x, rows * row_stride)?;
         check_len(OP, "weight", weight, head_dim)?;
         x[..rows * row_stride]

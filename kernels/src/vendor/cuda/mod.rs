@@ -1,9 +1,11 @@
-//! NVIDIA as a [`Device`] (feature `cuda`): the driver, NVRTC and cuBLAS through
-//! `cudarc`, loaded at run time. [`CudaBackend`] is the shared GPU backend on it.
+//! NVIDIA as a [`Device`] (feature `cuda`): [`CudaDevice`] over the driver and cuBLAS
+//! through `cudarc`, kernels compiled by NVRTC (`nvrtc.rs`), all loaded at run time.
+//! [`CudaBackend`] is the shared GPU backend on it, the same code the AMD build runs.
 
-use crate::cuda;
-use crate::gpu::{Device, DeviceInfo, Dtype, Gemm, GpuBackend, Launch};
-use crate::{Error, Result};
+pub mod nvrtc;
+
+use crate::gpu::{Device, DeviceInfo, Gemm, GpuBackend, Launch};
+use crate::{Dtype, Error, Result};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
 use std::ffi::c_void;
@@ -28,7 +30,7 @@ pub struct CudaDevice {
 
 impl CudaDevice {
     pub fn open(ordinal: usize) -> Result<CudaDevice> {
-        let (ctx, info) = cuda::open(ordinal)?;
+        let (ctx, info) = open_context(ordinal)?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(dev)?;
         Ok(CudaDevice {
@@ -71,7 +73,7 @@ impl Device for CudaDevice {
         source: &str,
         names: &[String],
     ) -> Result<Vec<CudaFunction>> {
-        let cubin = cuda::compile(file, source, &self.info.arch)?;
+        let cubin = nvrtc::compile(file, source, &self.info.arch)?;
         let module = self
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
@@ -177,7 +179,7 @@ impl Device for CudaDevice {
 
     fn mem_info(&self) -> Result<(usize, usize)> {
         self.ctx.bind_to_thread().map_err(dev)?;
-        cuda::mem_info()
+        driver_mem_info()
     }
 }
 
@@ -185,5 +187,62 @@ impl GpuBackend<CudaDevice> {
     /// Opens NVIDIA GPU `ordinal` and compiles every kernel for it with NVRTC.
     pub fn new(ordinal: usize, dtype: Dtype) -> Result<Self> {
         GpuBackend::with_device(CudaDevice::open(ordinal)?, dtype)
+    }
+}
+
+/// Opens NVIDIA device `ordinal`. Without the driver or a GPU: a clear error.
+fn open_context(ordinal: usize) -> Result<(Arc<CudaContext>, DeviceInfo)> {
+    // SAFETY: only probes whether the library can be loaded.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::Unavailable(
+            "cannot load the CUDA driver (libcuda.so): no NVIDIA driver is installed".into(),
+        ));
+    }
+    let ctx = cudarc::driver::CudaContext::new(ordinal).map_err(|e| {
+        Error::Unavailable(format!(
+            "cannot open NVIDIA GPU {ordinal}: {e} (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
+        ))
+    })?;
+    let name = ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into());
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(|e| Error::Unavailable(format!("compute capability: {e}")))?;
+    let (free, total) = cudarc::driver::result::mem_get_info()
+        .map_err(|e| Error::Unavailable(format!("cuMemGetInfo: {e}")))?;
+    let warp = ctx
+        .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_WARP_SIZE)
+        .map_err(|e| Error::Unavailable(format!("warp size: {e}")))? as u32;
+    Ok((
+        ctx,
+        DeviceInfo {
+            name,
+            free_bytes: free,
+            total_bytes: total,
+            arch: format!("sm_{major}{minor}"),
+            warp,
+        },
+    ))
+}
+
+/// Free and total memory of the current device, in bytes.
+fn driver_mem_info() -> Result<(usize, usize)> {
+    cudarc::driver::result::mem_get_info()
+        .map_err(|e| Error::Unavailable(format!("cuMemGetInfo: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without an NVIDIA driver (CI, this machine) opening a GPU is a clear error.
+    #[test]
+    fn no_driver_or_gpu_is_a_clear_error() {
+        match open_context(0) {
+            Err(e) => {
+                let m = e.to_string();
+                assert!(m.contains("CUDA driver") || m.contains("NVIDIA GPU"), "{m}");
+            }
+            Ok((_, info)) => assert!(info.total_bytes > 0),
+        }
     }
 }

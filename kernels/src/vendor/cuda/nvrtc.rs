@@ -1,53 +1,11 @@
-//! NVIDIA (feature `cuda`): the driver, NVRTC and cuBLAS through `cudarc`, all loaded at
-//! run time, so the default build and CI need no CUDA. NVRTC compiles the same
-//! `kernels/hip/*.hip` sources (through `compat.h`) to cubins for the device.
+//! NVRTC (feature `cuda`, through `cudarc`, loaded at run time): compiles the
+//! `kernels/hip/*.hip` sources (through `compat.h`) to cubins for the device, GPU or
+//! not, so the default build and CI need no CUDA.
 
 use crate::sources::COMPAT_H;
 use crate::{Error, Result};
 use cudarc::nvrtc::sys as nvrtc;
 use std::ffi::{c_char, CStr, CString};
-
-pub use crate::gpu::DeviceInfo;
-
-/// Opens NVIDIA device `ordinal`. Without the driver or a GPU: a clear error.
-pub fn open(ordinal: usize) -> Result<(std::sync::Arc<cudarc::driver::CudaContext>, DeviceInfo)> {
-    // SAFETY: only probes whether the library can be loaded.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(Error::Unavailable(
-            "cannot load the CUDA driver (libcuda.so): no NVIDIA driver is installed".into(),
-        ));
-    }
-    let ctx = cudarc::driver::CudaContext::new(ordinal).map_err(|e| {
-        Error::Unavailable(format!(
-            "cannot open NVIDIA GPU {ordinal}: {e} (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
-        ))
-    })?;
-    let name = ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into());
-    let (major, minor) = ctx
-        .compute_capability()
-        .map_err(|e| Error::Unavailable(format!("compute capability: {e}")))?;
-    let (free, total) = cudarc::driver::result::mem_get_info()
-        .map_err(|e| Error::Unavailable(format!("cuMemGetInfo: {e}")))?;
-    let warp = ctx
-        .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_WARP_SIZE)
-        .map_err(|e| Error::Unavailable(format!("warp size: {e}")))? as u32;
-    Ok((
-        ctx,
-        DeviceInfo {
-            name,
-            free_bytes: free,
-            total_bytes: total,
-            arch: format!("sm_{major}{minor}"),
-            warp,
-        },
-    ))
-}
-
-/// Free and total memory of the current device, in bytes.
-pub fn mem_info() -> Result<(usize, usize)> {
-    cudarc::driver::result::mem_get_info()
-        .map_err(|e| Error::Unavailable(format!("cuMemGetInfo: {e}")))
-}
 
 /// The CUDA include folder NVRTC needs for `cuda_fp16.h`: `NOVASTACK_CUDA_INCLUDE`,
 /// `$CUDA_HOME/include`, or `/usr/local/cuda/include`.
@@ -158,18 +116,6 @@ pub fn compile(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Without an NVIDIA driver (CI, this machine) opening a GPU is a clear error.
-    #[test]
-    fn no_driver_or_gpu_is_a_clear_error() {
-        match open(0) {
-            Err(e) => {
-                let m = e.to_string();
-                assert!(m.contains("CUDA driver") || m.contains("NVIDIA GPU"), "{m}");
-            }
-            Ok((_, info)) => assert!(info.total_bytes > 0),
-        }
-    }
 
     /// NVRTC compiles every kernel for sm_90 where libnvrtc and the headers are present;
     /// `NOVASTACK_REQUIRE_NVRTC=1` (CI, with the pip toolkit) makes their absence a failure.

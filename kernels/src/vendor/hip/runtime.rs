@@ -4,11 +4,12 @@
 //! architecture at start-up. No ROCm is needed to build; without the library or a GPU,
 //! opening a device is a clear error, never a crash.
 
+use crate::gpu::DeviceInfo;
 use crate::{Error, Result};
 use libloading::Library;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 
-pub use crate::sources::{COMPAT_H, KERNELS as KERNEL_SOURCES};
+use crate::sources::COMPAT_H;
 
 type HipError = c_int;
 const HIP_SUCCESS: HipError = 0;
@@ -74,6 +75,7 @@ pub struct Hip {
     _libs: Vec<Library>,
 }
 
+/// The first of `names` that loads, or every attempt's error.
 pub(crate) fn open_first(names: &[&str]) -> std::result::Result<Library, String> {
     let mut errs = Vec::new();
     for n in names {
@@ -178,7 +180,8 @@ impl Hip {
         Ok(n as usize)
     }
 
-    /// Opens device `ordinal`: its name and free/total memory.
+    /// Opens device `ordinal` and makes it current: its name, free/total memory, the
+    /// architecture kernels are compiled for ([`target_arch`]) and its wavefront width.
     pub fn open(&self, ordinal: usize) -> Result<DeviceInfo> {
         let n = self.device_count()?;
         if ordinal >= n {
@@ -199,10 +202,14 @@ impl Hip {
                 "hipMemGetInfo",
                 (self.api.hipMemGetInfo)(&mut free, &mut total),
             )?;
+            let arch = target_arch();
+            let warp = self.warp_size(ordinal, &arch);
             Ok(DeviceInfo {
                 name: CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned(),
                 free_bytes: free,
                 total_bytes: total,
+                arch,
+                warp,
             })
         }
     }
@@ -420,14 +427,6 @@ impl Hip {
     }
 }
 
-/// What `Hip::open` reports.
-#[derive(Debug, Clone)]
-pub struct DeviceInfo {
-    pub name: String,
-    pub free_bytes: usize,
-    pub total_bytes: usize,
-}
-
 /// The AMD architecture to compile for: `NOVASTACK_HIP_ARCH`, else gfx90a (MI250).
 pub fn target_arch() -> String {
     std::env::var("NOVASTACK_HIP_ARCH").unwrap_or_else(|_| "gfx90a".into())
@@ -462,7 +461,7 @@ mod tests {
                 return;
             }
         };
-        for (name, src) in KERNEL_SOURCES {
+        for (name, src) in crate::sources::KERNELS {
             // As written, and as the backend compiles it (the device's warp width first).
             for src in [src.to_string(), format!("#define NS_WARP 64\n{src}")] {
                 let code = hip

@@ -1,0 +1,79 @@
+//! The vocabulary between the shared GPU backend and a vendor: what a device reports
+//! ([`DeviceInfo`]), a launch's geometry ([`Launch`]), a GEMM ([`Gemm`]), and the
+//! [`Device`] trait a vendor implements (`vendor::hip`, `vendor::cuda`, and the
+//! recording device of the tests). Nothing vendor-specific is named here.
+
+use crate::{Dtype, Result};
+use std::ffi::c_void;
+
+/// What a GPU reports when opened.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub free_bytes: usize,
+    pub total_bytes: usize,
+    /// e.g. `sm_90` or `gfx90a`.
+    pub arch: String,
+    /// Lanes per warp / wavefront (32 on NVIDIA, 64 on gfx90a).
+    pub warp: u32,
+}
+
+/// Launch geometry.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub shared: u32,
+}
+
+/// A GEMM's shape and device addresses: row-major `out[m, n] = x[m, k] · w[n, k]ᵀ`.
+#[derive(Debug, Clone, Copy)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub x: u64,
+    pub w: u64,
+    pub out: u64,
+}
+
+/// One vendor's runtime: what [`super::GpuBackend`] needs and nothing more.
+pub trait Device: Send + Sync + Sized + 'static {
+    /// An owned device allocation, freed on drop (stream-ordered or synchronous).
+    type Mem: Send + Sync;
+    /// A loaded kernel.
+    type Func: Send + Sync;
+    /// `cuda` or `hip`.
+    const NAME: &'static str;
+
+    fn info(&self) -> &DeviceInfo;
+    /// Compiles one `kernels/hip/` source for this device and loads the named entry points.
+    fn load_kernels(&self, file: &str, source: &str, names: &[String]) -> Result<Vec<Self::Func>>;
+    /// A zero-filled allocation of at least `bytes` (at least 1).
+    fn alloc_zeros(&self, bytes: usize) -> Result<Self::Mem>;
+    /// A new allocation holding `bytes`.
+    fn htod(&self, bytes: &[u8]) -> Result<Self::Mem>;
+    /// Copies the first `out.len()` bytes of `m` to the host (waits for queued work).
+    fn dtoh(&self, m: &Self::Mem, out: &mut [u8]) -> Result<()>;
+    /// The allocation's device address.
+    fn ptr(&self, m: &Self::Mem) -> u64;
+    /// Queues `f` on the backend's stream.
+    ///
+    /// # Safety
+    /// `params` must point at values matching the kernel's parameter list, and every
+    /// device address among them must stay allocated until the kernel has run.
+    unsafe fn launch(&self, f: &Self::Func, cfg: Launch, params: &mut [*mut c_void]) -> Result<()>;
+    /// The GEMM `g` in `dtype`, f32 accumulation.
+    ///
+    /// # Safety
+    /// The addresses must be live allocations of at least those sizes.
+    unsafe fn gemm_bt(&self, dtype: Dtype, g: Gemm) -> Result<()>;
+    /// Queues a device-to-device copy of the first `bytes` bytes of `src` into `dst`.
+    ///
+    /// # Safety
+    /// Both allocations must hold at least `bytes` bytes.
+    unsafe fn copy(&self, src: &Self::Mem, dst: &mut Self::Mem, bytes: usize) -> Result<()>;
+    fn synchronize(&self) -> Result<()>;
+    /// Free and total device memory in bytes.
+    fn mem_info(&self) -> Result<(usize, usize)>;
+}

@@ -1,0 +1,28 @@
+//! The GPU ops, one file per kernel source (`kernels/hip/<file>.hip` ↔ `<file>.rs`, plus
+//! `matmul.rs` for the vendor GEMM): each file holds the host side of its kernels
+//! (checks, grid, the argument list and any `#[repr(C)]` args struct the C code reads)
+//! and the conformance cases of its ops, listed in its `cases`; the table below lists
+//! the files.
+
+pub(super) mod attention;
+pub(super) mod cache;
+pub(super) mod elementwise;
+pub(super) mod matmul;
+pub(super) mod norm;
+pub(super) mod rope;
+pub(super) mod sampling;
+
+use crate::conformance::{Gen, Visit};
+use crate::Result;
+
+/// The conformance table: each kernel file's cases (an op added to a file is listed in
+/// that file's `cases`), in the order results are printed.
+pub(crate) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
+    elementwise::cases(g, v)?;
+    norm::cases(g, v)?;
+    matmul::cases(g, v)?;
+    rope::cases(g, v)?;
+    cache::cases(g, v)?;
+    attention::cases(g, v)?;
+    sampling::cases(g, v)
+}

@@ -1,0 +1,42 @@
+//! Shape rules that more than one backend enforces, written once so that the CPU oracle
+//! and the GPU reject exactly the same calls (a GPU kernel given these shapes would
+//! read or write outside the row).
+
+use crate::error::{ensure, Result};
+
+/// `num_heads` heads of `head_dim` from `col_offset` fit in a row of `row_stride` (the
+/// q/k sections rope and the q/k norms work on), on every backend.
+pub(crate) fn heads_in_row(
+    op: &'static str,
+    row_stride: usize,
+    col_offset: usize,
+    num_heads: usize,
+    head_dim: usize,
+) -> Result<()> {
+    ensure(col_offset + num_heads * head_dim <= row_stride, op, || {
+        "heads overrun the row".into()
+    })
+}
+
+/// Rope's shape rules on every backend: heads in the row and an even head_dim (the
+/// halves rotate in pairs).
+pub(crate) fn rope_shape(
+    row_stride: usize,
+    col_offset: usize,
+    num_heads: usize,
+    head_dim: usize,
+) -> Result<()> {
+    ensure(head_dim.is_multiple_of(2), "rope", || {
+        format!("head_dim {head_dim} is odd")
+    })?;
+    heads_in_row("rope", row_stride, col_offset, num_heads, head_dim)
+}
+
+/// reshape_and_cache's rule on every backend: the k and v sections fit in the row.
+pub(crate) fn kv_in_row(row_stride: usize, k_offset: usize, slot_len: usize) -> Result<()> {
+    ensure(
+        k_offset + 2 * slot_len <= row_stride,
+        "reshape_and_cache",
+        || "k and v overrun the row".into(),
+    )
+}
