@@ -33,18 +33,6 @@ pub mod sources {
     pub const COMPAT_H: &str = include_str!("../hip/compat.h");
 }
 
-/// The NVIDIA backend under its former path (`server/src/device.rs` names it so; moves
-/// with that file to `vendor::cuda`).
-#[cfg(feature = "cuda")]
-pub mod cuda_backend {
-    pub use crate::vendor::cuda::{CudaBackend, CudaDevice};
-}
-/// The AMD backend under its former path (as `cuda_backend`).
-#[cfg(feature = "hip")]
-pub mod hip_backend {
-    pub use crate::vendor::hip::{HipBackend, HipDevice};
-}
-
 pub use cpu::CpuBackend;
 pub use dtype::Dtype;
 pub use error::{Error, Result};

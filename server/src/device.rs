@@ -28,13 +28,13 @@ pub fn with_model<J: ModelJob>(path: &Path, engine: &EngineArgs, job: J) -> Resu
         "cpu" => job.run(load_model(path, CpuBackend::new()).with_context(ctx)?, None),
         #[cfg(feature = "cuda")]
         "cuda" => {
-            let backend = novastack_kernels::cuda_backend::CudaBackend::new(0, gpu_dtype(engine)?)?;
+            let backend = novastack_kernels::vendor::cuda::CudaBackend::new(0, gpu_dtype(engine)?)?;
             let (lm, blocks) = load_on_gpu(path, engine, backend)?;
             job.run(lm, Some(blocks))
         }
         #[cfg(feature = "hip")]
         "hip" => {
-            let backend = novastack_kernels::hip_backend::HipBackend::new(0, gpu_dtype(engine)?)?;
+            let backend = novastack_kernels::vendor::hip::HipBackend::new(0, gpu_dtype(engine)?)?;
             let (lm, blocks) = load_on_gpu(path, engine, backend)?;
             job.run(lm, Some(blocks))
         }
@@ -51,8 +51,8 @@ pub fn with_model<J: ModelJob>(path: &Path, engine: &EngineArgs, job: J) -> Resu
 }
 
 #[cfg(any(feature = "cuda", feature = "hip"))]
-fn gpu_dtype(engine: &EngineArgs) -> Result<novastack_kernels::gpu::Dtype> {
-    novastack_kernels::gpu::Dtype::parse(&engine.gpu_dtype)
+fn gpu_dtype(engine: &EngineArgs) -> Result<novastack_kernels::Dtype> {
+    novastack_kernels::Dtype::parse(&engine.gpu_dtype)
         .with_context(|| format!("--gpu-dtype {:?}: use bf16, f16 or f32", engine.gpu_dtype))
 }
 

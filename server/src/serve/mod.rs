@@ -16,6 +16,7 @@ mod routes;
 mod state;
 mod stop;
 mod validate;
+mod validation_error;
 
 pub use novastack_openai::http::shutdown_signal;
 pub use novastack_openai::ApiError;

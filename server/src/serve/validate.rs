@@ -1,11 +1,12 @@
 //! Validation at the edge: a chat or completion request becomes a
-//! [`ValidGeneration`] (prompts, engine parameters, stop strings) or a 400 that names
-//! the field. Each rule is checked here once; the engine only asserts its invariants.
+//! [`ValidGeneration`] (prompts, engine parameters, stop strings) or a
+//! [`ValidationError`] naming the rule and the field. Each rule is checked here once;
+//! the engine only asserts its invariants.
 
+use super::validation_error::ValidationError;
 use super::ModelEntry;
 use novastack_engine::{RequestParams, SamplingParams};
-use novastack_openai::protocol::{GenerationParams, OneOrMany};
-use novastack_openai::ApiError;
+use novastack_openai::protocol::{GenerationParams, OneOrMany, Role};
 use serde_json::Value;
 
 /// A validated generation: prompts, engine parameters, stop strings.
@@ -17,77 +18,64 @@ pub(crate) struct ValidGeneration {
     pub(crate) include_usage: bool,
 }
 
+/// Most sequences (prompts × `n`) one request may start.
+const MAX_SEQUENCES: usize = 64;
+
 pub(crate) fn validate_generation(
     m: &ModelEntry,
     c: GenerationParams,
     prompts: Vec<Vec<u32>>,
     max_tokens: Option<usize>,
     logprobs: Option<usize>,
-) -> Result<ValidGeneration, ApiError> {
+) -> Result<ValidGeneration, ValidationError> {
     if c.tools.as_ref().is_some_and(|t| !t.is_null()) {
-        return Err(ApiError::bad_request(
-            "tools are not supported yet",
-            Some("tools"),
-        ));
+        return Err(ValidationError::Unsupported {
+            message: "tools are not supported yet",
+            param: "tools",
+        });
     }
     if c.response_format.as_ref().is_some_and(|t| !t.is_null()) {
-        return Err(ApiError::bad_request(
-            "response_format is not supported yet",
-            Some("response_format"),
-        ));
+        return Err(ValidationError::Unsupported {
+            message: "response_format is not supported yet",
+            param: "response_format",
+        });
     }
     let n = c.n.unwrap_or(1);
     if !(1..=16).contains(&n) {
-        return Err(ApiError::bad_request(
-            format!("n must be between 1 and 16, got {n}"),
-            Some("n"),
-        ));
+        return Err(ValidationError::ChoicesOutOfRange(n));
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-        return Err(ApiError::bad_request("the prompt is empty", Some("prompt")));
+        return Err(ValidationError::EmptyPrompt);
     }
-    if prompts.len() * n > 64 {
-        return Err(ApiError::bad_request(
-            format!(
-                "{} prompts x n={n} is {} sequences; at most 64 per request",
-                prompts.len(),
-                prompts.len() * n
-            ),
-            Some("prompt"),
-        ));
+    if prompts.len() * n > MAX_SEQUENCES {
+        return Err(ValidationError::TooManySequences {
+            prompts: prompts.len(),
+            n,
+        });
     }
     for p in &prompts {
         check_vocab(p, m.tokenizer.vocab_size().max(1), "prompt")?;
     }
     let room = m.max_context.saturating_sub(longest);
     if room == 0 {
-        return Err(ApiError::bad_request(
-            format!(
-                "the prompt is {longest} tokens, the model's context window is {}",
-                m.max_context
-            ),
-            Some("messages"),
-        ));
+        return Err(ValidationError::PromptFillsContext {
+            prompt: longest,
+            context: m.max_context,
+        });
     }
     let max_tokens = max_tokens.unwrap_or(room.min(4096));
     if max_tokens == 0 || max_tokens > room {
-        return Err(ApiError::bad_request(
-            format!(
-                "max_tokens {max_tokens} must be between 1 and {room}: the context window is {} and the prompt is {longest} tokens",
-                m.max_context
-            ),
-            Some("max_tokens"),
-        ));
+        return Err(ValidationError::MaxTokens {
+            max_tokens,
+            room,
+            context: m.max_context,
+            prompt: longest,
+        });
     }
     let mut logit_bias = Vec::new();
     for (k, v) in c.logit_bias.unwrap_or_default() {
-        let id: u32 = k.parse().map_err(|_| {
-            ApiError::bad_request(
-                format!("logit_bias key {k:?} is not a token id"),
-                Some("logit_bias"),
-            )
-        })?;
+        let id: u32 = k.parse().map_err(|_| ValidationError::LogitBiasKey(k))?;
         logit_bias.push((id, v));
     }
     let sampling = SamplingParams {
@@ -101,14 +89,12 @@ pub(crate) fn validate_generation(
         repetition_penalty: c.repetition_penalty.unwrap_or(1.0),
         logit_bias,
     };
-    sampling
-        .validate()
-        .map_err(|e| ApiError::bad_request(e.to_string().replace("invalid request: ", ""), None))?;
+    sampling.validate().map_err(|e| match e {
+        novastack_engine::Error::Invalid(msg) => ValidationError::Sampling(msg),
+        other => ValidationError::Sampling(other.to_string()),
+    })?;
     if logprobs.is_some_and(|k| k > 20) {
-        return Err(ApiError::bad_request(
-            "top logprobs must be at most 20",
-            Some("logprobs"),
-        ));
+        return Err(ValidationError::TopLogprobs);
     }
     let stops = match c.stop {
         None => Vec::new(),
@@ -116,10 +102,7 @@ pub(crate) fn validate_generation(
         Some(OneOrMany::Many(v)) => v,
     };
     if stops.len() > 4 {
-        return Err(ApiError::bad_request(
-            "at most 4 stop sequences",
-            Some("stop"),
-        ));
+        return Err(ValidationError::TooManyStops);
     }
     Ok(ValidGeneration {
         prompts,
@@ -142,7 +125,7 @@ pub(crate) fn validate_generation(
 }
 
 /// Text from a string or an array of `{"type": "text", "text": ...}` parts.
-fn message_text(content: &Value) -> Result<String, ApiError> {
+fn message_text(content: &Value) -> Result<String, ValidationError> {
     match content {
         Value::String(s) => Ok(s.clone()),
         Value::Null => Ok(String::new()),
@@ -154,42 +137,27 @@ fn message_text(content: &Value) -> Result<String, ApiError> {
                     p.get("text").and_then(Value::as_str),
                 ) {
                     (Some("text"), Some(t)) => Ok(t.to_string()),
-                    _ => Err(ApiError::bad_request(
-                        "only text content parts are supported",
-                        Some("messages"),
-                    )),
+                    _ => Err(ValidationError::ContentPart),
                 }
             })
             .collect(),
-        _ => Err(ApiError::bad_request(
-            "message content must be a string or an array of parts",
-            Some("messages"),
-        )),
+        _ => Err(ValidationError::ContentType),
     }
 }
 
-pub(crate) fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, ApiError> {
+/// Checks every message (an object with a known role) and flattens its content to text,
+/// for the chat template.
+pub(crate) fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, ValidationError> {
     if messages.is_empty() {
-        return Err(ApiError::bad_request(
-            "messages must not be empty",
-            Some("messages"),
-        ));
+        return Err(ValidationError::NoMessages);
     }
     messages
         .iter()
         .map(|m| {
-            let obj = m.as_object().ok_or_else(|| {
-                ApiError::bad_request("each message must be an object", Some("messages"))
-            })?;
+            let obj = m.as_object().ok_or(ValidationError::MessageNotObject)?;
             let role = obj.get("role").and_then(Value::as_str);
-            if !matches!(
-                role,
-                Some("system" | "user" | "assistant" | "developer" | "tool")
-            ) {
-                return Err(ApiError::bad_request(
-                    format!("invalid message role {:?}", obj.get("role")),
-                    Some("messages"),
-                ));
+            if role.and_then(Role::parse).is_none() {
+                return Err(ValidationError::Role(format!("{:?}", obj.get("role"))));
             }
             let mut out = obj.clone();
             out.insert(
@@ -201,14 +169,24 @@ pub(crate) fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, ApiEr
         .collect()
 }
 
-/// Every id of `ids` is a token of a vocabulary of `vocab` entries, or a 400 naming
-/// `param`.
-pub(crate) fn check_vocab(ids: &[u32], vocab: usize, param: &str) -> Result<(), ApiError> {
+/// Every id of `ids` is a token of a vocabulary of `vocab` entries.
+pub(crate) fn check_vocab(
+    ids: &[u32],
+    vocab: usize,
+    param: &'static str,
+) -> Result<(), ValidationError> {
     match ids.iter().find(|&&t| t as usize >= vocab) {
-        Some(bad) => Err(ApiError::bad_request(
-            format!("token id {bad} is outside the vocabulary (size {vocab})"),
-            Some(param),
-        )),
+        Some(&id) => Err(ValidationError::OutsideVocabulary { id, vocab, param }),
         None => Ok(()),
+    }
+}
+
+/// The chat template or tokenizer refused the input given as `param`.
+pub(crate) fn tokenize_error(
+    param: &'static str,
+) -> impl Fn(novastack_models::Error) -> ValidationError {
+    move |e| ValidationError::Tokenize {
+        message: e.to_string(),
+        param,
     }
 }

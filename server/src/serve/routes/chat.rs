@@ -3,7 +3,7 @@
 
 use super::parse_body;
 use crate::serve::respond::{respond, Endpoint};
-use crate::serve::validate::{normalize_messages, validate_generation};
+use crate::serve::validate::{normalize_messages, tokenize_error, validate_generation};
 use crate::serve::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -31,7 +31,7 @@ pub(crate) async fn chat_completions(
     let prompt = m
         .tokenizer
         .encode_chat(&messages, true)
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+        .map_err(tokenize_error("messages"))?;
     let logprobs = if req.logprobs.unwrap_or(false) {
         Some(req.top_logprobs.unwrap_or(0))
     } else {

@@ -2,7 +2,8 @@
 
 use super::parse_body;
 use crate::serve::respond::{respond, Endpoint};
-use crate::serve::validate::validate_generation;
+use crate::serve::validate::{tokenize_error, validate_generation};
+use crate::serve::validation_error::ValidationError;
 use crate::serve::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -27,19 +28,21 @@ pub(crate) async fn completions(
     let (req, common): (CompletionRequest, GenerationParams) = parse_body(&body)?;
     let m = state.model(common.model.as_deref())?;
     if req.echo.unwrap_or(false) {
-        return Err(ApiError::bad_request("echo is not supported", Some("echo")));
+        return Err(ValidationError::Unsupported {
+            message: "echo is not supported",
+            param: "echo",
+        }
+        .into());
     }
     if req.suffix.is_some() {
-        return Err(ApiError::bad_request(
-            "suffix is not supported",
-            Some("suffix"),
-        ));
+        return Err(ValidationError::Unsupported {
+            message: "suffix is not supported",
+            param: "suffix",
+        }
+        .into());
     }
     let tok = &m.tokenizer;
-    let enc = |s: &str| {
-        tok.encode(s, true)
-            .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))
-    };
+    let enc = |s: &str| tok.encode(s, true).map_err(tokenize_error("prompt"));
     let prompts = match req.prompt {
         Prompt::Text(s) => vec![enc(&s)?],
         Prompt::Texts(v) => v.iter().map(|s| enc(s)).collect::<Result<_, _>>()?,

@@ -1,7 +1,8 @@
 //! `/tokenize` and `/detokenize` (vLLM's extensions).
 
 use super::parse_body;
-use crate::serve::validate::{check_vocab, normalize_messages};
+use crate::serve::validate::{check_vocab, normalize_messages, tokenize_error};
+use crate::serve::validation_error::ValidationError;
 use crate::serve::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -28,14 +29,9 @@ pub(crate) async fn tokenize(
             &normalize_messages(&msgs)?,
             req.add_generation_prompt.unwrap_or(true),
         ),
-        _ => {
-            return Err(ApiError::bad_request(
-                "give exactly one of `prompt` and `messages`",
-                Some("prompt"),
-            ))
-        }
+        _ => return Err(ValidationError::PromptOrMessages.into()),
     }
-    .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?;
+    .map_err(tokenize_error("prompt"))?;
     Ok(Json(TokenizeResponse {
         count: ids.len(),
         max_model_len: m.max_context,
@@ -56,6 +52,6 @@ pub(crate) async fn detokenize(
     let text = m
         .tokenizer
         .decode(&req.tokens, false)
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))?;
+        .map_err(tokenize_error("tokens"))?;
     Ok(Json(DetokenizeResponse { prompt: text }))
 }

@@ -1,0 +1,132 @@
+//! Why a request is invalid: one variant per rule, so tests and callers match the rule
+//! rather than its wording. Every variant is a 400 naming its field (`param`); the
+//! conversion into [`ApiError`] is the only place that decides so.
+
+use novastack_openai::ApiError;
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq)]
+pub(crate) enum ValidationError {
+    /// A field the server does not implement (yet).
+    #[error("{message}")]
+    Unsupported {
+        message: &'static str,
+        param: &'static str,
+    },
+    #[error("n must be between 1 and 16, got {0}")]
+    ChoicesOutOfRange(usize),
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("{prompts} prompts x n={n} is {} sequences; at most 64 per request", prompts * n)]
+    TooManySequences { prompts: usize, n: usize },
+    #[error("token id {id} is outside the vocabulary (size {vocab})")]
+    OutsideVocabulary {
+        id: u32,
+        vocab: usize,
+        param: &'static str,
+    },
+    #[error("the prompt is {prompt} tokens, the model's context window is {context}")]
+    PromptFillsContext { prompt: usize, context: usize },
+    #[error("max_tokens {max_tokens} must be between 1 and {room}: the context window is {context} and the prompt is {prompt} tokens")]
+    MaxTokens {
+        max_tokens: usize,
+        room: usize,
+        context: usize,
+        prompt: usize,
+    },
+    #[error("logit_bias key {0:?} is not a token id")]
+    LogitBiasKey(String),
+    /// A sampling parameter out of range (the engine's rule, checked here).
+    #[error("{0}")]
+    Sampling(String),
+    #[error("top logprobs must be at most 20")]
+    TopLogprobs,
+    #[error("at most 4 stop sequences")]
+    TooManyStops,
+    #[error("messages must not be empty")]
+    NoMessages,
+    #[error("each message must be an object")]
+    MessageNotObject,
+    /// The role as the request gave it (`None` when missing).
+    #[error("invalid message role {0}")]
+    Role(String),
+    #[error("only text content parts are supported")]
+    ContentPart,
+    #[error("message content must be a string or an array of parts")]
+    ContentType,
+    #[error("give exactly one of `prompt` and `messages`")]
+    PromptOrMessages,
+    /// The chat template or the tokenizer refused the input.
+    #[error("{message}")]
+    Tokenize {
+        message: String,
+        param: &'static str,
+    },
+}
+
+impl ValidationError {
+    /// The request field at fault, if one is.
+    pub(crate) fn param(&self) -> Option<&'static str> {
+        use ValidationError::*;
+        match self {
+            Unsupported { param, .. }
+            | OutsideVocabulary { param, .. }
+            | Tokenize { param, .. } => Some(param),
+            ChoicesOutOfRange(_) => Some("n"),
+            EmptyPrompt | TooManySequences { .. } | PromptOrMessages => Some("prompt"),
+            PromptFillsContext { .. }
+            | NoMessages
+            | MessageNotObject
+            | Role(_)
+            | ContentPart
+            | ContentType => Some("messages"),
+            MaxTokens { .. } => Some("max_tokens"),
+            LogitBiasKey(_) => Some("logit_bias"),
+            Sampling(_) => None,
+            TopLogprobs => Some("logprobs"),
+            TooManyStops => Some("stop"),
+        }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> ApiError {
+        ApiError::bad_request(e.to_string(), e.param())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_is_a_400_that_names_its_field() {
+        let e: ApiError = ValidationError::MaxTokens {
+            max_tokens: 9,
+            room: 4,
+            context: 10,
+            prompt: 6,
+        }
+        .into();
+        assert_eq!(e.status.as_u16(), 400);
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+        assert_eq!(
+            e.message,
+            "max_tokens 9 must be between 1 and 4: the context window is 10 and the prompt is 6 tokens"
+        );
+        let e: ApiError = ValidationError::TooManySequences { prompts: 5, n: 16 }.into();
+        assert_eq!(
+            e.message,
+            "5 prompts x n=16 is 80 sequences; at most 64 per request"
+        );
+        assert_eq!(
+            ValidationError::OutsideVocabulary {
+                id: 7,
+                vocab: 5,
+                param: "tokens"
+            }
+            .param(),
+            Some("tokens")
+        );
+    }
+}
