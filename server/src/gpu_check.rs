@@ -11,7 +11,7 @@ use novastack_engine::{generate, GenerateParams, SamplingParams};
 use novastack_kernels::gpu::{Device, Dtype, GpuBackend, GpuBuf};
 use novastack_kernels::{AttentionMetadata, Backend, CpuBackend, KvCacheConfig, SeqAttention};
 use novastack_models::random::RandomSource;
-use novastack_models::{load_model, Llama};
+use novastack_models::{load_model, CausalLm, Llama};
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::time::Instant;

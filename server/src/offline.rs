@@ -7,7 +7,7 @@ use crate::device::{with_model, ModelJob};
 use anyhow::{bail, Context, Result};
 use novastack_engine::{RequestParams, SamplingParams};
 use novastack_kernels::Backend;
-use novastack_models::LoadedModel;
+use novastack_models::{CausalLm, LoadedModel};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -129,7 +129,7 @@ impl ModelJob for Run<'_> {
         kv_blocks: Option<usize>,
     ) -> Result<Measured> {
         if self.work.is_none() {
-            let (max_len, vocab) = (lm.model.max_positions(), lm.model.config.vocab_size as u32);
+            let (max_len, vocab) = (lm.model.max_positions(), lm.model.vocab_size() as u32);
             *self.work = Some(workload(self.a, max_len, vocab)?);
         }
         let work = self.work.as_ref().expect("made above");

@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use novastack_engine::EngineHandle;
 use novastack_kernels::CpuBackend;
-use novastack_models::{LoadedModel, Tokenizer};
+use novastack_models::{CausalLm, LoadedModel, Tokenizer};
 use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
