@@ -30,6 +30,12 @@ impl HfCheckpoint<'_> {
     }
 }
 
+/// Builds a family's model from a Hugging Face folder.
+pub type LoadHf<B> = fn(HfCheckpoint<'_>, B) -> Result<BoxedModel<B>>;
+
+/// Builds a family's model from a GGUF file.
+pub type LoadGguf<B> = fn(&GgufFile, B) -> Result<BoxedModel<B>>;
+
 /// One family of architectures: the names it answers to and how to build it.
 pub struct Family<B: Backend> {
     pub name: &'static str,
@@ -37,9 +43,9 @@ pub struct Family<B: Backend> {
     pub hf_architectures: &'static [&'static str],
     /// GGUF `general.architecture` values it runs.
     pub gguf_architectures: &'static [&'static str],
-    pub load_hf: fn(HfCheckpoint<'_>, B) -> Result<BoxedModel<B>>,
+    pub load_hf: LoadHf<B>,
     /// `None` for a family with no GGUF mapping.
-    pub load_gguf: Option<fn(&GgufFile, B) -> Result<BoxedModel<B>>>,
+    pub load_gguf: Option<LoadGguf<B>>,
 }
 
 /// Every supported family.
