@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use novastack_engine::{run_batch, RequestParams, SamplingParams};
 use novastack_kernels::Backend;
-use novastack_models::LoadedModel;
+use novastack_models::{CausalLm, LoadedModel};
 use novastack_server::device::{with_model, ModelJob};
 use novastack_server::EngineArgs;
 use rand::{Rng, SeedableRng};
@@ -160,7 +160,7 @@ impl ModelJob for Run<'_> {
         kv_blocks: Option<usize>,
     ) -> Result<Measured> {
         if self.work.is_none() {
-            let (max_len, vocab) = (lm.model.max_positions(), lm.model.config.vocab_size as u32);
+            let (max_len, vocab) = (lm.model.max_positions(), lm.model.vocab_size() as u32);
             *self.work = Some(workload(self.a, max_len, vocab)?);
         }
         let work = self.work.as_ref().expect("made above");

@@ -12,7 +12,7 @@ use novastack_kernels::conformance::{self, Check};
 use novastack_kernels::gpu::{Device, GpuBackend};
 use novastack_kernels::Dtype;
 use novastack_models::random::RandomSource;
-use novastack_models::{load_model, Llama};
+use novastack_models::{load_model, CausalLm, Llama};
 use std::path::PathBuf;
 use std::time::Instant;
 

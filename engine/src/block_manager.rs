@@ -1,5 +1,6 @@
-//! Paged KV blocks: ref counts, a free list in eviction order, and a prefix cache of
-//! full blocks keyed by a hash chain (block hash = hash(parent hash, its tokens)).
+//! The block pool: paged KV blocks with ref counts, a free list in eviction order, and
+//! a prefix cache of full blocks keyed by a hash chain (block hash = hash(parent hash,
+//! its tokens)). Per-request bookkeeping over it lives in `kv_cache_manager`.
 //!
 //! A block whose ref count drops to zero goes to the tail of the free list but keeps
 //! its cached content until it is handed out again, so a later request with the same
@@ -7,9 +8,25 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::hash::{Hash, Hasher};
 
-pub type BlockId = u32;
+/// A block of the paged KV cache: its index in every layer's cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(transparent)]
+pub struct BlockId(pub u32);
+
+impl BlockId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 struct CachedBlock {
     block: BlockId,
@@ -53,8 +70,8 @@ impl BlockManager {
             num_queried_blocks: 0,
             num_hit_blocks: 0,
         };
-        for b in 0..num_blocks as BlockId {
-            m.push_free(b);
+        for b in 0..num_blocks as u32 {
+            m.push_free(BlockId(b));
         }
         m
     }
@@ -72,42 +89,42 @@ impl BlockManager {
     }
 
     pub fn ref_count(&self, b: BlockId) -> u32 {
-        self.ref_counts[b as usize]
+        self.ref_counts[b.index()]
     }
 
     fn push_free(&mut self, b: BlockId) {
         let key = self.next_key;
         self.next_key += 1;
         self.free.insert(key, b);
-        self.free_key[b as usize] = Some(key);
+        self.free_key[b.index()] = Some(key);
     }
 
     /// A fresh block (evicting the oldest free one's cached content), or `None`.
     pub fn allocate(&mut self) -> Option<BlockId> {
         let (_, b) = self.free.pop_first()?;
-        self.free_key[b as usize] = None;
-        if let Some(h) = self.hash_of[b as usize].take() {
+        self.free_key[b.index()] = None;
+        if let Some(h) = self.hash_of[b.index()].take() {
             if self.cache.get(&h).is_some_and(|c| c.block == b) {
                 self.cache.remove(&h);
             }
         }
-        self.ref_counts[b as usize] = 1;
+        self.ref_counts[b.index()] = 1;
         Some(b)
     }
 
     /// Takes a reference to a block already holding wanted content.
     pub fn take(&mut self, b: BlockId) {
-        if self.ref_counts[b as usize] == 0 {
-            if let Some(key) = self.free_key[b as usize].take() {
+        if self.ref_counts[b.index()] == 0 {
+            if let Some(key) = self.free_key[b.index()].take() {
                 self.free.remove(&key);
             }
         }
-        self.ref_counts[b as usize] += 1;
+        self.ref_counts[b.index()] += 1;
     }
 
     /// Drops one reference; at zero the block becomes free (content kept for reuse).
     pub fn release(&mut self, b: BlockId) {
-        let rc = &mut self.ref_counts[b as usize];
+        let rc = &mut self.ref_counts[b.index()];
         debug_assert!(*rc > 0, "double free of block {b}");
         if *rc == 0 {
             return;
@@ -149,7 +166,7 @@ impl BlockManager {
     /// hash. If another block already holds that content, the cache keeps the first.
     pub fn register(&mut self, b: BlockId, parent: u64, tokens: &[u32]) -> u64 {
         let h = block_hash(parent, tokens);
-        if self.hash_of[b as usize].is_none() && !self.cache.contains_key(&h) {
+        if self.hash_of[b.index()].is_none() && !self.cache.contains_key(&h) {
             self.cache.insert(
                 h,
                 CachedBlock {
@@ -158,7 +175,7 @@ impl BlockManager {
                     tokens: tokens.to_vec(),
                 },
             );
-            self.hash_of[b as usize] = Some(h);
+            self.hash_of[b.index()] = Some(h);
         }
         h
     }
@@ -171,7 +188,7 @@ impl BlockManager {
         let mut want = vec![0u32; self.num_blocks()];
         for table in held {
             for &b in table {
-                want[b as usize] += 1;
+                want[b.index()] += 1;
             }
         }
         for (b, (&rc, &w)) in self.ref_counts.iter().zip(&want).enumerate() {
@@ -187,7 +204,7 @@ impl BlockManager {
             return Err("free list size disagrees with ref counts".into());
         }
         for (h, c) in &self.cache {
-            if self.hash_of[c.block as usize] != Some(*h) {
+            if self.hash_of[c.block.index()] != Some(*h) {
                 return Err(format!("cache entry for block {} is stale", c.block));
             }
         }

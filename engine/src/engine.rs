@@ -2,13 +2,14 @@
 //! schedule, run the model, sample, update. `EngineHandle` runs it on its own thread
 //! with an inbox of requests and a stream of events per request.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::request::{FinishReason, Request, RequestId, RequestParams};
 use crate::sampler::{logprobs, Sampler};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
+use crate::validate;
 use novastack_kernels::{Backend, KvCache};
 pub use novastack_metrics::Histogram;
-use novastack_models::{ForwardInput, Llama};
+use novastack_models::{BoxedModel, CausalLm, ForwardInput};
 use std::collections::HashMap;
 
 /// What a step's forward pass returns: every sampled row's logits, or (a greedy-only
@@ -88,8 +89,10 @@ struct SeqState {
     last_token_at: Option<f64>,
 }
 
-pub struct Engine<B: Backend> {
-    model: Llama<B>,
+/// The engine over a model `M`: by default any family behind the model seam; a
+/// borrowed model (`&dyn CausalLm<B>`) serves a one-off run such as [`crate::generate`].
+pub struct Engine<B: Backend, M = BoxedModel<B>> {
+    model: M,
     kv: KvCache<B>,
     sched: Scheduler,
     seqs: HashMap<RequestId, SeqState>,
@@ -98,8 +101,10 @@ pub struct Engine<B: Backend> {
     pub stats: EngineStats,
 }
 
-impl<B: Backend> Engine<B> {
-    pub fn new(model: Llama<B>, eos_token_ids: Vec<u32>, config: EngineConfig) -> Result<Self> {
+impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
+    /// An engine whose KV cache (`config.num_blocks` blocks of `config.block_size`
+    /// tokens) is laid out from the model's own KV cache spec.
+    pub fn new(model: M, eos_token_ids: Vec<u32>, config: EngineConfig) -> Result<Self> {
         let mut sc = config.scheduler;
         sc.max_model_len = sc.max_model_len.min(model.max_positions());
         let kv = model.new_kv_cache(config.num_blocks, config.block_size)?;
@@ -120,7 +125,7 @@ impl<B: Backend> Engine<B> {
         })
     }
 
-    pub fn model(&self) -> &Llama<B> {
+    pub fn model(&self) -> &M {
         &self.model
     }
 
@@ -140,16 +145,9 @@ impl<B: Backend> Engine<B> {
         params: RequestParams,
         now: f64,
     ) -> Result<Vec<RequestId>> {
-        let vocab = self.model.config.vocab_size;
-        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary (size {vocab})"
-            )));
-        }
-        if params.n == 0 {
-            return Err(Error::Invalid("n must be at least 1".into()));
-        }
-        params.sampling.validate()?;
+        validate::tokens_in_vocabulary(&prompt, self.model.vocab_size())?;
+        validate::num_sequences(params.n)?;
+        validate::sampling(&params.sampling)?;
         let mut ids = Vec::new();
         for i in 0..params.n {
             let id = RequestId(self.next_id);
@@ -248,7 +246,7 @@ impl<B: Backend> Engine<B> {
                 return Ok(events);
             }
         };
-        let vocab = self.model.config.vocab_size;
+        let vocab = self.model.vocab_size();
         let mut sampled = HashMap::new();
         let mut lps = HashMap::new();
         let mut next_row = 0;
@@ -349,8 +347,8 @@ impl<B: Backend> Engine<B> {
         s.num_running = self.sched.num_running();
         s.num_preempted = self.sched.num_preempted();
         s.kv_blocks_free = self.sched.blocks.num_free_blocks();
-        s.prefix_queried_blocks = self.sched.blocks.num_queried_blocks;
-        s.prefix_hit_blocks = self.sched.blocks.num_hit_blocks;
+        s.prefix_queried_blocks = self.sched.blocks.num_queried_blocks();
+        s.prefix_hit_blocks = self.sched.blocks.num_hit_blocks();
         s.num_preemptions = self.sched.num_preemptions;
     }
 }

@@ -1,15 +1,21 @@
-//! Single-sequence generation: prefill (chunked), then decode token by token over a
-//! paged KV cache whose blocks this sequence owns.
+//! Generation for one prompt: a thin loop over [`Engine::step`], the same scheduler,
+//! sampler and KV cache code the server runs, with a cache sized for this one
+//! sequence. Prefill runs in chunks of `prefill_chunk` tokens, then one token per step.
 
+use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
-use crate::request::FinishReason;
-use crate::sampler::{Sampler, SamplingParams};
+use crate::request::{FinishReason, RequestParams};
+use crate::sampler::SamplingParams;
+use crate::scheduler::SchedulerConfig;
+use crate::validate;
+use crate::Buckets;
 use novastack_kernels::Backend;
-use novastack_models::{ForwardInput, Llama};
+use novastack_models::CausalLm;
 
 #[derive(Debug, Clone)]
 pub struct GenerateParams {
     pub max_tokens: usize,
+    /// Sampling, with its penalties and logit bias applied as for any engine request.
     pub sampling: SamplingParams,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
@@ -37,78 +43,67 @@ pub struct GenerateOutput {
     pub finish_reason: FinishReason,
 }
 
-/// One sequence's step: `tokens` at positions `start..`, logits for the last one.
-fn sequence_step(
-    tokens: &[u32],
-    start: usize,
-    block_table: &[u32],
-    block_size: usize,
-) -> ForwardInput {
-    let mut input = ForwardInput::default();
-    input.push_seq(tokens, start, block_table.to_vec(), block_size, true);
-    input
-}
-
 /// Generates up to `max_tokens` tokens after `prompt`. `on_token` sees each token as it
 /// is sampled. Stops at an eos/stop id unless `ignore_eos` (stop ids still stop).
-pub fn generate<B: Backend>(
-    model: &Llama<B>,
+pub fn generate<B: Backend, M: CausalLm<B> + ?Sized>(
+    model: &M,
     prompt: &[u32],
     eos_token_ids: &[u32],
     params: &GenerateParams,
     mut on_token: impl FnMut(u32),
 ) -> Result<GenerateOutput> {
-    if prompt.is_empty() {
-        return Err(Error::Invalid("the prompt is empty".into()));
+    // The engine checks these too; checked first here so that a prompt with several
+    // faults reports the same one it always has.
+    validate::prompt_not_empty(prompt)?;
+    validate::tokens_in_vocabulary(prompt, model.vocab_size())?;
+    validate::fits_context(prompt.len(), params.max_tokens, model.max_positions())?;
+    validate::sampling(&params.sampling)?;
+    if params.max_tokens == 0 {
+        return Ok(GenerateOutput {
+            token_ids: Vec::new(),
+            finish_reason: FinishReason::Length,
+        });
     }
-    let vocab = model.config.vocab_size;
-    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
-        return Err(Error::Invalid(format!(
-            "token id {bad} is outside the vocabulary (size {vocab})"
-        )));
-    }
+    let block_size = params.block_size.max(1);
     let total = prompt.len() + params.max_tokens;
-    if total > model.max_positions() {
-        return Err(Error::Invalid(format!(
-            "prompt ({} tokens) plus max_tokens ({}) is {total}, over the model's context of {}",
-            prompt.len(),
-            params.max_tokens,
-            model.max_positions()
-        )));
-    }
-    let bs = params.block_size.max(1);
-    let num_blocks = total.div_ceil(bs).max(1);
-    let mut kv = model.new_kv_cache(num_blocks, bs)?;
-    let block_table: Vec<u32> = (0..num_blocks as u32).collect();
-    let mut sampler = Sampler::new(params.sampling.clone())?;
-
-    let chunk = params.prefill_chunk.max(1);
-    let mut logits = Vec::new();
-    for start in (0..prompt.len()).step_by(chunk) {
-        let end = (start + chunk).min(prompt.len());
-        let step = sequence_step(&prompt[start..end], start, &block_table, bs);
-        logits = model.forward(&step, &mut kv)?;
-    }
-    let mut out = Vec::new();
-    let mut finish = FinishReason::Length;
-    while out.len() < params.max_tokens {
-        let tok = sampler.sample(&logits);
-        out.push(tok);
-        on_token(tok);
-        let is_eos = !params.ignore_eos && eos_token_ids.contains(&tok);
-        if is_eos || params.stop_token_ids.contains(&tok) {
-            finish = FinishReason::Stop;
-            break;
+    let config = EngineConfig {
+        scheduler: SchedulerConfig {
+            max_num_batched_tokens: params.prefill_chunk.max(1),
+            max_num_seqs: 1,
+            max_model_len: model.max_positions(),
+            buckets: Buckets::off(),
+            ..Default::default()
+        },
+        num_blocks: total.div_ceil(block_size).max(1),
+        block_size,
+    };
+    let mut engine = Engine::new(model, eos_token_ids.to_vec(), config)?;
+    let request = RequestParams {
+        max_tokens: params.max_tokens,
+        sampling: params.sampling.clone(),
+        stop_token_ids: params.stop_token_ids.clone(),
+        ignore_eos: params.ignore_eos,
+        ..Default::default()
+    };
+    engine.add_request(prompt.to_vec(), request, 0.0)?;
+    let mut out = GenerateOutput {
+        token_ids: Vec::new(),
+        finish_reason: FinishReason::Length,
+    };
+    while engine.has_work() {
+        for ev in engine.step(0.0)? {
+            if let Some(tok) = ev.token {
+                out.token_ids.push(tok);
+                on_token(tok);
+            }
+            match ev.finished {
+                Some(FinishReason::Error) => {
+                    return Err(Error::Step(ev.error.unwrap_or_default()));
+                }
+                Some(reason) => out.finish_reason = reason,
+                None => {}
+            }
         }
-        if out.len() == params.max_tokens {
-            break;
-        }
-        let pos = prompt.len() + out.len() - 1;
-        let step = sequence_step(&[tok], pos, &block_table, bs);
-        logits = model.forward(&step, &mut kv)?;
     }
-    Ok(GenerateOutput {
-        token_ids: out,
-        finish_reason: finish,
-    })
+    Ok(out)
 }

@@ -82,9 +82,8 @@ impl EngineHandle {
         let (rtx, rrx) = mpsc::channel();
         self.inbox
             .send(Command::Add(sub, events, rtx))
-            .map_err(|_| Error::Invalid("the engine has stopped".into()))?;
-        rrx.recv()
-            .map_err(|_| Error::Invalid("the engine has stopped".into()))?
+            .map_err(|_| Error::Stopped)?;
+        rrx.recv().map_err(|_| Error::Stopped)?
     }
 
     /// Stops one sequence (e.g. a stop string matched) and frees its blocks; its stream

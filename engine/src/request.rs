@@ -109,7 +109,6 @@ pub struct Request {
     pub seq_no: u64,
     /// Tokens whose KV is in the cache.
     pub num_computed_tokens: usize,
-    pub block_table: Vec<u32>,
     /// Prompt tokens that came from the prefix cache at the last admission.
     pub num_cached_tokens: usize,
     /// Step at which the request was last given work (for aging).
@@ -137,7 +136,6 @@ impl Request {
             arrival,
             seq_no,
             num_computed_tokens: 0,
-            block_table: Vec::new(),
             num_cached_tokens: 0,
             last_scheduled_step: 0,
             num_preemptions: 0,

@@ -1,7 +1,8 @@
 //! Token sampling: greedy, temperature, top-k, top-p and min-p, seeded per request so
 //! that the same seed gives the same tokens however the batch is composed.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::validate::RequestError;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -51,26 +52,9 @@ impl SamplingParams {
         }
     }
 
-    pub fn validate(&self) -> Result<()> {
-        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::Invalid(format!(
-                "temperature must be >= 0, got {}",
-                self.temperature
-            )));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::Invalid(format!(
-                "top_p must be in (0, 1], got {}",
-                self.top_p
-            )));
-        }
-        if !(0.0..=1.0).contains(&self.min_p) {
-            return Err(Error::Invalid(format!(
-                "min_p must be in [0, 1], got {}",
-                self.min_p
-            )));
-        }
-        Ok(())
+    /// Temperature, top-p and min-p are in range ([`crate::validate::sampling`]).
+    pub fn validate(&self) -> std::result::Result<(), RequestError> {
+        crate::validate::sampling(self)
     }
 
     pub fn is_greedy(&self) -> bool {

@@ -8,11 +8,15 @@
 //! of steps. Within a bucket: aged first, then running before waiting, then priority,
 //! then arrival (FCFS). Out of KV blocks, the lowest-priority newest running request is
 //! preempted (its blocks freed, recomputed later).
+//!
+//! Blocks, block tables and the prefix cache belong to the [`KvCacheManager`]: the
+//! scheduler asks it to admit, grow and free, and never hashes anything itself.
 
-use crate::block_manager::BlockManager;
 use crate::bucket::Buckets;
 use crate::error::{Error, Result};
+use crate::kv_cache_manager::KvCacheManager;
 use crate::request::{FinishReason, Request, RequestId, RequestState};
+use crate::validate::{self, RequestError};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone)]
@@ -83,13 +87,12 @@ pub struct SeqUpdate {
 
 pub struct Scheduler {
     pub config: SchedulerConfig,
-    pub blocks: BlockManager,
+    /// The KV cache's blocks and who holds them.
+    pub blocks: KvCacheManager,
     requests: HashMap<RequestId, Request>,
     /// Waiting and preempted requests.
     waiting: Vec<RequestId>,
     running: Vec<RequestId>,
-    /// Hashes of each request's registered full blocks (the prefix-cache chain).
-    block_hashes: HashMap<RequestId, Vec<u64>>,
     step: u64,
     next_seq_no: u64,
     pub num_preemptions: u64,
@@ -99,11 +102,10 @@ impl Scheduler {
     pub fn new(config: SchedulerConfig, num_blocks: usize, block_size: usize) -> Self {
         Scheduler {
             config,
-            blocks: BlockManager::new(num_blocks, block_size),
+            blocks: KvCacheManager::new(num_blocks, block_size),
             requests: HashMap::new(),
             waiting: Vec::new(),
             running: Vec::new(),
-            block_hashes: HashMap::new(),
             step: 0,
             next_seq_no: 0,
             num_preemptions: 0,
@@ -135,28 +137,16 @@ impl Scheduler {
 
     /// Admits a request, or rejects it with a clear error if it can never fit.
     pub fn add(&mut self, mut req: Request) -> Result<()> {
-        let bs = self.blocks.block_size();
-        let total = req.prompt.len() + req.params.max_tokens;
-        if req.prompt.is_empty() {
-            return Err(Error::Invalid("the prompt is empty".into()));
-        }
-        if total > self.config.max_model_len {
-            return Err(Error::Invalid(format!(
-                "prompt ({} tokens) plus max_tokens ({}) is {total}, over the model's context of {}",
-                req.prompt.len(),
-                req.params.max_tokens,
-                self.config.max_model_len
-            )));
-        }
-        let need = total.div_ceil(bs);
-        if need > self.blocks.num_blocks() {
-            return Err(Error::Invalid(format!(
-                "the request needs {need} KV blocks ({total} tokens) but the cache has only {} blocks",
-                self.blocks.num_blocks()
-            )));
-        }
+        let (prompt, max_tokens) = (req.prompt.len(), req.params.max_tokens);
+        validate::prompt_not_empty(&req.prompt)?;
+        validate::fits_context(prompt, max_tokens, self.config.max_model_len)?;
+        validate::fits_kv_cache(
+            prompt + max_tokens,
+            self.blocks.block_size(),
+            self.blocks.num_blocks(),
+        )?;
         if self.requests.contains_key(&req.id) {
-            return Err(Error::Invalid(format!("duplicate request id {}", req.id)));
+            return Err(Error::Invalid(RequestError::DuplicateId(req.id)));
         }
         req.seq_no = self.next_seq_no;
         self.next_seq_no += 1;
@@ -169,9 +159,7 @@ impl Scheduler {
     /// Aborts a request in any live state, freeing its blocks; returns it.
     pub fn abort(&mut self, id: RequestId, reason: FinishReason) -> Option<Request> {
         let mut req = self.requests.remove(&id)?;
-        self.blocks.release_all(&req.block_table);
-        req.block_table.clear();
-        self.block_hashes.remove(&id);
+        self.blocks.free(id);
         self.waiting.retain(|&w| w != id);
         self.running.retain(|&r| r != id);
         let _ = req.transition(RequestState::Finished(reason));
@@ -212,23 +200,6 @@ impl Scheduler {
         order
     }
 
-    /// Makes `id`'s block table cover `upto` tokens, or returns false (nothing allocated).
-    fn grow(&mut self, id: RequestId, upto: usize) -> bool {
-        let bs = self.blocks.block_size();
-        let have = self.requests[&id].block_table.len();
-        let need = upto.div_ceil(bs).saturating_sub(have);
-        if need > self.blocks.num_free_blocks() {
-            return false;
-        }
-        let new: Vec<u32> = (0..need).filter_map(|_| self.blocks.allocate()).collect();
-        self.requests
-            .get_mut(&id)
-            .expect("live request")
-            .block_table
-            .extend(new);
-        true
-    }
-
     /// Preempts the lowest-priority, newest running request not in `protect`.
     fn preempt_one(
         &mut self,
@@ -246,12 +217,10 @@ impl Scheduler {
             .copied()?;
         self.running.retain(|&r| r != victim);
         let r = self.requests.get_mut(&victim).expect("running request");
-        self.blocks.release_all(&r.block_table);
-        r.block_table.clear();
+        self.blocks.free(victim);
         r.num_computed_tokens = 0;
         r.num_preemptions += 1;
         let _ = r.transition(RequestState::Preempted);
-        self.block_hashes.remove(&victim);
         self.waiting.push(victim);
         self.num_preemptions += 1;
         out.preempted.push(victim);
@@ -342,30 +311,30 @@ impl Scheduler {
             if is_new && self.running.len() >= self.config.max_num_seqs {
                 continue;
             }
-            if is_new && !self.admit_prefix(id) {
-                continue;
+            if is_new {
+                self.admit_prefix(id);
             }
             let r = &self.requests[&id];
             let remaining = r.num_tokens() - r.num_computed_tokens;
             let n = remaining.min(*budget);
             let upto = r.num_computed_tokens + n;
-            let mut ok = self.grow(id, upto);
+            let mut ok = self.blocks.allocate_slots(id, upto);
             while !ok && !is_new {
                 // A running request needs a block: preempt someone else (or itself).
                 match self.preempt_one(&scheduled, out) {
                     Some(v) if v == id => break,
-                    Some(_) => ok = self.grow(id, upto),
+                    Some(_) => ok = self.blocks.allocate_slots(id, upto),
                     None => break,
                 }
             }
             if !ok {
                 if is_new {
                     // Not enough free blocks to admit: undo the prefix hit and stop admitting.
-                    let r = self.requests.get_mut(&id).expect("live");
-                    self.blocks.release_all(&r.block_table);
-                    r.block_table.clear();
-                    r.num_computed_tokens = 0;
-                    self.block_hashes.remove(&id);
+                    self.blocks.free(id);
+                    self.requests
+                        .get_mut(&id)
+                        .expect("live")
+                        .num_computed_tokens = 0;
                 }
                 continue;
             }
@@ -382,7 +351,7 @@ impl Scheduler {
                 id,
                 start,
                 token_ids: (start..start + n).map(|i| r.token(i)).collect(),
-                block_table: r.block_table.clone(),
+                block_table: self.blocks.block_table(id).iter().map(|b| b.0).collect(),
                 sample: start + n == r.num_tokens(),
             });
             *budget -= n;
@@ -390,26 +359,11 @@ impl Scheduler {
         }
     }
 
-    /// On (re)admission: reuse cached full blocks of the request's known tokens, always
-    /// leaving at least one token to compute so that the step yields logits.
-    fn admit_prefix(&mut self, id: RequestId) -> bool {
-        let bs = self.blocks.block_size();
-        let r = &self.requests[&id];
-        debug_assert!(r.block_table.is_empty());
-        let tokens = r.all_tokens();
-        let prompt_len = r.prompt.len();
-        let hits = self.blocks.lookup_prefix(&tokens, (tokens.len() - 1) / bs);
-        let mut hashes = Vec::with_capacity(hits.len());
+    /// On (re)admission: start from the tokens the prefix cache already holds.
+    fn admit_prefix(&mut self, id: RequestId) {
         let r = self.requests.get_mut(&id).expect("live");
-        for (b, h) in hits {
-            self.blocks.take(b);
-            r.block_table.push(b);
-            hashes.push(h);
-        }
-        r.num_computed_tokens = hashes.len() * bs;
-        r.num_cached_tokens = r.num_computed_tokens.min(prompt_len);
-        self.block_hashes.insert(id, hashes);
-        true
+        r.num_computed_tokens = self.blocks.admit(id, &r.all_tokens());
+        r.num_cached_tokens = r.num_computed_tokens.min(r.prompt.len());
     }
 
     /// Applies a step's results: advances computed tokens, registers full blocks in the
@@ -420,7 +374,6 @@ impl Scheduler {
         sampled: &HashMap<RequestId, u32>,
         eos: &[u32],
     ) -> Vec<SeqUpdate> {
-        let bs = self.blocks.block_size();
         let mut updates = Vec::new();
         for s in &out.seqs {
             let Some(r) = self.requests.get_mut(&s.id) else {
@@ -430,13 +383,7 @@ impl Scheduler {
                 continue; // aborted or preempted since scheduling
             }
             r.num_computed_tokens += s.token_ids.len();
-            let hashes = self.block_hashes.entry(s.id).or_default();
-            while hashes.len() < r.num_computed_tokens / bs {
-                let i = hashes.len();
-                let parent = if i == 0 { 0 } else { hashes[i - 1] };
-                let toks: Vec<u32> = (i * bs..(i + 1) * bs).map(|t| r.token(t)).collect();
-                hashes.push(self.blocks.register(r.block_table[i], parent, &toks));
-            }
+            self.blocks.cache_full_blocks(r);
             if !s.sample {
                 continue;
             }
@@ -473,19 +420,25 @@ impl Scheduler {
 
     fn finish(&mut self, id: RequestId, reason: FinishReason) {
         if let Some(mut r) = self.requests.remove(&id) {
-            self.blocks.release_all(&r.block_table);
-            r.block_table.clear();
             let _ = r.transition(RequestState::Finished(reason));
         }
-        self.block_hashes.remove(&id);
+        self.blocks.free(id);
         self.running.retain(|&x| x != id);
         self.waiting.retain(|&x| x != id);
     }
 
-    /// Checks block bookkeeping against the live requests.
+    /// Checks block bookkeeping: ref counts match the tables held, and only live
+    /// requests hold blocks.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
-        self.blocks
-            .check_invariants(self.requests.values().map(|r| r.block_table.as_slice()))
+        self.blocks.check_invariants()?;
+        match self
+            .blocks
+            .requests()
+            .find(|id| !self.requests.contains_key(id))
+        {
+            Some(id) => Err(format!("{id} holds blocks but is not live")),
+            None => Ok(()),
+        }
     }
 }
 

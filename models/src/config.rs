@@ -63,6 +63,26 @@ pub enum StorageDType {
     BF16,
 }
 
+impl StorageDType {
+    /// Bytes per value.
+    pub fn size(self) -> usize {
+        match self {
+            StorageDType::F32 => 4,
+            StorageDType::F16 | StorageDType::BF16 => 2,
+        }
+    }
+
+    /// `float32`/`f32`, `float16`/`f16`/`half`, `bfloat16`/`bf16`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "float32" | "f32" => Some(StorageDType::F32),
+            "float16" | "f16" | "half" => Some(StorageDType::F16),
+            "bfloat16" | "bf16" => Some(StorageDType::BF16),
+            _ => None,
+        }
+    }
+}
+
 /// Everything the dense decoder needs, resolved and validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -128,15 +148,6 @@ pub(crate) fn token_ids(v: &Value) -> Vec<u32> {
         Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
         Value::Array(a) => a.iter().flat_map(token_ids).collect(),
         _ => Vec::new(),
-    }
-}
-
-fn parse_dtype(s: &str) -> Option<StorageDType> {
-    match s {
-        "float32" | "f32" => Some(StorageDType::F32),
-        "float16" | "f16" | "half" => Some(StorageDType::F16),
-        "bfloat16" | "bf16" => Some(StorageDType::BF16),
-        _ => None,
     }
 }
 
@@ -236,7 +247,7 @@ impl ModelConfig {
             mlp_bias: raw.mlp_bias.unwrap_or(false),
             qk_norm: architecture == Architecture::Qwen3,
             sliding_window,
-            dtype: dtype_str.and_then(parse_dtype),
+            dtype: dtype_str.and_then(StorageDType::parse),
             bos_token_id: raw
                 .bos_token_id
                 .as_ref()

@@ -1,20 +1,33 @@
 //! Models for novastack: Hugging Face config and weights into a runnable decoder, plus
 //! the tokenizer and chat template that go with it.
+//!
+//! Layout: [`causal_lm`] is the seam the engine runs (`CausalLm`), [`registry`] maps a
+//! checkpoint's architecture to a family in [`arch`], families are built from the
+//! shared [`layers`], and [`input`] is the per-step batch every family consumes.
 
+pub mod arch;
+pub mod causal_lm;
 pub mod chat_template;
 pub mod config;
 mod error;
 pub mod gguf;
-pub mod llama;
+pub mod input;
+pub mod kv_spec;
+pub mod layers;
 pub mod loader;
 pub mod random;
-pub mod rope;
+pub mod registry;
 pub mod tokenizer;
 
+pub use arch::llama::Llama;
+pub use causal_lm::CausalLm;
 pub use config::{Architecture, ModelConfig, RopeScaling, StorageDType};
 pub use error::{Error, Result};
-pub use llama::{ForwardInput, Llama};
+pub use input::ForwardInput;
+pub use kv_spec::{KvCacheSpec, LayerKvSpec};
+pub use layers::rope;
 pub use loader::{SafetensorsSource, TensorSource};
+pub use registry::BoxedModel;
 pub use tokenizer::{IncrementalDecoder, Tokenizer};
 
 use novastack_kernels::Backend;
@@ -22,23 +35,21 @@ use std::path::Path;
 
 /// A loaded model and its tokenizer.
 pub struct LoadedModel<B: Backend> {
-    pub model: Llama<B>,
+    pub model: BoxedModel<B>,
     pub tokenizer: Tokenizer,
 }
 
-/// Loads a GGUF file (llama architecture): weights dequantized to f32, the tokenizer and
-/// chat template from its metadata.
-pub fn load_gguf<B: Backend>(path: &Path, backend: B) -> Result<LoadedModel<B>> {
+/// Loads a GGUF file: the family named by `general.architecture` (weights dequantized
+/// to f32), the tokenizer and chat template from its metadata.
+pub fn load_gguf<B: Backend + 'static>(path: &Path, backend: B) -> Result<LoadedModel<B>> {
     let file = gguf::GgufFile::open(path)?;
-    let config = gguf::config_from_gguf(&file)?;
-    let source = gguf::GgufLlamaSource::new(&file, &config);
-    let model = Llama::load(config, &source, backend)?;
+    let model = registry::load_gguf_model(&file, backend)?;
     let tokenizer = gguf::tokenizer_from_gguf(&file)?;
     Ok(LoadedModel { model, tokenizer })
 }
 
 /// Loads a model from a Hugging Face folder or a `.gguf` file.
-pub fn load_model<B: Backend>(path: &Path, backend: B) -> Result<LoadedModel<B>> {
+pub fn load_model<B: Backend + 'static>(path: &Path, backend: B) -> Result<LoadedModel<B>> {
     if path.is_file()
         && path
             .extension()
@@ -50,11 +61,10 @@ pub fn load_model<B: Backend>(path: &Path, backend: B) -> Result<LoadedModel<B>>
     }
 }
 
-/// Loads a Hugging Face model folder (config.json, safetensors, tokenizer files).
-pub fn load_hf_dir<B: Backend>(dir: &Path, backend: B) -> Result<LoadedModel<B>> {
-    let config = ModelConfig::from_dir(dir)?;
-    let source = SafetensorsSource::open_dir(dir)?;
-    let model = Llama::load(config, &source, backend)?;
+/// Loads a Hugging Face model folder (config.json, safetensors, tokenizer files): the
+/// family named by `architectures` in config.json.
+pub fn load_hf_dir<B: Backend + 'static>(dir: &Path, backend: B) -> Result<LoadedModel<B>> {
+    let model = registry::load_hf_model(dir, backend)?;
     let tokenizer = Tokenizer::from_dir(dir)?;
     Ok(LoadedModel { model, tokenizer })
 }

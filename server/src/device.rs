@@ -64,6 +64,7 @@ fn load_on_gpu<D: novastack_kernels::gpu::Device>(
     engine: &EngineArgs,
     backend: novastack_kernels::gpu::GpuBackend<D>,
 ) -> Result<(LoadedModel<novastack_kernels::gpu::GpuBackend<D>>, usize)> {
+    use novastack_models::CausalLm;
     let info = backend.info().clone();
     let dtype = backend.dtype;
     let total = info.total_bytes as f64;
@@ -78,8 +79,8 @@ fn load_on_gpu<D: novastack_kernels::gpu::Device>(
     let lm = load_model(path, backend)
         .with_context(|| format!("cannot load model from {}", path.display()))?;
     let (free, _) = lm.model.backend().mem_info()?;
-    // KV bytes per token in the storage type (the model counts f32).
-    let per_block = lm.model.kv_bytes_per_token() / 4 * dtype.size() * engine.block_size.max(1);
+    let kv_dtype = novastack_models::StorageDType::parse(dtype.suffix()).context("KV dtype")?;
+    let per_block = lm.model.kv_bytes_per_token(kv_dtype) * engine.block_size.max(1);
     let budget = total * engine.gpu_memory_utilization.clamp(0.05, 0.99) - (total - free as f64);
     if budget < per_block as f64 {
         bail!(
@@ -102,6 +103,7 @@ fn load_on_gpu<D: novastack_kernels::gpu::Device>(
 mod tests {
     use super::*;
     use clap::Parser;
+    use novastack_models::CausalLm;
 
     #[derive(Parser)]
     struct Cli {
@@ -117,7 +119,7 @@ mod tests {
             lm: LoadedModel<B>,
             kv_blocks: Option<usize>,
         ) -> Result<Self::Output> {
-            Ok((lm.model.config.vocab_size, kv_blocks))
+            Ok((lm.model.vocab_size(), kv_blocks))
         }
     }
 

@@ -7,7 +7,7 @@ use novastack_engine::{
     RequestParams, SamplingParams, SchedulerConfig, TokenEvent,
 };
 use novastack_kernels::CpuBackend;
-use novastack_models::{load_model, LoadedModel};
+use novastack_models::{load_model, CausalLm, LoadedModel};
 use novastack_tests::fixtures_dir;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -97,7 +97,7 @@ fn batched_greedy_equals_solo_and_golden() {
     let golden: Value =
         serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
     let lm = model("llama-f32");
-    let vocab = lm.model.config.vocab_size as u32;
+    let vocab = lm.model.vocab_size() as u32;
     let prompts = mixed_prompts(&golden, vocab);
     // Solo references through the single-sequence path.
     let solo: Vec<Vec<u32>> = prompts

@@ -3,7 +3,7 @@
 
 use novastack_engine::{generate, GenerateParams, SamplingParams};
 use novastack_kernels::{AttentionMetadata, CpuBackend};
-use novastack_models::{load_hf_dir, ForwardInput, LoadedModel};
+use novastack_models::{load_hf_dir, CausalLm, ForwardInput, LoadedModel};
 use novastack_tests::model_fixtures;
 use safetensors::SafeTensors;
 use serde::Deserialize;
@@ -64,7 +64,7 @@ fn batched_prefill(lm: &LoadedModel<CpuBackend>, seqs: &[&[u32]], chunk: usize) 
     };
     let num_blocks = tables.iter().flatten().max().map_or(1, |&m| m as usize + 1);
     let mut kv = model.new_kv_cache(num_blocks, BLOCK).unwrap();
-    let vocab = model.config.vocab_size;
+    let vocab = model.vocab_size();
     let mut out: Vec<Vec<f32>> = seqs
         .iter()
         .map(|s| Vec::with_capacity(s.len() * vocab))
@@ -116,7 +116,7 @@ fn all_position_logits_match_transformers() {
             let (want, shape) = expected_logits(&logits_file, &case.logits_tensor);
             assert_eq!(
                 shape,
-                vec![case.prompt_token_ids.len(), lm.model.config.vocab_size]
+                vec![case.prompt_token_ids.len(), lm.model.vocab_size()]
             );
             let got = batched_prefill(&lm, &[&case.prompt_token_ids], usize::MAX);
             let d = max_abs_diff(&got[0], &want);

@@ -89,10 +89,8 @@ pub(crate) fn validate_generation(
         repetition_penalty: c.repetition_penalty.unwrap_or(1.0),
         logit_bias,
     };
-    sampling.validate().map_err(|e| match e {
-        novastack_engine::Error::Invalid(msg) => ValidationError::Sampling(msg),
-        other => ValidationError::Sampling(other.to_string()),
-    })?;
+    novastack_engine::validate::sampling(&sampling)
+        .map_err(|e| ValidationError::engine(e, None))?;
     if logprobs.is_some_and(|k| k > 20) {
         return Err(ValidationError::TopLogprobs);
     }
@@ -175,10 +173,8 @@ pub(crate) fn check_vocab(
     vocab: usize,
     param: &'static str,
 ) -> Result<(), ValidationError> {
-    match ids.iter().find(|&&t| t as usize >= vocab) {
-        Some(&id) => Err(ValidationError::OutsideVocabulary { id, vocab, param }),
-        None => Ok(()),
-    }
+    novastack_engine::validate::tokens_in_vocabulary(ids, vocab)
+        .map_err(|e| ValidationError::engine(e, Some(param)))
 }
 
 /// The chat template or tokenizer refused the input given as `param`.

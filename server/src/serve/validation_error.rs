@@ -2,6 +2,7 @@
 //! rather than its wording. Every variant is a 400 naming its field (`param`); the
 //! conversion into [`ApiError`] is the only place that decides so.
 
+use novastack_engine::RequestError;
 use novastack_openai::ApiError;
 use thiserror::Error;
 
@@ -19,12 +20,6 @@ pub(crate) enum ValidationError {
     EmptyPrompt,
     #[error("{prompts} prompts x n={n} is {} sequences; at most 64 per request", prompts * n)]
     TooManySequences { prompts: usize, n: usize },
-    #[error("token id {id} is outside the vocabulary (size {vocab})")]
-    OutsideVocabulary {
-        id: u32,
-        vocab: usize,
-        param: &'static str,
-    },
     #[error("the prompt is {prompt} tokens, the model's context window is {context}")]
     PromptFillsContext { prompt: usize, context: usize },
     #[error("max_tokens {max_tokens} must be between 1 and {room}: the context window is {context} and the prompt is {prompt} tokens")]
@@ -36,9 +31,13 @@ pub(crate) enum ValidationError {
     },
     #[error("logit_bias key {0:?} is not a token id")]
     LogitBiasKey(String),
-    /// A sampling parameter out of range (the engine's rule, checked here).
-    #[error("{0}")]
-    Sampling(String),
+    /// One of the engine's own rules (sampling ranges, the vocabulary), checked here at
+    /// the edge with the engine's function; `param` is the field it concerns.
+    #[error("{error}")]
+    Engine {
+        error: RequestError,
+        param: Option<&'static str>,
+    },
     #[error("top logprobs must be at most 20")]
     TopLogprobs,
     #[error("at most 4 stop sequences")]
@@ -65,13 +64,24 @@ pub(crate) enum ValidationError {
 }
 
 impl ValidationError {
+    /// An engine rule's failure, with the request field it concerns.
+    pub(crate) fn engine(error: RequestError, param: Option<&'static str>) -> ValidationError {
+        let param = match &error {
+            RequestError::Temperature(_) => Some("temperature"),
+            RequestError::TopP(_) => Some("top_p"),
+            RequestError::MinP(_) => Some("min_p"),
+            RequestError::ZeroSequences => Some("n"),
+            _ => param,
+        };
+        ValidationError::Engine { error, param }
+    }
+
     /// The request field at fault, if one is.
     pub(crate) fn param(&self) -> Option<&'static str> {
         use ValidationError::*;
         match self {
-            Unsupported { param, .. }
-            | OutsideVocabulary { param, .. }
-            | Tokenize { param, .. } => Some(param),
+            Unsupported { param, .. } | Tokenize { param, .. } => Some(param),
+            Engine { param, .. } => *param,
             ChoicesOutOfRange(_) => Some("n"),
             EmptyPrompt | TooManySequences { .. } | PromptOrMessages => Some("prompt"),
             PromptFillsContext { .. }
@@ -82,7 +92,6 @@ impl ValidationError {
             | ContentType => Some("messages"),
             MaxTokens { .. } => Some("max_tokens"),
             LogitBiasKey(_) => Some("logit_bias"),
-            Sampling(_) => None,
             TopLogprobs => Some("logprobs"),
             TooManyStops => Some("stop"),
         }
@@ -119,14 +128,22 @@ mod tests {
             e.message,
             "5 prompts x n=16 is 80 sequences; at most 64 per request"
         );
+        let e: ApiError = ValidationError::engine(
+            RequestError::TokenOutsideVocabulary {
+                token: 7,
+                vocab_size: 5,
+            },
+            Some("tokens"),
+        )
+        .into();
         assert_eq!(
-            ValidationError::OutsideVocabulary {
-                id: 7,
-                vocab: 5,
-                param: "tokens"
-            }
-            .param(),
-            Some("tokens")
+            (e.message.as_str(), e.param.as_deref()),
+            (
+                "token id 7 is outside the vocabulary (size 5)",
+                Some("tokens")
+            )
         );
+        let e = ValidationError::engine(RequestError::TopP(0.0), None);
+        assert_eq!(e.param(), Some("top_p"));
     }
 }

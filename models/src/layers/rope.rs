@@ -1,6 +1,54 @@
-//! Rotary position tables, computed in f32 exactly as transformers does.
+//! Rotary position embedding: the frequency tables, computed in f32 exactly as
+//! transformers does, and the layer that rotates q and k heads with them.
 
+use super::{Pass, Weights};
 use crate::config::RopeScaling;
+use crate::error::Result;
+use novastack_kernels::Backend;
+
+/// The `[max_positions, head_dim]` cos/sin table on the backend, shared by all layers.
+pub struct RotaryEmbedding<B: Backend> {
+    cos_sin: B::Buf,
+    head_dim: usize,
+}
+
+impl<B: Backend> RotaryEmbedding<B> {
+    /// Builds and uploads the table for positions `0..max_positions`.
+    pub fn new(
+        w: &Weights<'_, B>,
+        head_dim: usize,
+        theta: f32,
+        scaling: &RopeScaling,
+        max_positions: usize,
+    ) -> Result<Self> {
+        let inv = inv_freq(head_dim, theta, scaling);
+        Ok(RotaryEmbedding {
+            cos_sin: w.upload(&cos_sin_table(max_positions, head_dim, &inv))?,
+            head_dim,
+        })
+    }
+
+    /// Rotates, in place, `num_heads` heads starting at column `col_offset` of each row
+    /// of `row_stride` values, each row at its position in `pass.input`.
+    pub fn apply(
+        &self,
+        pass: &Pass<'_, B>,
+        x: &mut B::Buf,
+        row_stride: usize,
+        col_offset: usize,
+        num_heads: usize,
+    ) -> Result<()> {
+        Ok(pass.backend.rope(
+            x,
+            row_stride,
+            col_offset,
+            num_heads,
+            self.head_dim,
+            &pass.input.positions,
+            &self.cos_sin,
+        )?)
+    }
+}
 
 /// Inverse frequencies `[head_dim / 2]`.
 pub fn inv_freq(head_dim: usize, theta: f32, scaling: &RopeScaling) -> Vec<f32> {

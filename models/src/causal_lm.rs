@@ -1,0 +1,99 @@
+//! The model seam: what the engine and the tools need from a causal language model,
+//! whatever its family. A step's batch goes in ([`ForwardInput`]), one row of logits
+//! (or its argmax) per requested row comes out, and the model's paged KV cache is
+//! read and written on the way. The model declares its cache ([`KvCacheSpec`]); the
+//! caller sizes and allocates it.
+
+use crate::config::StorageDType;
+use crate::error::Result;
+use crate::input::ForwardInput;
+use crate::kv_spec::KvCacheSpec;
+use novastack_kernels::{Backend, KvCache};
+
+pub trait CausalLm<B: Backend>: Send + Sync {
+    /// The backend the weights live on.
+    fn backend(&self) -> &B;
+
+    /// Size of the vocabulary: token ids are below it and logits rows are this wide.
+    fn vocab_size(&self) -> usize;
+
+    /// Longest sequence (prompt plus output) the model can position.
+    fn max_positions(&self) -> usize;
+
+    /// What the model caches per token, layer by layer.
+    fn kv_cache_spec(&self) -> KvCacheSpec;
+
+    /// Bytes of KV cache per token when the backend stores `storage`.
+    fn kv_bytes_per_token(&self, storage: StorageDType) -> usize {
+        self.kv_cache_spec().bytes_per_token(storage)
+    }
+
+    /// A paged KV cache of `num_blocks` blocks of `block_size` tokens for this model.
+    fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache<B>> {
+        self.kv_cache_spec()
+            .allocate(self.backend(), num_blocks, block_size)
+    }
+
+    /// Runs one step and returns logits `[logits_indices.len(), vocab]` on the host.
+    fn forward(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<f32>>;
+
+    /// Runs one step for greedy decoding: the argmax of each logits row, computed where
+    /// the logits are (on a GPU only the ids come back).
+    fn forward_greedy(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<u32>>;
+}
+
+/// A boxed model (what the registry builds) is a model.
+impl<B: Backend, M: CausalLm<B> + ?Sized> CausalLm<B> for Box<M> {
+    fn backend(&self) -> &B {
+        (**self).backend()
+    }
+    fn vocab_size(&self) -> usize {
+        (**self).vocab_size()
+    }
+    fn max_positions(&self) -> usize {
+        (**self).max_positions()
+    }
+    fn kv_cache_spec(&self) -> KvCacheSpec {
+        (**self).kv_cache_spec()
+    }
+    fn kv_bytes_per_token(&self, storage: StorageDType) -> usize {
+        (**self).kv_bytes_per_token(storage)
+    }
+    fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache<B>> {
+        (**self).new_kv_cache(num_blocks, block_size)
+    }
+    fn forward(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<f32>> {
+        (**self).forward(input, kv)
+    }
+    fn forward_greedy(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<u32>> {
+        (**self).forward_greedy(input, kv)
+    }
+}
+
+/// A borrowed model is a model (an engine for one run over a model kept by the caller).
+impl<B: Backend, M: CausalLm<B> + ?Sized> CausalLm<B> for &M {
+    fn backend(&self) -> &B {
+        (**self).backend()
+    }
+    fn vocab_size(&self) -> usize {
+        (**self).vocab_size()
+    }
+    fn max_positions(&self) -> usize {
+        (**self).max_positions()
+    }
+    fn kv_cache_spec(&self) -> KvCacheSpec {
+        (**self).kv_cache_spec()
+    }
+    fn kv_bytes_per_token(&self, storage: StorageDType) -> usize {
+        (**self).kv_bytes_per_token(storage)
+    }
+    fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache<B>> {
+        (**self).new_kv_cache(num_blocks, block_size)
+    }
+    fn forward(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<f32>> {
+        (**self).forward(input, kv)
+    }
+    fn forward_greedy(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<u32>> {
+        (**self).forward_greedy(input, kv)
+    }
+}

@@ -1,0 +1,115 @@
+//! What a model keeps in the KV cache per token, layer by layer. The model declares
+//! it; the engine sizes and allocates the cache from it, so a family that caches
+//! something else (a latent vector, another dtype) changes its spec, not the engine.
+
+use crate::config::StorageDType;
+use crate::error::{Error, Result};
+use novastack_kernels::{Backend, KvCache, KvCacheConfig};
+
+/// One layer's cache entry per token: `num_kv_heads` key rows and as many value rows of
+/// `head_dim` values each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerKvSpec {
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// The cache's element type; `None` = the backend's storage type (every family
+    /// today: the cache is stored like the activations).
+    pub dtype: Option<StorageDType>,
+}
+
+impl LayerKvSpec {
+    /// Keys and values of `num_kv_heads` heads of `head_dim`, stored in the backend's type.
+    pub fn key_value(num_kv_heads: usize, head_dim: usize) -> Self {
+        LayerKvSpec {
+            num_kv_heads,
+            head_dim,
+            dtype: None,
+        }
+    }
+
+    /// Values cached per token (keys and values).
+    pub fn values_per_token(&self) -> usize {
+        2 * self.num_kv_heads * self.head_dim
+    }
+
+    /// Bytes per token when the backend stores `storage`.
+    pub fn bytes_per_token(&self, storage: StorageDType) -> usize {
+        self.values_per_token() * self.dtype.unwrap_or(storage).size()
+    }
+}
+
+/// The whole model's KV cache, one entry per layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvCacheSpec {
+    pub layers: Vec<LayerKvSpec>,
+}
+
+impl KvCacheSpec {
+    /// Bytes of KV cache per token over all layers when the backend stores `storage`.
+    pub fn bytes_per_token(&self, storage: StorageDType) -> usize {
+        self.layers.iter().map(|l| l.bytes_per_token(storage)).sum()
+    }
+
+    /// Allocates a paged cache of `num_blocks` blocks of `block_size` tokens. The
+    /// backend's cache holds one shape for every layer in its own storage type, so the
+    /// layers must agree and use that type.
+    pub fn allocate<B: Backend>(
+        &self,
+        backend: &B,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<KvCache<B>> {
+        let first = self
+            .layers
+            .first()
+            .copied()
+            .unwrap_or(LayerKvSpec::key_value(0, 0));
+        if self.layers.iter().any(|l| *l != first) || first.dtype.is_some() {
+            return Err(Error::Invalid(format!(
+                "KV cache: the backend's paged cache needs one key/value shape in its storage type for all layers, got {:?}",
+                self.layers
+            )));
+        }
+        let cfg = KvCacheConfig {
+            num_blocks,
+            block_size,
+            num_kv_heads: first.num_kv_heads,
+            head_dim: first.head_dim,
+        };
+        Ok(KvCache::new(backend, cfg, self.layers.len())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use novastack_kernels::CpuBackend;
+
+    #[test]
+    fn bytes_follow_the_storage_type_and_per_layer_overrides() {
+        let mut spec = KvCacheSpec {
+            layers: vec![LayerKvSpec::key_value(2, 16); 3],
+        };
+        // 3 layers x (key + value) x 2 heads x 16 values.
+        assert_eq!(spec.bytes_per_token(StorageDType::F32), 3 * 2 * 2 * 16 * 4);
+        assert_eq!(spec.bytes_per_token(StorageDType::BF16), 3 * 2 * 2 * 16 * 2);
+        spec.layers[1].dtype = Some(StorageDType::F32);
+        assert_eq!(
+            spec.bytes_per_token(StorageDType::F16),
+            2 * 2 * 2 * 16 * 2 + 2 * 2 * 16 * 4
+        );
+        // The backend's cache cannot hold a layer of its own type.
+        assert!(spec.allocate(&CpuBackend::new(), 4, 16).is_err());
+    }
+
+    #[test]
+    fn allocates_one_key_and_value_buffer_per_layer() {
+        let spec = KvCacheSpec {
+            layers: vec![LayerKvSpec::key_value(2, 8); 3],
+        };
+        let kv = spec.allocate(&CpuBackend::new(), 4, 16).unwrap();
+        assert_eq!(kv.layers.len(), 3);
+        assert_eq!(kv.config.slot_len(), 16);
+        assert_eq!(kv.config.num_slots(), 64);
+    }
+}

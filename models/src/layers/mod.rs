@@ -1,0 +1,56 @@
+//! Building blocks shared by the model families: each layer owns its weights, loads
+//! them by Hugging Face name from a [`TensorSource`], and runs as a fixed sequence of
+//! [`Backend`] ops. An architecture file (`crate::arch`) wires them into a decoder.
+//!
+//! Layers allocate nothing per call: a forward pass makes each layer kind's scratch
+//! buffers once and hands them to every layer of that kind.
+
+pub mod attention;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+
+use crate::error::{Error, Result};
+use crate::input::ForwardInput;
+use crate::loader::TensorSource;
+use novastack_kernels::Backend;
+
+/// One forward pass's shared inputs, handed to every layer.
+pub struct Pass<'a, B: Backend> {
+    pub backend: &'a B,
+    pub input: &'a ForwardInput,
+    /// Rows (tokens) in the batch.
+    pub rows: usize,
+}
+
+/// Reads weights of one model: tensors by name and shape, uploaded to the backend.
+pub struct Weights<'a, B: Backend> {
+    pub source: &'a dyn TensorSource,
+    pub backend: &'a B,
+}
+
+impl<B: Backend> Weights<'_, B> {
+    /// The host values of tensor `name` with exactly `shape`.
+    pub fn host(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.source.tensor(name, shape)
+    }
+
+    /// Tensor `name` with exactly `shape`, on the backend.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<B::Buf> {
+        let v = self.host(name, shape)?;
+        self.upload(&v)
+    }
+
+    /// Several tensors stacked row-wise into one buffer (fused projections).
+    pub fn stacked(&self, parts: &[(String, Vec<usize>)]) -> Result<B::Buf> {
+        let mut all = Vec::with_capacity(parts.len());
+        for (name, shape) in parts {
+            all.push(self.host(name, shape)?);
+        }
+        self.upload(&all.concat())
+    }
+
+    pub fn upload(&self, values: &[f32]) -> Result<B::Buf> {
+        self.backend.upload(values).map_err(Error::from)
+    }
+}
