@@ -7,7 +7,6 @@ use crate::attempt::{attempt_chain, Committed};
 use crate::config::ModelConfig;
 use crate::providers::UpEvent;
 use crate::request::{parse_chat, request_info};
-use crate::routes::authenticate;
 use crate::rules::{self, PlanError};
 use crate::state::Gateway;
 use axum::body::Bytes;
@@ -36,7 +35,7 @@ pub(crate) async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let epoch = gw.epoch();
-    let key = authenticate(&epoch, &headers)?;
+    let key = epoch.authenticate(&headers)?;
     let body = body_bytes(body)?;
     if gw.draining.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable("the gateway is shutting down"));
@@ -347,6 +346,88 @@ fn set_headers(resp: &mut Response, hdrs: &[(&'static str, String)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// The typed answers serialize byte for byte as the gateway's earlier `json!` shapes.
+    #[test]
+    fn answers_keep_their_wire_shape() {
+        let chunk = |choices, usage| ChatCompletionChunk {
+            id: "chatcmpl-1".into(),
+            object: "chat.completion.chunk".into(),
+            created: 7,
+            model: "auto".into(),
+            choices,
+            usage,
+        };
+        let choice = |delta, finish| ChatChunkChoice {
+            index: 0,
+            delta,
+            logprobs: None,
+            finish_reason: finish,
+        };
+        let same = |typed: String, old: serde_json::Value| assert_eq!(typed, old.to_string());
+        let first = ChatDelta {
+            role: Some(Role::Assistant),
+            content: Some(String::new()),
+        };
+        same(
+            serde_json::to_string(&chunk(vec![choice(first, None)], None)).unwrap(),
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "auto",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]}),
+        );
+        let end = choice(ChatDelta::default(), Some(FinishReason::Length));
+        same(
+            serde_json::to_string(&chunk(vec![end], None)).unwrap(),
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "auto",
+                "choices": [{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "length"}]}),
+        );
+        let usage = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            total_tokens: 5,
+        };
+        let last = UsageChunk {
+            chunk: chunk(Vec::new(), Some(usage)),
+            x_novastack_cost_usd: 0.25,
+        };
+        same(
+            serde_json::to_string(&last).unwrap(),
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "auto", "choices": [],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}, "x_novastack_cost_usd": 0.25}),
+        );
+        let done = ChatCompletion {
+            id: "chatcmpl-1".into(),
+            object: "chat.completion".into(),
+            created: 7,
+            model: "auto".into(),
+            choices: vec![ChatChoice {
+                index: 0,
+                message: ChatMessage {
+                    role: Role::Assistant,
+                    content: "hi".into(),
+                },
+                logprobs: None,
+                finish_reason: FinishReason::Stop,
+            }],
+            usage,
+        };
+        same(
+            serde_json::to_string(&done).unwrap(),
+            json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 7, "model": "auto",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "logprobs": null, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}),
+        );
+        let err = ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream a failed mid-stream: x",
+            None,
+        )
+        .with_code("upstream_stream_error");
+        same(
+            err.body().to_string(),
+            json!({"error": {"message": "upstream a failed mid-stream: x", "type": "upstream_error", "param": null, "code": "upstream_stream_error"}}),
+        );
+    }
 
     #[test]
     fn tally_prefers_upstream_usage_and_estimates_otherwise() {

@@ -39,6 +39,7 @@ mod routes;
 pub mod rules;
 mod server;
 mod state;
+mod sync;
 pub mod upstream;
 
 pub use limits::RateLimits;

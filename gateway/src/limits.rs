@@ -4,7 +4,7 @@
 
 use crate::config::ApiKeyConfig;
 use crate::policy::TokenBucket;
-use crate::state::lock;
+use crate::sync::lock;
 use novastack_openai::ApiError;
 use std::collections::HashMap;
 use std::sync::Mutex;

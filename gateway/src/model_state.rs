@@ -6,7 +6,7 @@ use crate::config::{CooldownConfig, ModelConfig};
 use crate::limits::RateLimits;
 use crate::metrics::UpstreamMetrics;
 use crate::policy::{Aimd, Cooldown, FailureKind};
-use crate::state::lock;
+use crate::sync::lock;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -1,15 +1,16 @@
 //! The HTTP surface: the router and middleware, and the small routes (readiness, the
-//! metrics page, `/v1/models`). Chat completions are `chat.rs`.
+//! metrics page, `/v1/models`). Chat completions are `chat.rs`; client keys are checked
+//! by `ConfigEpoch::authenticate`.
 
-use crate::chat::chat_completions;
+use crate::chat::{chat_completions, now_s};
 use crate::metrics;
-use crate::state::{ConfigEpoch, Gateway};
+use crate::state::Gateway;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use novastack_openai::http::{count_response, find_key, render_http};
+use novastack_openai::http::{count_response, render_http};
 use novastack_openai::{http, ApiError};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -86,27 +87,14 @@ async fn metrics_page(State(gw): State<Arc<Gateway>>) -> Response {
         .into_response()
 }
 
-/// The client's key config index, `None` when the gateway has no keys; 401 otherwise.
-pub(crate) fn authenticate(
-    epoch: &ConfigEpoch,
-    headers: &HeaderMap,
-) -> Result<Option<usize>, ApiError> {
-    if epoch.client_keys.is_empty() {
-        return Ok(None);
-    }
-    find_key(&epoch.client_keys, headers)
-        .map(Some)
-        .ok_or_else(ApiError::unauthorized)
-}
-
 async fn models(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let epoch = gw.epoch();
-    let key = authenticate(&epoch, &headers)?;
+    let key = epoch.authenticate(&headers)?;
     let allowed = key.and_then(|i| epoch.cfg.api_keys[i].models.clone());
-    let now = crate::chat::now_s();
+    let now = now_s();
     // OpenAI's model objects (no `max_model_len`: the gateway does not know them all).
     let data: Vec<Value> = std::iter::once("auto".to_string())
         .chain(epoch.cfg.models.iter().map(|m| m.name.clone()))

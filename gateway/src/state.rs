@@ -6,13 +6,16 @@ use crate::config::{self, ConfigFile, ModelConfig};
 use crate::limits::ClientLimits;
 use crate::model_state::ModelState;
 use crate::providers;
+use crate::sync::lock;
 use crate::upstream::{Endpoint, Transport};
 use anyhow::{Context, Result};
+use axum::http::HeaderMap;
 use axum::Router;
-use novastack_openai::http::HttpMetrics;
+use novastack_openai::http::{find_key, HttpMetrics};
+use novastack_openai::ApiError;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 /// One loaded configuration. Requests hold an `Arc` to the epoch they began with, so a
@@ -30,6 +33,17 @@ pub struct ConfigEpoch {
 impl ConfigEpoch {
     pub(crate) fn model(&self, name: &str) -> Option<&ModelConfig> {
         self.cfg.models.iter().find(|m| m.name == name)
+    }
+
+    /// The client's key (its index in `cfg.api_keys`), `None` when the gateway has no
+    /// keys; 401 when the request carries none of them.
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+        if self.client_keys.is_empty() {
+            return Ok(None);
+        }
+        find_key(&self.client_keys, headers)
+            .map(Some)
+            .ok_or_else(ApiError::unauthorized)
     }
 }
 
@@ -82,11 +96,6 @@ impl Default for GatewayArgs {
             shutdown_timeout: 30,
         }
     }
-}
-
-/// A lock whose holder panicked still guards consistent data here: take it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Gateway {
