@@ -43,14 +43,13 @@ pub(crate) async fn chat_completions(
     let req = parse_chat(&body)?;
     let info = request_info(&req, &headers, &epoch.rule_headers)?;
     let key_cfg = key.map(|i| &epoch.cfg.api_keys[i]);
-    if let Some(allowed) = key_cfg.and_then(|k| k.models.as_ref()) {
-        if !allowed.contains(&req.model) {
+    if let Some(k) = key_cfg {
+        if let Some(allowed) = k.models.as_ref().filter(|a| !a.contains(&req.model)) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!(
                     "API key {:?} may not use model {:?} (allowed: {allowed:?})",
-                    key_cfg.map_or("", |k| k.name.as_str()),
-                    req.model
+                    k.name, req.model
                 ),
                 Some("model"),
             ));
