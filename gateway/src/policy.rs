@@ -2,7 +2,7 @@
 //! retryable, how long to back off, when a model cools down, token buckets for RPM/TPM,
 //! and the AIMD concurrency limit per upstream.
 
-use super::config::{CooldownConfig, RetryConfig, RetryOn};
+use crate::config::{CooldownConfig, RetryConfig, RetryOn};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
-//! Routing as pure functions: rules compiled once into matchers, then for each request
-//! the chain of models to try (the first, then the fallbacks).
+//! Routing as pure functions: for each request, the chain of models to try (the first,
+//! then the fallbacks), from the routes' `when` conditions (compiled by `config`).
 
-use super::config::{ConfigFile, ModelConfig, RouteConfig, CHEAPEST};
+use crate::config::{Cond, ConfigFile, ModelConfig, Subject, When, CHEAPEST};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -21,104 +21,20 @@ pub struct RequestInfo {
     pub metadata: BTreeMap<String, Value>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Cond {
-    Eq(Value),
-    Lt(f64),
-    Le(f64),
-    Gt(f64),
-    Ge(f64),
-    In(Vec<Value>),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Subject {
-    Task,
-    Model,
-    ContextLength,
-    Budget,
-    Header(String),
-    Metadata(String),
-}
-
-/// A compiled `when`: every check must hold.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Matcher {
-    checks: Vec<(Subject, Vec<Cond>)>,
-}
-
-fn yaml_to_json(v: &serde_yaml::Value) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
-}
-
-impl Matcher {
-    /// Compiles a `when` map; errors start with the key (the caller adds the path).
-    pub fn compile(when: &BTreeMap<String, serde_yaml::Value>) -> Result<Matcher, String> {
-        let mut checks = Vec::new();
-        for (k, v) in when {
-            let subject = match k.as_str() {
-                "task" => Subject::Task,
-                "model" => Subject::Model,
-                "context_length" => Subject::ContextLength,
-                "budget" => Subject::Budget,
-                h if h.starts_with("header.") => Subject::Header(h[7..].to_ascii_lowercase()),
-                m if m.starts_with("metadata.") => Subject::Metadata(m[9..].to_string()),
-                other => return Err(format!("{other}: unknown key")),
-            };
-            let conds = match v {
-                serde_yaml::Value::Mapping(map) => {
-                    let mut conds = Vec::new();
-                    for (op, x) in map {
-                        let op = op.as_str().unwrap_or("");
-                        let num = || {
-                            x.as_f64()
-                                .ok_or_else(|| format!("{k}.{op}: {x:?} is not a number"))
-                        };
-                        conds.push(match op {
-                            "lt" => Cond::Lt(num()?),
-                            "le" => Cond::Le(num()?),
-                            "gt" => Cond::Gt(num()?),
-                            "ge" => Cond::Ge(num()?),
-                            "eq" => Cond::Eq(yaml_to_json(x)),
-                            "in" => match x {
-                                serde_yaml::Value::Sequence(s) => {
-                                    Cond::In(s.iter().map(yaml_to_json).collect())
-                                }
-                                _ => return Err(format!("{k}.in: needs a list")),
-                            },
-                            _ => {
-                                return Err(format!(
-                                    "{k}.{op}: unknown comparison (lt, le, gt, ge, eq, in)"
-                                ))
-                            }
-                        });
-                    }
-                    conds
-                }
-                serde_yaml::Value::Sequence(s) => {
-                    vec![Cond::In(s.iter().map(yaml_to_json).collect())]
-                }
-                scalar => vec![Cond::Eq(yaml_to_json(scalar))],
-            };
-            checks.push((subject, conds));
-        }
-        Ok(Matcher { checks })
-    }
-
-    pub fn matches(&self, r: &RequestInfo) -> bool {
-        self.checks.iter().all(|(subject, conds)| {
-            let value = match subject {
-                Subject::Task => r.task.clone().map(Value::String),
-                Subject::Model => Some(Value::String(r.model.clone())),
-                Subject::ContextLength => Some(Value::from(r.context_length)),
-                Subject::Budget => r.budget.map(Value::from),
-                Subject::Header(h) => r.headers.get(h).cloned().map(Value::String),
-                Subject::Metadata(m) => r.metadata.get(m).cloned(),
-            };
-            let Some(value) = value else { return false };
-            conds.iter().all(|c| holds(c, &value))
-        })
-    }
+/// True when every check of `when` holds for the request (a missing value fails).
+pub fn matches(when: &When, r: &RequestInfo) -> bool {
+    when.checks.iter().all(|c| {
+        let value = match &c.subject {
+            Subject::Task => r.task.clone().map(Value::String),
+            Subject::Model => Some(Value::String(r.model.clone())),
+            Subject::ContextLength => Some(Value::from(r.context_length)),
+            Subject::Budget => r.budget.map(Value::from),
+            Subject::Header(h) => r.headers.get(h).cloned().map(Value::String),
+            Subject::Metadata(m) => r.metadata.get(m).cloned(),
+        };
+        let Some(value) = value else { return false };
+        c.conds.iter().all(|c| holds(c, &value))
+    })
 }
 
 fn as_num(v: &Value) -> Option<f64> {
@@ -156,29 +72,6 @@ fn holds(c: &Cond, v: &Value) -> bool {
         Cond::Gt(x) => n.is_some_and(|n| n > *x),
         Cond::Ge(x) => n.is_some_and(|n| n >= *x),
     }
-}
-
-/// A compiled route.
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub matcher: Matcher,
-    pub target: String,
-    pub fallback: Vec<String>,
-    pub require: BTreeMap<String, f64>,
-}
-
-pub fn compile_routes(routes: &[RouteConfig]) -> Result<Vec<Route>, String> {
-    routes
-        .iter()
-        .map(|r| {
-            Ok(Route {
-                matcher: Matcher::compile(&r.when)?,
-                target: r.use_.clone(),
-                fallback: r.fallback.clone(),
-                require: r.require.clone(),
-            })
-        })
-        .collect()
 }
 
 /// The estimated USD cost of a request on `m`: prompt x input price + max_tokens x
@@ -248,21 +141,21 @@ pub enum PlanError {
 
 /// First matching rule wins; with none, a configured model name is used as is and
 /// `auto` means cheapest capable with no floors.
-pub fn plan(cfg: &ConfigFile, routes: &[Route], r: &RequestInfo) -> Result<Plan, PlanError> {
+pub fn plan(cfg: &ConfigFile, r: &RequestInfo) -> Result<Plan, PlanError> {
     let dedup = |v: Vec<String>| {
         let mut seen = std::collections::HashSet::new();
         v.into_iter()
             .filter(|m| seen.insert(m.clone()))
             .collect::<Vec<_>>()
     };
-    for (i, route) in routes.iter().enumerate() {
-        if !route.matcher.matches(r) {
+    for (i, route) in cfg.routes.iter().enumerate() {
+        if !matches(&route.when, r) {
             continue;
         }
-        let mut chain = if route.target == CHEAPEST {
+        let mut chain = if route.use_ == CHEAPEST {
             cheapest_capable(&cfg.models, r, &route.require).map_err(PlanError::NothingFits)?
         } else {
-            vec![route.target.clone()]
+            vec![route.use_.clone()]
         };
         chain.extend(route.fallback.iter().cloned());
         return Ok(Plan {
@@ -307,10 +200,8 @@ routes:
     require: {reasoning: 85}
 "#;
 
-    fn setup() -> (ConfigFile, Vec<Route>) {
-        let cfg: ConfigFile = serde_yaml::from_str(CFG).unwrap();
-        let routes = compile_routes(&cfg.routes).unwrap();
-        (cfg, routes)
+    fn setup() -> ConfigFile {
+        serde_yaml::from_str(CFG).unwrap()
     }
 
     fn req(model: &str) -> RequestInfo {
@@ -324,63 +215,55 @@ routes:
 
     #[test]
     fn first_matching_rule_wins_with_fallbacks() {
-        let (cfg, routes) = setup();
+        let cfg = setup();
         let mut r = req("whatever");
         r.task = Some("long_document_qa".into());
         r.context_length = 150_000;
-        let p = plan(&cfg, &routes, &r).unwrap();
+        let p = plan(&cfg, &r).unwrap();
         assert_eq!(p.chain, ["kimi", "qwen"]);
         assert_eq!(p.rule, Some(0));
         // Too short for rule 0; an unknown model name is then an error.
         r.context_length = 50_000;
         assert_eq!(
-            plan(&cfg, &routes, &r),
+            plan(&cfg, &r),
             Err(PlanError::UnknownModel("whatever".into()))
         );
         let mut r = req("auto");
         r.task = Some("reasoning".into());
         r.budget = Some(0.0001);
-        assert_eq!(plan(&cfg, &routes, &r).unwrap().chain, ["deep"]);
+        assert_eq!(plan(&cfg, &r).unwrap().chain, ["deep"]);
         r.budget = Some(0.01); // budget not < 0.0005: falls to the auto rule
-        assert_eq!(plan(&cfg, &routes, &r).unwrap().rule, Some(3));
+        assert_eq!(plan(&cfg, &r).unwrap().rule, Some(3));
     }
 
     #[test]
     fn header_lists_and_metadata_numbers() {
-        let (cfg, routes) = setup();
+        let cfg = setup();
         let mut r = req("qwen");
         r.headers.insert("x-team".into(), "blue".into());
-        assert_eq!(
-            plan(&cfg, &routes, &r).unwrap().chain,
-            ["qwen"],
-            "metadata missing"
-        );
+        assert_eq!(plan(&cfg, &r).unwrap().chain, ["qwen"], "metadata missing");
         r.metadata.insert("tier".into(), Value::from(2));
-        assert_eq!(plan(&cfg, &routes, &r).unwrap().chain, ["tiny"]);
+        assert_eq!(plan(&cfg, &r).unwrap().chain, ["tiny"]);
         r.metadata.insert("tier".into(), Value::from("2"));
-        assert_eq!(
-            plan(&cfg, &routes, &r).unwrap().chain,
-            ["tiny"],
-            "\"2\" equals 2"
-        );
+        assert_eq!(plan(&cfg, &r).unwrap().chain, ["tiny"], "\"2\" equals 2");
         r.headers.insert("x-team".into(), "green".into());
-        assert_eq!(plan(&cfg, &routes, &r).unwrap().chain, ["qwen"]);
+        assert_eq!(plan(&cfg, &r).unwrap().chain, ["qwen"]);
     }
 
     #[test]
     fn cheapest_capable_filters_and_orders_by_cost() {
-        let (cfg, routes) = setup();
+        let cfg = setup();
         // Floors 85: tiny is out; qwen < deep < kimi by cost.
-        let p = plan(&cfg, &routes, &req("auto")).unwrap();
+        let p = plan(&cfg, &req("auto")).unwrap();
         assert_eq!(p.chain, ["qwen", "deep", "kimi"]);
         // A prompt over qwen's and deep's windows leaves kimi.
         let mut r = req("auto");
         r.context_length = 200_000;
-        assert_eq!(plan(&cfg, &routes, &r).unwrap().chain, ["kimi"]);
+        assert_eq!(plan(&cfg, &r).unwrap().chain, ["kimi"]);
         // A budget below every estimate: a clear error naming each model's reason.
         r.context_length = 1000;
         r.budget = Some(1e-9);
-        match plan(&cfg, &routes, &r) {
+        match plan(&cfg, &r) {
             Err(PlanError::NothingFits(m)) => {
                 assert!(
                     m.contains("tiny: score reasoning below 85") && m.contains("over the budget"),
@@ -394,22 +277,13 @@ routes:
         let cost_deep = estimate_cost(&cfg.models[3], 1000, 500);
         assert!(cost_qwen < cost_deep);
         r.budget = Some((cost_qwen + cost_deep) / 2.0);
-        assert_eq!(plan(&cfg, &routes, &r).unwrap().chain, ["qwen"]);
+        assert_eq!(plan(&cfg, &r).unwrap().chain, ["qwen"]);
     }
 
     #[test]
     fn estimate_cost_is_prompt_times_input_plus_max_times_output() {
-        let (cfg, _) = setup();
+        let cfg = setup();
         let c = estimate_cost(&cfg.models[0], 1_000_000, 2_000_000);
         assert!((c - (0.6 + 5.0)).abs() < 1e-12);
-    }
-
-    #[test]
-    fn matcher_compile_errors_name_the_key() {
-        let when: BTreeMap<String, serde_yaml::Value> =
-            serde_yaml::from_str("{context_length: {between: 3}}").unwrap();
-        assert!(Matcher::compile(&when)
-            .unwrap_err()
-            .starts_with("context_length.between"));
     }
 }

@@ -10,68 +10,65 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub param: Option<String>,
+    /// OpenAI's machine-readable `code` (null when absent).
+    pub code: Option<&'static str>,
     /// Extra response headers (e.g. `Retry-After`, `x-ratelimit-*`).
     pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
-        self
-    }
-
     pub fn new(status: StatusCode, message: impl Into<String>, param: Option<&str>) -> Self {
         ApiError {
             status,
             message: message.into(),
             param: param.map(str::to_string),
+            code: None,
             headers: Vec::new(),
         }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Adds these response headers after the ones already set.
+    pub fn with_headers(
+        mut self,
+        headers: impl IntoIterator<Item = (&'static str, String)>,
+    ) -> Self {
+        self.headers.extend(headers);
+        self
+    }
+
+    /// Sets the error's `code` field.
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-            param: param.map(str::to_string),
-            headers: Vec::new(),
-        }
+        Self::new(StatusCode::BAD_REQUEST, message, param)
     }
 
     pub fn not_found(message: impl Into<String>, param: Option<&str>) -> Self {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: message.into(),
-            param: param.map(str::to_string),
-            headers: Vec::new(),
-        }
+        Self::new(StatusCode::NOT_FOUND, message, param)
     }
 
     pub fn unauthorized() -> Self {
-        ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            message: "missing or invalid API key (send Authorization: Bearer KEY)".into(),
-            param: None,
-            headers: Vec::new(),
-        }
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid API key (send Authorization: Bearer KEY)",
+            None,
+        )
     }
 
     pub fn too_many(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            message: message.into(),
-            param: None,
-            headers: Vec::new(),
-        }
+        Self::new(StatusCode::TOO_MANY_REQUESTS, message, None)
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: message.into(),
-            param: None,
-            headers: Vec::new(),
-        }
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message, None)
     }
 
     pub fn kind(&self) -> &'static str {
@@ -88,7 +85,7 @@ impl ApiError {
     }
 
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"message": self.message, "type": self.kind(), "param": self.param, "code": null}})
+        json!({"error": {"message": self.message, "type": self.kind(), "param": self.param, "code": self.code}})
     }
 }
 

@@ -269,6 +269,28 @@ pub enum FinishReason {
     Abort,
     /// The request failed (streams end with an error chunk).
     Error,
+    /// The model called a tool (an upstream's answer, relayed by the gateway).
+    ToolCalls,
+    /// Content was withheld by a filter (an upstream's answer, relayed by the gateway).
+    ContentFilter,
+    /// The deprecated form of `tool_calls` (relayed by the gateway).
+    FunctionCall,
+}
+
+impl FinishReason {
+    /// The finish reason spelled `s` on the wire, if it is one of OpenAI's.
+    pub fn parse(s: &str) -> Option<FinishReason> {
+        Some(match s {
+            "stop" => FinishReason::Stop,
+            "length" => FinishReason::Length,
+            "abort" => FinishReason::Abort,
+            "error" => FinishReason::Error,
+            "tool_calls" => FinishReason::ToolCalls,
+            "content_filter" => FinishReason::ContentFilter,
+            "function_call" => FinishReason::FunctionCall,
+            _ => return None,
+        })
+    }
 }
 
 /// A chat message's author.
@@ -307,9 +329,14 @@ mod tests {
             (FinishReason::Length, "length"),
             (FinishReason::Abort, "abort"),
             (FinishReason::Error, "error"),
+            (FinishReason::ToolCalls, "tool_calls"),
+            (FinishReason::ContentFilter, "content_filter"),
+            (FinishReason::FunctionCall, "function_call"),
         ] {
             assert_eq!(serde_json::to_value(f).unwrap(), s);
+            assert_eq!(FinishReason::parse(s), Some(f));
         }
+        assert_eq!(FinishReason::parse("eos"), None);
         for r in ["system", "developer", "user", "assistant", "tool"] {
             let role = Role::parse(r).unwrap();
             assert_eq!(serde_json::to_value(role).unwrap(), r);

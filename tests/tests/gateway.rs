@@ -464,7 +464,7 @@ fn adaptive_limit_falls_on_429_and_recovers_on_success() {
         model_yaml("a", &a, ", limits: {max_concurrency: 8}")
     );
     let (addr, gw) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
-    let limit = || gw.upstream("a").unwrap().adaptive_limit();
+    let limit = || gw.model_state("a").unwrap().adaptive_limit();
     assert_eq!(limit(), 8);
     a.script([
         B::Status(429, None),

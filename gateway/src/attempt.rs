@@ -1,0 +1,204 @@
+//! The one attempt loop: for each model of the chain, skip it while it cools down or
+//! its own RPM/TPM is spent; otherwise wait for a slot under its adaptive concurrency
+//! limit and send, retrying retryable failures with backoff, then fall back to the next
+//! model. An attempt commits once the upstream's first event is in: nothing has reached
+//! the client before that, so everything before it can be retried.
+
+use crate::limits::retry_after_secs;
+use crate::metrics::UpstreamMetrics;
+use crate::model_state::{ModelState, Permit};
+use crate::policy::{self, FailureKind};
+use crate::providers::{UpError, UpEvent};
+use crate::request::ChatRequest;
+use crate::state::{ConfigEpoch, Gateway};
+use crate::upstream::AnswerStream;
+use axum::http::StatusCode;
+use novastack_openai::ApiError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the attempt loop hands back once an upstream has started answering.
+pub(crate) struct Committed {
+    /// The model that answers.
+    pub name: String,
+    pub state: Arc<ModelState>,
+    /// The slot under the model's concurrency limit, held until the answer is done.
+    pub _permit: Permit,
+    pub stream: AnswerStream,
+    /// Streaming: the first event. Non-streaming: every event.
+    pub events: Vec<UpEvent>,
+    pub attempts: u32,
+}
+
+/// The longest wait for a slot under a model's concurrency limit.
+const MAX_SLOT_WAIT_S: f64 = 30.0;
+
+/// Tries `chain` for `req`, which reserves `est_tokens` of each upstream's TPM.
+/// `collect`: read the whole answer inside the loop (non-streaming clients), so a
+/// failure anywhere in it can still be retried.
+pub(crate) async fn attempt_chain(
+    gw: &Gateway,
+    epoch: &ConfigEpoch,
+    chain: &[String],
+    req: &ChatRequest,
+    est_tokens: f64,
+    collect: bool,
+) -> Result<Committed, ApiError> {
+    let retry = &epoch.cfg.retry;
+    let mut attempts = 0u32;
+    let mut last: Option<UpError> = None;
+    let mut min_cooling: Option<Duration> = None;
+    let mut rate_wait: Option<Duration> = None;
+    for (ci, name) in chain.iter().enumerate() {
+        let (Some(m), Some(state), Some(endpoint)) = (
+            epoch.model(name),
+            gw.model_state(name),
+            epoch.endpoints.get(name),
+        ) else {
+            continue;
+        };
+        if let Some(rem) = state.cooling(Instant::now()) {
+            min_cooling = Some(min_cooling.map_or(rem, |c| c.min(rem)));
+            continue;
+        }
+        if ci > 0 && attempts > 0 {
+            UpstreamMetrics::inc(&state.metrics.fallbacks);
+        }
+        for try_i in 0..retry.max_attempts {
+            if let Err(w) = state.reserve(est_tokens, Instant::now()) {
+                rate_wait = Some(rate_wait.map_or(w, |r| r.min(w)));
+                break; // this upstream's own RPM/TPM is spent: next in the chain
+            }
+            let wait = Duration::from_secs_f64(m.timeout_s.unwrap_or(120.0).min(MAX_SLOT_WAIT_S));
+            let Some(permit) = state.acquire(wait).await else {
+                state.settle(est_tokens, 0.0, Instant::now());
+                last = Some(UpError::new(
+                    FailureKind::Timeout,
+                    format!("no free slot for {name} within {wait:?}"),
+                ));
+                break;
+            };
+            attempts += 1;
+            UpstreamMetrics::inc(&state.metrics.requests);
+            if try_i > 0 {
+                UpstreamMetrics::inc(&state.metrics.retries);
+            }
+            let result = match endpoint.open(m, req).await {
+                Err(e) => Err(e),
+                Ok(mut stream) => {
+                    first_events(&mut stream, collect)
+                        .await
+                        .map(|events| Committed {
+                            name: name.clone(),
+                            state: state.clone(),
+                            _permit: permit,
+                            stream,
+                            events,
+                            attempts,
+                        })
+                }
+            };
+            let e = match result {
+                Ok(c) => return Ok(c),
+                Err(e) => e,
+            };
+            state.settle(est_tokens, 0.0, Instant::now());
+            let cooled = state.failed(&e.kind, &epoch.cfg.cooldown, Instant::now());
+            if let FailureKind::Status(s) = e.kind {
+                if (400..500).contains(&s) && ![401, 403, 404, 408, 409, 429].contains(&s) {
+                    // The request itself is bad: the next model would refuse it too.
+                    let status = StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST);
+                    return Err(ApiError::new(status, e.message, None)
+                        .with_header("x-novastack-attempts", attempts.to_string()));
+                }
+            }
+            let retryable = policy::is_retryable(&e.kind, retry);
+            let too_long = e
+                .retry_after
+                .is_some_and(|ra| ra.as_secs_f64() > retry.max_retry_after_s);
+            let give_up_here = !retryable || cooled || too_long || try_i + 1 == retry.max_attempts;
+            let retry_after = e.retry_after;
+            last = Some(e);
+            if give_up_here {
+                break;
+            }
+            tokio::time::sleep(policy::backoff(
+                retry,
+                try_i,
+                retry_after,
+                rand::random::<f64>(),
+            ))
+            .await;
+        }
+    }
+    Err(give_up(chain, attempts, last, min_cooling, rate_wait))
+}
+
+/// Reads the answer's first content event (`collect`: every event); usage may come
+/// before it. An answer with no event at all is a failure.
+async fn first_events(stream: &mut AnswerStream, collect: bool) -> Result<Vec<UpEvent>, UpError> {
+    let mut events = Vec::new();
+    while let Some(ev) = stream.next().await {
+        let ev = ev?;
+        let content = !matches!(ev, UpEvent::Usage { .. });
+        events.push(ev);
+        if content && !collect {
+            break;
+        }
+    }
+    if events.is_empty() {
+        return Err(UpError::new(
+            FailureKind::Protocol,
+            "the upstream sent an empty answer",
+        ));
+    }
+    Ok(events)
+}
+
+/// The error once no model of the chain answered: 503 while every one cools down, 429
+/// when their rate limits are spent, otherwise the last failure (502, 504 or 429).
+fn give_up(
+    chain: &[String],
+    attempts: u32,
+    last: Option<UpError>,
+    min_cooling: Option<Duration>,
+    rate_wait: Option<Duration>,
+) -> ApiError {
+    let attempts_h = ("x-novastack-attempts", attempts.to_string());
+    if attempts == 0 {
+        if let Some(c) = min_cooling.filter(|_| rate_wait.is_none()) {
+            return ApiError::unavailable(format!(
+                "every candidate model ({}) is cooling down after repeated failures",
+                chain.join(", ")
+            ))
+            .with_header("retry-after", retry_after_secs(c))
+            .with_headers([attempts_h]);
+        }
+        if let Some(w) = rate_wait {
+            return ApiError::too_many(format!(
+                "the upstream rate limits of {} are spent",
+                chain.join(", ")
+            ))
+            .with_header("retry-after", retry_after_secs(w))
+            .with_headers([attempts_h]);
+        }
+    }
+    let Some(e) = last else {
+        return ApiError::unavailable("no model could take the request").with_headers([attempts_h]);
+    };
+    let (status, extra) = match e.kind {
+        FailureKind::Status(429) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            e.retry_after.map(|r| ("retry-after", retry_after_secs(r))),
+        ),
+        FailureKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, None),
+        _ => (StatusCode::BAD_GATEWAY, None),
+    };
+    ApiError::new(
+        status,
+        format!("all attempts failed ({attempts}); last: {}", e.message),
+        None,
+    )
+    .with_headers([attempts_h])
+    .with_headers(extra)
+}
