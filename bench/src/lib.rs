@@ -8,6 +8,7 @@ pub mod offline;
 pub mod plot;
 pub mod serve;
 pub mod stats;
+pub mod trace;
 
 use anyhow::Result;
 use clap::Subcommand;

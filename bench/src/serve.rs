@@ -235,7 +235,7 @@ fn workload(a: &ServeBenchArgs, tok: &novastack_models::Tokenizer) -> Result<Vec
             .collect();
         (v, None)
     } else if let Some(path) = a.dataset.strip_prefix("trace:") {
-        let mut v = crate::offline::read_trace(path)?;
+        let mut v = crate::trace::read_trace(path)?;
         v.truncate(a.num_prompts);
         let mut times = trace_times(path)?;
         if let Some(t) = times.as_mut() {
