@@ -2,6 +2,7 @@
 //! `RUST_LOG=novastack_gateway=debug,info`); `info` when unset. Request handlers run in a
 //! `request{id=...}` span (the `x-request-id`), so every line of a request names it.
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {
@@ -10,6 +11,8 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never into a log file or pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

@@ -30,6 +30,8 @@ fn spawn_server(extra: &[&str]) -> (Child, SocketAddr) {
     let mut addr = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
+        // Logs to a pipe carry no terminal colour codes.
+        assert!(!line.contains('\x1b'), "{line:?}");
         if let Some((_, rest)) = line.split_once("listening on http://") {
             addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
         }
