@@ -6,7 +6,7 @@ use clap::Args;
 use novastack_kernels::CpuBackend;
 use novastack_models::random::RandomSource;
 use novastack_models::{
-    Architecture, CausalLm, ForwardInput, Llama, ModelConfig, RopeScaling, StorageDType,
+    Architecture, CausalLm, Dtype, ForwardInput, Llama, ModelConfig, RopeScaling,
 };
 use rayon::prelude::*;
 use std::time::Instant;
@@ -119,7 +119,7 @@ pub fn run(a: DecodeArgs) -> Result<()> {
         let secs = t.elapsed().as_secs_f64();
         let tps = (b * a.steps) as f64 / secs;
         let avg_ctx = a.context as f64 + a.steps as f64 / 2.0;
-        let kv_read = b as f64 * avg_ctx * model.kv_bytes_per_token(StorageDType::F32) as f64;
+        let kv_read = b as f64 * avg_ctx * model.kv_bytes_per_token(Dtype::F32) as f64;
         let bound = b as f64 * bw / (weight_bytes + kv_read);
         println!(
             "{:>6} {:>10.1} {:>12.1} {:>14.1} {:>8.2}",

@@ -2,8 +2,8 @@
 //! a buffer, a kernel variant and a GEMM agree on it by type rather than by convention.
 //! Math is f32 inside every op whatever the storage; the host always sees f32.
 //!
-//! Public for the other crates (`models` has its own `StorageDType` in its config, to be
-//! folded into this one). Quantized block formats (GGUF Q8_0, Q4_K, ...) will be new
+//! Public for the other crates: `models` reads a checkpoint's `torch_dtype` into it and
+//! sizes KV caches with it. Quantized block formats (GGUF Q8_0, Q4_K, ...) will be new
 //! variants: hence `#[non_exhaustive]`, and [`Dtype::bytes`] sizes a whole buffer rather
 //! than assuming a fixed size per value.
 
@@ -44,7 +44,7 @@ impl Dtype {
     pub fn parse(s: &str) -> Option<Dtype> {
         match s {
             "f32" | "float32" => Some(Dtype::F32),
-            "f16" | "float16" => Some(Dtype::F16),
+            "f16" | "float16" | "half" => Some(Dtype::F16),
             "bf16" | "bfloat16" => Some(Dtype::Bf16),
             _ => None,
         }

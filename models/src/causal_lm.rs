@@ -4,10 +4,10 @@
 //! read and written on the way. The model declares its cache ([`KvCacheSpec`]); the
 //! caller sizes and allocates it.
 
-use crate::config::StorageDType;
 use crate::error::Result;
 use crate::input::ForwardInput;
 use crate::kv_spec::KvCacheSpec;
+use novastack_kernels::Dtype;
 use novastack_kernels::{Backend, KvCache};
 
 pub trait CausalLm<B: Backend>: Send + Sync {
@@ -24,7 +24,7 @@ pub trait CausalLm<B: Backend>: Send + Sync {
     fn kv_cache_spec(&self) -> KvCacheSpec;
 
     /// Bytes of KV cache per token when the backend stores `storage`.
-    fn kv_bytes_per_token(&self, storage: StorageDType) -> usize {
+    fn kv_bytes_per_token(&self, storage: Dtype) -> usize {
         self.kv_cache_spec().bytes_per_token(storage)
     }
 
@@ -56,7 +56,7 @@ impl<B: Backend, M: CausalLm<B> + ?Sized> CausalLm<B> for Box<M> {
     fn kv_cache_spec(&self) -> KvCacheSpec {
         (**self).kv_cache_spec()
     }
-    fn kv_bytes_per_token(&self, storage: StorageDType) -> usize {
+    fn kv_bytes_per_token(&self, storage: Dtype) -> usize {
         (**self).kv_bytes_per_token(storage)
     }
     fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache<B>> {
@@ -84,7 +84,7 @@ impl<B: Backend, M: CausalLm<B> + ?Sized> CausalLm<B> for &M {
     fn kv_cache_spec(&self) -> KvCacheSpec {
         (**self).kv_cache_spec()
     }
-    fn kv_bytes_per_token(&self, storage: StorageDType) -> usize {
+    fn kv_bytes_per_token(&self, storage: Dtype) -> usize {
         (**self).kv_bytes_per_token(storage)
     }
     fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache<B>> {

@@ -4,6 +4,7 @@
 //! transformers-5 layout (`rope_parameters`, `dtype`).
 
 use crate::error::{read_json, Error, Result};
+use novastack_kernels::Dtype;
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -56,33 +57,6 @@ pub enum RopeScaling {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageDType {
-    F32,
-    F16,
-    BF16,
-}
-
-impl StorageDType {
-    /// Bytes per value.
-    pub fn size(self) -> usize {
-        match self {
-            StorageDType::F32 => 4,
-            StorageDType::F16 | StorageDType::BF16 => 2,
-        }
-    }
-
-    /// `float32`/`f32`, `float16`/`f16`/`half`, `bfloat16`/`bf16`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "float32" | "f32" => Some(StorageDType::F32),
-            "float16" | "f16" | "half" => Some(StorageDType::F16),
-            "bfloat16" | "bf16" => Some(StorageDType::BF16),
-            _ => None,
-        }
-    }
-}
-
 /// Everything the dense decoder needs, resolved and validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -108,7 +82,7 @@ pub struct ModelConfig {
     pub qk_norm: bool,
     /// Sliding attention window per layer (`None` = full attention).
     pub sliding_window: Vec<Option<usize>>,
-    pub dtype: Option<StorageDType>,
+    pub dtype: Option<Dtype>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -247,7 +221,7 @@ impl ModelConfig {
             mlp_bias: raw.mlp_bias.unwrap_or(false),
             qk_norm: architecture == Architecture::Qwen3,
             sliding_window,
-            dtype: dtype_str.and_then(StorageDType::parse),
+            dtype: dtype_str.and_then(Dtype::parse),
             bos_token_id: raw
                 .bos_token_id
                 .as_ref()
@@ -361,7 +335,7 @@ mod tests {
         let c = parse(base()).unwrap();
         assert_eq!(c.head_dim, 16);
         assert_eq!(c.rope_theta, 500000.0);
-        assert_eq!(c.dtype, Some(StorageDType::BF16));
+        assert_eq!(c.dtype, Some(Dtype::Bf16));
         assert_eq!(c.eos_token_ids, vec![1, 2]);
         assert_eq!(c.sliding_window, vec![None, None]);
     }
@@ -382,7 +356,7 @@ mod tests {
         let c = parse(v).unwrap();
         assert_eq!(c.rope_theta, 10000.0);
         assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
-        assert_eq!(c.dtype, Some(StorageDType::F16));
+        assert_eq!(c.dtype, Some(Dtype::F16));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! it; the engine sizes and allocates the cache from it, so a family that caches
 //! something else (a latent vector, another dtype) changes its spec, not the engine.
 
-use crate::config::StorageDType;
 use crate::error::{Error, Result};
+use novastack_kernels::Dtype;
 use novastack_kernels::{Backend, KvCache, KvCacheConfig};
 
 /// One layer's cache entry per token: `num_kv_heads` key rows and as many value rows of
@@ -14,7 +14,7 @@ pub struct LayerKvSpec {
     pub head_dim: usize,
     /// The cache's element type; `None` = the backend's storage type (every family
     /// today: the cache is stored like the activations).
-    pub dtype: Option<StorageDType>,
+    pub dtype: Option<Dtype>,
 }
 
 impl LayerKvSpec {
@@ -33,7 +33,7 @@ impl LayerKvSpec {
     }
 
     /// Bytes per token when the backend stores `storage`.
-    pub fn bytes_per_token(&self, storage: StorageDType) -> usize {
+    pub fn bytes_per_token(&self, storage: Dtype) -> usize {
         self.values_per_token() * self.dtype.unwrap_or(storage).size()
     }
 }
@@ -46,7 +46,7 @@ pub struct KvCacheSpec {
 
 impl KvCacheSpec {
     /// Bytes of KV cache per token over all layers when the backend stores `storage`.
-    pub fn bytes_per_token(&self, storage: StorageDType) -> usize {
+    pub fn bytes_per_token(&self, storage: Dtype) -> usize {
         self.layers.iter().map(|l| l.bytes_per_token(storage)).sum()
     }
 
@@ -91,11 +91,11 @@ mod tests {
             layers: vec![LayerKvSpec::key_value(2, 16); 3],
         };
         // 3 layers x (key + value) x 2 heads x 16 values.
-        assert_eq!(spec.bytes_per_token(StorageDType::F32), 3 * 2 * 2 * 16 * 4);
-        assert_eq!(spec.bytes_per_token(StorageDType::BF16), 3 * 2 * 2 * 16 * 2);
-        spec.layers[1].dtype = Some(StorageDType::F32);
+        assert_eq!(spec.bytes_per_token(Dtype::F32), 3 * 2 * 2 * 16 * 4);
+        assert_eq!(spec.bytes_per_token(Dtype::Bf16), 3 * 2 * 2 * 16 * 2);
+        spec.layers[1].dtype = Some(Dtype::F32);
         assert_eq!(
-            spec.bytes_per_token(StorageDType::F16),
+            spec.bytes_per_token(Dtype::F16),
             2 * 2 * 2 * 16 * 2 + 2 * 2 * 16 * 4
         );
         // The backend's cache cannot hold a layer of its own type.

@@ -21,12 +21,14 @@ pub mod tokenizer;
 
 pub use arch::llama::Llama;
 pub use causal_lm::CausalLm;
-pub use config::{Architecture, ModelConfig, RopeScaling, StorageDType};
+pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use input::ForwardInput;
 pub use kv_spec::{KvCacheSpec, LayerKvSpec};
 pub use layers::rope;
 pub use loader::{SafetensorsSource, TensorSource};
+/// The storage dtype (one enum for weights, buffers and the KV cache: the kernels').
+pub use novastack_kernels::Dtype;
 pub use registry::BoxedModel;
 pub use tokenizer::{IncrementalDecoder, Tokenizer};
 

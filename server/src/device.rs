@@ -79,7 +79,7 @@ fn load_on_gpu<D: novastack_kernels::gpu::Device>(
     let lm = load_model(path, backend)
         .with_context(|| format!("cannot load model from {}", path.display()))?;
     let (free, _) = lm.model.backend().mem_info()?;
-    let kv_dtype = novastack_models::StorageDType::parse(dtype.suffix()).context("KV dtype")?;
+    let kv_dtype = dtype;
     let per_block = lm.model.kv_bytes_per_token(kv_dtype) * engine.block_size.max(1);
     let budget = total * engine.gpu_memory_utilization.clamp(0.05, 0.99) - (total - free as f64);
     if budget < per_block as f64 {

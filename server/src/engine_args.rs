@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use novastack_engine::{Buckets, Engine, EngineConfig, SchedulerConfig};
 use novastack_kernels::Backend;
-use novastack_models::{BoxedModel, CausalLm, StorageDType};
+use novastack_models::{BoxedModel, CausalLm, Dtype};
 
 /// Engine sizing flags (vLLM's names).
 #[derive(Args, Debug, Clone)]
@@ -77,7 +77,7 @@ impl EngineArgs {
 
     /// Sizes the KV cache from `--kv-cache-mb`, which the CPU backend stores in f32.
     pub fn build<B: Backend>(&self, model: BoxedModel<B>, eos: Vec<u32>) -> Result<Engine<B>> {
-        let per_block = model.kv_bytes_per_token(StorageDType::F32) * self.block_size.max(1);
+        let per_block = model.kv_bytes_per_token(Dtype::F32) * self.block_size.max(1);
         self.build_with_blocks(model, eos, (self.kv_cache_mb << 20) / per_block.max(1))
     }
 
@@ -102,7 +102,7 @@ impl EngineArgs {
         eos: Vec<u32>,
         num_blocks: usize,
     ) -> Result<Engine<B>> {
-        let per_block = model.kv_bytes_per_token(StorageDType::F32) * self.block_size.max(1);
+        let per_block = model.kv_bytes_per_token(Dtype::F32) * self.block_size.max(1);
         if num_blocks == 0 {
             bail!(
                 "--kv-cache-mb {} holds no block of {} bytes",
