@@ -28,6 +28,7 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 pub(crate) async fn chat_completions(
     State(gw): State<Arc<Gateway>>,
@@ -104,9 +105,13 @@ pub(crate) async fn chat_completions(
         set_headers(&mut resp, &hdrs);
         return Ok(resp);
     }
-    // Streaming: a task relays upstream events as OpenAI chunks.
+    // Streaming: a task relays upstream events as OpenAI chunks, in the request's span.
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
-    tokio::spawn(answer.relay(committed, req.include_usage, tx));
+    tokio::spawn(
+        answer
+            .relay(committed, req.include_usage, tx)
+            .instrument(tracing::Span::current()),
+    );
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });

@@ -17,6 +17,7 @@ use serde_json::Value;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 /// Which OpenAI endpoint a generation answers (the response shapes differ).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -121,104 +122,107 @@ pub(crate) async fn respond(
     }
     // Streaming: a task turns engine events into SSE events; if the client leaves, the
     // SSE channel closes, the task ends and drops the engine stream, which aborts the
-    // requests and frees their blocks.
+    // requests and frees their blocks. The task keeps the request's span (its id).
     let (sse_tx, sse_rx) = mpsc::channel::<Event>(64);
     let include_usage = spec.include_usage;
-    tokio::spawn(async move {
-        let data = |v: &dyn erased::Json| Event::default().data(v.json());
-        let chat_chunk =
-            |choices: Vec<ChatChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
+    tokio::spawn(
+        async move {
+            let data = |v: &dyn erased::Json| Event::default().data(v.json());
+            let chat_chunk =
+                |choices: Vec<ChatChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
+                    id: id.clone(),
+                    object: "chat.completion.chunk".into(),
+                    created,
+                    model: model.clone(),
+                    choices,
+                    usage,
+                };
+            let text_chunk = |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
                 id: id.clone(),
-                object: "chat.completion.chunk".into(),
+                object: "text_completion".into(),
                 created,
                 model: model.clone(),
                 choices,
                 usage,
             };
-        let text_chunk = |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
-            id: id.clone(),
-            object: "text_completion".into(),
-            created,
-            model: model.clone(),
-            choices,
-            usage,
-        };
-        if kind == Endpoint::Chat {
-            for index in 0..col.choices.len() {
-                let first = chat_chunk(
-                    vec![ChatChunkChoice {
-                        index,
-                        delta: ChatDelta {
-                            role: Some(Role::Assistant),
-                            content: Some(String::new()),
-                        },
-                        logprobs: None,
-                        finish_reason: None,
-                    }],
-                    None,
-                );
-                if sse_tx.send(data(&first)).await.is_err() {
+            if kind == Endpoint::Chat {
+                for index in 0..col.choices.len() {
+                    let first = chat_chunk(
+                        vec![ChatChunkChoice {
+                            index,
+                            delta: ChatDelta {
+                                role: Some(Role::Assistant),
+                                content: Some(String::new()),
+                            },
+                            logprobs: None,
+                            finish_reason: None,
+                        }],
+                        None,
+                    );
+                    if sse_tx.send(data(&first)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            while !col.done() {
+                let Some(ev) = rx.recv().await else { break };
+                let Some(d) = col.on_event(ev) else { continue };
+                if d.text.is_empty() && d.finish.is_none() && d.logprobs.is_empty() {
+                    continue;
+                }
+                if d.finish == Some(FinishReason::Error) {
+                    let err = ApiError::new(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        col.error.clone().unwrap_or_default(),
+                        None,
+                    );
+                    let _ = sse_tx
+                        .send(Event::default().data(err.body().to_string()))
+                        .await;
+                    break;
+                }
+                let base = col.choices[d.choice].text.len() - d.text.len();
+                let lp = logprobs_of(&col.m, &d.logprobs, base);
+                let finish_reason = d.finish.map(wire_finish);
+                let ev = match kind {
+                    Endpoint::Chat => data(&chat_chunk(
+                        vec![ChatChunkChoice {
+                            index: d.choice,
+                            delta: ChatDelta {
+                                role: None,
+                                content: (!d.text.is_empty()).then_some(d.text),
+                            },
+                            logprobs: lp,
+                            finish_reason,
+                        }],
+                        None,
+                    )),
+                    Endpoint::Completion => data(&text_chunk(
+                        vec![CompletionChoice {
+                            index: d.choice,
+                            text: d.text,
+                            logprobs: lp,
+                            finish_reason,
+                        }],
+                        None,
+                    )),
+                };
+                if sse_tx.send(ev).await.is_err() {
                     return;
                 }
             }
-        }
-        while !col.done() {
-            let Some(ev) = rx.recv().await else { break };
-            let Some(d) = col.on_event(ev) else { continue };
-            if d.text.is_empty() && d.finish.is_none() && d.logprobs.is_empty() {
-                continue;
+            if include_usage {
+                let usage = Some(col.usage());
+                let ev = match kind {
+                    Endpoint::Chat => data(&chat_chunk(Vec::new(), usage)),
+                    Endpoint::Completion => data(&text_chunk(Vec::new(), usage)),
+                };
+                let _ = sse_tx.send(ev).await;
             }
-            if d.finish == Some(FinishReason::Error) {
-                let err = ApiError::new(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    col.error.clone().unwrap_or_default(),
-                    None,
-                );
-                let _ = sse_tx
-                    .send(Event::default().data(err.body().to_string()))
-                    .await;
-                break;
-            }
-            let base = col.choices[d.choice].text.len() - d.text.len();
-            let lp = logprobs_of(&col.m, &d.logprobs, base);
-            let finish_reason = d.finish.map(wire_finish);
-            let ev = match kind {
-                Endpoint::Chat => data(&chat_chunk(
-                    vec![ChatChunkChoice {
-                        index: d.choice,
-                        delta: ChatDelta {
-                            role: None,
-                            content: (!d.text.is_empty()).then_some(d.text),
-                        },
-                        logprobs: lp,
-                        finish_reason,
-                    }],
-                    None,
-                )),
-                Endpoint::Completion => data(&text_chunk(
-                    vec![CompletionChoice {
-                        index: d.choice,
-                        text: d.text,
-                        logprobs: lp,
-                        finish_reason,
-                    }],
-                    None,
-                )),
-            };
-            if sse_tx.send(ev).await.is_err() {
-                return;
-            }
+            let _ = sse_tx.send(Event::default().data("[DONE]")).await;
         }
-        if include_usage {
-            let usage = Some(col.usage());
-            let ev = match kind {
-                Endpoint::Chat => data(&chat_chunk(Vec::new(), usage)),
-                Endpoint::Completion => data(&text_chunk(Vec::new(), usage)),
-            };
-            let _ = sse_tx.send(ev).await;
-        }
-        let _ = sse_tx.send(Event::default().data("[DONE]")).await;
-    });
+        .instrument(tracing::Span::current()),
+    );
     let stream = futures_util::stream::unfold(sse_rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
