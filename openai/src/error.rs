@@ -91,7 +91,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // 503 is the server saying "not now" (loading, draining): expected, not a fault.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::debug!(status = %self.status, "{}", self.message);
+        } else if self.status.is_server_error() {
             tracing::error!(status = %self.status, "{}", self.message);
         }
         let mut resp = (self.status, Json(self.body())).into_response();
