@@ -1,8 +1,7 @@
 //! Per-upstream gateway metrics in Prometheus text format.
 
-use novastack_metrics::{escape, write_histogram, Histogram};
+use novastack_metrics::{escape, write_head, write_histogram, write_sample, Histogram};
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -127,28 +126,32 @@ pub fn render(out: &mut String, rows: &[Row]) {
         ),
     ];
     for (name, help, kind, get) in series {
-        let _ = writeln!(
-            out,
-            "# HELP novastack_{name} {help}\n# TYPE novastack_{name} {kind}"
-        );
+        write_head(out, name, help, kind);
         for r in rows {
-            let _ = writeln!(out, "novastack_{name}{{{}}} {}", lbl(r), get(r));
+            write_sample(out, name, &lbl(r), get(r));
         }
     }
-    let _ = writeln!(out, "# HELP novastack_gateway_upstream_errors_total Failed attempts by class.\n# TYPE novastack_gateway_upstream_errors_total counter");
+    write_head(
+        out,
+        "gateway_upstream_errors_total",
+        "Failed attempts by class.",
+        "counter",
+    );
     for r in rows {
         if let Ok(e) = r.m.errors.lock() {
             for (class, n) in e.iter() {
-                let _ = writeln!(
-                    out,
-                    "novastack_gateway_upstream_errors_total{{{},class=\"{class}\"}} {n}",
-                    lbl(r)
-                );
+                let labels = format!("{},class=\"{class}\"", lbl(r));
+                write_sample(out, "gateway_upstream_errors_total", &labels, *n as f64);
             }
         }
     }
     let name = "gateway_upstream_latency_seconds";
-    let _ = writeln!(out, "# HELP novastack_{name} Time from the first attempt to the end of completed requests.\n# TYPE novastack_{name} histogram");
+    write_head(
+        out,
+        name,
+        "Time from the first attempt to the end of completed requests.",
+        "histogram",
+    );
     for r in rows {
         let Ok(h) = r.m.latency.lock() else { continue };
         write_histogram(out, name, &lbl(r), &h);

@@ -1,9 +1,8 @@
 //! HTTP response counts by route template and status, shared by `serve` and the
 //! gateway: the middleware that records them and their `/metrics` lines.
 
-use novastack_metrics::escape;
+use novastack_metrics::{escape, write_head, write_sample};
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
 
 /// Responses by route and status code.
@@ -54,15 +53,15 @@ pub async fn count_response(
 
 /// `novastack_http_requests_total{route,status}`, HELP and TYPE included.
 pub fn render_http(out: &mut String, http: &HttpMetrics) {
-    let _ = writeln!(
+    const NAME: &str = "http_requests_total";
+    write_head(
         out,
-        "# HELP novastack_http_requests_total HTTP responses by route and status code.\n# TYPE novastack_http_requests_total counter"
+        NAME,
+        "HTTP responses by route and status code.",
+        "counter",
     );
     for ((route, status), n) in http.snapshot() {
-        let _ = writeln!(
-            out,
-            "novastack_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
-            escape(&route)
-        );
+        let labels = format!("route=\"{}\",status=\"{status}\"", escape(&route));
+        write_sample(out, NAME, &labels, n as f64);
     }
 }
