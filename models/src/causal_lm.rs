@@ -42,36 +42,13 @@ pub trait CausalLm<B: Backend>: Send + Sync {
     fn forward_greedy(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<u32>>;
 }
 
-/// A boxed model (what the registry builds) is a model.
-impl<B: Backend, M: CausalLm<B> + ?Sized> CausalLm<B> for Box<M> {
-    fn backend(&self) -> &B {
-        (**self).backend()
-    }
-    fn vocab_size(&self) -> usize {
-        (**self).vocab_size()
-    }
-    fn max_positions(&self) -> usize {
-        (**self).max_positions()
-    }
-    fn kv_cache_spec(&self) -> KvCacheSpec {
-        (**self).kv_cache_spec()
-    }
-    fn kv_bytes_per_token(&self, storage: Dtype) -> usize {
-        (**self).kv_bytes_per_token(storage)
-    }
-    fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache<B>> {
-        (**self).new_kv_cache(num_blocks, block_size)
-    }
-    fn forward(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<f32>> {
-        (**self).forward(input, kv)
-    }
-    fn forward_greedy(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<u32>> {
-        (**self).forward_greedy(input, kv)
-    }
-}
-
-/// A borrowed model is a model (an engine for one run over a model kept by the caller).
-impl<B: Backend, M: CausalLm<B> + ?Sized> CausalLm<B> for &M {
+/// A pointer to a model is a model: a `Box<dyn CausalLm>` (what the registry builds)
+/// and a borrowed model (an engine for one run over a model the caller keeps).
+impl<B: Backend, P> CausalLm<B> for P
+where
+    P: std::ops::Deref + Send + Sync,
+    P::Target: CausalLm<B>,
+{
     fn backend(&self) -> &B {
         (**self).backend()
     }
