@@ -303,11 +303,7 @@ fn data(v: &impl Serialize) -> Event {
     Event::default().data(serde_json::to_string(v).unwrap_or_default())
 }
 
-pub(crate) fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub(crate) use novastack_openai::protocol::unix_now as now_s;
 
 /// Tracks usage and text while events go by.
 #[derive(Default)]

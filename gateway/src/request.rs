@@ -33,14 +33,7 @@ pub struct ChatRequest {
 
 /// Parses and checks a chat request body; errors are 400s naming the field.
 pub(crate) fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}"), None))?;
-    let Value::Object(mut body) = v else {
-        return Err(ApiError::bad_request(
-            "invalid request body: expected a JSON object",
-            None,
-        ));
-    };
+    let mut body = novastack_openai::http::json_object(body)?;
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         _ => {

@@ -7,6 +7,13 @@ use serde_json::Value;
 use std::collections::HashMap;
 use utoipa::ToSchema;
 
+/// Seconds since the Unix epoch: the `created` field of models and completions.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A string or a list of strings.
 #[derive(Deserialize, ToSchema)]
 #[serde(untagged)]

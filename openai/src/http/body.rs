@@ -5,7 +5,7 @@ use crate::ApiError;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// The body bytes, or the limit / read failure as OpenAI error JSON (413 when too big).
 pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -27,16 +27,18 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError
 }
 
 /// Parses a JSON object body; anything else is a 400.
-pub fn json_object(body: &[u8]) -> Result<Value, ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}"), None))?;
-    if !v.is_object() {
-        return Err(ApiError::bad_request(
+pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad_request(
             "invalid request body: expected a JSON object",
             None,
-        ));
+        )),
+        Err(e) => Err(ApiError::bad_request(
+            format!("invalid request body: {e}"),
+            None,
+        )),
     }
-    Ok(v)
 }
 
 /// Deserializes `v` into `T`; a type error names the field's path (`param` too).

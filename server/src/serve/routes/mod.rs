@@ -9,23 +9,16 @@ pub(crate) mod models;
 pub(crate) mod tokenize;
 
 use novastack_openai::http::{from_value, json_object};
+pub(crate) use novastack_openai::protocol::unix_now as now;
 use novastack_openai::protocol::GenerationParams;
 use novastack_openai::ApiError;
-use std::time::{SystemTime, UNIX_EPOCH};
+use serde_json::Value;
 
 /// Parses a JSON body into the endpoint's fields and the common sampling fields; type
 /// errors name the offending field.
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
     body: &[u8],
 ) -> Result<(T, GenerationParams), ApiError> {
-    let v = json_object(body)?;
+    let v = Value::Object(json_object(body)?);
     Ok((from_value(v.clone())?, from_value(v)?))
-}
-
-/// Seconds since the Unix epoch (`created` fields).
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
