@@ -25,6 +25,10 @@ pub enum Error {
     },
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// A kernel failed on the device (the simulated device's checks: a divergent
+    /// barrier, an out-of-bounds access, ...), with the kernel, block and line.
+    #[error("{0}")]
+    Kernel(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,7 +1,7 @@
 //! The vocabulary between the shared GPU backend and a vendor: what a device reports
 //! ([`DeviceInfo`]), a launch's geometry ([`Launch`]), a GEMM ([`Gemm`]), and the
-//! [`Device`] trait a vendor implements (`vendor::hip`, `vendor::cuda`, and the
-//! recording device of the tests). Nothing vendor-specific is named here.
+//! [`Device`] trait a vendor implements (`vendor::hip`, `vendor::cuda`, `vendor::sim`,
+//! and the recording device of the tests). Nothing vendor-specific is named here.
 
 use crate::{Dtype, Result};
 use std::ffi::c_void;
@@ -37,6 +37,45 @@ pub struct Gemm {
     pub out: u64,
 }
 
+/// The column-major BLAS call (`cublasGemmEx`, `rocblas_gemm_ex`) that computes a
+/// [`Gemm`]: `c[m, n] = op(a)[m, k] · op(b)[k, n]` with every matrix column-major,
+/// `op(a)` transposed when `trans_a`. Both vendors call BLAS with exactly these
+/// values, and the simulated device executes them, so the mapping is tested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlasGemm {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: u64,
+    pub lda: usize,
+    pub b: u64,
+    pub ldb: usize,
+    pub c: u64,
+    pub ldc: usize,
+}
+
+impl Gemm {
+    /// Row-major `out[m, n] = x[m, k] · w[n, k]ᵀ` is column-major `outᵀ[n, m] = w · xᵀ`:
+    /// `a` = w (stored as a column-major k x n, transposed), `b` = xᵀ (k x m, as stored).
+    pub fn column_major(&self) -> BlasGemm {
+        BlasGemm {
+            trans_a: true,
+            trans_b: false,
+            m: self.n,
+            n: self.m,
+            k: self.k,
+            a: self.w,
+            lda: self.k,
+            b: self.x,
+            ldb: self.k,
+            c: self.out,
+            ldc: self.n,
+        }
+    }
+}
+
 /// One vendor's runtime: what [`super::GpuBackend`] needs and nothing more.
 pub trait Device: Send + Sync + Sized + 'static {
     /// An owned device allocation, freed on drop (stream-ordered or synchronous).
@@ -51,18 +90,32 @@ pub trait Device: Send + Sync + Sized + 'static {
     fn load_kernels(&self, file: &str, source: &str, names: &[String]) -> Result<Vec<Self::Func>>;
     /// A zero-filled allocation of at least `bytes` (at least 1).
     fn alloc_zeros(&self, bytes: usize) -> Result<Self::Mem>;
+    /// An allocation of at least `bytes` whose contents are unspecified: for buffers
+    /// that kernels write before they read (split-K partials). The simulated device
+    /// fills it with poison so that a read before a write shows.
+    fn alloc(&self, bytes: usize) -> Result<Self::Mem> {
+        self.alloc_zeros(bytes)
+    }
     /// A new allocation holding `bytes`.
     fn htod(&self, bytes: &[u8]) -> Result<Self::Mem>;
     /// Copies the first `out.len()` bytes of `m` to the host (waits for queued work).
     fn dtoh(&self, m: &Self::Mem, out: &mut [u8]) -> Result<()>;
     /// The allocation's device address.
     fn ptr(&self, m: &Self::Mem) -> u64;
-    /// Queues `f` on the backend's stream.
+    /// Queues `f` on the backend's stream. `sizes[i]` is the size in bytes of the value
+    /// `params[i]` points at (vendors ignore it; the simulated device checks it against
+    /// the kernel's signature).
     ///
     /// # Safety
     /// `params` must point at values matching the kernel's parameter list, and every
     /// device address among them must stay allocated until the kernel has run.
-    unsafe fn launch(&self, f: &Self::Func, cfg: Launch, params: &mut [*mut c_void]) -> Result<()>;
+    unsafe fn launch(
+        &self,
+        f: &Self::Func,
+        cfg: Launch,
+        params: &mut [*mut c_void],
+        sizes: &[usize],
+    ) -> Result<()>;
     /// The GEMM `g` in `dtype`, f32 accumulation.
     ///
     /// # Safety

@@ -56,6 +56,8 @@ pub(super) const ATTN_WARPS: u32 = 4;
 /// pointer array a launch takes. No allocation per launch.
 pub(crate) struct Params {
     slots: [[u64; 8]; Params::MAX],
+    /// The size of each value, which the simulated device checks against the kernel.
+    pub(crate) sizes: [usize; Params::MAX],
     pub(crate) n: usize,
 }
 
@@ -65,6 +67,7 @@ impl Params {
     pub(crate) fn new() -> Params {
         Params {
             slots: [[0; 8]; Params::MAX],
+            sizes: [0; Params::MAX],
             n: 0,
         }
     }
@@ -76,6 +79,7 @@ impl Params {
         unsafe {
             std::ptr::write(self.slots[self.n].as_mut_ptr() as *mut T, v);
         }
+        self.sizes[self.n] = std::mem::size_of::<T>();
         self.n += 1;
     }
 
@@ -105,7 +109,7 @@ macro_rules! launch {
             let mut ptrs = p.ptrs();
             // SAFETY: arguments match the kernel's parameter list (see kernels/hip/), and
             // the buffers they address are borrowed for the duration of the op.
-            unsafe { $crate::gpu::Device::launch(&$self.dev, f, cfg, &mut ptrs[..n]) }
+            unsafe { $crate::gpu::Device::launch(&$self.dev, f, cfg, &mut ptrs[..n], &p.sizes[..n]) }
         }
     }};
 }
@@ -212,7 +216,7 @@ impl<D: Device> GpuBackend<D> {
         // Grow geometrically so a slowly rising context does not reallocate per step.
         let size = bytes.max(g.as_ref().map_or(0, |s| s.0 * 2));
         *g = None;
-        let mem = self.dev.alloc_zeros(size)?;
+        let mem = self.dev.alloc(size)?;
         let ptr = self.dev.ptr(&mem);
         *g = Some((size, mem, ptr));
         Ok(ptr)

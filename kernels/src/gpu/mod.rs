@@ -23,7 +23,7 @@ pub(crate) mod ops;
 #[cfg(test)]
 mod recorder;
 
-pub use self::device::{Device, DeviceInfo, Gemm, Launch};
+pub use self::device::{BlasGemm, Device, DeviceInfo, Gemm, Launch};
 pub use self::launch::GpuBuf;
 /// The crate's one [`crate::Dtype`], also under its former path.
 pub use crate::Dtype;

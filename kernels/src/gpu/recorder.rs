@@ -46,7 +46,13 @@ impl Device for Recorder {
     fn ptr(&self, m: &Vec<u8>) -> u64 {
         m.as_ptr() as u64
     }
-    unsafe fn launch(&self, f: &String, cfg: Launch, params: &mut [*mut c_void]) -> Result<()> {
+    unsafe fn launch(
+        &self,
+        f: &String,
+        cfg: Launch,
+        params: &mut [*mut c_void],
+        _sizes: &[usize],
+    ) -> Result<()> {
         self.launches
             .lock()
             .unwrap()

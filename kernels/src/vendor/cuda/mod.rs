@@ -129,6 +129,7 @@ impl Device for CudaDevice {
         f: &CudaFunction,
         cfg: Launch,
         params: &mut [*mut c_void],
+        _sizes: &[usize],
     ) -> Result<()> {
         self.ctx.bind_to_thread().map_err(dev)?;
         cudarc::driver::result::launch_kernel(
@@ -143,30 +144,35 @@ impl Device for CudaDevice {
     }
 
     unsafe fn gemm_bt(&self, dtype: Dtype, g: Gemm) -> Result<()> {
-        let Gemm { m, n, k, x, w, out } = g;
-        // Row-major out[m, n] = x[m, k] · w[n, k]ᵀ is column-major outᵀ = w · xᵀ:
-        // A = w (stored k x n column-major, transposed), B = xᵀ (k x m, as stored).
+        let c = g.column_major();
         self.ctx.bind_to_thread().map_err(dev)?;
         let (alpha, beta) = (1.0f32, 0.0f32);
         let t = cuda_type(dtype);
+        let op = |trans: bool| {
+            if trans {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
         blas::gemm_ex(
             *self.blas.handle(),
-            blas_sys::cublasOperation_t::CUBLAS_OP_T,
-            blas_sys::cublasOperation_t::CUBLAS_OP_N,
-            n as i32,
-            m as i32,
-            k as i32,
+            op(c.trans_a),
+            op(c.trans_b),
+            c.m as i32,
+            c.n as i32,
+            c.k as i32,
             &alpha as *const f32 as *const _,
-            w as *const c_void,
+            c.a as *const c_void,
             t,
-            k as i32,
-            x as *const c_void,
+            c.lda as i32,
+            c.b as *const c_void,
             t,
-            k as i32,
+            c.ldb as i32,
             &beta as *const f32 as *const _,
-            out as *mut c_void,
+            c.c as *mut c_void,
             t,
-            n as i32,
+            c.ldc as i32,
             blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )

@@ -153,46 +153,58 @@ impl Device for HipDevice {
         m.ptr as u64
     }
 
-    unsafe fn launch(&self, f: &HipFunc, cfg: Launch, params: &mut [*mut c_void]) -> Result<()> {
+    unsafe fn launch(
+        &self,
+        f: &HipFunc,
+        cfg: Launch,
+        params: &mut [*mut c_void],
+        _sizes: &[usize],
+    ) -> Result<()> {
         self.bind()?;
         self.hip
             .launch(f.0, cfg.grid, cfg.block, cfg.shared, params)
     }
 
     unsafe fn gemm_bt(&self, dtype: Dtype, g: Gemm) -> Result<()> {
-        let Gemm { m, n, k, x, w, out } = g;
-        // Row-major out[m, n] = x[m, k] · w[n, k]ᵀ is column-major outᵀ = w · xᵀ:
-        // A = w (k x n column-major, transposed), B = xᵀ (k x m, as stored).
+        let c = g.column_major();
         self.bind()?;
         let (alpha, beta) = (1.0f32, 0.0f32);
         let t = rocblas_type(dtype);
+        let op = |trans: bool| {
+            if trans {
+                ROCBLAS_OPERATION_TRANSPOSE
+            } else {
+                ROCBLAS_OPERATION_NONE
+            }
+        };
         let st = (self.blas.gemm_ex)(
             self.blas.handle,
-            ROCBLAS_OPERATION_TRANSPOSE,
-            ROCBLAS_OPERATION_NONE,
-            n as c_int,
-            m as c_int,
-            k as c_int,
+            op(c.trans_a),
+            op(c.trans_b),
+            c.m as c_int,
+            c.n as c_int,
+            c.k as c_int,
             &alpha as *const f32 as *const c_void,
-            w as *const c_void,
+            c.a as *const c_void,
             t,
-            k as c_int,
-            x as *const c_void,
+            c.lda as c_int,
+            c.b as *const c_void,
             t,
-            k as c_int,
+            c.ldb as c_int,
             &beta as *const f32 as *const c_void,
-            out as *const c_void,
+            c.c as *const c_void,
             t,
-            n as c_int,
-            out as *mut c_void,
+            c.ldc as c_int,
+            c.c as *mut c_void,
             t,
-            n as c_int,
+            c.ldc as c_int,
             ROCBLAS_DATATYPE_F32_R,
             ROCBLAS_GEMM_ALGO_STANDARD,
             0,
             0,
         );
         if st != 0 {
+            let Gemm { m, n, k, .. } = g;
             return Err(Error::Unavailable(format!(
                 "rocblas_gemm_ex({m}x{n}x{k}, {dtype:?}) failed (rocblas_status {st})"
             )));
