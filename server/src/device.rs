@@ -1,9 +1,12 @@
-//! `--device`: loads a model on the CPU, a CUDA GPU or a HIP GPU and hands it to a job
+//! `--device`: loads a model on the CPU, a CUDA GPU, a HIP GPU or the simulated GPU
+//! device (`sim`, which runs the GPU backend and the HIP kernels on the host) and hands
+//! it to a job
 //! that is generic over the backend, so `serve`, `generate` and `bench offline` share
 //! one device switch (and one set of messages for builds without a GPU feature).
 
 use crate::engine_args::EngineArgs;
 use anyhow::{bail, Context, Result};
+use novastack_kernels::vendor::sim::{Branch, SimBackend, SimOptions};
 use novastack_kernels::{Backend, CpuBackend};
 use novastack_models::{load_model, LoadedModel};
 use std::path::Path;
@@ -46,11 +49,35 @@ pub fn with_model<J: ModelJob>(path: &Path, engine: &EngineArgs, job: J) -> Resu
         "hip" => bail!(
             "--device hip needs a build with `--features hip` (cargo build --release --features hip)"
         ),
-        other => bail!("--device {other:?}: use cpu, cuda or hip"),
+        "sim" => {
+            use novastack_models::CausalLm;
+            let dtype = gpu_dtype(engine)?;
+            let backend = SimBackend::new(sim_options(engine.sim_warp, &engine.sim_vendor)?, dtype)?;
+            tracing::info!("{} ({}), {dtype} storage", backend.info().name, backend.info().arch);
+            let lm = load_model(path, backend).with_context(ctx)?;
+            // Host memory: the KV cache is sized by --kv-cache-mb, in the storage type.
+            let per_block = lm.model.kv_bytes_per_token(dtype) * engine.block_size.max(1);
+            let blocks = (engine.kv_cache_mb << 20) / per_block.max(1);
+            job.run(lm, Some(blocks))
+        }
+        other => bail!("--device {other:?}: use cpu, cuda, hip or sim"),
     }
 }
 
-#[cfg(any(feature = "cuda", feature = "hip"))]
+/// The simulated device of `--sim-warp` and `--sim-vendor`.
+pub fn sim_options(warp: u32, vendor: &str) -> Result<SimOptions> {
+    let options = match vendor {
+        "amd" => SimOptions::amd(warp),
+        "nvidia" => SimOptions::nvidia(),
+        other => bail!("--sim-vendor {other:?}: use amd or nvidia"),
+    };
+    match (warp, options.branch) {
+        (64 | 32, Branch::Amd) | (32, Branch::Nvidia) => Ok(options),
+        (w, Branch::Amd) => bail!("--sim-warp {w}: use 64 (MI250) or 32"),
+        (w, Branch::Nvidia) => bail!("--sim-warp {w}: NVIDIA warps are 32 lanes"),
+    }
+}
+
 fn gpu_dtype(engine: &EngineArgs) -> Result<novastack_kernels::Dtype> {
     novastack_kernels::Dtype::parse(&engine.gpu_dtype)
         .with_context(|| format!("--gpu-dtype {:?}: use bf16, f16 or f32", engine.gpu_dtype))
@@ -123,6 +150,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn sim_flags_name_what_is_wrong() {
+        assert_eq!(sim_options(64, "amd").unwrap().label(), "amd64");
+        assert_eq!(sim_options(32, "amd").unwrap().label(), "amd32");
+        assert_eq!(sim_options(32, "nvidia").unwrap().label(), "nvidia32");
+        let e = sim_options(16, "amd").unwrap_err().to_string();
+        assert!(e.contains("--sim-warp 16"), "{e}");
+        let e = sim_options(64, "nvidia").unwrap_err().to_string();
+        assert!(e.contains("NVIDIA warps are 32"), "{e}");
+        let e = sim_options(64, "intel").unwrap_err().to_string();
+        assert!(e.contains("--sim-vendor \"intel\""), "{e}");
+    }
+
     fn args(device: &str) -> EngineArgs {
         Cli::parse_from(["x", "--device", device]).engine
     }
@@ -131,7 +171,7 @@ mod tests {
     fn unknown_and_missing_devices_fail_with_a_clear_message() {
         let p = Path::new("/nonexistent");
         let e = with_model(p, &args("tpu"), Probe).unwrap_err().to_string();
-        assert!(e.contains("use cpu, cuda or hip"), "{e}");
+        assert!(e.contains("use cpu, cuda, hip or sim"), "{e}");
         #[cfg(not(feature = "cuda"))]
         {
             let e = with_model(p, &args("cuda"), Probe).unwrap_err().to_string();
@@ -143,6 +183,8 @@ mod tests {
             assert!(e.contains("--features hip"), "{e}");
         }
         let e = format!("{:#}", with_model(p, &args("cpu"), Probe).unwrap_err());
+        assert!(e.contains("/nonexistent"), "{e}");
+        let e = format!("{:#}", with_model(p, &args("sim"), Probe).unwrap_err());
         assert!(e.contains("/nonexistent"), "{e}");
     }
 }

@@ -19,7 +19,8 @@ pub struct EngineArgs {
     /// run-to-run noise); 2048 on a GPU.
     #[arg(long)]
     pub max_num_batched_tokens: Option<usize>,
-    /// KV cache size in MiB (f32 keys and values on the CPU backend).
+    /// KV cache size in MiB (f32 keys and values on the CPU backend; `--gpu-dtype` on the
+    /// simulated device).
     #[arg(long, default_value_t = 1024)]
     pub kv_cache_mb: usize,
     #[arg(long, default_value_t = 16)]
@@ -33,9 +34,18 @@ pub struct EngineArgs {
     /// Steps a request may wait before its bucket is served first.
     #[arg(long, default_value_t = 8)]
     pub max_wait_steps: u64,
-    /// `cpu`, or `cuda` / `hip` for a GPU (needs a build with `--features cuda` / `hip`).
+    /// `cpu`, `cuda` / `hip` for a GPU (needs a build with `--features cuda` / `hip`), or
+    /// `sim`: the GPU backend on a simulated device that runs the HIP kernels on the CPU
+    /// (needs a C++ compiler; slow, for checking the GPU code, not for serving).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// `--device sim`: lanes per warp, 64 (MI250's wavefront) or 32.
+    #[arg(long, default_value_t = 64)]
+    pub sim_warp: u32,
+    /// `--device sim`: the vendor branch of the kernels' compat.h, `amd` (at 64 or 32
+    /// lanes) or `nvidia` (32 lanes).
+    #[arg(long, default_value = "amd")]
+    pub sim_vendor: String,
     /// GPU: fraction of the card's memory for weights and KV cache; the KV cache gets
     /// what the weights leave (replaces --kv-cache-mb).
     #[arg(long, default_value_t = 0.9)]
