@@ -23,6 +23,11 @@ pub trait Case {
     fn tolerance(&self, dtype: Dtype) -> f64 {
         default_tolerance(dtype)
     }
+    /// The input is empty (0 rows, 0 tokens, 0 sequences): the op must succeed, launch
+    /// nothing, and leave its outputs as they were (see [`output`]).
+    fn empty_input(&self) -> bool {
+        false
+    }
     /// Uploads the inputs to `b`, runs the op, and returns each output as downloaded:
     /// `("", values)` for the op's output, `("residual", values)` for a second one.
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>>;
@@ -84,6 +89,17 @@ impl Gen {
             .collect()
     }
 
+    /// A number in `lo..=hi`, uniform: a shape drawn from the seed.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        assert!(lo <= hi);
+        lo + (self.next() % (hi - lo + 1) as u64) as usize
+    }
+
+    /// One of `items`, uniform.
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.range(0, items.len() - 1)]
+    }
+
     /// `v` as the target stores it.
     pub fn round(&self, v: &[f32]) -> Vec<f32> {
         self.dtype.round(v)
@@ -93,6 +109,24 @@ impl Gen {
 /// An output buffer of `n` NaNs: what the op does not write stays NaN and fails.
 pub fn poisoned<B: Backend>(b: &B, n: usize) -> Result<B::Buf> {
     b.upload(&vec![f32::NAN; n])
+}
+
+/// Values an op over an empty input must leave alone: exact in every storage type.
+const SPARE: usize = 8;
+
+/// A case's output buffer of `n` values: NaNs (see [`poisoned`]), or for an empty input
+/// (`n == 0`) a few finite values that the op must leave as they are, so that one
+/// block launched over "row 0" of an empty batch is caught.
+pub fn output<B: Backend>(b: &B, n: usize) -> Result<B::Buf> {
+    if n == 0 {
+        b.upload(
+            &(0..SPARE)
+                .map(|i| i as f32 * 0.25 - 1.0)
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        poisoned(b, n)
+    }
 }
 
 /// `max |got - want| / max |want|`; a NaN or infinity in `got`, or another length, is
@@ -219,5 +253,11 @@ mod tests {
         assert!(a.iter().all(|v| (-2.0..2.0).contains(v)));
         let f = Gen::new(1, Dtype::F32).rand(1000, 1.0);
         assert!(f.iter().any(|v| *v < -0.9) && f.iter().any(|v| *v > 0.9));
+        let mut g = Gen::new(3, Dtype::F32);
+        let r: Vec<usize> = (0..200).map(|_| g.range(5, 9)).collect();
+        assert!(r.iter().all(|v| (5..=9).contains(v)));
+        assert!((5..=9).all(|v| r.contains(&v)));
+        assert_eq!(g.range(4, 4), 4);
+        assert!([2, 3].contains(&g.pick(&[2, 3])));
     }
 }

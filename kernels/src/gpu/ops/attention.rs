@@ -3,10 +3,11 @@
 //! query, else the tiled `prefill_attention`; with [`AttnArgs`], the mirror of the
 //! kernels' `ns_attn_args`, and the op's conformance cases.
 
-use crate::conformance::{poisoned, Case, Gen, Visit};
+use super::cache::{batch, mixed_seqs, Layout, LAYOUTS};
+use crate::conformance::{output, Case, Gen, Visit};
 use crate::gpu::launch::{launch, ATTN_WARPS, THREADS};
 use crate::gpu::{Device, GpuBackend, GpuBuf, Launch};
-use crate::{AttentionMetadata, Backend, Error, KvCacheConfig, Result, SeqAttention};
+use crate::{AttentionMetadata, Backend, Error, KvCacheConfig, Result};
 
 /// Tokens per split-K partition: `NS_PARTITION` in attention.hip.
 const PARTITION: usize = 512;
@@ -175,9 +176,9 @@ pub(crate) fn paged_attention<D: Device>(
 }
 
 struct PagedAttention {
-    variant: &'static str,
+    variant: String,
+    layout: Layout,
     cache: KvCacheConfig,
-    heads: usize,
     meta: AttentionMetadata,
     window: Option<usize>,
     qkv: Vec<f32>,
@@ -190,78 +191,159 @@ impl Case for PagedAttention {
         format!("paged_attention {}", self.variant)
     }
     fn shape(&self) -> String {
-        format!("hd{}", self.cache.head_dim)
+        self.layout.shape()
+    }
+    fn empty_input(&self) -> bool {
+        self.meta.seqs.is_empty()
     }
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
-        let c = &self.cache;
-        let (heads, hd) = (self.heads, c.head_dim);
-        let stride = (heads + 2 * c.num_kv_heads) * hd;
+        let (c, l) = (&self.cache, &self.layout);
+        let (heads, hd) = (l.heads(), l.hd);
         let (k, v) = (b.upload(&self.key_cache)?, b.upload(&self.value_cache)?);
         let qkv = b.upload(&self.qkv)?;
-        let mut out = poisoned(b, self.meta.num_tokens() * heads * hd)?;
+        let mut out = output(b, self.meta.num_tokens() * heads * hd)?;
         let scale = 1.0 / (hd as f32).sqrt();
         let (meta, window) = (&self.meta, self.window);
         b.paged_attention(
-            &qkv, stride, heads, c, &k, &v, meta, scale, window, &mut out,
+            &qkv,
+            l.stride(),
+            heads,
+            c,
+            &k,
+            &v,
+            meta,
+            scale,
+            window,
+            &mut out,
         )?;
         Ok(vec![("", b.download(&out)?)])
     }
 }
 
-/// Three sequences over blocks scattered through a full cache (contexts 700, 40 and
-/// 100): as a mixed prefill (1, 40 and 20 new tokens, the 700 split over partitions),
-/// the same with a 64-token sliding window, and as decode (one query each).
-pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
-    for hd in [64, 128] {
-        let cache = super::cache::cache_config(hd);
-        let heads = 8;
-        let stride = (heads + 2 * cache.num_kv_heads) * hd;
-        let (key_cache, value_cache) = (
-            g.rand(cache.layer_len(), 1.0),
-            g.rand(cache.layer_len(), 1.0),
-        );
-        let mut seqs = Vec::new();
-        let mut start = 0;
-        for (s, (ctx, nq)) in [(700usize, 1usize), (40, 40), (100, 20)]
-            .into_iter()
-            .enumerate()
-        {
-            seqs.push(SeqAttention {
-                query_start: start,
-                num_queries: nq,
-                context_len: ctx,
-                block_table: (0..ctx.div_ceil(cache.block_size))
-                    .map(|i| ((i * 3 + s * 31) % cache.num_blocks) as u32)
-                    .collect(),
-            });
-            start += nq;
+/// One attention case before its inputs are drawn: a batch of (context, new tokens)
+/// over a layout, and the sliding window. A batch of single queries runs the split-K
+/// decode; any other the prefill kernel.
+struct Spec {
+    variant: String,
+    layout: Layout,
+    seqs: Vec<(usize, usize)>,
+    window: Option<usize>,
+}
+
+impl Spec {
+    fn new(
+        variant: &str,
+        layout: Layout,
+        seqs: Vec<(usize, usize)>,
+        window: Option<usize>,
+    ) -> Spec {
+        let variant = match window {
+            Some(w) => format!("{variant} window {w}"),
+            None => variant.to_string(),
+        };
+        Spec {
+            variant,
+            layout,
+            seqs,
+            window,
         }
-        let decode: Vec<SeqAttention> = seqs
+    }
+
+    /// The (query, key, head-dim) multiply-adds of the scores: what a simulated device
+    /// pays for (the weighted sum of values costs as much again).
+    fn macs(&self) -> usize {
+        let keys: usize = self
+            .seqs
             .iter()
-            .enumerate()
-            .map(|(i, s)| SeqAttention {
-                query_start: i,
-                num_queries: 1,
-                ..s.clone()
-            })
-            .collect();
-        let qkv = g.rand(start * stride, 1.0);
-        for (variant, seqs, window) in [
-            ("mixed prefill", seqs.clone(), None),
-            ("mixed prefill window 64", seqs, Some(64)),
-            ("decode", decode, None),
-        ] {
-            v.case(PagedAttention {
-                variant,
-                cache,
-                heads,
-                meta: AttentionMetadata { seqs },
-                window,
-                qkv: qkv.clone(),
-                key_cache: key_cache.clone(),
-                value_cache: value_cache.clone(),
-            })?;
+            .flat_map(|&(ctx, nq)| ctx - nq..ctx)
+            .map(|p| self.window.map_or(p + 1, |w| (p + 1).min(w)))
+            .sum();
+        keys * self.layout.heads() * self.layout.hd
+    }
+}
+
+/// Random batches are redrawn until they cost at most this many multiply-adds.
+const RANDOM_MACS: usize = 300_000;
+
+/// The attention table. At every layout of [`LAYOUTS`] (each head size, GQA groups 1 to
+/// 8, blocks of 16 and 32): decodes at block boundaries (contexts 1, bs - 1, bs, bs + 1,
+/// 2 bs), a mixed batch (prefill, chunk and decodes, see [`mixed_seqs`]) and the same
+/// under a sliding window (from a window of one token to two blocks). With few heads,
+/// contexts that split over split-K partitions (at and past 512, 1024, 1536), with and
+/// without windows, as decode and mixed with a long prefill chunk. No sequences at all.
+/// Random layouts and batches. All inputs drawn after the shapes.
+fn specs(g: &mut Gen) -> Vec<Spec> {
+    let mut specs = vec![Spec::new("empty", LAYOUTS[0], vec![], None)];
+    let windows = [16, 1, 19, 15, 20];
+    for (l, w) in LAYOUTS.into_iter().zip(windows) {
+        let bs = l.block_size;
+        let decode = [1, bs - 1, bs, bs + 1, 2 * bs].map(|c| (c, 1)).to_vec();
+        specs.push(Spec::new("decode", l, decode, None));
+        specs.push(Spec::new("mixed", l, mixed_seqs(bs), None));
+        specs.push(Spec::new("mixed", l, mixed_seqs(bs), Some(w)));
+    }
+    let long = Layout {
+        hd: 64,
+        group: 1,
+        kv_heads: 1,
+        block_size: 16,
+    };
+    let decode: Vec<_> = [512, 513, 1025, 1536].map(|c| (c, 1)).to_vec();
+    specs.push(Spec::new("long decode", long, decode.clone(), None));
+    specs.push(Spec::new("long decode", long, decode.clone(), Some(512)));
+    specs.push(Spec::new("long decode", long, decode, Some(700)));
+    let mixed = vec![(1025, 1), (1100, 5), (17, 17)];
+    specs.push(Spec::new("long mixed", long, mixed.clone(), None));
+    specs.push(Spec::new("long mixed", long, mixed, Some(600)));
+    let long2 = Layout {
+        hd: 128,
+        group: 2,
+        kv_heads: 1,
+        block_size: 32,
+    };
+    let decode: Vec<_> = [1024, 1025, 1536].map(|c| (c, 1)).to_vec();
+    specs.push(Spec::new("long decode", long2, decode.clone(), None));
+    specs.push(Spec::new("long decode", long2, decode, Some(600)));
+    for (i, kind) in ["decode", "mixed", "mixed"].into_iter().enumerate() {
+        loop {
+            let l = Layout::random(g);
+            let n = g.range(1, 4);
+            let seqs: Vec<_> = (0..n)
+                .map(|_| match kind {
+                    "decode" => (g.range(1, 300), 1),
+                    _ => {
+                        let ctx = g.range(1, 100);
+                        (ctx, g.range(1, ctx))
+                    }
+                })
+                .collect();
+            let window = (g.range(0, 1) == 1).then(|| g.range(1, 64));
+            let s = Spec::new(&format!("random {i} {kind}"), l, seqs, window);
+            if s.macs() <= RANDOM_MACS {
+                specs.push(s);
+                break;
+            }
         }
+    }
+    specs
+}
+
+pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
+    for spec in specs(g) {
+        let l = spec.layout;
+        let (cache, seqs) = batch(g, l, &spec.seqs);
+        let meta = AttentionMetadata { seqs };
+        v.case(PagedAttention {
+            variant: spec.variant,
+            layout: l,
+            cache,
+            window: spec.window,
+            key_cache: g.rand(cache.layer_len(), 1.0),
+            value_cache: g.rand(cache.layer_len(), 1.0),
+            // Queries at 4x make the softmax peaked, so a key misread shows.
+            qkv: g.rand(meta.num_tokens().max(1) * l.stride(), 4.0),
+            meta,
+        })?;
     }
     Ok(())
 }
@@ -298,5 +380,30 @@ mod tests {
         let back = unsafe { *(ptrs[1] as *const AttnArgs) };
         assert_eq!((back.block_tables, back.window, back.scale), (4, 11, 0.5));
         assert_eq!(back.query_start, 1);
+    }
+
+    /// The table's attention stays cheap enough for a simulated device (every kernel
+    /// thread a fiber): a few million multiply-adds per storage type, and it keeps its
+    /// named edges (each head size, groups 1 to 8, contexts split over partitions).
+    #[test]
+    fn the_attention_cases_cover_the_edges_within_budget() {
+        let specs = specs(&mut Gen::new(7, crate::Dtype::F32));
+        let macs: usize = specs.iter().map(Spec::macs).sum();
+        assert!(macs < 6_000_000, "{macs} multiply-adds");
+        for hd in super::super::cache::HEAD_DIMS {
+            assert!(specs.iter().any(|s| s.layout.hd == hd), "hd {hd}");
+        }
+        for group in [1, 2, 4, 8] {
+            assert!(
+                specs.iter().any(|s| s.layout.group == group),
+                "group {group}"
+            );
+        }
+        let split = |s: &Spec| {
+            let all_decode = s.seqs.iter().all(|&(_, nq)| nq == 1);
+            let span = |&(ctx, _): &(usize, usize)| s.window.map_or(ctx, |w| ctx.min(w));
+            all_decode && s.seqs.iter().map(span).max().unwrap_or(0) > 2 * PARTITION
+        };
+        assert!(specs.iter().any(split));
     }
 }

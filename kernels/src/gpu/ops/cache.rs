@@ -5,7 +5,7 @@
 use crate::conformance::{Case, Gen, Visit};
 use crate::gpu::launch::{grid1, launch};
 use crate::gpu::{Device, GpuBackend, GpuBuf};
-use crate::{shape, Backend, Error, KvCacheConfig, Result};
+use crate::{shape, Backend, Error, KvCacheConfig, Result, SeqAttention};
 
 /// `reshape_and_cache(qkv, slots, key_cache, value_cache, row_stride, k_offset,
 /// v_offset, slot_len)`: one block per token; the slot mapping goes through the
@@ -54,19 +54,137 @@ pub(crate) fn reshape_and_cache<D: Device>(
     )
 }
 
-/// The cache every attention case uses: 96 blocks of 16 slots, 2 kv heads.
-pub(super) fn cache_config(head_dim: usize) -> KvCacheConfig {
-    KvCacheConfig {
-        num_blocks: 96,
-        block_size: 16,
-        num_kv_heads: 2,
-        head_dim,
+/// The shape of one layer as the cache and attention cases see it: head size, GQA group
+/// (q heads per kv head), kv heads, and the cache's block size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Layout {
+    pub hd: usize,
+    pub group: usize,
+    pub kv_heads: usize,
+    pub block_size: usize,
+}
+
+impl Layout {
+    pub fn heads(&self) -> usize {
+        self.group * self.kv_heads
+    }
+
+    /// A packed `[q | k | v]` row.
+    pub fn stride(&self) -> usize {
+        (self.heads() + 2 * self.kv_heads) * self.hd
+    }
+
+    /// The check's shape: `hd80 g2 kv2 bs32`.
+    pub fn shape(&self) -> String {
+        let Layout {
+            hd,
+            group,
+            kv_heads,
+            block_size,
+        } = self;
+        format!("hd{hd} g{group} kv{kv_heads} bs{block_size}")
+    }
+
+    /// A layout drawn from the seed: any head size, group 1 to 8, 1 or 2 kv heads, blocks
+    /// of 8, 16 or 32.
+    pub fn random(g: &mut Gen) -> Layout {
+        Layout {
+            hd: g.pick(&HEAD_DIMS),
+            group: g.range(1, 8),
+            kv_heads: g.range(1, 2),
+            block_size: g.pick(&[8, 16, 32]),
+        }
     }
 }
 
+/// The head sizes of the models we serve.
+pub(super) const HEAD_DIMS: [usize; 5] = [64, 80, 96, 128, 256];
+
+/// Each head size once, each GQA group 1, 2, 4, 8 at least once (with 1 or 2 kv heads),
+/// blocks of 16 and 32 (and 8 in random layouts): the layouts of the short-context cache and attention cases.
+pub(super) const LAYOUTS: [Layout; 5] = [
+    Layout {
+        hd: 64,
+        group: 1,
+        kv_heads: 2,
+        block_size: 16,
+    },
+    Layout {
+        hd: 80,
+        group: 2,
+        kv_heads: 2,
+        block_size: 32,
+    },
+    Layout {
+        hd: 96,
+        group: 4,
+        kv_heads: 1,
+        block_size: 16,
+    },
+    Layout {
+        hd: 128,
+        group: 8,
+        kv_heads: 1,
+        block_size: 16,
+    },
+    Layout {
+        hd: 256,
+        group: 2,
+        kv_heads: 1,
+        block_size: 16,
+    },
+];
+
+/// Sequences as (context, new tokens) around block boundaries, in batch order: a fresh
+/// prefill one token past a block, a chunk that ends exactly on the second block's
+/// boundary, and decodes at a block's last slot and one past two blocks.
+pub(super) fn mixed_seqs(bs: usize) -> Vec<(usize, usize)> {
+    vec![(bs + 1, bs + 1), (2 * bs, bs - 1), (bs, 1), (2 * bs + 1, 1)]
+}
+
+/// A batch's sequences over a cache of `l`'s shape: each sequence's blocks drawn at
+/// random (no block shared, so no two new tokens share a slot) from a cache with a few
+/// blocks to spare, rows in batch order.
+pub(super) fn batch(
+    g: &mut Gen,
+    l: Layout,
+    seqs: &[(usize, usize)],
+) -> (KvCacheConfig, Vec<SeqAttention>) {
+    let bs = l.block_size;
+    let needed: usize = seqs.iter().map(|&(ctx, _)| ctx.div_ceil(bs)).sum();
+    let cache = KvCacheConfig {
+        num_blocks: needed + 3,
+        block_size: bs,
+        num_kv_heads: l.kv_heads,
+        head_dim: l.hd,
+    };
+    // Fisher-Yates over the block ids.
+    let mut blocks: Vec<u32> = (0..cache.num_blocks as u32).collect();
+    for i in (1..blocks.len()).rev() {
+        blocks.swap(i, g.range(0, i));
+    }
+    let (mut start, mut next) = (0, 0);
+    let seqs = seqs
+        .iter()
+        .map(|&(ctx, nq)| {
+            let n = ctx.div_ceil(bs);
+            let s = SeqAttention {
+                query_start: start,
+                num_queries: nq,
+                context_len: ctx,
+                block_table: blocks[next..next + n].to_vec(),
+            };
+            (start, next) = (start + nq, next + n);
+            s
+        })
+        .collect();
+    (cache, seqs)
+}
+
 struct ReshapeAndCache {
+    variant: &'static str,
+    layout: Layout,
     cache: KvCacheConfig,
-    heads: usize,
     qkv: Vec<f32>,
     slots: Vec<u32>,
     key_cache: Vec<f32>,
@@ -75,49 +193,73 @@ struct ReshapeAndCache {
 
 impl Case for ReshapeAndCache {
     fn op(&self) -> String {
-        "reshape_and_cache".into()
+        format!("reshape_and_cache {}", self.variant)
+            .trim_end()
+            .to_string()
     }
     fn shape(&self) -> String {
-        format!("hd{}", self.cache.head_dim)
+        format!("{}x {}", self.slots.len(), self.layout.shape())
+    }
+    fn empty_input(&self) -> bool {
+        self.slots.is_empty()
     }
     /// Both caches, whole: the written slots and every slot left alone.
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
-        let c = &self.cache;
-        let stride = (self.heads + 2 * c.num_kv_heads) * c.head_dim;
+        let (c, l) = (&self.cache, &self.layout);
         let (mut k, mut v) = (b.upload(&self.key_cache)?, b.upload(&self.value_cache)?);
         let qkv = b.upload(&self.qkv)?;
-        let k_offset = self.heads * c.head_dim;
-        b.reshape_and_cache(&qkv, stride, k_offset, c, &self.slots, &mut k, &mut v)?;
+        let k_offset = l.heads() * l.hd;
+        b.reshape_and_cache(&qkv, l.stride(), k_offset, c, &self.slots, &mut k, &mut v)?;
         Ok(vec![("", b.download(&k)?), ("value", b.download(&v)?)])
     }
 }
 
-/// Three sequences' new tokens (1, 40 and 20 of contexts 700, 40 and 100) into blocks
-/// scattered over a cache already full of other values.
+/// New tokens into blocks scattered over a cache already full of other values: no
+/// tokens; at every layout, a mixed batch whose prefill, chunk and decodes cross and end
+/// on block boundaries; the new tokens of long contexts (1024 and 1025 past the first
+/// blocks); and random batches.
 pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
-    for hd in [64, 128] {
-        let cache = cache_config(hd);
-        let heads = 8;
-        let bs = cache.block_size;
-        let mut slots = Vec::new();
-        for (s, (ctx, nq)) in [(700usize, 1usize), (40, 40), (100, 20)]
-            .into_iter()
-            .enumerate()
-        {
-            let blocks: Vec<u32> = (0..ctx.div_ceil(bs))
-                .map(|i| ((i * 3 + s * 31) % cache.num_blocks) as u32)
-                .collect();
-            for p in ctx - nq..ctx {
-                slots.push(blocks[p / bs] * bs as u32 + (p % bs) as u32);
-            }
-        }
-        let stride = (heads + 2 * cache.num_kv_heads) * hd;
+    let long = Layout {
+        hd: 64,
+        group: 4,
+        kv_heads: 1,
+        block_size: 16,
+    };
+    let mut batches = vec![("", LAYOUTS[0], vec![])];
+    for l in LAYOUTS {
+        batches.push(("", l, mixed_seqs(l.block_size)));
+    }
+    batches.push(("long", long, vec![(1024, 1), (1025, 2), (1536, 17)]));
+    for _ in 0..2 {
+        let l = Layout::random(g);
+        let n = g.range(1, 4);
+        let seqs = (0..n)
+            .map(|_| {
+                let ctx = g.range(1, 200);
+                (ctx, g.range(1, ctx.min(40)))
+            })
+            .collect();
+        batches.push(("random", l, seqs));
+    }
+    for (variant, layout, seqs) in batches {
+        let (cache, seqs) = batch(g, layout, &seqs);
+        let bs = cache.block_size as u32;
+        let slots: Vec<u32> = seqs
+            .iter()
+            .flat_map(|s| {
+                (s.context_len - s.num_queries..s.context_len).map(|p| {
+                    let p = p as u32;
+                    s.block_table[(p / bs) as usize] * bs + p % bs
+                })
+            })
+            .collect();
         v.case(ReshapeAndCache {
+            variant,
+            layout,
             cache,
-            heads,
             key_cache: g.rand(cache.layer_len(), 1.0),
             value_cache: g.rand(cache.layer_len(), 1.0),
-            qkv: g.rand(slots.len() * stride, 1.0),
+            qkv: g.rand(slots.len().max(1) * layout.stride(), 1.0),
             slots,
         })?;
     }

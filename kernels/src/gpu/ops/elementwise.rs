@@ -3,7 +3,8 @@
 //! serves `matmul.rs`), with their conformance cases. One block per row unless noted;
 //! indices are checked here, as the kernels trust them.
 
-use crate::conformance::{poisoned, Case, Gen, Visit};
+use super::push_new;
+use crate::conformance::{output, Case, Gen, Visit};
 use crate::gpu::launch::{grid1, launch, stride_grid};
 use crate::gpu::{Device, GpuBackend, GpuBuf};
 use crate::{Backend, Error, Result};
@@ -120,30 +121,54 @@ impl Case for Embedding {
         "embedding".into()
     }
     fn shape(&self) -> String {
-        format!("{}x{}", self.vocab, self.hidden)
+        format!("{}x{}x{}", self.ids.len(), self.vocab, self.hidden)
+    }
+    fn empty_input(&self) -> bool {
+        self.ids.is_empty()
     }
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
-        let mut out = poisoned(b, self.ids.len() * self.hidden)?;
+        let mut out = output(b, self.ids.len() * self.hidden)?;
         let table = b.upload(&self.table)?;
         b.embedding(&table, self.vocab, self.hidden, &self.ids, &mut out)?;
         Ok(vec![("", b.download(&out)?)])
     }
 }
 
-/// A small table, and the Llama-2 vocabulary at 4096 wide.
+/// `ids x vocab x hidden`: no ids; a small table at widths that are not a multiple of
+/// the block (1, 7, 33, 4097); the Llama-2 vocabulary at 4096 wide; and random shapes.
+/// Ids include the first and last rows and repeats.
 fn embedding_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
-    for (vocab, hidden) in [(1000, 64), (32000, 4096)] {
+    let mut shapes = vec![
+        (0, 16, 64),
+        (7, 1000, 64),
+        (5, 50, 1),
+        (5, 50, 7),
+        (5, 50, 33),
+        (3, 20, 4097),
+        (7, 32000, 4096),
+    ];
+    for _ in 0..2 {
+        let s = (g.range(1, 9), g.range(1, 300), g.range(1, 700));
+        push_new(&mut shapes, s);
+    }
+    for (n, vocab, hidden) in shapes {
+        let mut ids: Vec<u32> = (0..n).map(|i| (i * 7919 % vocab) as u32).collect();
+        if n >= 3 {
+            ids[1] = (vocab - 1) as u32;
+            ids[2] = ids[0];
+        }
         v.case(Embedding {
             vocab,
             hidden,
             table: g.rand(vocab * hidden, 1.0),
-            ids: (0..7).map(|i| (i * 7919 % vocab) as u32).collect(),
+            ids,
         })?;
     }
     Ok(())
 }
 
 struct AddInplace {
+    len: usize,
     residual: Vec<f32>,
     x: Vec<f32>,
 }
@@ -153,21 +178,32 @@ impl Case for AddInplace {
         "add_inplace".into()
     }
     fn shape(&self) -> String {
-        self.x.len().to_string()
+        self.len.to_string()
+    }
+    fn empty_input(&self) -> bool {
+        self.len == 0
     }
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
         let mut r = b.upload(&self.residual)?;
-        b.add_inplace(&mut r, &b.upload(&self.x)?, self.x.len())?;
+        b.add_inplace(&mut r, &b.upload(&self.x)?, self.len)?;
         Ok(vec![("", b.download(&r)?)])
     }
 }
 
-/// One value, and more values than one grid-stride pass covers (65535 blocks x 256).
+/// No values (over buffers that hold some), odd lengths (1, 7, 33, 4097), more values
+/// than one grid-stride pass covers (65535 blocks x 256), and random lengths.
 fn add_inplace_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
-    for len in [1, 65535 * 256 + 3] {
+    let mut lens = vec![0, 1, 7, 33, 4097, 65535 * 256 + 3];
+    for _ in 0..2 {
+        let n = g.range(2, 20000);
+        push_new(&mut lens, n);
+    }
+    for len in lens {
+        let held = len.max(5);
         v.case(AddInplace {
-            residual: g.rand(len, 2.0),
-            x: g.rand(len, 2.0),
+            len,
+            residual: g.rand(held, 2.0),
+            x: g.rand(held, 2.0),
         })?;
     }
     Ok(())
@@ -186,16 +222,33 @@ impl Case for SiluAndMul {
     fn shape(&self) -> String {
         format!("{}x{}", self.rows, self.inter)
     }
+    fn empty_input(&self) -> bool {
+        self.rows == 0
+    }
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
-        let mut out = poisoned(b, self.rows * self.inter)?;
+        let mut out = output(b, self.rows * self.inter)?;
         b.silu_and_mul(&b.upload(&self.x)?, self.rows, self.inter, &mut out)?;
         Ok(vec![("", b.download(&out)?)])
     }
 }
 
-/// One small row, and Llama-3-8B's MLP width.
+/// `rows x inter`: no rows, odd widths (1, 7, 33, 4097), one small row, Llama-3-8B's MLP
+/// width, and random shapes.
 fn silu_and_mul_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
-    for (rows, inter) in [(1, 128), (9, 14336)] {
+    let mut shapes = vec![
+        (0, 128),
+        (3, 1),
+        (2, 7),
+        (5, 33),
+        (2, 4097),
+        (1, 128),
+        (9, 14336),
+    ];
+    for _ in 0..2 {
+        let s = (g.range(1, 12), g.range(1, 3000));
+        push_new(&mut shapes, s);
+    }
+    for (rows, inter) in shapes {
         v.case(SiluAndMul {
             rows,
             inter,
@@ -216,20 +269,37 @@ impl Case for GatherRows {
         "gather_rows".into()
     }
     fn shape(&self) -> String {
-        String::new()
+        let rows = self.x.len() / self.dim;
+        format!("{}of{}x{}", self.indices.len(), rows, self.dim)
+    }
+    fn empty_input(&self) -> bool {
+        self.indices.is_empty()
     }
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
-        let mut out = poisoned(b, self.indices.len() * self.dim)?;
+        let mut out = output(b, self.indices.len() * self.dim)?;
         b.gather_rows(&b.upload(&self.x)?, self.dim, &self.indices, &mut out)?;
         Ok(vec![("", b.download(&out)?)])
     }
 }
 
-/// The last, first and a middle row, out of order (the LM head's gather).
+/// The LM head's gather: no rows, then the last, first and a middle row out of order
+/// (and a repeat), at widths 64, 1, 7, 33, 4097 and a random one.
 fn gather_rows_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
+    let mut dims = vec![1, 7, 33, 64, 4097];
+    let d = g.range(2, 3000);
+    push_new(&mut dims, d);
     v.case(GatherRows {
         dim: 64,
         x: g.rand(40 * 64, 1.0),
-        indices: vec![39, 0, 7],
-    })
+        indices: vec![],
+    })?;
+    for dim in dims {
+        let rows = g.range(8, 40);
+        v.case(GatherRows {
+            dim,
+            x: g.rand(rows * dim, 1.0),
+            indices: vec![rows - 1, 0, 7, rows - 1],
+        })?;
+    }
+    Ok(())
 }

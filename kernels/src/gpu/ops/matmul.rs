@@ -3,7 +3,7 @@
 //! `kernels/hip/elementwise.hip` when the layer has a bias. No kernel source of its own:
 //! the vendor GEMMs beat anything we would write for these shapes.
 
-use crate::conformance::{poisoned, Case, Gen, Visit};
+use crate::conformance::{output, Case, Gen, Visit};
 use crate::gpu::launch::{grid1, launch};
 use crate::gpu::{Device, Gemm, GpuBackend, GpuBuf};
 use crate::{Backend, Result};
@@ -64,8 +64,11 @@ impl Case for Matmul {
         let bias = if self.bias.is_some() { "+bias" } else { "" };
         format!("{}x{}x{}{bias}", self.m, self.k, self.n)
     }
+    fn empty_input(&self) -> bool {
+        self.m == 0
+    }
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
-        let mut out = poisoned(b, self.m * self.n)?;
+        let mut out = output(b, self.m * self.n)?;
         let (x, w) = (b.upload(&self.x)?, b.upload(&self.w)?);
         let bias = self.bias.as_deref().map(|v| b.upload(v)).transpose()?;
         b.matmul(&x, &w, bias.as_ref(), self.m, self.k, self.n, &mut out)?;
@@ -73,15 +76,33 @@ impl Case for Matmul {
     }
 }
 
-/// A tiny GEMM, a prefill chunk of an 8B attention projection, Qwen2-style biased
-/// projections, and a decode row through an 8B MLP.
+/// `m x k x n`: no rows (with a bias: nothing is added either); odd sizes (1, 7, 33,
+/// 4097) in every position, with and without a bias whose width is not a multiple of the
+/// block; a tiny GEMM, a prefill chunk of an 8B attention projection, Qwen2-style biased
+/// projections, and a decode row through an 8B MLP; then random shapes.
 pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
-    for (m, k, n, bias) in [
+    let mut shapes = vec![
+        (0, 64, 96, true),
+        (1, 1, 1, false),
+        (1, 1, 1, true),
+        (7, 33, 7, true),
+        (33, 7, 4097, true),
+        (3, 4097, 33, false),
         (1, 64, 96, false),
         (7, 4096, 4096, false),
         (33, 896, 1000, true),
         (1, 4096, 14336, false),
-    ] {
+    ];
+    for _ in 0..3 {
+        let s = (
+            g.range(1, 40),
+            g.range(1, 600),
+            g.range(1, 600),
+            g.range(0, 1) == 1,
+        );
+        super::push_new(&mut shapes, s);
+    }
+    for (m, k, n, bias) in shapes {
         let (x, w, b) = (g.rand(m * k, 1.0), g.rand(n * k, 0.05), g.rand(n, 1.0));
         v.case(Matmul {
             m,

@@ -26,3 +26,11 @@ pub(crate) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
     attention::cases(g, v)?;
     sampling::cases(g, v)
 }
+
+/// Adds `s` to `shapes` unless it is there already (a drawn shape that repeats a named
+/// one would repeat its check's name).
+pub(super) fn push_new<T: PartialEq>(shapes: &mut Vec<T>, s: T) {
+    if !shapes.contains(&s) {
+        shapes.push(s);
+    }
+}

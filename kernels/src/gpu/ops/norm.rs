@@ -2,7 +2,8 @@
 //! Qwen3's per-head q/k norm, with their conformance cases. `eps` travels as f32, dims
 //! as i32, in the kernels' parameter order.
 
-use crate::conformance::{poisoned, Case, Gen, Visit};
+use super::push_new;
+use crate::conformance::{output, Case, Gen, Visit};
 use crate::gpu::launch::{grid1, launch, ATTN_WARPS};
 use crate::gpu::{Device, GpuBackend, GpuBuf, Launch};
 use crate::{shape, Backend, Result};
@@ -108,8 +109,29 @@ pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
 
 const EPS: f32 = 1e-6;
 
-/// One row of a tiny model, a few rows of an 8B model, and a batch of Qwen2-0.5B rows.
-const NORM_SHAPES: [(usize, usize); 3] = [(1, 64), (5, 4096), (33, 896)];
+/// `rows x dim`: no rows; widths that are not a multiple of the block or the warp (1,
+/// 7, 33, 4097) and rows that fill no block; one row of a tiny model, a few rows of an
+/// 8B model, a batch of Qwen2-0.5B rows; then `RANDOM_NORMS` random shapes.
+const NORM_SHAPES: [(usize, usize); 8] = [
+    (0, 64),
+    (1, 1),
+    (3, 7),
+    (2, 33),
+    (2, 4097),
+    (1, 64),
+    (5, 4096),
+    (33, 896),
+];
+const RANDOM_NORMS: usize = 2;
+
+fn norm_shapes(g: &mut Gen) -> Vec<(usize, usize)> {
+    let mut shapes = NORM_SHAPES.to_vec();
+    for _ in 0..RANDOM_NORMS {
+        let s = (g.range(1, 16), g.range(1, 5000));
+        push_new(&mut shapes, s);
+    }
+    shapes
+}
 
 struct RmsNorm {
     rows: usize,
@@ -125,8 +147,11 @@ impl Case for RmsNorm {
     fn shape(&self) -> String {
         format!("{}x{}", self.rows, self.dim)
     }
+    fn empty_input(&self) -> bool {
+        self.rows == 0
+    }
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
-        let mut out = poisoned(b, self.rows * self.dim)?;
+        let mut out = output(b, self.rows * self.dim)?;
         let (x, w) = (b.upload(&self.x)?, b.upload(&self.w)?);
         b.rms_norm(&x, &w, self.rows, self.dim, EPS, &mut out)?;
         Ok(vec![("", b.download(&out)?)])
@@ -134,7 +159,7 @@ impl Case for RmsNorm {
 }
 
 fn rms_norm_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
-    for (rows, dim) in NORM_SHAPES {
+    for (rows, dim) in norm_shapes(g) {
         v.case(RmsNorm {
             rows,
             dim,
@@ -160,9 +185,12 @@ impl Case for AddRmsNorm {
     fn shape(&self) -> String {
         format!("{}x{}", self.rows, self.dim)
     }
+    fn empty_input(&self) -> bool {
+        self.rows == 0
+    }
     /// The normed output, and the residual the op updates in place.
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
-        let mut out = poisoned(b, self.rows * self.dim)?;
+        let mut out = output(b, self.rows * self.dim)?;
         let mut r = b.upload(&self.residual)?;
         let (x, w) = (b.upload(&self.x)?, b.upload(&self.w)?);
         b.add_rms_norm(&mut r, &x, &w, self.rows, self.dim, EPS, &mut out)?;
@@ -170,12 +198,13 @@ impl Case for AddRmsNorm {
     }
 }
 
+/// The residual holds at least one row: over no rows, it must come back as it was.
 fn add_rms_norm_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
-    for (rows, dim) in NORM_SHAPES {
+    for (rows, dim) in norm_shapes(g) {
         v.case(AddRmsNorm {
             rows,
             dim,
-            residual: g.rand(rows * dim, 2.0),
+            residual: g.rand(rows.max(1) * dim, 2.0),
             x: g.rand(rows * dim, 2.0),
             w: g.rand(dim, 1.0),
         })?;
@@ -185,7 +214,9 @@ fn add_rms_norm_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
 
 struct HeadRmsNorm {
     head_dim: usize,
+    /// The heads normed (q heads, or the kv heads of the k section).
     heads: usize,
+    col_offset: usize,
     rows: usize,
     stride: usize,
     x: Vec<f32>,
@@ -194,33 +225,63 @@ struct HeadRmsNorm {
 
 impl Case for HeadRmsNorm {
     fn op(&self) -> String {
-        "head_rms_norm".into()
+        let section = if self.col_offset == 0 { "q" } else { "k" };
+        format!("head_rms_norm {section}")
     }
     fn shape(&self) -> String {
-        format!("hd{}", self.head_dim)
+        let (hd, stride) = (self.head_dim, self.stride);
+        format!("{}x{}h hd{hd} stride{stride}", self.rows, self.heads)
+    }
+    fn empty_input(&self) -> bool {
+        self.rows == 0
     }
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
         let mut x = b.upload(&self.x)?;
         let w = b.upload(&self.w)?;
-        let (hd, heads) = (self.head_dim, self.heads);
-        b.head_rms_norm(&mut x, self.rows, self.stride, 0, heads, hd, &w, EPS)?;
+        let (hd, heads, off) = (self.head_dim, self.heads, self.col_offset);
+        b.head_rms_norm(&mut x, self.rows, self.stride, off, heads, hd, &w, EPS)?;
         Ok(vec![("", b.download(&x)?)])
     }
 }
 
-/// The q heads of 5 packed `[q | k | v]` rows (8 q heads, 2 kv heads), as Qwen3 norms them.
+/// Packed `[q | k | v]` rows as Qwen3 norms them, q heads then k heads, at every head
+/// size (64, 80, 96, 128, 256) with GQA groups 1 to 8 (q heads = group x kv heads, so
+/// the item count is not a multiple of the block's warps), over 0 rows (x holds one
+/// row, which must come back as it was), 1 row and a few; then random shapes.
 fn head_rms_norm_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
-    for hd in [64, 128] {
-        let (heads, kv_heads, rows) = (8, 2, 5);
+    // (rows, head_dim, group, kv heads)
+    let mut shapes = vec![
+        (0, 128, 4, 2),
+        (5, 64, 4, 2),
+        (1, 80, 3, 1),
+        (3, 96, 2, 2),
+        (5, 128, 8, 1),
+        (2, 256, 1, 2),
+        (4, 64, 8, 2),
+    ];
+    for _ in 0..2 {
+        let s = (
+            g.range(1, 9),
+            g.pick(&[64, 80, 96, 128, 256]),
+            g.range(1, 8),
+            g.range(1, 4),
+        );
+        push_new(&mut shapes, s);
+    }
+    for (rows, hd, group, kv_heads) in shapes {
+        let heads = group * kv_heads;
         let stride = (heads + 2 * kv_heads) * hd;
-        v.case(HeadRmsNorm {
-            head_dim: hd,
-            heads,
-            rows,
-            stride,
-            x: g.rand(rows * stride, 1.0),
-            w: g.rand(hd, 1.0),
-        })?;
+        for (col_offset, n) in [(0, heads), (heads * hd, kv_heads)] {
+            v.case(HeadRmsNorm {
+                head_dim: hd,
+                heads: n,
+                col_offset,
+                rows,
+                stride,
+                x: g.rand(rows.max(1) * stride, 1.0),
+                w: g.rand(hd, 1.0),
+            })?;
+        }
     }
     Ok(())
 }

@@ -48,8 +48,9 @@ pub(crate) fn rope<D: Device>(
 
 struct Rope {
     head_dim: usize,
+    /// The heads rotated, from `col_offset` (the q heads, or the kv heads of the k section).
     heads: usize,
-    kv_heads: usize,
+    col_offset: usize,
     stride: usize,
     x: Vec<f32>,
     cos_sin: Vec<f32>,
@@ -58,21 +59,25 @@ struct Rope {
 
 impl Case for Rope {
     fn op(&self) -> String {
-        "rope".into()
+        let section = if self.col_offset == 0 { "q" } else { "k" };
+        format!("rope {section}")
     }
     fn shape(&self) -> String {
-        format!("hd{}", self.head_dim)
+        let (n, hd, stride) = (self.positions.len(), self.head_dim, self.stride);
+        format!("{n}x{}h hd{hd} stride{stride}", self.heads)
+    }
+    fn empty_input(&self) -> bool {
+        self.positions.is_empty()
     }
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
         let mut x = b.upload(&self.x)?;
         let cs = b.upload(&self.cos_sin)?;
-        let (hd, k_offset) = (self.head_dim, self.heads * self.head_dim);
         b.rope(
             &mut x,
             self.stride,
-            k_offset,
-            self.kv_heads,
-            hd,
+            self.col_offset,
+            self.heads,
+            self.head_dim,
             &self.positions,
             &cs,
         )?;
@@ -95,21 +100,53 @@ fn cos_sin(max_pos: usize, hd: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The k section of 5 packed `[q | k | v]` rows (8 q heads, 2 kv heads), positions up
-/// to the table's last.
+/// The q and the k sections of packed `[q | k | v]` rows, at every head size (64, 80,
+/// 96, 128, 256) with GQA groups 1 to 8 (q heads = group x kv heads): no tokens (x holds
+/// one row, which must come back as it was), one token, and a few whose positions run
+/// from 0 to the table's last; then random shapes.
 pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
-    for hd in [64, 128] {
-        let (heads, kv_heads, rows, max_pos) = (8, 2, 5, 64);
+    // (tokens, head_dim, group, kv heads)
+    let mut shapes = vec![
+        (0, 128, 4, 2),
+        (5, 64, 4, 2),
+        (1, 80, 2, 2),
+        (6, 96, 3, 1),
+        (5, 128, 8, 1),
+        (3, 256, 1, 2),
+        (4, 64, 8, 2),
+    ];
+    for _ in 0..2 {
+        let s = (
+            g.range(1, 9),
+            g.pick(&[64, 80, 96, 128, 256]),
+            g.range(1, 8),
+            g.range(1, 4),
+        );
+        super::push_new(&mut shapes, s);
+    }
+    let max_pos = 64;
+    for (tokens, hd, group, kv_heads) in shapes {
+        let heads = group * kv_heads;
         let stride = (heads + 2 * kv_heads) * hd;
-        v.case(Rope {
-            head_dim: hd,
-            heads,
-            kv_heads,
-            stride,
-            x: g.rand(rows * stride, 1.0),
-            cos_sin: g.round(&cos_sin(max_pos, hd)),
-            positions: vec![0, 3, 17, 40, 63],
-        })?;
+        let mut positions: Vec<u32> = (0..tokens)
+            .map(|_| g.range(0, max_pos - 1) as u32)
+            .collect();
+        if tokens >= 2 {
+            positions[0] = 0;
+            positions[tokens - 1] = max_pos as u32 - 1;
+        }
+        let table = g.round(&cos_sin(max_pos, hd));
+        for (col_offset, n) in [(0, heads), (heads * hd, kv_heads)] {
+            v.case(Rope {
+                head_dim: hd,
+                heads: n,
+                col_offset,
+                stride,
+                x: g.rand(tokens.max(1) * stride, 1.0),
+                cos_sin: table.clone(),
+                positions: positions.clone(),
+            })?;
+        }
     }
     Ok(())
 }

@@ -65,36 +65,76 @@ impl Case for ArgmaxRows {
     fn tolerance(&self, _: Dtype) -> f64 {
         0.0
     }
+    fn empty_input(&self) -> bool {
+        self.rows == 0
+    }
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
         let ids = b.argmax_rows(&b.upload(&self.x)?, self.rows, self.cols)?;
         Ok(vec![("", ids.into_iter().map(|i| i as f32).collect())])
     }
 }
 
-/// Random logits over the Llama-3 vocabulary, and the rows the rules are about: a tie
-/// (the first wins), a NaN (never wins), all -inf (the first number wins), all NaN (0).
+/// Random logits: no rows, widths that fill no block or warp (1, 7, 33, 4097), the
+/// Llama-3 vocabulary, random shapes; then the rows the rules are about (see
+/// [`edge_rows`]) at a width under one block and one over it.
 pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
-    v.case(ArgmaxRows {
-        what: "",
-        rows: 4,
-        cols: 128256,
-        x: g.rand(4 * 128256, 8.0),
-    })?;
-    let cols = 1000;
-    let mut x = g.rand(4 * cols, 1.0);
-    let row = |r: usize| r * cols..(r + 1) * cols;
-    let (tie, nan) = (row(0).start, row(1).start);
-    x[tie + 300] = 5.0;
-    x[tie + 700] = 5.0;
-    x[nan] = f32::NAN;
-    x[nan + 10] = 6.0;
-    x[nan + 11] = f32::NAN;
-    x[row(2)].fill(f32::NEG_INFINITY);
-    x[row(3)].fill(f32::NAN);
-    v.case(ArgmaxRows {
-        what: "edge rows",
-        rows: 4,
-        cols,
-        x,
-    })
+    let mut shapes = vec![(0, 1000), (3, 1), (5, 7), (4, 33), (2, 4097), (4, 128256)];
+    for _ in 0..2 {
+        let s = (g.range(1, 8), g.range(2, 20000));
+        super::push_new(&mut shapes, s);
+    }
+    for (rows, cols) in shapes {
+        v.case(ArgmaxRows {
+            what: "",
+            rows,
+            cols,
+            x: g.rand(rows * cols, 8.0),
+        })?;
+    }
+    for cols in [300, 1000] {
+        let x = edge_rows(g, cols);
+        v.case(ArgmaxRows {
+            what: "edge rows",
+            rows: x.len() / cols,
+            cols,
+            x,
+        })?;
+    }
+    Ok(())
+}
+
+/// Rows of `cols` (at least 300) random logits in `[-1, 1)`, each edited for one rule of
+/// the argmax: the first of equal maxima wins (the same thread's elements, threads of one
+/// warp, different warps); a NaN never wins (before and after the max); a row of -inf
+/// gives its first number, 0; -inf and NaN only: the first -inf; all NaN: 0; +inf wins
+/// over numbers; the max at the last column; a single number among NaNs.
+fn edge_rows(g: &mut Gen, cols: usize) -> Vec<f32> {
+    let rows = 11;
+    let mut x = g.rand(rows * cols, 1.0);
+    let mut row: Vec<&mut [f32]> = x.chunks_exact_mut(cols).collect();
+    // Ties: 300 and 700 (another warp), 5 and 5 + 256 (one thread: blocks are 256
+    // wide), 1 and 17 (one warp at 32 and 64 lanes).
+    let c = cols;
+    for (r, a, b) in [(0, 300 % c, 700 % c), (1, 5, (5 + 256) % c), (2, 1, 17)] {
+        row[r][a] = 5.0;
+        row[r][b] = 5.0;
+    }
+    row[3][0] = f32::NAN;
+    row[3][10] = 6.0;
+    row[3][11] = f32::NAN;
+    row[3][c - 1] = f32::NAN;
+    row[4].fill(f32::NEG_INFINITY);
+    row[5].fill(f32::NAN);
+    row[5][c / 2] = f32::NEG_INFINITY;
+    row[5][c - 1] = f32::NEG_INFINITY;
+    row[6].fill(f32::NAN);
+    row[7][c / 3] = f32::INFINITY;
+    row[7][c / 3 + 1] = f32::INFINITY;
+    row[8][c - 1] = 3.0;
+    row[9].fill(f32::NAN);
+    row[9][c - 1] = -2.0;
+    row[10].fill(f32::NEG_INFINITY);
+    row[10][0] = f32::NAN;
+    row[10][c - 2] = -1e30;
+    x
 }
