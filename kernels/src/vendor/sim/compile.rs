@@ -33,6 +33,9 @@ const FLAGS: &[&str] = &[
     "-w",
 ];
 
+/// Bumped when what goes into a library changes in a way the other key parts miss.
+const CACHE_LAYOUT: &str = "ns-sim-1";
+
 /// A loaded kernel library and where it lives (for `addr2line` on a fault).
 pub(super) struct Library {
     lib: libloading::Library,
@@ -48,7 +51,12 @@ impl Library {
             self.lib
                 .get::<RunFn>(format!("ns_sim_run_{name}\0").as_bytes())
                 .map(|s| *s)
-                .map_err(|e| Error::Unavailable(format!("sim: kernel {name} not in {}: {e}", self.path.display())))
+                .map_err(|e| {
+                    Error::Unavailable(format!(
+                        "sim: kernel {name} not in {}: {e}",
+                        self.path.display()
+                    ))
+                })
         }
     }
 }
@@ -85,7 +93,11 @@ fn compiler() -> Result<&'static (String, String)> {
 /// `$NOVASTACK_CACHE/sim-kernels`, else `~/.cache/novastack/sim-kernels`, else the
 /// temporary directory.
 pub(super) fn cache_dir() -> PathBuf {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(d) = env("NOVASTACK_SIM_CACHE") {
         return d;
     }
@@ -113,6 +125,8 @@ pub(super) fn load(file: &str, source: &str, branch: Branch) -> Result<Arc<Libra
     static LOADED: OnceLock<Mutex<HashMap<u64, Arc<Library>>>> = OnceLock::new();
     let (cxx, version) = compiler()?;
     let key = fnv(&[
+        CACHE_LAYOUT,
+        file,
         source,
         crate::sources::COMPAT_H,
         NS_SIM_H,
@@ -162,8 +176,11 @@ fn build(dir: &Path, so: &Path, file: &str, source: &str, branch: Branch, cxx: &
     write("compat.h", crate::sources::COMPAT_H)?;
     write("ns_sim.h", NS_SIM_H)?;
     // The NVIDIA branch includes <cuda_fp16.h>; ns_sim.h already defines __half.
-    write("nv/cuda_fp16.h", "// __half comes from ns_sim.h\n#pragma once\n")?;
-    let src = dir.join(file.replace(".hip", ".cpp"));
+    write(
+        "nv/cuda_fp16.h",
+        "// __half comes from ns_sim.h\n#pragma once\n",
+    )?;
+    let src = dir.join(file);
     std::fs::write(&src, source).map_err(|e| io("write", &src, e))?;
     // Compile to a private name, then rename: a concurrent run never loads half a file.
     let tmp = dir.join(format!("{}.{}.tmp", so.display(), std::process::id()));
@@ -189,15 +206,26 @@ fn build(dir: &Path, so: &Path, file: &str, source: &str, branch: Branch, cxx: &
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
         let err = String::from_utf8_lossy(&out.stderr);
-        let first: Vec<&str> = err.lines().filter(|l| l.contains("error")).take(8).collect();
+        let first: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("error"))
+            .take(8)
+            .collect();
         return Err(Error::Unavailable(format!(
             "sim: {cxx} failed on {file} ({}):\n{}",
             src.display(),
-            if first.is_empty() { err.trim().to_string() } else { first.join("\n") }
+            if first.is_empty() {
+                err.trim().to_string()
+            } else {
+                first.join("\n")
+            }
         )));
     }
     std::fs::rename(&tmp, so).map_err(|e| io("rename", &tmp, e))?;
-    tracing::debug!("sim: compiled {file} ({branch:?}) in {:.1} s", t.elapsed().as_secs_f64());
+    tracing::debug!(
+        "sim: compiled {file} ({branch:?}) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

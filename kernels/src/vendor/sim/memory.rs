@@ -3,34 +3,68 @@
 //! inaccessible guard page on each side and the data placed to end exactly at the
 //! upper guard. A kernel that reads or writes one byte past the end of a buffer faults
 //! at once, and the fault is reported against the allocation it overran (the registry
-//! of live allocations); a freed allocation is unmapped, so a later use faults too.
+//! of live allocations). A freed allocation is made inaccessible and kept in a bounded
+//! quarantine before it is unmapped (as AddressSanitizer does), so that a use after
+//! free faults and is named, instead of reading whatever reused the address.
 
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-/// Live allocations by data address: (bytes, mapping base).
+/// Live allocations by data address (their bytes), and the quarantine of freed ones.
 #[derive(Default)]
 pub(super) struct Registry {
     live: Mutex<BTreeMap<u64, usize>>,
     /// Bytes held by live allocations, for `mem_info`.
     used: Mutex<usize>,
+    quarantine: Mutex<Quarantine>,
+}
+
+/// Freed mappings, inaccessible, oldest first: (data address, bytes, mapping, mapping bytes).
+#[derive(Default)]
+struct Quarantine {
+    freed: std::collections::VecDeque<(u64, usize, usize, usize)>,
+    bytes: usize,
+}
+
+impl Quarantine {
+    /// Mapping bytes kept before the oldest freed allocation is unmapped.
+    const BYTES: usize = 256 << 20;
+    const COUNT: usize = 4096;
 }
 
 impl Registry {
     /// A description of `addr` relative to the nearest live allocation, for fault reports.
     pub fn describe(&self, addr: u64) -> String {
+        {
+            let q = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(&(start, len, ..)) = q
+                .freed
+                .iter()
+                .rev()
+                .find(|&&(start, len, ..)| addr >= start && addr < start + len as u64)
+            {
+                return format!(
+                    "inside a freed {len}-byte allocation at {start:#x} (+{}): a use after free",
+                    addr - start
+                );
+            }
+        }
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         let page = page_size() as u64;
         if let Some((&start, &len)) = live.range(..=addr).next_back() {
             let end = start + len as u64;
             if addr < end {
-                return format!("inside a live {len}-byte allocation at {start:#x} (+{})", addr - start);
+                return format!(
+                    "inside a live {len}-byte allocation at {start:#x} (+{})",
+                    addr - start
+                );
             }
             if addr < end + page {
                 return format!(
-                    "{} bytes past the end of a {len}-byte allocation at {start:#x}",
-                    addr - end + 1
+                    "{} bytes after the end of a {len}-byte allocation at {start:#x} (0: the \
+                     first byte past it)",
+                    addr - end
                 );
             }
         }
@@ -101,7 +135,11 @@ impl SimMem {
         // SAFETY: both guards lie inside the mapping just made.
         unsafe {
             libc::mprotect(base as *mut _, page, libc::PROT_NONE);
-            libc::mprotect(base.add((data_pages + 1) * page) as *mut _, page, libc::PROT_NONE);
+            libc::mprotect(
+                base.add((data_pages + 1) * page) as *mut _,
+                page,
+                libc::PROT_NONE,
+            );
         }
         // SAFETY: the data ends at the upper guard: [ptr, ptr + len) is inside the
         // accessible pages.
@@ -152,9 +190,29 @@ impl Drop for SimMem {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(self.ptr as u64));
         *self.registry.used.lock().unwrap_or_else(|e| e.into_inner()) -= self.len;
-        // SAFETY: the mapping made in `new`, unmapped once.
+        // SAFETY: the mapping made in `new`: made inaccessible (its pages given back),
+        // and unmapped once, when it leaves the quarantine.
         unsafe {
-            libc::munmap(self.map, self.map_len);
+            libc::madvise(self.map, self.map_len, libc::MADV_DONTNEED);
+            libc::mprotect(self.map, self.map_len, libc::PROT_NONE);
+        }
+        let mut q = self
+            .registry
+            .quarantine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        q.freed
+            .push_back((self.ptr as u64, self.len, self.map as usize, self.map_len));
+        q.bytes += self.map_len;
+        while q.bytes > Quarantine::BYTES || q.freed.len() > Quarantine::COUNT {
+            let Some((_, _, map, map_len)) = q.freed.pop_front() else {
+                break;
+            };
+            q.bytes -= map_len;
+            // SAFETY: a quarantined mapping, unmapped exactly once.
+            unsafe {
+                libc::munmap(map as *mut libc::c_void, map_len);
+            }
         }
     }
 }
@@ -172,12 +230,20 @@ mod tests {
         assert_eq!((m.addr() + 10) % page_size() as u64, 0);
         assert_eq!(reg.used(), 10);
         let d = reg.describe(m.addr() + 12);
-        assert!(d.contains("3 bytes past the end of a 10-byte allocation"), "{d}");
+        assert!(
+            d.contains("2 bytes after the end of a 10-byte allocation"),
+            "{d}"
+        );
         let d = reg.describe(m.addr() + 3);
         assert!(d.contains("inside"), "{d}");
         let a = m.addr();
         drop(m);
         assert_eq!(reg.used(), 0);
-        assert!(reg.describe(a).contains("not in or next to"));
+        let d = reg.describe(a + 4);
+        assert!(
+            d.contains("freed 10-byte allocation") && d.contains("use after free"),
+            "{d}"
+        );
+        assert!(reg.describe(8).contains("not in or next to"));
     }
 }

@@ -255,7 +255,15 @@ impl Device for SimDevice {
     }
 
     fn load_kernels(&self, file: &str, source: &str, names: &[String]) -> Result<Vec<SimFunc>> {
-        let mut src = source::rewrite_shared(file, source)?;
+        // Line numbers and __FILE__ as in the repository's file, past the backend's
+        // `#define NS_WARP` line, so reports point at kernels/hip/<file>:<line>.
+        let source = match source.split_once('\n') {
+            Some((first, rest)) if first.starts_with("#define NS_WARP") => {
+                format!("{first}\n#line 1 \"{file}\"\n{rest}")
+            }
+            _ => format!("#line 1 \"{file}\"\n{source}"),
+        };
+        let mut src = source::rewrite_shared(file, &source)?;
         src.push_str(&source::entry_points(names));
         let lib = compile::load(file, &src, self.options.branch)?;
         names
@@ -363,7 +371,11 @@ impl Device for SimDevice {
         let threads = self.threads.min(blocks.max(1) as usize);
         if threads <= 1 {
             let r = run_range(0, blocks);
-            return if r.status == 0 { Ok(()) } else { Err(self.error(f, &r)) };
+            return if r.status == 0 {
+                Ok(())
+            } else {
+                Err(self.error(f, &r))
+            };
         }
         // Blocks in chunks from a shared counter, on the rayon pool's threads (which
         // live as long as the process, and so keep their fiber stacks); the first error

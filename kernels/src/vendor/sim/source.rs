@@ -56,7 +56,9 @@ fn rewrite_line(line: &str) -> std::result::Result<String, &'static str> {
     if !head.trim().is_empty() {
         return Err("__shared__ must start its declaration");
     }
-    Ok(format!("{indent}NS_SIM_SHARED({ty}, {name}, {dims});{tail}"))
+    Ok(format!(
+        "{indent}NS_SIM_SHARED({ty}, {name}, {dims});{tail}"
+    ))
 }
 
 /// One C entry point per kernel name, which runs a range of the launch's blocks.
@@ -85,7 +87,10 @@ mod tests {
                    int x = 1;\n";
         let out = rewrite_shared("a.hip", src).unwrap();
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "  NS_SIM_SHARED(float, q, [NS_MAX_HEAD_DIM]);  // q");
+        assert_eq!(
+            lines[0],
+            "  NS_SIM_SHARED(float, q, [NS_MAX_HEAD_DIM]);  // q"
+        );
         assert_eq!(lines[1], "NS_SIM_SHARED(int, si, [NS_MAX_WARPS]);");
         assert_eq!(lines[2], "NS_SIM_SHARED(float, total, );");
         assert_eq!(lines[3], "  float* smem = (float*)::ns_sim::dyn_shared();");
