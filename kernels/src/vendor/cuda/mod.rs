@@ -1,6 +1,17 @@
 //! NVIDIA as a [`Device`] (feature `cuda`): [`CudaDevice`] over the driver and cuBLAS
 //! through `cudarc`, kernels compiled by NVRTC (`nvrtc.rs`), all loaded at run time.
 //! [`CudaBackend`] is the shared GPU backend on it, the same code the AMD build runs.
+//!
+//! Ordering: kernels, cuBLAS, allocations (`cuMemAllocAsync` where the driver has it),
+//! copies and memsets all go on cudarc's default stream, the legacy null stream, so
+//! they run in issue order. Uploads are already asynchronous and stream-ordered
+//! (`clone_htod` is `cuMemcpyHtoDAsync`); their source is pageable, so the driver
+//! copies it into its own pinned staging first, and for a step's small uploads returns
+//! without waiting for the GPU. The host waits only in `dtoh` and `synchronize`. Left
+//! for decode graphs (issue 15 §5): capture cannot record the legacy null stream (a
+//! created stream is needed, as the HIP device has), and cudarc's event tracking (on by
+//! default) creates two events per allocation, which one stream does not need
+//! (`CudaContext::disable_event_tracking`).
 
 pub mod nvrtc;
 

@@ -1,14 +1,19 @@
 //! AMD as a [`Device`] (feature `hip`): [`HipDevice`] over the HIP runtime and hiprtc
-//! (`runtime.rs`), rocBLAS for GEMMs (`rocblas.rs`) and a size-class memory pool
-//! (`pool.rs`), all loaded at run time. [`HipBackend`] is the shared GPU backend on it,
-//! the same code the NVIDIA build runs.
+//! (`runtime.rs`), rocBLAS for GEMMs (`rocblas.rs`), a size-class memory pool
+//! (`pool.rs`) and pinned staging for uploads (`staging.rs`), all loaded at run time.
+//! Kernels are compiled for the device's own architecture (`arch.rs`). [`HipBackend`]
+//! is the shared GPU backend on it, the same code the NVIDIA build runs.
 //!
-//! Everything runs on the null stream, which rocBLAS uses by default, so kernels and
-//! GEMMs are ordered without events.
+//! Everything (kernels, rocBLAS, uploads, copies, memsets) runs on the device's one
+//! stream (`stream.rs`), so work is ordered without events and the host waits only
+//! where it reads a result.
 
+pub mod arch;
 mod pool;
 mod rocblas;
 pub mod runtime;
+mod staging;
+mod stream;
 
 use self::pool::Pool;
 use self::rocblas::{
@@ -16,6 +21,8 @@ use self::rocblas::{
     ROCBLAS_OPERATION_NONE, ROCBLAS_OPERATION_TRANSPOSE,
 };
 use self::runtime::Hip;
+use self::staging::Staging;
+use self::stream::Stream;
 use crate::gpu::{Device, DeviceInfo, Gemm, GpuBackend, Launch};
 use crate::{Dtype, Error, Result};
 use std::cell::Cell;
@@ -49,11 +56,18 @@ pub struct HipFunc(*mut c_void);
 unsafe impl Send for HipFunc {}
 unsafe impl Sync for HipFunc {}
 
+/// Fields drop in order: staging (waits for its copies) and rocBLAS before the
+/// stream they queue on, the stream (waits for its work) before the pool and runtime.
 pub struct HipDevice {
-    hip: Arc<Hip>,
-    pool: Arc<Pool>,
+    staging: Staging,
     blas: RocBlas,
+    stream: Stream,
+    pool: Arc<Pool>,
+    hip: Arc<Hip>,
     info: DeviceInfo,
+    /// The full target ID kernels are compiled for (`gfx90a:sramecc+:xnack-`);
+    /// `info.arch` is its base name.
+    target: String,
     ordinal: usize,
 }
 
@@ -63,18 +77,23 @@ thread_local! {
 }
 
 impl HipDevice {
-    /// Opens AMD GPU `ordinal`; the architecture to compile for is
-    /// [`runtime::target_arch`] (`NOVASTACK_HIP_ARCH`, default gfx90a).
+    /// Opens AMD GPU `ordinal`, creates its stream and puts rocBLAS on it; kernels
+    /// are compiled for the device's `gcnArchName` unless `NOVASTACK_HIP_ARCH` is set.
     pub fn open(ordinal: usize) -> Result<HipDevice> {
         let hip = Arc::new(Hip::load()?);
-        let info = hip.open(ordinal)?;
+        let opened = hip.open(ordinal)?;
         CURRENT.with(|c| c.set(Some(ordinal)));
+        let stream = Stream::new(hip.clone())?;
         let blas = RocBlas::load()?;
+        blas.set_stream(stream.raw())?;
         Ok(HipDevice {
-            info,
+            staging: Staging::new(hip.clone()),
+            blas,
+            stream,
             pool: Arc::new(Pool::new(hip.clone())),
             hip,
-            blas,
+            info: opened.info,
+            target: opened.target,
             ordinal,
         })
     }
@@ -114,7 +133,7 @@ impl Device for HipDevice {
 
     fn load_kernels(&self, file: &str, source: &str, names: &[String]) -> Result<Vec<HipFunc>> {
         self.bind()?;
-        let code = self.hip.compile(file, source, &self.info.arch)?;
+        let code = self.hip.compile(file, source, &self.target)?;
         let module = self.hip.module(&code)?;
         names
             .iter()
@@ -125,28 +144,48 @@ impl Device for HipDevice {
 
     fn alloc_zeros(&self, bytes: usize) -> Result<HipMem> {
         let m = self.alloc(bytes)?;
-        // SAFETY: m holds at least max(bytes, 1) bytes.
-        unsafe { self.hip.memset_zero(m.ptr, bytes.max(1))? };
+        // SAFETY: m holds at least max(bytes, 1) bytes; the stream is live.
+        unsafe {
+            self.hip
+                .memset_zero(m.ptr, bytes.max(1), self.stream.raw())?
+        };
         Ok(m)
     }
 
+    /// Small uploads (every step's metadata) are queued from pinned staging and
+    /// return at once; large ones (weights, once) are copied in stream order and
+    /// waited for. Either way the copy is ordered after the work queued before it,
+    /// which may still be using the pool block it lands in.
     fn htod(&self, bytes: &[u8]) -> Result<HipMem> {
         let m = self.alloc(bytes.len())?;
-        // SAFETY: m holds at least bytes.len() bytes.
-        unsafe { self.hip.copy_to_device(m.ptr, bytes)? };
+        if Staging::<Hip>::takes(bytes.len()) {
+            // SAFETY: m holds at least bytes.len() bytes and goes back to the pool
+            // only for work queued after this copy; the stream is live.
+            unsafe { self.staging.upload(m.ptr, bytes, self.stream.raw())? };
+        } else if !bytes.is_empty() {
+            // SAFETY: as above; the call returns after the copy has run.
+            unsafe { self.hip.copy_to_device(m.ptr, bytes, self.stream.raw())? };
+        }
         Ok(m)
     }
 
     fn dtoh(&self, m: &HipMem, out: &mut [u8]) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
         self.bind()?;
-        // SAFETY: the caller asks for at most the allocation's size (GpuBuf lengths).
-        unsafe { self.hip.copy_to_host(out, m.ptr) }
+        // SAFETY: the caller asks for at most the allocation's size (GpuBuf lengths);
+        // the copy follows the stream's queued work and is waited for.
+        unsafe { self.hip.copy_to_host(out, m.ptr, self.stream.raw()) }
     }
 
     unsafe fn copy(&self, src: &HipMem, dst: &mut HipMem, bytes: usize) -> Result<()> {
         self.bind()?;
         // SAFETY: both hold at least `bytes` bytes (the caller's contract).
-        unsafe { self.hip.copy_on_device(dst.ptr, src.ptr, bytes) }
+        unsafe {
+            self.hip
+                .copy_on_device(dst.ptr, src.ptr, bytes, self.stream.raw())
+        }
     }
 
     fn ptr(&self, m: &HipMem) -> u64 {
@@ -161,8 +200,14 @@ impl Device for HipDevice {
         _sizes: &[usize],
     ) -> Result<()> {
         self.bind()?;
-        self.hip
-            .launch(f.0, cfg.grid, cfg.block, cfg.shared, params)
+        self.hip.launch(
+            f.0,
+            cfg.grid,
+            cfg.block,
+            cfg.shared,
+            self.stream.raw(),
+            params,
+        )
     }
 
     unsafe fn gemm_bt(&self, dtype: Dtype, g: Gemm) -> Result<()> {
@@ -214,7 +259,7 @@ impl Device for HipDevice {
 
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
-        self.hip.synchronize()
+        self.stream.synchronize()
     }
 
     fn mem_info(&self) -> Result<(usize, usize)> {

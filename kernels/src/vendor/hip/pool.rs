@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 
 /// Device memory cached for reuse: `hipFree` waits for the whole device, and the model
 /// allocates every op's output afresh each step, so freed blocks go back to this pool
-/// (by size class) instead. Reuse is safe because all work runs in order on the null
-/// stream: kernels queued before a block was dropped finish before any kernel queued
-/// after it was handed out again.
+/// (by size class) instead. Reuse is safe because all work (kernels, GEMMs, copies,
+/// memsets) runs in order on the device's one stream: work queued before a block was
+/// dropped finishes before any work queued after it was handed out again. Blocks over
+/// 64 MiB are freed with `hipFree`, which waits for the device first.
 pub(super) struct Pool {
     hip: Arc<Hip>,
     free: Mutex<HashMap<usize, Vec<usize>>>,

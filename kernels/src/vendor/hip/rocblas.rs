@@ -1,5 +1,5 @@
-//! rocBLAS (`librocblas`), loaded at run time: one handle and `rocblas_gemm_ex`, the
-//! AMD device's GEMM.
+//! rocBLAS (`librocblas`), loaded at run time: one handle, put on the device's stream, and
+//! `rocblas_gemm_ex`, the AMD device's GEMM.
 //!
 //! rocBLAS rather than hipBLAS: `rocblas_gemm_ex` has kept one signature and one set of
 //! enum values from ROCm 5 to 7, while `hipblasGemmEx` changed its type enums in ROCm 6.
@@ -47,6 +47,7 @@ pub(super) struct RocBlas {
         u32,           // flags
     ) -> RocblasStatus,
     destroy: unsafe extern "C" fn(*mut c_void) -> RocblasStatus,
+    set_stream: unsafe extern "C" fn(*mut c_void, *mut c_void) -> RocblasStatus,
     _lib: Library,
 }
 
@@ -90,6 +91,9 @@ impl RocBlas {
             let gemm_ex = *lib
                 .get(b"rocblas_gemm_ex\0")
                 .map_err(|_| missing("rocblas_gemm_ex"))?;
+            let set_stream = *lib
+                .get(b"rocblas_set_stream\0")
+                .map_err(|_| missing("rocblas_set_stream"))?;
             let mut handle = std::ptr::null_mut();
             let st = create(&mut handle);
             if st != 0 {
@@ -101,9 +105,25 @@ impl RocBlas {
                 handle,
                 gemm_ex,
                 destroy,
+                set_stream,
                 _lib: lib,
             })
         }
+    }
+}
+
+impl RocBlas {
+    /// Queues this handle's GEMMs on `stream` (`hipStream_t`), the stream the device's
+    /// kernels and copies use, so a GEMM runs after the kernel that wrote its input.
+    pub(super) fn set_stream(&self, stream: *mut c_void) -> Result<()> {
+        // SAFETY: a live handle and stream.
+        let st = unsafe { (self.set_stream)(self.handle, stream) };
+        if st != 0 {
+            return Err(Error::Unavailable(format!(
+                "rocblas_set_stream failed (rocblas_status {st})"
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -3,7 +3,12 @@
 //! `libhiprtc.so` on ROCm 6+) to compile `kernels/hip/*.hip` for the device's
 //! architecture at start-up. No ROCm is needed to build; without the library or a GPU,
 //! opening a device is a clear error, never a crash.
+//!
+//! Every queued operation takes the stream it runs on (`hipStream_t`, a [`Handle`]):
+//! the device keeps one stream for kernels, rocBLAS and copies (`stream.rs`), so
+//! uploads can be asynchronous and still ordered with the kernels that read them.
 
+use super::arch::{self, PropsLayout};
 use crate::gpu::DeviceInfo;
 use crate::{Error, Result};
 use libloading::Library;
@@ -19,6 +24,20 @@ const HIP_ERROR_INVALID_DEVICE: HipError = 101;
 
 type Prog = *mut c_void;
 
+/// A HIP stream or event (`hipStream_t`, `hipEvent_t`): an opaque runtime pointer.
+pub type Handle = *mut c_void;
+
+/// `hipDeviceProp_t` filler: `hipGetDevicePropertiesR0600` or `hipGetDeviceProperties`.
+type PropsFn = unsafe extern "C" fn(*mut c_void, c_int) -> HipError;
+
+/// `hipStreamDefault`: the stream still orders with the null stream, so anything a
+/// library queues there cannot overtake ours.
+const HIP_STREAM_DEFAULT: c_uint = 0;
+/// `hipEventDisableTiming`: the cheaper event, for ordering only.
+const HIP_EVENT_DISABLE_TIMING: c_uint = 0x2;
+/// `hipHostMallocDefault`: pinned, portable to the current device.
+const HIP_HOST_MALLOC_DEFAULT: c_uint = 0;
+
 /// The functions we use, resolved once.
 #[allow(non_snake_case)]
 struct Api {
@@ -30,11 +49,26 @@ struct Api {
     hipMemGetInfo: unsafe extern "C" fn(*mut usize, *mut usize) -> HipError,
     hipMalloc: unsafe extern "C" fn(*mut *mut c_void, usize) -> HipError,
     hipFree: unsafe extern "C" fn(*mut c_void) -> HipError,
-    hipMemset: unsafe extern "C" fn(*mut c_void, c_int, usize) -> HipError,
+    hipMemsetAsync: unsafe extern "C" fn(*mut c_void, c_int, usize, Handle) -> HipError,
     hipDeviceGetAttribute: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> HipError,
-    hipMemcpyHtoD: unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> HipError,
-    hipMemcpyDtoH: unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> HipError,
-    hipMemcpyDtoD: unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> HipError,
+    /// ROCm 6+: fills the `R0600` layout.
+    props_r0600: Option<PropsFn>,
+    /// ROCm 5 (`hipGetDeviceProperties`), or ROCm 6's compatibility entry point
+    /// (`hipGetDevicePropertiesR0000`): fills the `R0000` layout.
+    props_r0000: Option<PropsFn>,
+    hipMemcpyHtoDAsync: unsafe extern "C" fn(*mut c_void, *const c_void, usize, Handle) -> HipError,
+    hipMemcpyDtoHAsync: unsafe extern "C" fn(*mut c_void, *const c_void, usize, Handle) -> HipError,
+    hipMemcpyDtoDAsync: unsafe extern "C" fn(*mut c_void, *const c_void, usize, Handle) -> HipError,
+    hipStreamCreateWithFlags: unsafe extern "C" fn(*mut Handle, c_uint) -> HipError,
+    hipStreamDestroy: unsafe extern "C" fn(Handle) -> HipError,
+    hipStreamSynchronize: unsafe extern "C" fn(Handle) -> HipError,
+    hipEventCreateWithFlags: unsafe extern "C" fn(*mut Handle, c_uint) -> HipError,
+    hipEventRecord: unsafe extern "C" fn(Handle, Handle) -> HipError,
+    hipEventSynchronize: unsafe extern "C" fn(Handle) -> HipError,
+    hipEventDestroy: unsafe extern "C" fn(Handle) -> HipError,
+    /// `hipHostMalloc` (or `hipHostAlloc`, its CUDA-named twin).
+    host_malloc: unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> HipError,
+    hipHostFree: unsafe extern "C" fn(*mut c_void) -> HipError,
     hipModuleLoadData: unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> HipError,
     hipModuleGetFunction:
         unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const c_char) -> HipError,
@@ -48,11 +82,10 @@ struct Api {
         c_uint,
         c_uint,
         c_uint,
-        *mut c_void,
+        Handle,
         *mut *mut c_void,
         *mut *mut c_void,
     ) -> HipError,
-    hipDeviceSynchronize: unsafe extern "C" fn() -> HipError,
     hiprtcCreateProgram: unsafe extern "C" fn(
         *mut Prog,
         *const c_char,
@@ -67,6 +100,15 @@ struct Api {
     hiprtcGetCodeSize: unsafe extern "C" fn(Prog, *mut usize) -> c_int,
     hiprtcGetCode: unsafe extern "C" fn(Prog, *mut c_char) -> c_int,
     hiprtcDestroyProgram: unsafe extern "C" fn(*mut Prog) -> c_int,
+}
+
+/// An opened device: what it reports, and the full target ID kernels are compiled for.
+pub struct Opened {
+    /// `arch` is the base name (`gfx90a`), for display and rules by family.
+    pub info: DeviceInfo,
+    /// What hiprtc compiles for: the device's `gcnArchName` with its target-ID
+    /// features (`gfx90a:sramecc+:xnack-`), or `NOVASTACK_HIP_ARCH`.
+    pub target: String,
 }
 
 /// A loaded HIP runtime (no device opened yet).
@@ -88,23 +130,31 @@ pub(crate) fn open_first(names: &[&str]) -> std::result::Result<Library, String>
     Err(errs.join("; "))
 }
 
-macro_rules! sym {
-    ($libs:expr, $name:ident) => {{
+/// The symbol named by `$name` (a string literal, or `stringify!(ident)`) from the
+/// first library that has it, if any.
+macro_rules! opt_sym {
+    ($libs:expr, $($name:tt)+) => {{
         let mut found = None;
         for lib in $libs.iter() {
             // SAFETY: the symbol's type is the HIP C API's signature for that name.
-            if let Ok(s) = unsafe { lib.get(concat!(stringify!($name), "\0").as_bytes()) } {
+            if let Ok(s) = unsafe { lib.get(concat!($($name)+, "\0").as_bytes()) } {
                 found = Some(*s);
                 break;
             }
         }
-        found.ok_or_else(|| {
-            Error::Unavailable(format!(
-                "the HIP runtime lacks {} (ROCm too old?)",
-                stringify!($name)
-            ))
-        })?
+        found
     }};
+}
+
+/// The symbol `$name`, or an error naming it.
+macro_rules! sym {
+    ($libs:expr, $name:ident) => {{
+        opt_sym!($libs, stringify!($name)).ok_or_else(|| lacks(stringify!($name)))?
+    }};
+}
+
+fn lacks(name: &str) -> Error {
+    Error::Unavailable(format!("the HIP runtime lacks {name} (ROCm too old?)"))
 }
 
 impl Hip {
@@ -128,15 +178,28 @@ impl Hip {
             hipMemGetInfo: sym!(libs, hipMemGetInfo),
             hipMalloc: sym!(libs, hipMalloc),
             hipFree: sym!(libs, hipFree),
-            hipMemset: sym!(libs, hipMemset),
+            hipMemsetAsync: sym!(libs, hipMemsetAsync),
             hipDeviceGetAttribute: sym!(libs, hipDeviceGetAttribute),
-            hipMemcpyHtoD: sym!(libs, hipMemcpyHtoD),
-            hipMemcpyDtoH: sym!(libs, hipMemcpyDtoH),
-            hipMemcpyDtoD: sym!(libs, hipMemcpyDtoD),
+            props_r0600: opt_sym!(libs, "hipGetDevicePropertiesR0600"),
+            props_r0000: opt_sym!(libs, "hipGetDevicePropertiesR0000")
+                .or(opt_sym!(libs, "hipGetDeviceProperties")),
+            hipMemcpyHtoDAsync: sym!(libs, hipMemcpyHtoDAsync),
+            hipMemcpyDtoHAsync: sym!(libs, hipMemcpyDtoHAsync),
+            hipMemcpyDtoDAsync: sym!(libs, hipMemcpyDtoDAsync),
+            hipStreamCreateWithFlags: sym!(libs, hipStreamCreateWithFlags),
+            hipStreamDestroy: sym!(libs, hipStreamDestroy),
+            hipStreamSynchronize: sym!(libs, hipStreamSynchronize),
+            hipEventCreateWithFlags: sym!(libs, hipEventCreateWithFlags),
+            hipEventRecord: sym!(libs, hipEventRecord),
+            hipEventSynchronize: sym!(libs, hipEventSynchronize),
+            hipEventDestroy: sym!(libs, hipEventDestroy),
+            host_malloc: opt_sym!(libs, "hipHostMalloc")
+                .or(opt_sym!(libs, "hipHostAlloc"))
+                .ok_or_else(|| lacks("hipHostMalloc"))?,
+            hipHostFree: sym!(libs, hipHostFree),
             hipModuleLoadData: sym!(libs, hipModuleLoadData),
             hipModuleGetFunction: sym!(libs, hipModuleGetFunction),
             hipModuleLaunchKernel: sym!(libs, hipModuleLaunchKernel),
-            hipDeviceSynchronize: sym!(libs, hipDeviceSynchronize),
             hiprtcCreateProgram: sym!(libs, hiprtcCreateProgram),
             hiprtcCompileProgram: sym!(libs, hiprtcCompileProgram),
             hiprtcGetProgramLogSize: sym!(libs, hiprtcGetProgramLogSize),
@@ -181,8 +244,9 @@ impl Hip {
     }
 
     /// Opens device `ordinal` and makes it current: its name, free/total memory, the
-    /// architecture kernels are compiled for ([`target_arch`]) and its wavefront width.
-    pub fn open(&self, ordinal: usize) -> Result<DeviceInfo> {
+    /// architecture kernels are compiled for (`NOVASTACK_HIP_ARCH`, else the device's
+    /// own, [`Hip::device_target`]) and its wavefront width.
+    pub fn open(&self, ordinal: usize) -> Result<Opened> {
         let n = self.device_count()?;
         if ordinal >= n {
             return Err(Error::Unavailable(format!(
@@ -202,16 +266,43 @@ impl Hip {
                 "hipMemGetInfo",
                 (self.api.hipMemGetInfo)(&mut free, &mut total),
             )?;
-            let arch = target_arch();
+            let target = arch::select(arch::env_override(), self.device_target(ordinal))?;
+            let arch = arch::base(&target).to_string();
             let warp = self.warp_size(ordinal, &arch);
-            Ok(DeviceInfo {
-                name: CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned(),
-                free_bytes: free,
-                total_bytes: total,
-                arch,
-                warp,
+            Ok(Opened {
+                info: DeviceInfo {
+                    name: CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned(),
+                    free_bytes: free,
+                    total_bytes: total,
+                    arch,
+                    warp,
+                },
+                target,
             })
         }
+    }
+
+    /// The target ID device `ordinal` reports (`hipDeviceProp_t.gcnArchName`), read
+    /// from a zeroed buffer far larger than any known layout (see `arch.rs`), so a
+    /// runtime whose struct grew cannot write past it.
+    pub fn device_target(&self, ordinal: usize) -> Result<String> {
+        let (fill, layout) = match (self.api.props_r0600, self.api.props_r0000) {
+            (Some(f), _) => (f, PropsLayout::R0600),
+            (None, Some(f)) => (f, PropsLayout::R0000),
+            (None, None) => return Err(lacks("hipGetDeviceProperties")),
+        };
+        // u64 words: the struct holds size_t fields and wants their alignment.
+        let mut words = vec![0u64; arch::PROPS_BUF / 8];
+        // SAFETY: the buffer is PROPS_BUF bytes, larger than every hipDeviceProp_t.
+        self.check("hipGetDeviceProperties", unsafe {
+            fill(words.as_mut_ptr() as *mut c_void, ordinal as c_int)
+        })?;
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        arch::target_from_props(&bytes, layout).ok_or_else(|| {
+            Error::Unavailable(format!(
+                "hipDeviceProp_t.gcnArchName does not read as an AMD architecture (expected the {layout:?} layout)"
+            ))
+        })
     }
 
     /// Compiles one kernel source with hiprtc for `arch` (e.g. `gfx90a`); returns the
@@ -282,10 +373,15 @@ impl Hip {
         Ok(p)
     }
 
+    /// Queues zeroing `bytes` bytes at `p` on `stream`.
+    ///
     /// # Safety
-    /// `p` must be a device allocation of at least `bytes` bytes.
-    pub unsafe fn memset_zero(&self, p: *mut c_void, bytes: usize) -> Result<()> {
-        self.check("hipMemset", (self.api.hipMemset)(p, 0, bytes))
+    /// `p` must be a device allocation of at least `bytes` bytes; `stream` a live stream.
+    pub unsafe fn memset_zero(&self, p: *mut c_void, bytes: usize, stream: Handle) -> Result<()> {
+        self.check(
+            "hipMemsetAsync",
+            (self.api.hipMemsetAsync)(p, 0, bytes, stream),
+        )
     }
 
     /// Makes `ordinal` the calling thread's current device.
@@ -323,24 +419,60 @@ impl Hip {
         self.check("hipFree", (self.api.hipFree)(p))
     }
 
+    /// Queues a copy of `bytes` bytes from host `src` to device `dst` on `stream` and
+    /// returns at once when `src` is pinned ([`Hip::host_alloc`]).
+    ///
+    /// # Safety
+    /// `dst` must be a device allocation of at least `bytes` bytes, `src` must hold
+    /// `bytes` bytes and stay unchanged until the copy has run (an event recorded after
+    /// it completes, or the stream is synchronized).
+    pub unsafe fn copy_to_device_async(
+        &self,
+        dst: *mut c_void,
+        src: *const u8,
+        bytes: usize,
+        stream: Handle,
+    ) -> Result<()> {
+        self.check(
+            "hipMemcpyHtoDAsync",
+            (self.api.hipMemcpyHtoDAsync)(dst, src as *const c_void, bytes, stream),
+        )
+    }
+
+    /// Copies `src` to device `dst` after everything queued on `stream`, and waits for
+    /// it: the path for large one-off uploads (weights) from pageable memory.
+    ///
     /// # Safety
     /// `dst` must be a device allocation of at least `src.len()` bytes.
-    pub unsafe fn copy_to_device(&self, dst: *mut c_void, src: &[u8]) -> Result<()> {
-        self.check(
-            "hipMemcpyHtoD",
-            (self.api.hipMemcpyHtoD)(dst, src.as_ptr() as *const c_void, src.len()),
-        )
+    pub unsafe fn copy_to_device(
+        &self,
+        dst: *mut c_void,
+        src: &[u8],
+        stream: Handle,
+    ) -> Result<()> {
+        self.copy_to_device_async(dst, src.as_ptr(), src.len(), stream)?;
+        self.stream_synchronize(stream)
     }
 
+    /// Copies device `src` into `dst` after everything queued on `stream`, and waits.
+    ///
     /// # Safety
     /// `src` must be a device allocation of at least `dst.len()` bytes.
-    pub unsafe fn copy_to_host(&self, dst: &mut [u8], src: *const c_void) -> Result<()> {
+    pub unsafe fn copy_to_host(
+        &self,
+        dst: &mut [u8],
+        src: *const c_void,
+        stream: Handle,
+    ) -> Result<()> {
         self.check(
-            "hipMemcpyDtoH",
-            (self.api.hipMemcpyDtoH)(dst.as_mut_ptr() as *mut c_void, src, dst.len()),
-        )
+            "hipMemcpyDtoHAsync",
+            (self.api.hipMemcpyDtoHAsync)(dst.as_mut_ptr() as *mut c_void, src, dst.len(), stream),
+        )?;
+        self.stream_synchronize(stream)
     }
 
+    /// Queues a device-to-device copy on `stream`.
+    ///
     /// # Safety
     /// `dst` and `src` must be device allocations of at least `bytes` bytes.
     pub unsafe fn copy_on_device(
@@ -348,8 +480,85 @@ impl Hip {
         dst: *mut c_void,
         src: *const c_void,
         bytes: usize,
+        stream: Handle,
     ) -> Result<()> {
-        self.check("hipMemcpyDtoD", (self.api.hipMemcpyDtoD)(dst, src, bytes))
+        self.check(
+            "hipMemcpyDtoDAsync",
+            (self.api.hipMemcpyDtoDAsync)(dst, src, bytes, stream),
+        )
+    }
+
+    /// A new stream on the current device.
+    pub fn stream_create(&self) -> Result<Handle> {
+        let mut s = std::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        self.check("hipStreamCreateWithFlags", unsafe {
+            (self.api.hipStreamCreateWithFlags)(&mut s, HIP_STREAM_DEFAULT)
+        })?;
+        Ok(s)
+    }
+
+    /// # Safety
+    /// `s` must come from [`Hip::stream_create`] and not be used afterwards.
+    pub unsafe fn stream_destroy(&self, s: Handle) -> Result<()> {
+        self.check("hipStreamDestroy", (self.api.hipStreamDestroy)(s))
+    }
+
+    /// Waits for everything queued on `s`.
+    ///
+    /// # Safety
+    /// `s` must be a live stream.
+    pub unsafe fn stream_synchronize(&self, s: Handle) -> Result<()> {
+        self.check("hipStreamSynchronize", (self.api.hipStreamSynchronize)(s))
+    }
+
+    /// A new event, for ordering only (no timing).
+    pub fn event_create(&self) -> Result<Handle> {
+        let mut e = std::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        self.check("hipEventCreateWithFlags", unsafe {
+            (self.api.hipEventCreateWithFlags)(&mut e, HIP_EVENT_DISABLE_TIMING)
+        })?;
+        Ok(e)
+    }
+
+    /// Marks the point in `stream` that `event` completes at.
+    ///
+    /// # Safety
+    /// `event` and `stream` must be live.
+    pub unsafe fn event_record(&self, event: Handle, stream: Handle) -> Result<()> {
+        self.check("hipEventRecord", (self.api.hipEventRecord)(event, stream))
+    }
+
+    /// Waits until the work before `event`'s last record has run.
+    ///
+    /// # Safety
+    /// `event` must be live and recorded.
+    pub unsafe fn event_synchronize(&self, event: Handle) -> Result<()> {
+        self.check("hipEventSynchronize", (self.api.hipEventSynchronize)(event))
+    }
+
+    /// # Safety
+    /// `event` must come from [`Hip::event_create`] and not be used afterwards.
+    pub unsafe fn event_destroy(&self, event: Handle) -> Result<()> {
+        self.check("hipEventDestroy", (self.api.hipEventDestroy)(event))
+    }
+
+    /// `bytes` of pinned (page-locked) host memory, which the GPU reads directly, so
+    /// a copy from it is asynchronous.
+    pub fn host_alloc(&self, bytes: usize) -> Result<*mut u8> {
+        let mut p = std::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        self.check("hipHostMalloc", unsafe {
+            (self.api.host_malloc)(&mut p, bytes.max(1), HIP_HOST_MALLOC_DEFAULT)
+        })?;
+        Ok(p as *mut u8)
+    }
+
+    /// # Safety
+    /// `p` must come from [`Hip::host_alloc`], with no copy from it still queued.
+    pub unsafe fn host_free(&self, p: *mut u8) -> Result<()> {
+        self.check("hipHostFree", (self.api.hipHostFree)(p as *mut c_void))
     }
 
     /// Free and total memory of the current device, in bytes.
@@ -389,16 +598,19 @@ impl Hip {
         Ok(f)
     }
 
-    /// Launches `f` on the default stream.
+    /// Queues `f` on `stream`.
     ///
     /// # Safety
-    /// `args` must point at values matching the kernel's parameter list.
+    /// `args` must point at values matching the kernel's parameter list; `stream` must
+    /// be live.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn launch(
         &self,
         f: *mut c_void,
         grid: (u32, u32, u32),
         block: (u32, u32, u32),
         shared: u32,
+        stream: Handle,
         args: &mut [*mut c_void],
     ) -> Result<()> {
         self.check(
@@ -412,24 +624,12 @@ impl Hip {
                 block.1,
                 block.2,
                 shared,
-                std::ptr::null_mut(),
+                stream,
                 args.as_mut_ptr(),
                 std::ptr::null_mut(),
             ),
         )
     }
-
-    pub fn synchronize(&self) -> Result<()> {
-        // SAFETY: no arguments.
-        self.check("hipDeviceSynchronize", unsafe {
-            (self.api.hipDeviceSynchronize)()
-        })
-    }
-}
-
-/// The AMD architecture to compile for: `NOVASTACK_HIP_ARCH`, else gfx90a (MI250).
-pub fn target_arch() -> String {
-    std::env::var("NOVASTACK_HIP_ARCH").unwrap_or_else(|_| "gfx90a".into())
 }
 
 #[cfg(test)]
@@ -444,7 +644,11 @@ mod tests {
             Err(e) => assert!(e.to_string().contains("libamdhip64"), "{e}"),
             Ok(hip) => match hip.open(0) {
                 Err(e) => assert!(e.to_string().contains("no AMD GPU"), "{e}"),
-                Ok(info) => assert!(info.total_bytes > 0, "{info:?}"),
+                Ok(o) => assert!(
+                    o.info.total_bytes > 0 && !o.target.is_empty(),
+                    "{:?}",
+                    o.info
+                ),
             },
         }
     }
@@ -471,6 +675,12 @@ mod tests {
                 assert_eq!(&code[..4], b"\x7fELF", "{name}");
             }
         }
+        // The device's full target ID (what `open` compiles for) is accepted as is.
+        let (name, src) = crate::sources::KERNELS[0];
+        let code = hip
+            .compile(name, src, "gfx90a:sramecc+:xnack-")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&code[..4], b"\x7fELF", "{name}");
         let bad = hip.compile(
             "bad.hip",
             "#include \"compat.h\"\nNS_KERNEL void k() { undefined_thing(); }",
