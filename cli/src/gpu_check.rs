@@ -1,4 +1,5 @@
-//! `novastack gpu-check` (feature `cuda` or `hip`): every GPU op against the CPU oracle
+//! `novastack gpu-check` (`--device cuda|hip` with that cargo feature, or `--device sim`
+//! in any build, the simulated device): every GPU op against the CPU oracle
 //! on random inputs of several shapes (outputs poisoned with NaN before each run), the
 //! golden fixtures end to end on the GPU, then decode of a Llama-3-8B-shaped model with
 //! random bf16 weights at several batch sizes against the weight-bandwidth bound, timing
@@ -20,9 +21,16 @@ use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct GpuCheckArgs {
-    /// cuda or hip (each needs its cargo feature).
+    /// cuda or hip (each needs its cargo feature), or sim: the simulated device, which
+    /// runs the same kernels on the CPU (no decode benchmark there).
     #[arg(long, default_value = "cuda")]
     pub device: String,
+    /// `--device sim`: lanes per warp, 64 (MI250) or 32.
+    #[arg(long, default_value_t = 64)]
+    pub sim_warp: u32,
+    /// `--device sim`: compat.h's `amd` or `nvidia` branch.
+    #[arg(long, default_value = "amd")]
+    pub sim_vendor: String,
     #[arg(long, default_value_t = 0)]
     pub device_index: usize,
     /// Golden fixture folders (each with golden.json).
@@ -169,21 +177,35 @@ fn decode_bench<D: Device>(args: &GpuCheckArgs, open: Open<D>) -> Result<Vec<Str
 }
 
 pub fn run(args: GpuCheckArgs) -> Result<()> {
-    let index = args.device_index;
     match args.device.as_str() {
         #[cfg(feature = "cuda")]
         "cuda" => check(&args, &|d| {
-            Ok(novastack_kernels::vendor::cuda::CudaBackend::new(index, d)?)
+            Ok(novastack_kernels::vendor::cuda::CudaBackend::new(
+                args.device_index,
+                d,
+            )?)
         }),
         #[cfg(feature = "hip")]
         "hip" => check(&args, &|d| {
-            Ok(novastack_kernels::vendor::hip::HipBackend::new(index, d)?)
+            Ok(novastack_kernels::vendor::hip::HipBackend::new(
+                args.device_index,
+                d,
+            )?)
         }),
         #[cfg(not(feature = "cuda"))]
         "cuda" => bail!("--device cuda needs a build with `--features cuda`"),
         #[cfg(not(feature = "hip"))]
         "hip" => bail!("--device hip needs a build with `--features hip`"),
-        other => bail!("--device {other:?}: use cuda or hip"),
+        "sim" => {
+            let options = novastack_server::device::sim_options(args.sim_warp, &args.sim_vendor)?;
+            check(&args, &|d| {
+                Ok(novastack_kernels::vendor::sim::SimBackend::new(
+                    options.clone(),
+                    d,
+                )?)
+            })
+        }
+        other => bail!("--device {other:?}: use cuda, hip or sim"),
     }
 }
 
@@ -204,6 +226,8 @@ fn check<D: Device>(args: &GpuCheckArgs, open: Open<D>) -> Result<()> {
     fixtures(args, open, &mut checks)?;
     let bench = if args.batch.is_empty() {
         Vec::new()
+    } else if args.device == "sim" {
+        vec!["decode benchmark: not on the simulated device (it checks, it does not time)".into()]
     } else {
         decode_bench(args, open)?
     };

@@ -3,7 +3,6 @@
 //! the server crate), `generate`, `bench` (novastack-bench), `fetch` and `gpu-check`.
 
 mod generate;
-#[cfg(any(feature = "cuda", feature = "hip"))]
 mod gpu_check;
 mod logging;
 
@@ -44,8 +43,8 @@ enum Command {
         model: std::path::PathBuf,
     },
     /// Every GPU op and the golden fixtures against the CPU, then 8B-shaped decode
-    /// timing (`--device cuda|hip`; see scripts/gpu_check.sh).
-    #[cfg(any(feature = "cuda", feature = "hip"))]
+    /// timing (`--device cuda|hip`; see scripts/gpu_check.sh), or the checks alone on the
+    /// simulated device (`--device sim`).
     GpuCheck(gpu_check::GpuCheckArgs),
 }
 
@@ -83,7 +82,6 @@ fn main() {
         Some(Command::Bench(cmd)) => bench::run(cmd),
         Some(Command::Fetch { model }) => novastack_server::default_model::resolve(Some(&model))
             .map(|p| println!("{}", p.display())),
-        #[cfg(any(feature = "cuda", feature = "hip"))]
         Some(Command::GpuCheck(args)) => gpu_check::run(args),
     };
     if let Err(e) = result {

@@ -79,9 +79,10 @@ struct Report {
 // ---- Fibers ----
 
 #if defined(__x86_64__)
-// Switch: save callee-saved registers, MXCSR and the x87 control word on the current
-// stack, store its pointer in *from, load `to`'s and return into it. (glibc's
-// swapcontext also saves the signal mask, one system call per switch: 10x slower.)
+// Switch: save the callee-saved registers on the current stack, store its pointer in
+// *from, load `to`'s and return into it. The floating-point control state (MXCSR, x87
+// control word) is not switched: every fiber runs with the thread's, which kernels never
+// change. (glibc's swapcontext also saves the signal mask, one system call per switch.)
 extern "C" void ns_sim_switch(void** from, void* to);
 asm(R"(
 .text
@@ -95,14 +96,8 @@ ns_sim_switch:
   pushq %r13
   pushq %r14
   pushq %r15
-  subq $8, %rsp
-  stmxcsr (%rsp)
-  fnstcw 4(%rsp)
   movq %rsp, (%rdi)
   movq %rsi, %rsp
-  ldmxcsr (%rsp)
-  fldcw 4(%rsp)
-  addq $8, %rsp
   popq %r15
   popq %r14
   popq %r13
@@ -122,11 +117,6 @@ inline void ctx_make(Ctx* c, char* stack, size_t size, void (*entry)()) {
   *--top = 0;                // entry's return address: rsp % 16 == 8 on entry, as after a call
   *--top = (uint64_t)entry;  // where the switch's `ret` goes
   for (int i = 0; i < 6; ++i) *--top = 0;  // rbp rbx r12 r13 r14 r15
-  uint32_t mxcsr = 0;
-  uint16_t fcw = 0;
-  asm volatile("stmxcsr %0" : "=m"(mxcsr));
-  asm volatile("fnstcw %0" : "=m"(fcw));
-  *--top = (uint64_t)mxcsr | ((uint64_t)fcw << 32);
   c->sp = top;
 }
 #else
@@ -152,8 +142,11 @@ struct dim3 {
 enum State : unsigned char { RUN, BAR, WARP, DONE };
 enum Op : int { OP_SHFL = 1, OP_BALLOT, OP_WAVE_BARRIER };
 
+struct Block;
+
 struct Lane {
   Ctx ctx;
+  Block* blk;
   dim3 tid;
   unsigned lin;
   State st;
@@ -177,6 +170,16 @@ struct Block {
   bool failed;
   Report* rep;
 };
+
+// The running block and lane, for the scheduler and error reports. Kernel code finds its
+// lane through cur() instead: thread-local storage in a loaded library costs a
+// __tls_get_addr call per access.
+// The lane whose fiber is running: each fiber stack is kStack-aligned and starts with a
+// pointer to its lane, so the stack pointer alone finds it.
+inline Lane* cur() {
+  const uintptr_t sp = (uintptr_t)__builtin_frame_address(0);
+  return *(Lane**)(sp & ~(uintptr_t)(kStack - 1));
+}
 
 inline thread_local Block* B;
 inline thread_local Lane* L;
@@ -205,32 +208,38 @@ inline void block_error(const char* fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
-  block_error("thread %u: %s", L->lin, buf);
-  for (;;) ctx_switch(&L->ctx, &B->sched);
+  Lane* l = cur();
+  block_error("thread %u: %s", l->lin, buf);
+  for (;;) ctx_switch(&l->ctx, &l->blk->sched);
 }
 
 inline void syncthreads(const char* file, int line) {
-  L->st = BAR;
-  L->file = file;
-  L->line = line;
-  ++L->nbar;
-  ctx_switch(&L->ctx, &B->sched);
+  Lane* l = cur();
+  l->st = BAR;
+  l->file = file;
+  l->line = line;
+  ++l->nbar;
+  ctx_switch(&l->ctx, &l->blk->sched);
 }
 
 // One lane's part of a warp collective; returns what the collective gave this lane.
 inline uint64_t collective(int op, uint64_t val, int src, const char* file, int line) {
-  L->st = WARP;
-  L->op = op;
-  L->val = val;
-  L->src = src;
-  L->file = file;
-  L->line = line;
-  ++L->ncoll;
-  ctx_switch(&L->ctx, &B->sched);
-  return L->res;
+  Lane* l = cur();
+  l->st = WARP;
+  l->op = op;
+  l->val = val;
+  l->src = src;
+  l->file = file;
+  l->line = line;
+  ++l->ncoll;
+  ctx_switch(&l->ctx, &l->blk->sched);
+  return l->res;
 }
 
-inline int lane_id() { return (int)(L->lin % B->warp); }
+inline int lane_id() {
+  const Lane* l = cur();
+  return (int)(l->lin % l->blk->warp);
+}
 
 template <typename T>
 inline uint64_t bits(T v) {
@@ -264,7 +273,7 @@ inline T amd_shfl(T v, int src, int width, const char* file, int line) {
 // NVIDIA: the *_sync forms. compat.h always names the full warp of 32 lanes.
 inline void nv_full_mask(unsigned mask) {
   if (mask != 0xffffffffu) fail("a *_sync collective with mask %#x, not the full warp", mask);
-  if (B->warp != 32) fail("NVIDIA *_sync intrinsics on a %u-lane warp", B->warp);
+  if (cur()->blk->warp != 32) fail("NVIDIA *_sync intrinsics on a %u-lane warp", cur()->blk->warp);
 }
 template <typename T>
 inline T nv_shfl_xor(unsigned mask, T v, int lane_mask, int width, const char* file, int line) {
@@ -289,32 +298,40 @@ inline T nv_shfl(unsigned mask, T v, int src, int width, const char* file, int l
 constexpr uint64_t kCanary = 0x6e735f73696d5f21ull;  // "ns_sim_!"
 constexpr unsigned kCanaryWords = 8;
 struct Stacks {
+  char* map = nullptr;
   char* base = nullptr;
   Lane lanes[kMaxThreads];
   ~Stacks() {
-    if (base) munmap(base, kStack * kMaxThreads);
+    if (map) munmap(map, kStack * (kMaxThreads + 1));
   }
 };
 inline thread_local Stacks stacks;
 
 inline bool ensure_stacks(Report* rep) {
   if (stacks.base) return true;
-  void* m = mmap(nullptr, kStack * kMaxThreads, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  // kStack-aligned stacks (cur() relies on it): map one stack more and align inside.
+  const size_t bytes = kStack * (kMaxThreads + 1);
+  void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (m == MAP_FAILED) {
-    snprintf(rep->msg, sizeof rep->msg, "cannot map %zu bytes of fiber stacks", kStack * kMaxThreads);
+    snprintf(rep->msg, sizeof rep->msg, "cannot map %zu bytes of fiber stacks", bytes);
     rep->status = 1;
     return false;
   }
-  stacks.base = (char*)m;
+  stacks.map = (char*)m;
+  stacks.base = (char*)(((uintptr_t)m + kStack - 1) & ~(uintptr_t)(kStack - 1));
   return true;
 }
 
-inline uint64_t* canary(unsigned lane) { return (uint64_t*)(stacks.base + (size_t)lane * kStack); }
+// Each stack: [its lane pointer | the canary | ... the fiber's frames, growing down].
+inline char* stack_of(unsigned lane) { return stacks.base + (size_t)lane * kStack; }
+inline uint64_t* canary(unsigned lane) { return (uint64_t*)(stack_of(lane) + 8); }
+constexpr size_t kStackHeader = 8 + 8 * kCanaryWords;
 
 [[noreturn]] inline void lane_main() {
-  B->body(B->arg);
-  L->st = DONE;
-  for (;;) ctx_switch(&L->ctx, &B->sched);
+  Lane* l = cur();
+  l->blk->body(l->blk->arg);
+  l->st = DONE;
+  for (;;) ctx_switch(&l->ctx, &l->blk->sched);
 }
 
 // A tiny deterministic generator for the random interleaving.
@@ -335,10 +352,15 @@ inline bool run_block(Block& b) {
     Lane& l = lanes[i];
     l = Lane{};
     l.lin = i;
+    l.blk = &b;
     l.tid = dim3{i % b.bdim.x, (i / b.bdim.x) % b.bdim.y, i / (b.bdim.x * b.bdim.y)};
     l.st = RUN;
+    *(Lane**)stack_of(i) = &l;
     for (unsigned w = 0; w < kCanaryWords; ++w) canary(i)[w] = kCanary;
-    ctx_make(&l.ctx, stacks.base + (size_t)i * kStack, kStack, lane_main);
+    // Stacks are kStack apart: start each fiber's frames at a different offset within a
+    // 4 KiB page, or every fiber's hot frames land in the same cache sets.
+    const size_t stagger = (size_t)i * 208 % 4096;
+    ctx_make(&l.ctx, stack_of(i) + kStackHeader, kStack - kStackHeader - stagger, lane_main);
   }
   auto stack_ok = [&] {
     for (unsigned i = 0; i < n; ++i)
@@ -557,15 +579,16 @@ inline void* shared_slot(int id, size_t bytes, size_t align, const char* name, c
     if (s.ids[i] == id) return s.arena + s.offs[i];
   const size_t off = (s.used + align - 1) / align * align;
   const size_t total = off + bytes + s.dyn_bytes;
-  if (total > B->cfg->shared_limit || off + bytes > sizeof s.arena || s.n == 64)
+  const Config* cfg = cur()->blk->cfg;
+  if (total > cfg->shared_limit || off + bytes > sizeof s.arena || s.n == 64)
     fail("__shared__ %s (%s:%d) brings the block to %zu bytes of shared memory (%zu static + %zu dynamic), over the "
          "device's %lu",
-         name, base_name(file), line, total, off + bytes, s.dyn_bytes, B->cfg->shared_limit);
+         name, base_name(file), line, total, off + bytes, s.dyn_bytes, cfg->shared_limit);
   s.ids[s.n] = id;
   s.offs[s.n++] = off;
   s.used = off + bytes;
   if (s.used > s.high) {
-    memset(s.arena + s.high, poison_byte(B->cfg->poison), s.used - s.high);
+    memset(s.arena + s.high, poison_byte(cfg->poison), s.used - s.high);
     s.high = s.used;
   }
   return s.arena + off;
@@ -738,10 +761,10 @@ extern "C" __attribute__((visibility("default"))) void ns_sim_install() {
 // Every `__shared__` declaration is rewritten before compiling; one left over is an error.
 #define __shared__ __shared__declaration_the_simulator_did_not_rewrite
 
-#define threadIdx (::ns_sim::L->tid)
-#define blockIdx (::ns_sim::B->bid)
-#define blockDim (::ns_sim::B->bdim)
-#define gridDim (::ns_sim::B->gdim)
+#define threadIdx (::ns_sim::cur()->tid)
+#define blockIdx (::ns_sim::cur()->blk->bid)
+#define blockDim (::ns_sim::cur()->blk->bdim)
+#define gridDim (::ns_sim::cur()->blk->gdim)
 #define __syncthreads() ::ns_sim::syncthreads(__FILE__, __LINE__)
 
 using std::max;

@@ -34,7 +34,7 @@ const FLAGS: &[&str] = &[
 ];
 
 /// Bumped when what goes into a library changes in a way the other key parts miss.
-const CACHE_LAYOUT: &str = "ns-sim-1";
+const CACHE_LAYOUT: &str = "ns-sim-4";
 
 /// A loaded kernel library and where it lives (for `addr2line` on a fault).
 pub(super) struct Library {
