@@ -41,10 +41,11 @@ __device__ __forceinline__ void ns_syncwarp() { __builtin_amdgcn_fence(__ATOMIC_
 #include <cuda_runtime.h>
 #endif
 #include <cuda_fp16.h>
-// NVIDIA warps: the vendor's fixed width (the CUDA runtime's warpSize), unless the
-// runtime backend defined it from the device.
+// NVIDIA warps are 32 lanes on every architecture, unless the runtime backend defined
+// NS_WARP from the device (an int, as on AMD: a size_t here would turn `lane - NS_WARP`
+// arithmetic unsigned).
 #if !defined(NS_WARP)
-#define NS_WARP (sizeof(unsigned int) * 8)
+#define NS_WARP 32
 #endif
 typedef unsigned int ns_lane_mask_t;
 typedef __half ns_half;

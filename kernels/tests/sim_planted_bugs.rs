@@ -515,3 +515,80 @@ fn strict_mode_reports_threads_that_leave_a_barrier_early() {
         &["64 threads exited while 64 wait at __syncthreads (planted.hip:99)"],
     );
 }
+
+/// Mutations of the real kernel sources, as the reviewers would make them by
+/// mistake: a warp butterfly written for 32 lanes (`m = 16` instead of `NS_WARP / 2`) in
+/// `sampling.hip`'s argmax passes on NVIDIA's 32-lane warps and is wrong on MI250's
+/// 64-lane wavefronts. Only the wave64 device catches it, which is why CI runs it.
+#[test]
+fn a_butterfly_written_for_32_lanes_is_caught_only_at_wave64() {
+    let real = novastack_kernels::sources::KERNELS
+        .iter()
+        .find(|(f, _)| *f == "sampling.hip")
+        .unwrap()
+        .1;
+    let needle = "for (int m = NS_WARP / 2; m > 0; m >>= 1) {";
+    assert!(
+        real.contains(needle),
+        "sampling.hip changed: update the mutation"
+    );
+    let mutated = real.replace(needle, "for (int m = 16; m > 0; m >>= 1) {");
+    // 4 rows of 1000 logits, each with its maximum at a different lane position.
+    let (rows, vocab) = (4usize, 1000usize);
+    let mut logits = vec![0f32; rows * vocab];
+    let peaks = [3usize, 40, 517, 999];
+    for (r, &p) in peaks.iter().enumerate() {
+        logits[r * vocab + p] = 5.0;
+    }
+    let run = |options: SimOptions, src: &str| -> Vec<u32> {
+        let dev = SimDevice::new(options).unwrap();
+        let src = format!("#define NS_WARP {}\n{src}", dev.info().warp);
+        let f = dev
+            .load_kernels("sampling.hip", &src, &["argmax_rows".to_string()])
+            .unwrap();
+        let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let x = dev.htod(&bytes).unwrap();
+        let out = dev.alloc_zeros(rows * 4).unwrap();
+        let mut args: [u64; 3] = [x.addr(), out.addr(), vocab as u64];
+        let mut ptrs: Vec<*mut c_void> = args
+            .iter_mut()
+            .map(|a| a as *mut u64 as *mut c_void)
+            .collect();
+        let cfg = Launch {
+            grid: (rows as u32, 1, 1),
+            block: (256, 1, 1),
+            shared: 0,
+        };
+        // SAFETY: argmax_rows(const float*, unsigned*, int): two addresses and an int
+        // (its low 4 bytes in the third slot, size 4).
+        unsafe { dev.launch(&f[0], cfg, &mut ptrs, &[8, 8, 4]) }.unwrap();
+        let mut b = vec![0u8; rows * 4];
+        dev.dtoh(&out, &mut b).unwrap();
+        b.chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let want: Vec<u32> = peaks.iter().map(|&p| p as u32).collect();
+    for options in [
+        SimOptions::amd(64),
+        SimOptions::amd(32),
+        SimOptions::nvidia(),
+    ] {
+        assert_eq!(
+            run(options.clone(), real),
+            want,
+            "{}: the real kernel",
+            options.label()
+        );
+    }
+    assert_eq!(
+        run(SimOptions::nvidia(), &mutated),
+        want,
+        "warp 32 cannot see the bug"
+    );
+    assert_ne!(
+        run(SimOptions::amd(64), &mutated),
+        want,
+        "wave64 must catch the bug"
+    );
+}
