@@ -91,6 +91,17 @@ impl Backend for CpuBackend {
         const OP: &str = "embedding";
         check_len(OP, "table", table, vocab * hidden)?;
         check_len(OP, "out", out, ids.len() * hidden)?;
+        if hidden == 0 {
+            // Nothing to copy; the ids are still checked.
+            return match ids.iter().find(|&&id| id as usize >= vocab) {
+                Some(&id) => Err(Error::OutOfRange {
+                    op: OP,
+                    index: id as usize,
+                    limit: vocab,
+                }),
+                None => Ok(()),
+            };
+        }
         for (row, &id) in out.chunks_exact_mut(hidden).zip(ids) {
             let id = id as usize;
             if id >= vocab {
@@ -118,6 +129,9 @@ impl Backend for CpuBackend {
         check_len(OP, "x", x, rows * dim)?;
         check_len(OP, "weight", weight, dim)?;
         check_len(OP, "out", out, rows * dim)?;
+        if dim == 0 {
+            return Ok(()); // zero-width rows: nothing to normalize
+        }
         out[..rows * dim]
             .par_chunks_mut(dim * ROWS_PER_TASK)
             .zip(x[..rows * dim].par_chunks(dim * ROWS_PER_TASK))
@@ -195,6 +209,9 @@ impl Backend for CpuBackend {
         const OP: &str = "rope";
         shape::rope_shape(row_stride, col_offset, num_heads, head_dim)?;
         check_len(OP, "x", x, positions.len() * row_stride)?;
+        if num_heads * head_dim == 0 {
+            return Ok(()); // no head to rotate
+        }
         let max_pos = cos_sin.len() / head_dim;
         if let Some(&p) = positions.iter().find(|&&p| p as usize >= max_pos) {
             return Err(Error::OutOfRange {
@@ -293,6 +310,9 @@ impl Backend for CpuBackend {
         const OP: &str = "silu_and_mul";
         check_len(OP, "x", x, rows * 2 * inter)?;
         check_len(OP, "out", out, rows * inter)?;
+        if inter == 0 {
+            return Ok(());
+        }
         out[..rows * inter]
             .par_chunks_mut(inter)
             .zip(x[..rows * 2 * inter].par_chunks(2 * inter))
@@ -331,6 +351,9 @@ impl Backend for CpuBackend {
         shape::heads_in_row(OP, row_stride, col_offset, num_heads, head_dim)?;
         check_len(OP, "x", x, rows * row_stride)?;
         check_len(OP, "weight", weight, head_dim)?;
+        if num_heads * head_dim == 0 {
+            return Ok(()); // no head to normalize (also covers row_stride 0)
+        }
         x[..rows * row_stride]
             .par_chunks_mut(row_stride)
             .for_each_init(
@@ -355,7 +378,10 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         const OP: &str = "gather_rows";
         check_len(OP, "out", out, indices.len() * dim)?;
-        let rows = x.len() / dim.max(1);
+        if dim == 0 {
+            return Ok(());
+        }
+        let rows = x.len() / dim;
         for (o, &i) in out.chunks_exact_mut(dim).zip(indices) {
             if i >= rows {
                 return Err(Error::OutOfRange {

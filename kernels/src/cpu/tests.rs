@@ -351,3 +351,24 @@ fn paged_attention_is_the_same_bits_for_prefill_chunks_and_decode() {
         assert!(results[0].iter().all(|v| v.is_finite()));
     }
 }
+
+/// Zero-width shapes (no columns, no heads) are no-ops, not panics: the oracle takes
+/// every shape the GPU host code takes.
+#[test]
+fn zero_width_shapes_are_no_ops() {
+    let b = CpuBackend::new();
+    let mut out = vec![7.0f32; 4];
+    b.rms_norm(&vec![], &vec![], 3, 0, 1e-6, &mut out).unwrap();
+    let mut res = vec![];
+    b.add_rms_norm(&mut res, &vec![], &vec![], 3, 0, 1e-6, &mut out)
+        .unwrap();
+    b.silu_and_mul(&vec![], 3, 0, &mut out).unwrap();
+    b.embedding(&vec![], 5, 0, &[1, 4], &mut out).unwrap();
+    assert!(b.embedding(&vec![], 5, 0, &[5], &mut out).is_err());
+    b.gather_rows(&vec![], 0, &[0, 2], &mut out).unwrap();
+    let mut x = vec![];
+    b.rope(&mut x, 0, 0, 0, 0, &[0, 1], &vec![]).unwrap();
+    b.head_rms_norm(&mut x, 2, 0, 0, 0, 0, &vec![], 1e-6)
+        .unwrap();
+    assert_eq!(out, vec![7.0; 4]);
+}
