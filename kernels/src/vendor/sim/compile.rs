@@ -168,7 +168,27 @@ fn build(dir: &Path, so: &Path, file: &str, source: &str, branch: Branch, cxx: &
     let io = |what: &str, p: &Path, e: std::io::Error| {
         Error::Unavailable(format!("sim: cannot {what} {}: {e}", p.display()))
     };
-    std::fs::create_dir_all(dir.join("nv")).map_err(|e| io("create", dir, e))?;
+    // Everything is written and compiled in a directory private to this process, and
+    // only the finished library is renamed into place: two processes building the same
+    // kernels at once never read each other's half-written files.
+    let work = dir.join(format!("build.{}", std::process::id()));
+    std::fs::create_dir_all(work.join("nv")).map_err(|e| io("create", &work, e))?;
+    let result = compile_in(&work, so, file, source, branch, cxx);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn compile_in(
+    dir: &Path,
+    so: &Path,
+    file: &str,
+    source: &str,
+    branch: Branch,
+    cxx: &str,
+) -> Result<()> {
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        Error::Unavailable(format!("sim: cannot {what} {}: {e}", p.display()))
+    };
     let write = |name: &str, text: &str| {
         let p = dir.join(name);
         std::fs::write(&p, text).map_err(|e| io("write", &p, e))
@@ -182,8 +202,7 @@ fn build(dir: &Path, so: &Path, file: &str, source: &str, branch: Branch, cxx: &
     )?;
     let src = dir.join(file);
     std::fs::write(&src, source).map_err(|e| io("write", &src, e))?;
-    // Compile to a private name, then rename: a concurrent run never loads half a file.
-    let tmp = dir.join(format!("{}.{}.tmp", so.display(), std::process::id()));
+    let tmp = dir.join("kernels.so");
     let mut cmd = Command::new(cxx);
     cmd.args(FLAGS)
         .arg("-include")
@@ -204,7 +223,6 @@ fn build(dir: &Path, so: &Path, file: &str, source: &str, branch: Branch, cxx: &
         .output()
         .map_err(|e| Error::Unavailable(format!("sim: cannot run {cxx}: {e}")))?;
     if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
         let err = String::from_utf8_lossy(&out.stderr);
         let first: Vec<&str> = err
             .lines()
@@ -212,8 +230,7 @@ fn build(dir: &Path, so: &Path, file: &str, source: &str, branch: Branch, cxx: &
             .take(8)
             .collect();
         return Err(Error::Unavailable(format!(
-            "sim: {cxx} failed on {file} ({}):\n{}",
-            src.display(),
+            "sim: {cxx} failed on {file}:\n{}",
             if first.is_empty() {
                 err.trim().to_string()
             } else {
