@@ -436,3 +436,45 @@ impl Device for SimDevice {
         Ok((total.saturating_sub(self.registry.used()), total))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uninitialized_allocations_hold_the_poison_and_zeroed_ones_zeros() {
+        for (poison, byte) in [(Poison::Nan, 0xff), (Poison::Big, 0x7f), (Poison::Zero, 0)] {
+            let dev = SimDevice::new(SimOptions {
+                poison,
+                ..SimOptions::amd(64)
+            })
+            .unwrap();
+            let mut out = [1u8; 12];
+            dev.dtoh(&dev.alloc(12).unwrap(), &mut out).unwrap();
+            assert_eq!(out, [byte; 12], "{poison:?}");
+            dev.dtoh(&dev.alloc_zeros(12).unwrap(), &mut out).unwrap();
+            assert_eq!(out, [0; 12]);
+        }
+    }
+
+    #[test]
+    fn devices_the_kernels_were_not_written_for_are_refused() {
+        for bad in [
+            SimOptions::amd(16),
+            SimOptions {
+                warp: 64,
+                ..SimOptions::nvidia()
+            },
+        ] {
+            assert!(SimDevice::new(bad).is_err());
+        }
+        let dev = SimDevice::new(SimOptions::amd(64)).unwrap();
+        assert_eq!(
+            (dev.info().warp, dev.info().arch.as_str()),
+            (64, "sim-amd64")
+        );
+        let (free, total) = dev.mem_info().unwrap();
+        let _m = dev.alloc_zeros(1000).unwrap();
+        assert_eq!(dev.mem_info().unwrap(), (free - 1000, total));
+    }
+}
