@@ -479,9 +479,12 @@ mod tests {
             .collect()
     }
 
-    /// The sequences an `AttnArgs` shows its kernel: (query_start, num_queries,
-    /// context_len, block table) each, and the metadata buffer's address.
-    fn seen(bytes: &[u8], n: usize) -> (Vec<(u32, u32, u32, Vec<u32>)>, u64) {
+    /// A sequence as a kernel sees it: (query_start, num_queries, context_len, block
+    /// table).
+    type Seen = (u32, u32, u32, Vec<u32>);
+
+    /// The sequences an `AttnArgs` shows its kernel, and the metadata buffer's address.
+    fn seen(bytes: &[u8], n: usize) -> (Vec<Seen>, u64) {
         assert_eq!(bytes.len(), std::mem::size_of::<AttnArgs>());
         // SAFETY: the bytes of an AttnArgs argument, recorded whole.
         let a = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const AttnArgs) };
@@ -588,7 +591,7 @@ mod tests {
         assert_eq!(l[0].1.block.0, threads);
         assert_eq!(l[2].1.block.0, threads);
         assert_eq!(l[0].2.last().unwrap(), &3i32.to_le_bytes());
-        let want = |idx: &[usize]| -> Vec<(u32, u32, u32, Vec<u32>)> {
+        let want = |idx: &[usize]| -> Vec<Seen> {
             idx.iter()
                 .map(|&i| {
                     let s = &m.seqs[i];
