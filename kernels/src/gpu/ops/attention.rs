@@ -252,8 +252,8 @@ impl Case for PagedAttention {
 }
 
 /// One attention case before its inputs are drawn: a batch of (context, new tokens)
-/// over a layout, and the sliding window. A batch of single queries runs the split-K
-/// decode; any other the prefill kernel.
+/// over a layout, and the sliding window. Its single queries run the split-K decode,
+/// its longer ones the prefill kernel.
 struct Spec {
     variant: String,
     layout: Layout,
