@@ -100,16 +100,18 @@ __device__ void paged_attention_reduce_impl(T* out, const float* tmp_out, const 
   const long base = ((long)s * a.num_heads + h) * partitions;
   float m = -NS_INF;
   for (int p = 0; p < partitions; ++p) m = fmaxf(m, max_logits[base + p]);
+  // Empty partitions (exp-sum 0) are skipped. A NaN score (from q or K) makes its
+  // partition's exp-sum NaN: it is kept, so the output is NaN as on prefill and the CPU.
   float total = 0.0f;
   for (int p = 0; p < partitions; ++p)
-    if (exp_sums[base + p] > 0.0f) total += exp_sums[base + p] * __expf(max_logits[base + p] - m);
+    if (exp_sums[base + p] != 0.0f) total += exp_sums[base + p] * __expf(max_logits[base + p] - m);
   const long orow = (long)(a.query_start[s] + a.num_queries[s] - 1) * a.num_heads * a.head_dim + (long)h * a.head_dim;
   for (int d = threadIdx.x; d < a.head_dim; d += blockDim.x) {
     float acc = 0.0f;
     for (int p = 0; p < partitions; ++p)
-      if (exp_sums[base + p] > 0.0f)
+      if (exp_sums[base + p] != 0.0f)
         acc += tmp_out[(base + p) * a.head_dim + d] * exp_sums[base + p] * __expf(max_logits[base + p] - m);
-    ns_store(out, orow + d, total > 0.0f ? acc / total : 0.0f);
+    ns_store(out, orow + d, total != 0.0f ? acc / total : 0.0f);
   }
 }
 NS_FOR_DTYPES(paged_attention_reduce,
@@ -118,6 +120,14 @@ NS_FOR_DTYPES(paged_attention_reduce,
               ((T*)out, tmp_out, max_logits, exp_sums, a, partitions))
 
 #define NS_TILE 16  // keys per shared-memory tile (prefill)
+
+// max with NaN winning (fmaxf drops a NaN): every lane of a butterfly gets a NaN if
+// any lane had one.
+struct ns_max_nan {
+  __device__ __forceinline__ float operator()(float a, float b) const {
+    return a != a ? a : b != b ? b : fmaxf(a, b);
+  }
+};
 
 // Prefill and chunked prefill: causal attention of every new token over the cache (so
 // prefix-cache hits need no recompute). grid (ceil(max queries / warps), num_heads,
@@ -171,7 +181,8 @@ __device__ void prefill_attention_impl(const T* qkv, const T* key_cache, const T
       for (int d = 0; d < a.head_dim; ++d) dot += qs[d] * ks[lane * a.head_dim + d];
       score = dot;
     }
-    const float tmax = ns_warp_max(score);
+    // NaN-propagating max: a tile whose scores are all NaN is not "all masked".
+    const float tmax = ns_warp_reduce(score, ns_max_nan());
     if (tmax == -NS_INF) continue;
     const float m_new = fmaxf(m, tmax);
     const float alpha = __expf(m - m_new);  // 0 when m was -inf
@@ -192,7 +203,7 @@ __device__ void prefill_attention_impl(const T* qkv, const T* key_cache, const T
   const long orow = (long)(a.query_start[s] + qi) * a.num_heads * a.head_dim + (long)h * a.head_dim;
 #pragma unroll
   for (int i = 0; i < NS_MAX_HEAD_DIM / NS_WARP; ++i)
-    if (i * NS_WARP + lane < a.head_dim) ns_store(out, orow + i * NS_WARP + lane, l > 0.0f ? acc[i] / l : 0.0f);
+    if (i * NS_WARP + lane < a.head_dim) ns_store(out, orow + i * NS_WARP + lane, l != 0.0f ? acc[i] / l : 0.0f);
 }
 NS_FOR_DTYPES(prefill_attention,
               (const void* qkv, const void* key_cache, const void* value_cache, void* out, ns_attn_args a),

@@ -108,3 +108,157 @@ fn results_do_not_depend_on_thread_order_or_poison_at_wave64() {
     assert!(v.cases >= 50, "{} cases", v.cases);
     assert!(v.differ.is_empty(), "{}", v.differ.join("\n"));
 }
+
+/// R4: a NaN in q or in a key the query sees makes that query's attention NaN (all of
+/// its head's values), on the split-K decode and on the prefill kernel alike, as on the
+/// CPU; every other (row, head) of the batch stays finite and matches the oracle, and a
+/// NaN key outside the sliding window changes nothing. The batch mixes decodes and
+/// prefills, so both kernels run in one call.
+#[test]
+fn a_nan_in_q_or_k_gives_nan_attention_on_decode_and_prefill_as_on_the_cpu() {
+    use novastack_kernels::{AttentionMetadata, CpuBackend, KvCacheConfig, SeqAttention};
+    let (hd, heads, kv_heads, bs) = (64, 4, 2, 16);
+    let stride = (heads + 2 * kv_heads) * hd;
+    // (context, new tokens): decode with NaN q (head 0); prefill with NaN q (query 2,
+    // head 3); long decode with a NaN key (position 700, kv head 1); prefill chunk with
+    // a NaN key (position 35, kv head 0); two clean decodes.
+    let batch: [(usize, usize); 6] = [(1100, 1), (40, 8), (1100, 1), (40, 8), (600, 1), (30, 1)];
+    let mut row = 0;
+    let mut next_block = 0u32;
+    let seqs: Vec<SeqAttention> = batch
+        .iter()
+        .map(|&(ctx, nq)| {
+            let n = ctx.div_ceil(bs) as u32;
+            let s = SeqAttention {
+                query_start: row,
+                num_queries: nq,
+                context_len: ctx,
+                block_table: (next_block..next_block + n).rev().collect(),
+            };
+            (row, next_block) = (row + nq, next_block + n);
+            s
+        })
+        .collect();
+    let cache = KvCacheConfig {
+        num_blocks: next_block as usize,
+        block_size: bs,
+        num_kv_heads: kv_heads,
+        head_dim: hd,
+    };
+    let rows = row;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    };
+    let mut qkv = rand(rows * stride);
+    let mut keys = rand(cache.layer_len());
+    let values = rand(cache.layer_len());
+    let slot = |s: usize, pos: usize| {
+        let seq = &seqs[s];
+        seq.block_table[pos / bs] as usize * bs + pos % bs
+    };
+    qkv[seqs[0].query_start * stride + 5] = f32::NAN;
+    qkv[(seqs[1].query_start + 2) * stride + 3 * hd + 17] = f32::NAN;
+    keys[slot(2, 700) * kv_heads * hd + hd + 9] = f32::NAN;
+    keys[slot(3, 35) * kv_heads * hd + 40] = f32::NAN;
+    let meta = AttentionMetadata { seqs };
+    let attend = |b: &dyn AttendOn, window| b.attend(&qkv, &keys, &values, &meta, &cache, window);
+    let cpu = CpuBackend::new();
+    let sims: Vec<(String, SimBackend)> = [SimOptions::amd(64), SimOptions::nvidia()]
+        .into_iter()
+        .map(|o| (o.label(), SimBackend::new(o, Dtype::F32).unwrap()))
+        .collect();
+    for window in [None, Some(300)] {
+        let want = attend(&cpu, window);
+        // (row, head) expected NaN: decode q, prefill q, the NaN key for the decode
+        // that sees it (not under the window) and for the chunk's queries at and past
+        // position 35 (rows 10 + 3 ..).
+        let mut nan_at = vec![(0, 0), (1 + 2, 3)];
+        if window.is_none() {
+            nan_at.extend([(9, 2), (9, 3)]);
+        }
+        nan_at.extend((13..18).flat_map(|r| [(r, 0), (r, 1)]));
+        for r in 0..rows {
+            for h in 0..heads {
+                let v = &want[(r * heads + h) * hd..][..hd];
+                let nan = nan_at.contains(&(r, h));
+                assert!(
+                    if nan {
+                        v.iter().all(|x| x.is_nan())
+                    } else {
+                        v.iter().all(|x| x.is_finite())
+                    },
+                    "cpu window {window:?} row {r} head {h}: {v:?}"
+                );
+            }
+        }
+        for (label, sim) in &sims {
+            let got = attend(sim, window);
+            let scale = want
+                .iter()
+                .filter(|x| x.is_finite())
+                .fold(0f32, |m, x| m.max(x.abs()));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let (r, h) = (i / (heads * hd), i / hd % heads);
+                let ok = if w.is_nan() {
+                    g.is_nan()
+                } else {
+                    (g - w).abs() <= 1e-4 * scale
+                };
+                assert!(
+                    ok,
+                    "{label} window {window:?} row {r} head {h}: {g} vs cpu {w}"
+                );
+            }
+        }
+    }
+}
+
+/// `paged_attention` over host inputs (heads and stride from the cache's shape: four
+/// query heads, packed `[q | k | v]` rows) on any backend.
+trait AttendOn {
+    fn attend(
+        &self,
+        qkv: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        meta: &novastack_kernels::AttentionMetadata,
+        cache: &novastack_kernels::KvCacheConfig,
+        window: Option<usize>,
+    ) -> Vec<f32>;
+}
+
+impl<B: novastack_kernels::Backend> AttendOn for B {
+    fn attend(
+        &self,
+        qkv: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        meta: &novastack_kernels::AttentionMetadata,
+        cache: &novastack_kernels::KvCacheConfig,
+        window: Option<usize>,
+    ) -> Vec<f32> {
+        let hd = cache.head_dim;
+        let heads = 4;
+        let stride = (heads + 2 * cache.num_kv_heads) * hd;
+        let (q, k, v) = (
+            self.upload(qkv).unwrap(),
+            self.upload(keys).unwrap(),
+            self.upload(values).unwrap(),
+        );
+        let mut out = self.zeros(meta.num_tokens() * heads * hd).unwrap();
+        let scale = 1.0 / (hd as f32).sqrt();
+        self.paged_attention(
+            &q, stride, heads, cache, &k, &v, meta, scale, window, &mut out,
+        )
+        .unwrap();
+        self.download(&out).unwrap()
+    }
+}

@@ -21,7 +21,7 @@ mod device;
 pub(crate) mod launch;
 pub(crate) mod ops;
 #[cfg(test)]
-mod recorder;
+pub(crate) mod recorder;
 
 pub use self::device::{BlasGemm, Device, DeviceInfo, Gemm, Launch};
 pub use self::launch::GpuBuf;

@@ -11,10 +11,12 @@ use std::ffi::c_void;
 use std::sync::Mutex;
 
 #[derive(Default)]
-struct Recorder {
+pub(crate) struct Recorder {
     info: DeviceInfo,
     /// (kernel, geometry, argument count) of every launch.
     launches: Mutex<Vec<(String, Launch, usize)>>,
+    /// The bytes of every launch's arguments, in launch order.
+    args: Mutex<Vec<Vec<Vec<u8>>>>,
     gemms: Mutex<usize>,
     sources: Mutex<Vec<String>>,
     /// Every entry point loaded.
@@ -51,8 +53,15 @@ impl Device for Recorder {
         f: &String,
         cfg: Launch,
         params: &mut [*mut c_void],
-        _sizes: &[usize],
+        sizes: &[usize],
     ) -> Result<()> {
+        let args = params
+            .iter()
+            .zip(sizes)
+            // SAFETY: each parameter addresses a value of its size (`Params`).
+            .map(|(&p, &n)| unsafe { std::slice::from_raw_parts(p as *const u8, n).to_vec() })
+            .collect();
+        self.args.lock().unwrap().push(args);
         self.launches
             .lock()
             .unwrap()
@@ -85,12 +94,24 @@ fn backend_of(warp: u32, dtype: Dtype) -> GpuBackend<Recorder> {
     GpuBackend::with_device(dev, dtype).unwrap()
 }
 
-fn backend(warp: u32) -> GpuBackend<Recorder> {
+pub(crate) fn backend(warp: u32) -> GpuBackend<Recorder> {
     backend_of(warp, Dtype::F32)
 }
 
-fn launches(b: &GpuBackend<Recorder>) -> Vec<(String, Launch, usize)> {
+/// The launches since the last call: (kernel, geometry, argument count).
+pub(crate) fn launches(b: &GpuBackend<Recorder>) -> Vec<(String, Launch, usize)> {
+    b.dev.args.lock().unwrap().clear();
     std::mem::take(&mut *b.dev.launches.lock().unwrap())
+}
+
+/// The launches since the last call with their arguments' bytes.
+pub(crate) fn launches_with_args(b: &GpuBackend<Recorder>) -> Vec<(String, Launch, Vec<Vec<u8>>)> {
+    let args = std::mem::take(&mut *b.dev.args.lock().unwrap());
+    let l = std::mem::take(&mut *b.dev.launches.lock().unwrap());
+    l.into_iter()
+        .zip(args)
+        .map(|((f, cfg, _), a)| (f, cfg, a))
+        .collect()
 }
 
 /// A kernel's name without its dtype suffix (`rms_norm_bf16` -> `rms_norm`).

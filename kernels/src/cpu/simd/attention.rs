@@ -380,6 +380,19 @@ mod tests {
         }
     }
 
+    /// A NaN score makes the whole softmax NaN, in the vector lanes and the tail alike
+    /// (the portable path's `f32::exp` does; the AVX2 `exp8` must too), so attention
+    /// passes a NaN in q or K on instead of hiding it.
+    #[test]
+    fn a_nan_score_gives_a_nan_softmax() {
+        for (n, at) in [(1, 0), (13, 3), (13, 10), (64, 40)] {
+            let mut s = data(n, 12);
+            s[at] = f32::NAN;
+            softmax_scaled(&mut s, 0.125);
+            assert!(s.iter().all(|v| v.is_nan()), "n {n}, NaN at {at}: {s:?}");
+        }
+    }
+
     #[test]
     fn softmax_matches_f64_reference() {
         for n in [1, 5, 8, 13, 100, 1000] {

@@ -53,11 +53,14 @@ fn reduce8(v: [f32; L]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// e^x for eight lanes (Cephes' expf polynomial); 0 below −87.3, clamped above 88.3.
+/// e^x for eight lanes (Cephes' expf polynomial); 0 below −87.3, clamped above 88.3,
+/// NaN for NaN (as `f32::exp`: the clamp alone would turn a NaN into e^−87.3, and a
+/// NaN score into a weight of about 1e-38 instead of a NaN softmax).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp8(x: __m256) -> __m256 {
+    let input = x;
     let lo = _mm256_set1_ps(-87.336_55);
     let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
     let x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.376_26));
@@ -87,7 +90,8 @@ unsafe fn exp8(x: __m256) -> __m256 {
         _mm256_set1_epi32(127),
     ));
     let r = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-    _mm256_andnot_ps(under, r)
+    let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(input, input);
+    _mm256_blendv_ps(_mm256_andnot_ps(under, r), input, nan)
 }
 
 /// Test inputs: `n` values spread over [-1, 1], different per `seed`.

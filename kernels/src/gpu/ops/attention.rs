@@ -1,13 +1,14 @@
-//! `kernels/hip/attention.hip` on the host: paged attention, as split-K decode
-//! (`paged_attention_partial` then `paged_attention_reduce`) when every sequence has one
-//! query, else the tiled `prefill_attention`; with [`AttnArgs`], the mirror of the
+//! `kernels/hip/attention.hip` on the host: paged attention, the sequences with one
+//! query (decodes) as split-K (`paged_attention_partial` then `paged_attention_reduce`)
+//! and those with more (prefill, prefill chunks) through the tiled `prefill_attention`,
+//! both in one step when the batch mixes them; with [`AttnArgs`], the mirror of the
 //! kernels' `ns_attn_args`, and the op's conformance cases.
 
 use super::cache::{batch, mixed_seqs, Layout, LAYOUTS};
 use crate::conformance::{output, Case, Gen, Visit};
 use crate::gpu::launch::{launch, ATTN_WARPS, THREADS};
 use crate::gpu::{Device, GpuBackend, GpuBuf, Launch};
-use crate::{AttentionMetadata, Backend, Error, KvCacheConfig, Result};
+use crate::{AttentionMetadata, Backend, Error, KvCacheConfig, Result, SeqAttention};
 
 /// Tokens per split-K partition: `NS_PARTITION` in attention.hip.
 const PARTITION: usize = 512;
@@ -68,15 +69,23 @@ pub(crate) fn paged_attention<D: Device>(
     b.check_dtype(OP, "out", out)?;
     b.check(OP, "key_cache", key_cache, cache.layer_len())?;
     b.check(OP, "value_cache", value_cache, cache.layer_len())?;
-    let max_blocks = seqs
+    // Single queries (decodes) go through split-K, longer ones (prefill, chunks) through
+    // the prefill kernel; each launch writes only its own sequences' rows of `out`.
+    let (decodes, prefills) = split(seqs);
+    let order: Vec<&SeqAttention> = decodes.iter().chain(&prefills).map(|&i| &seqs[i]).collect();
+    let max_blocks = order
         .iter()
         .map(|s| s.block_table.len())
         .max()
         .unwrap_or(1)
         .max(1);
-    let n = seqs.len();
+    // One upload for both launches, cached across layers: the sequences reordered
+    // decodes first, [query_start | num_queries | context_len | block tables]; each
+    // launch's arrays start at its first sequence. In a batch of one kind the order (and
+    // so the buffer) is the batch's own.
+    let n = order.len();
     let mut meta_host = vec![0u32; 3 * n + n * max_blocks];
-    for (i, s) in seqs.iter().enumerate() {
+    for (i, s) in order.iter().enumerate() {
         meta_host[i] = s.query_start as u32;
         meta_host[n + i] = s.num_queries as u32;
         meta_host[2 * n + i] = s.context_len as u32;
@@ -85,11 +94,12 @@ pub(crate) fn paged_attention<D: Device>(
     }
     let base = b.cached_u32s(&b.attn_meta, &meta_host)?;
     let at = |k: usize| base + (k * std::mem::size_of::<u32>()) as u64;
-    let args = AttnArgs {
-        query_start: at(0),
-        num_queries: at(n),
-        context_len: at(2 * n),
-        block_tables: at(3 * n),
+    // The kernels' view of the sequences from `first` on.
+    let args = |first: usize| AttnArgs {
+        query_start: at(first),
+        num_queries: at(n + first),
+        context_len: at(2 * n + first),
+        block_tables: at(3 * n + first * max_blocks),
         max_blocks: max_blocks as i32,
         block_size: cache.block_size as i32,
         num_heads: num_heads as i32,
@@ -100,16 +110,12 @@ pub(crate) fn paged_attention<D: Device>(
         window: sliding_window.unwrap_or(0) as i32,
     };
     let threads = ATTN_WARPS * b.dev.info().warp;
-    if seqs.iter().all(|s| s.num_queries == 1) {
+    let nd = decodes.len();
+    if nd > 0 {
         // Decode: split-K (flash-decoding) over partitions of the context, then a
         // reduce. The partials live in the grow-only scratch area.
-        let span = seqs
-            .iter()
-            .map(|s| sliding_window.map_or(s.context_len, |w| s.context_len.min(w)))
-            .max()
-            .unwrap_or(1);
-        let parts = span.div_ceil(PARTITION).max(1);
-        let items = seqs.len() * num_heads * parts;
+        let parts = partitions(&order[..nd], sliding_window);
+        let items = nd * num_heads * parts;
         let base = b.scratch((items * hd + 2 * items) * 4)?;
         let (tmp, maxl, sums) = (
             base,
@@ -117,7 +123,7 @@ pub(crate) fn paged_attention<D: Device>(
             base + ((items * hd + items) * 4) as u64,
         );
         let cfg = Launch {
-            grid: (num_heads as u32, seqs.len() as u32, parts as u32),
+            grid: (num_heads as u32, nd as u32, parts as u32),
             block: (threads, 1, 1),
             shared: 0,
         };
@@ -131,11 +137,11 @@ pub(crate) fn paged_attention<D: Device>(
             tmp,
             maxl,
             sums,
-            args,
+            args(0),
             parts as i32
         )?;
         let cfg = Launch {
-            grid: (num_heads as u32, seqs.len() as u32, 1),
+            grid: (num_heads as u32, nd as u32, 1),
             block: (THREADS, 1, 1),
             shared: 0,
         };
@@ -147,17 +153,18 @@ pub(crate) fn paged_attention<D: Device>(
             tmp,
             maxl,
             sums,
-            args,
+            args(0),
             parts as i32
-        )
-    } else {
-        let max_q = seqs.iter().map(|s| s.num_queries).max().unwrap_or(1);
+        )?;
+    }
+    if !prefills.is_empty() {
+        let max_q = order[nd..].iter().map(|s| s.num_queries).max().unwrap_or(1);
         let shared = ((ATTN_WARPS as usize * hd + 2 * TILE * hd) * 4) as u32;
         let cfg = Launch {
             grid: (
                 max_q.div_ceil(ATTN_WARPS as usize) as u32,
                 num_heads as u32,
-                seqs.len() as u32,
+                prefills.len() as u32,
             ),
             block: (threads, 1, 1),
             shared,
@@ -170,9 +177,33 @@ pub(crate) fn paged_attention<D: Device>(
             key_cache.ptr,
             value_cache.ptr,
             out.ptr,
-            args
-        )
+            args(nd)
+        )?;
     }
+    Ok(())
+}
+
+/// The batch's sequences (indices, in batch order) by kernel: single queries (decodes)
+/// for split-K, more than one (prefills, prefill chunks) for `prefill_attention`.
+/// Sequences with no query have no rows to write and go to neither.
+fn split(seqs: &[SeqAttention]) -> (Vec<usize>, Vec<usize>) {
+    let of = |keep: fn(usize) -> bool| {
+        (0..seqs.len())
+            .filter(|&i| keep(seqs[i].num_queries))
+            .collect::<Vec<_>>()
+    };
+    (of(|q| q == 1), of(|q| q > 1))
+}
+
+/// Split-K partitions for these decodes: enough for the longest span a query sees (its
+/// context, or its window if shorter), at least one.
+fn partitions(decodes: &[&SeqAttention], window: Option<usize>) -> usize {
+    let span = decodes
+        .iter()
+        .map(|s| window.map_or(s.context_len, |w| s.context_len.min(w)))
+        .max()
+        .unwrap_or(1);
+    span.div_ceil(PARTITION).max(1)
 }
 
 struct PagedAttention {
@@ -221,8 +252,8 @@ impl Case for PagedAttention {
 }
 
 /// One attention case before its inputs are drawn: a batch of (context, new tokens)
-/// over a layout, and the sliding window. A batch of single queries runs the split-K
-/// decode; any other the prefill kernel.
+/// over a layout, and the sliding window. Its single queries run the split-K decode,
+/// its longer ones the prefill kernel.
 struct Spec {
     variant: String,
     layout: Layout,
@@ -270,7 +301,8 @@ const RANDOM_MACS: usize = 300_000;
 /// 2 bs), a mixed batch (prefill, chunk and decodes, see [`mixed_seqs`]) and the same
 /// under a sliding window (from a window of one token to two blocks). With few heads,
 /// contexts that split over split-K partitions (at and past 512, 1024, 1536), with and
-/// without windows, as decode and mixed with a long prefill chunk. No sequences at all.
+/// without windows, as decode and mixed (alternating in batch order) with a long
+/// prefill chunk. No sequences at all.
 /// Random layouts and batches. All inputs drawn after the shapes.
 fn specs(g: &mut Gen) -> Vec<Spec> {
     let mut specs = vec![Spec::new("empty", LAYOUTS[0], vec![], None)];
@@ -292,7 +324,10 @@ fn specs(g: &mut Gen) -> Vec<Spec> {
     specs.push(Spec::new("long decode", long, decode.clone(), None));
     specs.push(Spec::new("long decode", long, decode.clone(), Some(512)));
     specs.push(Spec::new("long decode", long, decode, Some(700)));
-    let mixed = vec![(1025, 1), (1100, 5), (17, 17)];
+    // Decodes and prefills alternating in batch order (so neither launch's sequences
+    // are one run of the batch), a sequence with no new token among them, and decodes
+    // that split into three (or two) partitions and one beside two prefills.
+    let mixed = vec![(1025, 1), (1100, 5), (9, 0), (530, 1), (17, 17), (9, 1)];
     specs.push(Spec::new("long mixed", long, mixed.clone(), None));
     specs.push(Spec::new("long mixed", long, mixed, Some(600)));
     let long2 = Layout {
@@ -352,6 +387,8 @@ pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
 mod tests {
     use super::*;
     use crate::gpu::launch::Params;
+    use crate::gpu::recorder::{backend, launches_with_args, Recorder};
+    use crate::gpu::Launch;
 
     /// `ns_attn_args` is 64 bytes (four pointers, eight 4-byte fields) and travels whole
     /// in one argument slot.
@@ -405,5 +442,232 @@ mod tests {
             all_decode && s.seqs.iter().map(span).max().unwrap_or(0) > 2 * PARTITION
         };
         assert!(specs.iter().any(split));
+        // A mixed batch whose decodes split: the decodes go through split-K beside the
+        // prefill kernel, with more than one partition.
+        let mixed_split = |s: &Spec| {
+            let span = |&(ctx, _): &(usize, usize)| s.window.map_or(ctx, |w| ctx.min(w));
+            s.seqs.iter().any(|&(_, nq)| nq > 1)
+                && s.seqs.iter().any(|q| q.1 == 1 && span(q) > PARTITION)
+        };
+        assert!(specs.iter().any(mixed_split));
+    }
+
+    /// R5: the constants the host sizes launches and scratch with are the kernels' own
+    /// `#define`s (a mismatch would misplace partials or overrun shared memory).
+    #[test]
+    fn the_host_constants_are_the_kernels_defines() {
+        let src = include_str!("../../../hip/attention.hip");
+        let define = |name: &str| -> usize {
+            let line = src
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(&format!("#define {name} ")))
+                .unwrap_or_else(|| panic!("no #define {name}"));
+            let value = line.split_whitespace().next().unwrap();
+            value.parse().unwrap_or_else(|_| panic!("{name} = {value}"))
+        };
+        assert_eq!(define("NS_PARTITION"), PARTITION);
+        assert_eq!(define("NS_TILE"), TILE);
+        assert_eq!(define("NS_MAX_HEAD_DIM"), MAX_HEAD_DIM);
+    }
+
+    /// `n` values of the u32 array at `ptr` in the recording device's (host) memory.
+    fn u32s_at(ptr: u64, n: usize) -> Vec<u32> {
+        (0..n)
+            // SAFETY: the upload cache keeps the metadata buffer alive, and the tests
+            // read only within the arrays they uploaded.
+            .map(|i| unsafe { std::ptr::read_unaligned((ptr as *const u32).add(i)) })
+            .collect()
+    }
+
+    /// A sequence as a kernel sees it: (query_start, num_queries, context_len, block
+    /// table).
+    type Seen = (u32, u32, u32, Vec<u32>);
+
+    /// The sequences an `AttnArgs` shows its kernel, and the metadata buffer's address.
+    fn seen(bytes: &[u8], n: usize) -> (Vec<Seen>, u64) {
+        assert_eq!(bytes.len(), std::mem::size_of::<AttnArgs>());
+        // SAFETY: the bytes of an AttnArgs argument, recorded whole.
+        let a = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const AttnArgs) };
+        let (qs, nq, ctx) = (
+            u32s_at(a.query_start, n),
+            u32s_at(a.num_queries, n),
+            u32s_at(a.context_len, n),
+        );
+        let mb = a.max_blocks as usize;
+        let seqs = (0..n)
+            .map(|i| {
+                let table = u32s_at(a.block_tables + (i * mb * 4) as u64, mb);
+                (qs[i], nq[i], ctx[i], table)
+            })
+            .collect();
+        (seqs, a.query_start)
+    }
+
+    /// A batch of (context, queries) with block tables 100 * s + block, rows in order.
+    fn meta(seqs: &[(usize, usize)], bs: usize) -> AttentionMetadata {
+        let mut row = 0;
+        let seqs = seqs
+            .iter()
+            .enumerate()
+            .map(|(s, &(ctx, nq))| {
+                let seq = SeqAttention {
+                    query_start: row,
+                    num_queries: nq,
+                    context_len: ctx,
+                    block_table: (0..ctx.div_ceil(bs) as u32)
+                        .map(|b| 100 * s as u32 + b)
+                        .collect(),
+                };
+                row += nq;
+                seq
+            })
+            .collect();
+        AttentionMetadata { seqs }
+    }
+
+    struct Batch {
+        cache: KvCacheConfig,
+        heads: usize,
+    }
+
+    impl Batch {
+        fn new() -> Batch {
+            Batch {
+                cache: KvCacheConfig {
+                    num_blocks: 600,
+                    block_size: 16,
+                    num_kv_heads: 2,
+                    head_dim: 8,
+                },
+                heads: 4,
+            }
+        }
+
+        /// Runs the op on the recording device: its launches with their arguments.
+        fn run(
+            &self,
+            b: &GpuBackend<Recorder>,
+            meta: &AttentionMetadata,
+            window: Option<usize>,
+        ) -> Vec<(String, Launch, Vec<Vec<u8>>)> {
+            let (c, h) = (&self.cache, self.heads);
+            let stride = (h + 2 * c.num_kv_heads) * c.head_dim;
+            let rows = meta.num_tokens();
+            let kc = b.zeros(c.layer_len()).unwrap();
+            let vc = b.zeros(c.layer_len()).unwrap();
+            let qkv = b.zeros(rows * stride).unwrap();
+            let mut out = b.zeros(rows * h * c.head_dim).unwrap();
+            b.paged_attention(&qkv, stride, h, c, &kc, &vc, meta, 0.5, window, &mut out)
+                .unwrap();
+            launches_with_args(b)
+        }
+    }
+
+    /// In a mixed batch the decodes go through split-K and only the prefills through the
+    /// prefill kernel, with the batch's own rows and block tables; every row is written
+    /// by exactly one launch; the second layer reuses the step's metadata upload.
+    #[test]
+    fn a_mixed_batch_sends_decodes_to_split_k_and_prefills_to_the_prefill_kernel() {
+        let b = backend(64);
+        let t = Batch::new();
+        // decode, prefill, no query, decode, chunk, decode.
+        let batch = [(1200, 1), (40, 7), (9, 0), (20, 1), (64, 33), (600, 1)];
+        let m = meta(&batch, 16);
+        let l = t.run(&b, &m, None);
+        let names: Vec<&str> = l.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "paged_attention_partial_f32",
+                "paged_attention_reduce_f32",
+                "prefill_attention_f32"
+            ]
+        );
+        // Heads x decodes x partitions (1200 tokens: 3 of 512), then heads x decodes, then
+        // query blocks (33 queries, 4 per block) x heads x prefills.
+        let grids: Vec<_> = l.iter().map(|x| x.1.grid).collect();
+        assert_eq!(grids, [(4, 3, 3), (4, 3, 1), (9, 4, 2)]);
+        let threads = ATTN_WARPS * 64;
+        assert_eq!(l[0].1.block.0, threads);
+        assert_eq!(l[2].1.block.0, threads);
+        assert_eq!(l[0].2.last().unwrap(), &3i32.to_le_bytes());
+        let want = |idx: &[usize]| -> Vec<Seen> {
+            idx.iter()
+                .map(|&i| {
+                    let s = &m.seqs[i];
+                    let mut table = s.block_table.clone();
+                    table.resize(1200usize.div_ceil(16), 0);
+                    (
+                        s.query_start as u32,
+                        s.num_queries as u32,
+                        s.context_len as u32,
+                        table,
+                    )
+                })
+                .collect()
+        };
+        let (partial, meta_ptr) = seen(&l[0].2[6], 3);
+        let (reduce, _) = seen(&l[1].2[4], 3);
+        let (prefill, _) = seen(&l[2].2[4], 2);
+        assert_eq!(partial, want(&[0, 3, 5]));
+        assert_eq!(reduce, partial);
+        assert_eq!(prefill, want(&[1, 4]));
+        // Every row once: a decode's row by the reduce, a prefill's rows by the prefill
+        // kernel.
+        let mut rows: Vec<u32> = partial.iter().map(|s| s.0 + s.1 - 1).collect();
+        rows.extend(prefill.iter().flat_map(|s| s.0..s.0 + s.1));
+        rows.sort_unstable();
+        assert_eq!(rows, (0..m.num_tokens() as u32).collect::<Vec<_>>());
+        // The next layer: the same launches over the same metadata buffer (no upload).
+        let again = t.run(&b, &m, None);
+        assert_eq!(again.len(), 3);
+        assert_eq!(seen(&again[0].2[6], 3).1, meta_ptr);
+        assert_eq!(again[2].2[4], l[2].2[4]);
+    }
+
+    /// Under a sliding window the decodes split by the window, not the context.
+    #[test]
+    fn a_mixed_batch_splits_its_decodes_by_the_window() {
+        let b = backend(32);
+        let m = meta(&[(40, 7), (1200, 1), (2000, 1)], 16);
+        let l = Batch::new().run(&b, &m, Some(600));
+        let grids: Vec<_> = l.iter().map(|x| (x.0.as_str(), x.1.grid)).collect();
+        assert_eq!(
+            grids,
+            [
+                ("paged_attention_partial_f32", (4, 2, 2)),
+                ("paged_attention_reduce_f32", (4, 2, 1)),
+                ("prefill_attention_f32", (2, 4, 1)),
+            ]
+        );
+    }
+
+    /// A batch of one kind launches as before the split: decodes two kernels, prefills
+    /// one, over metadata in the batch's own order.
+    #[test]
+    fn batches_of_one_kind_launch_one_path_over_the_batch_order() {
+        let b = backend(64);
+        let t = Batch::new();
+        let m = meta(&[(700, 1), (5, 1), (1100, 1)], 16);
+        let l = t.run(&b, &m, None);
+        let grids: Vec<_> = l.iter().map(|x| (x.0.as_str(), x.1.grid)).collect();
+        assert_eq!(
+            grids,
+            [
+                ("paged_attention_partial_f32", (4, 3, 3)),
+                ("paged_attention_reduce_f32", (4, 3, 1)),
+            ]
+        );
+        let order: Vec<u32> = seen(&l[0].2[6], 3).0.iter().map(|s| s.2).collect();
+        assert_eq!(order, [700, 5, 1100]);
+        let m = meta(&[(30, 30), (64, 9), (17, 2)], 16);
+        let l = t.run(&b, &m, None);
+        let grids: Vec<_> = l.iter().map(|x| (x.0.as_str(), x.1.grid)).collect();
+        assert_eq!(grids, [("prefill_attention_f32", (8, 4, 3))]);
+        let order: Vec<u32> = seen(&l[0].2[4], 3).0.iter().map(|s| s.2).collect();
+        assert_eq!(order, [30, 64, 17]);
+        // Only sequences with no new token: nothing to launch.
+        let m = meta(&[(30, 0)], 16);
+        assert!(t.run(&b, &m, None).is_empty());
     }
 }
