@@ -185,7 +185,9 @@ mod tests {
     fn decode(contexts: &[usize], block: usize) -> ForwardInput {
         let mut input = ForwardInput::default();
         for (i, &c) in contexts.iter().enumerate() {
-            let table: Vec<u32> = (0..c.div_ceil(block) as u32).map(|b| b + 10 * i as u32).collect();
+            let table: Vec<u32> = (0..c.div_ceil(block) as u32)
+                .map(|b| b + 10 * i as u32)
+                .collect();
             input.push_seq(&[7], c - 1, table, block, true);
         }
         input
@@ -203,7 +205,10 @@ mod tests {
         // 40 tokens in blocks of 4 need 10: the width is 16 for every sequence.
         assert!(i.attention.seqs.iter().all(|s| s.block_table.len() == 16));
         let pad = &i.attention.seqs[3];
-        assert_eq!((pad.query_start, pad.num_queries, pad.context_len), (3, 1, 1));
+        assert_eq!(
+            (pad.query_start, pad.num_queries, pad.context_len),
+            (3, 1, 1)
+        );
         // The real rows are unchanged but for the zeros after their blocks.
         assert_eq!(i.attention.seqs[0].block_table[..2], [0, 1]);
         assert_eq!(i.positions[..3], [4, 39, 16]);
@@ -229,7 +234,10 @@ mod tests {
         // Once grown, a bucket keeps its width (its graph's layout).
         assert_eq!(width(g.plan(&decode(&[4], 4)).unwrap()), 32);
         assert!(g.plan(&decode(&[4 * 33], 4)).is_none(), "past max_blocks");
-        assert!(g.plan(&decode(&[4, 4, 4], 4)).is_none(), "past the largest bucket");
+        assert!(
+            g.plan(&decode(&[4, 4, 4], 4)).is_none(),
+            "past the largest bucket"
+        );
         let mut prefill = ForwardInput::default();
         prefill.push_seq(&[1, 2], 0, vec![0], 4, true);
         assert!(g.plan(&prefill).is_none());

@@ -268,7 +268,9 @@ impl<B: Backend> Llama<B> {
                 key: kc,
                 value: vc,
             };
-            layer.attn.forward(&pass, &self.rope, normed, cache, attn, proj)?;
+            layer
+                .attn
+                .forward(&pass, &self.rope, normed, cache, attn, proj)?;
             layer.post_norm.add_forward(b, x, proj, n, normed)?;
             layer.mlp.forward(&pass, normed, mlp, proj)?;
             b.add_inplace(x, proj, n * h)?;
