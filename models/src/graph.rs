@@ -160,7 +160,7 @@ impl DecodeGraphs {
         }
         forward(&step.input)?;
         if b.graph_begin(key, GraphPhase::Capture)? {
-            let captured = forward(&step.input).map_err(crate::Error::from);
+            let captured = forward(&step.input);
             let ended = match captured {
                 Ok(()) => b.graph_end().map_err(crate::Error::from),
                 Err(e) => {

@@ -53,7 +53,9 @@ const MIN_UPLOAD_BYTES: usize = 4096;
 
 /// A grow-only device scratch area (split-K partials, f32 logits). Reusing it across
 /// calls is safe because all work is queued on one stream in order.
-pub(super) type Scratch<D> = Mutex<Option<(usize, <D as Device>::Mem, u64)>>;
+pub(super) type Scratch<D> = Mutex<Option<Area<D>>>;
+/// A grow-only area: (bytes, allocation, address).
+pub(super) type Area<D> = (usize, <D as Device>::Mem, u64);
 
 pub(super) const THREADS: u32 = 256;
 /// Warps per block for the attention and head-norm kernels (4 x the warp width).
@@ -240,7 +242,7 @@ impl<D: Device> GpuBackend<D> {
         &self,
         area: &'a Scratch<D>,
         bytes: usize,
-    ) -> Result<(u64, std::sync::MutexGuard<'a, Option<(usize, D::Mem, u64)>>)> {
+    ) -> Result<(u64, std::sync::MutexGuard<'a, Option<Area<D>>>)> {
         let mut g = area.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((size, _, ptr)) = g.as_ref() {
             if *size >= bytes {
