@@ -36,6 +36,7 @@ pub mod sources {
 pub use cpu::CpuBackend;
 pub use dtype::Dtype;
 pub use error::{Error, Result};
+pub use gpu::GraphPhase;
 pub use paged::{AttentionMetadata, KvCache, KvCacheConfig, SeqAttention};
 
 /// The ops a decoder-only transformer needs. Shapes are given explicitly; buffers are
@@ -122,7 +123,8 @@ pub trait Backend: Send + Sync {
         cos_sin: &Self::Buf,
     ) -> Result<()>;
 
-    /// Writes each token's key and value into the paged cache at `slot_mapping[i]`.
+    /// Writes each token's key and value into the paged cache at `slot_mapping[i]`;
+    /// a row whose slot is [`PADDING_SLOT`] writes nothing.
     /// `qkv` rows hold `[q | k | v]`; `k` starts at column `k_offset`, `v` right after.
     #[allow(clippy::too_many_arguments)]
     fn reshape_and_cache(
@@ -204,7 +206,36 @@ pub trait Backend: Send + Sync {
             .map(|r| argmax(r).unwrap_or(0) as u32)
             .collect())
     }
+
+    /// Whether this backend captures decode steps into graphs and replays them (see
+    /// `gpu/graph.rs`): false on the CPU, and wherever graphs are off.
+    fn graphs_enabled(&self) -> bool {
+        false
+    }
+
+    /// Starts capturing the ops that follow under `key`, or checking them against the
+    /// graph under `key` ([`GraphPhase`]); false when there is nothing to do (no
+    /// graphs, or no graph under `key`). Ended by [`Backend::graph_end`], or by
+    /// [`Backend::graph_abort`] after an error.
+    fn graph_begin(&self, key: u64, phase: GraphPhase) -> Result<bool> {
+        let _ = (key, phase);
+        Ok(false)
+    }
+
+    /// Ends the pass begun by [`Backend::graph_begin`]: true when a capture was stored,
+    /// or when a checked step matched its graph and the graph was replayed; false when
+    /// nothing ran and the caller must run the step itself.
+    fn graph_end(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Leaves a capture or check pass after an error; nothing replays.
+    fn graph_abort(&self) {}
 }
+
+/// The slot of a padding row in `reshape_and_cache`'s slot mapping: nothing is written
+/// for it. A decode graph pads its batch up to a fixed size with such rows.
+pub const PADDING_SLOT: u32 = u32::MAX;
 
 /// Index of the largest value (the first one on ties), as greedy decoding uses it.
 pub fn argmax(row: &[f32]) -> Option<usize> {

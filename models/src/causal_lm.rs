@@ -5,6 +5,7 @@
 //! caller sizes and allocates it.
 
 use crate::error::Result;
+use crate::graph::GraphOptions;
 use crate::input::ForwardInput;
 use crate::kv_spec::KvCacheSpec;
 use novastack_kernels::Dtype;
@@ -40,6 +41,12 @@ pub trait CausalLm<B: Backend>: Send + Sync {
     /// Runs one step for greedy decoding: the argmax of each logits row, computed where
     /// the logits are (on a GPU only the ids come back).
     fn forward_greedy(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<u32>>;
+
+    /// Which decode steps run through graphs, where the backend has them
+    /// (`crate::graph`); a model without graphs ignores it.
+    fn set_graph_options(&self, options: GraphOptions) {
+        let _ = options;
+    }
 }
 
 /// A pointer to a model is a model: a `Box<dyn CausalLm>` (what the registry builds)
@@ -72,5 +79,8 @@ where
     }
     fn forward_greedy(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<u32>> {
         (**self).forward_greedy(input, kv)
+    }
+    fn set_graph_options(&self, options: GraphOptions) {
+        (**self).set_graph_options(options)
     }
 }

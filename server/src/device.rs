@@ -53,6 +53,7 @@ pub fn with_model<J: ModelJob>(path: &Path, engine: &EngineArgs, job: J) -> Resu
             use novastack_models::CausalLm;
             let dtype = gpu_dtype(engine)?;
             let backend = SimBackend::new(sim_options(engine.sim_warp, &engine.sim_vendor)?, dtype)?;
+            backend.set_graphs(!engine.enforce_eager);
             tracing::info!("{} ({}), {dtype} storage", backend.info().name, backend.info().arch);
             let lm = load_model(path, backend).with_context(ctx)?;
             // Host memory: the KV cache is sized by --kv-cache-mb, in the storage type.
@@ -92,6 +93,15 @@ fn load_on_gpu<D: novastack_kernels::gpu::Device>(
     backend: novastack_kernels::gpu::GpuBackend<D>,
 ) -> Result<(LoadedModel<novastack_kernels::gpu::GpuBackend<D>>, usize)> {
     use novastack_models::CausalLm;
+    backend.set_graphs(!engine.enforce_eager);
+    tracing::info!(
+        "decode graphs {}",
+        if backend.graphs_enabled() {
+            "on (--enforce-eager turns them off)"
+        } else {
+            "off"
+        }
+    );
     let info = backend.info().clone();
     let dtype = backend.dtype;
     let total = info.total_bytes as f64;
@@ -165,6 +175,14 @@ mod tests {
 
     fn args(device: &str) -> EngineArgs {
         Cli::parse_from(["x", "--device", device]).engine
+    }
+
+    /// Decode graphs are on unless `--enforce-eager` (vLLM's name) turns them off.
+    #[test]
+    fn enforce_eager_turns_decode_graphs_off() {
+        assert!(!args("sim").enforce_eager);
+        let e = Cli::parse_from(["x", "--device", "sim", "--enforce-eager"]).engine;
+        assert!(e.enforce_eager);
     }
 
     #[test]

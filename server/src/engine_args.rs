@@ -53,6 +53,10 @@ pub struct EngineArgs {
     /// GPU storage type for weights, activations and KV cache: bf16, f16 or f32.
     #[arg(long, default_value = "bf16")]
     pub gpu_dtype: String,
+    /// GPU: run every step eagerly, kernel by kernel, instead of replaying decode steps
+    /// from CUDA / HIP graphs captured per batch-size bucket (vLLM's flag).
+    #[arg(long)]
+    pub enforce_eager: bool,
 }
 
 impl EngineArgs {

@@ -258,6 +258,9 @@ impl Backend for CpuBackend {
         check_len(OP, "key_cache", key_cache, cache.layer_len())?;
         check_len(OP, "value_cache", value_cache, cache.layer_len())?;
         for (row, &slot) in qkv.chunks_exact(row_stride).zip(slot_mapping) {
+            if slot == crate::PADDING_SLOT {
+                continue;
+            }
             let slot = slot as usize;
             if slot >= cache.num_slots() {
                 return Err(Error::OutOfRange {

@@ -3,7 +3,7 @@
 //! [`Device`] trait a vendor implements (`vendor::hip`, `vendor::cuda`, `vendor::sim`,
 //! and the recording device of the tests). Nothing vendor-specific is named here.
 
-use crate::{Dtype, Result};
+use crate::{Dtype, Error, Result};
 use std::ffi::c_void;
 
 /// What a GPU reports when opened.
@@ -19,7 +19,7 @@ pub struct DeviceInfo {
 }
 
 /// Launch geometry.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Launch {
     pub grid: (u32, u32, u32),
     pub block: (u32, u32, u32),
@@ -27,7 +27,7 @@ pub struct Launch {
 }
 
 /// A GEMM's shape and device addresses: row-major `out[m, n] = x[m, k] · w[n, k]ᵀ`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gemm {
     pub m: usize,
     pub n: usize,
@@ -82,6 +82,9 @@ pub trait Device: Send + Sync + Sized + 'static {
     type Mem: Send + Sync;
     /// A loaded kernel.
     type Func: Send + Sync;
+    /// A captured, instantiated graph of launches and GEMMs (decode graphs, `graph.rs`).
+    /// Devices without graphs use `()`.
+    type Graph: Send + Sync;
     /// `cuda` or `hip`.
     const NAME: &'static str;
 
@@ -98,6 +101,11 @@ pub trait Device: Send + Sync + Sized + 'static {
     }
     /// A new allocation holding `bytes`.
     fn htod(&self, bytes: &[u8]) -> Result<Self::Mem>;
+    /// Copies `bytes` into the existing allocation `m` at byte `offset`, ordered on the
+    /// stream after the work queued before it (which may still read the old contents)
+    /// and before the work queued after it; the host may reuse `bytes` at once. This is
+    /// how per-step metadata reaches the fixed buffers a captured graph reads.
+    fn write(&self, m: &mut Self::Mem, offset: usize, bytes: &[u8]) -> Result<()>;
     /// Copies the first `out.len()` bytes of `m` to the host (waits for queued work).
     fn dtoh(&self, m: &Self::Mem, out: &mut [u8]) -> Result<()>;
     /// The allocation's device address.
@@ -129,4 +137,31 @@ pub trait Device: Send + Sync + Sized + 'static {
     fn synchronize(&self) -> Result<()>;
     /// Free and total device memory in bytes.
     fn mem_info(&self) -> Result<(usize, usize)>;
+
+    /// Whether [`Device::begin_capture`] works on this device.
+    fn graphs_supported(&self) -> bool {
+        false
+    }
+    /// From now on launches and GEMMs are recorded into a graph instead of run, until
+    /// [`Device::end_capture`]. Allocations, uploads, writes and downloads are not
+    /// allowed while capturing (the backend never issues them then).
+    fn begin_capture(&self) -> Result<()> {
+        Err(no_graphs(Self::NAME))
+    }
+    /// Ends the capture and returns the graph, ready to replay.
+    fn end_capture(&self) -> Result<Self::Graph> {
+        Err(no_graphs(Self::NAME))
+    }
+    /// Queues the captured work again, with the argument values it was captured with.
+    ///
+    /// # Safety
+    /// Every allocation the captured work addresses must still be live.
+    unsafe fn replay(&self, graph: &Self::Graph) -> Result<()> {
+        let _ = graph;
+        Err(no_graphs(Self::NAME))
+    }
+}
+
+fn no_graphs(name: &str) -> Error {
+    Error::Unavailable(format!("{name}: this device cannot capture graphs"))
 }

@@ -34,19 +34,28 @@ impl<D: Device> GpuBuf<D> {
     }
 }
 
-/// The last upload of some per-step metadata: its host copy and device buffer.
+/// The last upload of some per-step metadata: its host copy and the fixed device
+/// allocation it was written into (grow-only, so a captured graph's address stays
+/// valid until a larger batch needs more room).
 pub(super) struct Cached<D: Device> {
     host: Vec<u32>,
-    /// Keeps the allocation `ptr` points into alive.
-    _mem: D::Mem,
+    mem: D::Mem,
+    /// Bytes `mem` holds.
+    cap: usize,
     ptr: u64,
 }
 
 pub(super) type UploadCache<D> = Mutex<Option<Cached<D>>>;
 
+/// The smallest metadata allocation: room for 1024 values, so that the buffers of
+/// small batches are not reallocated (and their graphs not invalidated) as they grow.
+const MIN_UPLOAD_BYTES: usize = 4096;
+
 /// A grow-only device scratch area (split-K partials, f32 logits). Reusing it across
 /// calls is safe because all work is queued on one stream in order.
-pub(super) type Scratch<D> = Mutex<Option<(usize, <D as Device>::Mem, u64)>>;
+pub(super) type Scratch<D> = Mutex<Option<Area<D>>>;
+/// A grow-only area: (bytes, allocation, address).
+pub(super) type Area<D> = (usize, <D as Device>::Mem, u64);
 
 pub(super) const THREADS: u32 = 256;
 /// Warps per block for the attention and head-norm kernels (4 x the warp width).
@@ -109,7 +118,7 @@ macro_rules! launch {
             let mut ptrs = p.ptrs();
             // SAFETY: arguments match the kernel's parameter list (see kernels/hip/), and
             // the buffers they address are borrowed for the duration of the op.
-            unsafe { $crate::gpu::Device::launch(&$self.dev, f, cfg, &mut ptrs[..n], &p.sizes[..n]) }
+            unsafe { $self.dispatch_launch($name, f, cfg, &mut ptrs[..n], &p.sizes[..n]) }
         }
     }};
 }
@@ -161,6 +170,7 @@ pub(super) fn stride_grid(n: usize) -> Launch {
 impl<D: Device> GpuBackend<D> {
     /// A buffer in this backend's dtype: the bytes of `data`, or `len` zeros.
     pub(super) fn new_buf(&self, data: Option<&[f32]>, len: usize) -> Result<GpuBuf<D>> {
+        self.not_capturing("an allocation")?;
         let mem = match data {
             Some(data) if !data.is_empty() => self.dev.htod(&self.dtype.to_bytes(data))?,
             _ => self.dev.alloc_zeros(self.dtype.bytes(len).max(1))?,
@@ -174,52 +184,80 @@ impl<D: Device> GpuBackend<D> {
     }
 
     pub(super) fn read_buf(&self, buf: &GpuBuf<D>) -> Result<Vec<f32>> {
+        self.not_capturing("a download")?;
         let mut bytes = vec![0u8; buf.dtype.bytes(buf.len)];
         self.dev.dtoh(&buf.mem, &mut bytes)?;
         Ok(buf.dtype.from_bytes(&bytes, buf.len))
     }
 
-    /// `v` on the device, reusing the last upload through `slot` when the contents are
-    /// the same: a step's positions, slot mapping and attention metadata are the same
-    /// for every layer, so they cross the bus once per step, not once per layer.
+    /// `v` on the device, through the fixed allocation of `slot`: nothing is copied
+    /// when the contents are the same as last time (a step's positions, slot mapping
+    /// and attention metadata are the same for every layer, so they cross the bus once
+    /// per step, not once per layer), and a change is written in place (stream-ordered)
+    /// unless it needs more room. The address stays the same from step to step, which
+    /// is what lets a captured graph read each step's metadata.
     pub(super) fn cached_u32s(&self, slot: &UploadCache<D>, v: &[u32]) -> Result<u64> {
         let mut g = slot.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = g.as_ref().filter(|c| c.host.as_slice() == v) {
             return Ok(c.ptr);
         }
-        let mem = self.u32s(v)?;
-        let ptr = self.dev.ptr(&mem);
-        *g = Some(Cached {
-            host: v.to_vec(),
-            _mem: mem,
-            ptr,
-        });
-        Ok(ptr)
-    }
-
-    pub(super) fn u32s(&self, v: &[u32]) -> Result<D::Mem> {
-        if v.is_empty() {
-            return self.dev.alloc_zeros(4);
-        }
+        self.not_capturing("a metadata upload")?;
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.dev.htod(&bytes)
+        let c = match g.take() {
+            Some(c) if c.cap >= bytes.len() => c,
+            old => {
+                // Grow geometrically, so a batch creeping upwards reallocates rarely.
+                let cap = bytes
+                    .len()
+                    .max(MIN_UPLOAD_BYTES)
+                    .max(old.as_ref().map_or(0, |c| 2 * c.cap));
+                drop(old);
+                let mem = self.dev.alloc_zeros(cap)?;
+                Cached {
+                    host: Vec::new(),
+                    ptr: self.dev.ptr(&mem),
+                    mem,
+                    cap,
+                }
+            }
+        };
+        let c = g.insert(c);
+        // Forget the old contents first: if the write fails they are unknown.
+        c.host.clear();
+        if !bytes.is_empty() {
+            self.dev.write(&mut c.mem, 0, &bytes)?;
+        }
+        c.host.extend_from_slice(v);
+        Ok(c.ptr)
     }
 
     /// The scratch area, grown to at least `bytes`; returns its address.
     pub(super) fn scratch(&self, bytes: usize) -> Result<u64> {
-        let mut g = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        self.grow(&self.scratch, bytes).map(|(ptr, _)| ptr)
+    }
+
+    /// The grow-only area `area`, grown to at least `bytes`: its address, and the lock
+    /// that keeps it (for a download from it).
+    pub(super) fn grow<'a>(
+        &self,
+        area: &'a Scratch<D>,
+        bytes: usize,
+    ) -> Result<(u64, std::sync::MutexGuard<'a, Option<Area<D>>>)> {
+        let mut g = area.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((size, _, ptr)) = g.as_ref() {
             if *size >= bytes {
-                return Ok(*ptr);
+                let ptr = *ptr;
+                return Ok((ptr, g));
             }
         }
+        self.not_capturing("a scratch allocation")?;
         // Grow geometrically so a slowly rising context does not reallocate per step.
         let size = bytes.max(g.as_ref().map_or(0, |s| s.0 * 2));
         *g = None;
         let mem = self.dev.alloc(size)?;
         let ptr = self.dev.ptr(&mem);
         *g = Some((size, mem, ptr));
-        Ok(ptr)
+        Ok((ptr, g))
     }
 
     /// `b` is stored as the loaded kernels expect: every kernel of this backend was

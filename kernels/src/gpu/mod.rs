@@ -14,23 +14,28 @@
 //!   with, and the op's conformance cases.
 //!
 //! Small per-step metadata (ids, positions, slot mappings, block tables) is copied up
-//! once per step (it is the same for every layer); nothing comes back to the host
-//! except what `download` asks for.
+//! once per step (it is the same for every layer) into fixed, grow-only allocations;
+//! nothing comes back to the host except what `download` asks for.
+//! - `graph.rs`: decode graphs: capture a step, check later steps against it, replay.
 
 mod device;
+mod graph;
 pub(crate) mod launch;
 pub(crate) mod ops;
 #[cfg(test)]
 pub(crate) mod recorder;
 
 pub use self::device::{BlasGemm, Device, DeviceInfo, Gemm, Launch};
+pub use self::graph::GraphPhase;
 pub use self::launch::GpuBuf;
 /// The crate's one [`crate::Dtype`], also under its former path.
 pub use crate::Dtype;
 
+use self::graph::Graphs;
 use self::launch::{Scratch, UploadCache};
 use crate::{AttentionMetadata, Backend, Error, KvCacheConfig, Result};
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
 pub struct GpuBackend<D: Device> {
@@ -43,7 +48,17 @@ pub struct GpuBackend<D: Device> {
     slots: UploadCache<D>,
     /// [query_start | num_queries | context_len | block tables] in one buffer.
     attn_meta: UploadCache<D>,
+    /// Token ids (embedding) and the rows whose logits are wanted (gather_rows).
+    ids: UploadCache<D>,
+    gather: UploadCache<D>,
     scratch: Scratch<D>,
+    /// The greedy ids and widened logits of `argmax_rows`.
+    argmax: Scratch<D>,
+    /// Decode graphs (`graph.rs`): on unless turned off, where the device has them.
+    graphs_on: AtomicBool,
+    /// A capture or check pass is under way (launches take the `graphs` lock only then).
+    graph_active: AtomicBool,
+    graphs: Mutex<Graphs<D>>,
 }
 
 impl<D: Device> GpuBackend<D> {
@@ -85,7 +100,13 @@ impl<D: Device> GpuBackend<D> {
             positions: Mutex::new(None),
             slots: Mutex::new(None),
             attn_meta: Mutex::new(None),
+            ids: Mutex::new(None),
+            gather: Mutex::new(None),
             scratch: Mutex::new(None),
+            argmax: Mutex::new(None),
+            graphs_on: AtomicBool::new(true),
+            graph_active: AtomicBool::new(false),
+            graphs: Mutex::new(Graphs::default()),
         })
     }
 
@@ -311,5 +332,21 @@ impl<D: Device> Backend for GpuBackend<D> {
 
     fn argmax_rows(&self, x: &GpuBuf<D>, rows: usize, cols: usize) -> Result<Vec<u32>> {
         ops::sampling::argmax_rows(self, x, rows, cols)
+    }
+
+    fn graphs_enabled(&self) -> bool {
+        GpuBackend::graphs_enabled(self)
+    }
+
+    fn graph_begin(&self, key: u64, phase: GraphPhase) -> Result<bool> {
+        GpuBackend::graph_begin(self, key, phase)
+    }
+
+    fn graph_end(&self) -> Result<bool> {
+        GpuBackend::graph_end(self)
+    }
+
+    fn graph_abort(&self) {
+        GpuBackend::graph_abort(self)
     }
 }

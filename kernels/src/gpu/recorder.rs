@@ -26,6 +26,7 @@ pub(crate) struct Recorder {
 impl Device for Recorder {
     type Mem = Vec<u8>;
     type Func = String;
+    type Graph = ();
     const NAME: &'static str = "recorder";
     fn info(&self) -> &DeviceInfo {
         &self.info
@@ -40,6 +41,10 @@ impl Device for Recorder {
     }
     fn htod(&self, bytes: &[u8]) -> Result<Vec<u8>> {
         Ok(bytes.to_vec())
+    }
+    fn write(&self, m: &mut Vec<u8>, offset: usize, bytes: &[u8]) -> Result<()> {
+        m[offset..offset + bytes.len()].copy_from_slice(bytes);
+        Ok(())
     }
     fn dtoh(&self, m: &Vec<u8>, out: &mut [u8]) -> Result<()> {
         out.copy_from_slice(&m[..out.len()]);

@@ -7,15 +7,19 @@ use crate::causal_lm::CausalLm;
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
 use crate::gguf::{config_from_gguf, GgufFile, GgufLlamaSource};
+use crate::graph::{DecodeGraphs, GraphOptions};
 use crate::input::ForwardInput;
 use crate::kv_spec::KvCacheSpec;
-use crate::layers::attention::{Attention, AttentionOptions, AttentionShape, KvLayer};
+use crate::layers::attention::{
+    Attention, AttentionOptions, AttentionScratch, AttentionShape, KvLayer,
+};
 use crate::layers::mlp::{GatedMlp, MlpScratch};
 use crate::layers::norm::RmsNorm;
 use crate::layers::rope::RotaryEmbedding;
 use crate::layers::{Pass, Weights};
 use crate::loader::TensorSource;
 use crate::registry::{Family, HfCheckpoint};
+use crate::workspace::{Capacity, Workspace};
 use novastack_kernels::{Backend, KvCache};
 
 /// The registry's entry for this family.
@@ -63,6 +67,39 @@ pub struct Llama<B: Backend> {
     layers: Vec<Block<B>>,
     rope: RotaryEmbedding<B>,
     max_positions: usize,
+    /// Activations, kept from step to step (and fixed for decode graphs).
+    acts: Workspace<Activations<B>>,
+    graphs: DecodeGraphs,
+}
+
+/// Every activation of a forward pass, for up to `rows` tokens and `logits_rows`
+/// rows of logits.
+struct Activations<B: Backend> {
+    /// The residual stream.
+    x: B::Buf,
+    normed: B::Buf,
+    attn: AttentionScratch<B>,
+    proj: B::Buf,
+    mlp: MlpScratch<B>,
+    last: B::Buf,
+    last_normed: B::Buf,
+    logits: B::Buf,
+}
+
+impl<B: Backend> Activations<B> {
+    fn new(b: &B, c: &ModelConfig, cap: Capacity) -> Result<Self> {
+        let (n, m, h) = (cap.rows, cap.logits_rows, c.hidden_size);
+        Ok(Activations {
+            x: b.zeros(n * h)?,
+            normed: b.zeros(n * h)?,
+            attn: attention_shape(c).scratch(b, n)?,
+            proj: b.zeros(n * h)?,
+            mlp: MlpScratch::new(b, n, c.intermediate_size)?,
+            last: b.zeros(m * h)?,
+            last_normed: b.zeros(m * h)?,
+            logits: b.zeros(m * c.vocab_size)?,
+        })
+    }
 }
 
 impl<B: Backend> Llama<B> {
@@ -126,6 +163,8 @@ impl<B: Backend> Llama<B> {
             layers,
             rope,
             max_positions,
+            acts: Workspace::default(),
+            graphs: DecodeGraphs::default(),
         })
     }
 
@@ -134,8 +173,15 @@ impl<B: Backend> Llama<B> {
         self.config.architecture
     }
 
-    /// Runs one step and leaves the logits `[logits_indices.len(), vocab]` on the device.
-    pub fn forward_on_device(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<B::Buf> {
+    /// Runs one step and hands `read` the logits, `[logits_indices.len(), vocab]` at
+    /// the start of a device buffer that may hold more rows (the workspace's). A
+    /// decode step goes through a graph where the backend has them (`crate::graph`).
+    fn with_logits<R>(
+        &self,
+        input: &ForwardInput,
+        kv: &mut KvCache<B>,
+        read: impl FnOnce(&B::Buf) -> Result<R>,
+    ) -> Result<R> {
         let c = &self.config;
         let b = &self.backend;
         let n = input.token_ids.len();
@@ -159,23 +205,64 @@ impl<B: Backend> Llama<B> {
             ));
         }
         if n == 0 {
-            return Ok(b.zeros(0)?);
+            return read(&b.zeros(0)?);
         }
+        let padded = if b.graphs_enabled() {
+            self.graphs.plan(input)
+        } else {
+            None
+        };
+        let step = padded.as_ref().map_or(input, |p| &p.input);
+        let need = Capacity {
+            rows: step.num_tokens(),
+            logits_rows: step.logits_indices.len(),
+        };
+        self.acts.with(
+            need,
+            |cap| Activations::new(b, c, cap),
+            |acts| {
+                match &padded {
+                    Some(p) => self
+                        .graphs
+                        .run(b, p, &mut |step| self.forward_into(step, kv, acts))?,
+                    None => self.forward_into(input, kv, acts)?,
+                }
+                read(&acts.logits)
+            },
+        )
+    }
+
+    /// One forward pass over `input` into `acts` (logits in `acts.logits`). Issues the
+    /// same ops for the same shapes every time, and allocates nothing.
+    fn forward_into(
+        &self,
+        input: &ForwardInput,
+        kv: &mut KvCache<B>,
+        acts: &mut Activations<B>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let b = &self.backend;
+        let n = input.token_ids.len();
         let h = c.hidden_size;
         let pass = Pass {
             backend: b,
             input,
             rows: n,
         };
-        let mut x = b.zeros(n * h)?;
-        b.embedding(&self.embed, c.vocab_size, h, &input.token_ids, &mut x)?;
-        let mut normed = b.zeros(n * h)?;
-        let mut attn = attention_shape(c).scratch(b, n)?;
-        let mut proj = b.zeros(n * h)?;
-        let mut mlp = MlpScratch::new(b, n, c.intermediate_size)?;
+        let Activations {
+            x,
+            normed,
+            attn,
+            proj,
+            mlp,
+            last,
+            last_normed,
+            logits,
+        } = acts;
+        b.embedding(&self.embed, c.vocab_size, h, &input.token_ids, x)?;
         let kv_config = kv.config;
         for (layer, (kc, vc)) in self.layers.iter().zip(kv.layers.iter_mut()) {
-            layer.input_norm.forward(b, &x, n, &mut normed)?;
+            layer.input_norm.forward(b, x, n, normed)?;
             let cache = KvLayer {
                 config: &kv_config,
                 key: kc,
@@ -183,22 +270,17 @@ impl<B: Backend> Llama<B> {
             };
             layer
                 .attn
-                .forward(&pass, &self.rope, &normed, cache, &mut attn, &mut proj)?;
-            layer
-                .post_norm
-                .add_forward(b, &mut x, &proj, n, &mut normed)?;
-            layer.mlp.forward(&pass, &normed, &mut mlp, &mut proj)?;
-            b.add_inplace(&mut x, &proj, n * h)?;
+                .forward(&pass, &self.rope, normed, cache, attn, proj)?;
+            layer.post_norm.add_forward(b, x, proj, n, normed)?;
+            layer.mlp.forward(&pass, normed, mlp, proj)?;
+            b.add_inplace(x, proj, n * h)?;
         }
         let m = input.logits_indices.len();
-        let mut last = b.zeros(m * h)?;
-        b.gather_rows(&x, h, &input.logits_indices, &mut last)?;
-        let mut last_normed = b.zeros(m * h)?;
-        self.norm.forward(b, &last, m, &mut last_normed)?;
+        b.gather_rows(x, h, &input.logits_indices, last)?;
+        self.norm.forward(b, last, m, last_normed)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let mut logits = b.zeros(m * c.vocab_size)?;
-        b.matmul(&last_normed, head, None, m, h, c.vocab_size, &mut logits)?;
-        Ok(logits)
+        b.matmul(last_normed, head, None, m, h, c.vocab_size, logits)?;
+        Ok(())
     }
 }
 
@@ -231,15 +313,25 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
     }
 
     fn forward(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<f32>> {
-        let logits = self.forward_on_device(input, kv)?;
-        Ok(self.backend.download(&logits)?)
+        let len = input.logits_indices.len() * self.config.vocab_size;
+        self.with_logits(input, kv, |logits| {
+            let mut v = self.backend.download(logits)?;
+            v.truncate(len);
+            Ok(v)
+        })
     }
 
     fn forward_greedy(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<u32>> {
-        let logits = self.forward_on_device(input, kv)?;
-        Ok(self
-            .backend
-            .argmax_rows(&logits, input.logits_indices.len(), self.config.vocab_size)?)
+        let rows = input.logits_indices.len();
+        self.with_logits(input, kv, |logits| {
+            Ok(self
+                .backend
+                .argmax_rows(logits, rows, self.config.vocab_size)?)
+        })
+    }
+
+    fn set_graph_options(&self, options: GraphOptions) {
+        self.graphs.set_options(options);
     }
 }
 

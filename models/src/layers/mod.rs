@@ -2,8 +2,9 @@
 //! them by Hugging Face name from a [`TensorSource`], and runs as a fixed sequence of
 //! [`Backend`] ops. An architecture file (`crate::arch`) wires them into a decoder.
 //!
-//! Layers allocate nothing per call: a forward pass makes each layer kind's scratch
-//! buffers once and hands them to every layer of that kind.
+//! Layers allocate nothing per call: the model keeps each layer kind's scratch buffers
+//! in its workspace (`crate::workspace`, grown for larger batches, reused otherwise)
+//! and hands them to every layer of that kind.
 
 pub mod attention;
 pub mod mlp;

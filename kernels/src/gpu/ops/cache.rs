@@ -5,7 +5,7 @@
 use crate::conformance::{Case, Gen, Visit};
 use crate::gpu::launch::{grid1, launch};
 use crate::gpu::{Device, GpuBackend, GpuBuf};
-use crate::{shape, Backend, Error, KvCacheConfig, Result, SeqAttention};
+use crate::{shape, Backend, Error, KvCacheConfig, Result, SeqAttention, PADDING_SLOT};
 
 /// `reshape_and_cache(qkv, slots, key_cache, value_cache, row_stride, k_offset,
 /// v_offset, slot_len)`: one block per token; the slot mapping goes through the
@@ -30,7 +30,7 @@ pub(crate) fn reshape_and_cache<D: Device>(
     b.check(OP, "value_cache", value_cache, cache_len)?;
     if let Some(&s) = slot_mapping
         .iter()
-        .find(|&&s| s as usize >= cache.num_slots())
+        .find(|&&s| s != PADDING_SLOT && s as usize >= cache.num_slots())
     {
         return Err(Error::OutOfRange {
             op: OP,

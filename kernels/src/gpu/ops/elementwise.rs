@@ -27,14 +27,14 @@ pub(crate) fn embedding<D: Device>(
             limit: vocab,
         });
     }
-    let ids_d = b.u32s(ids)?;
+    let ids_d = b.cached_u32s(&b.ids, ids)?;
     launch!(
         b,
         "embedding",
         grid1(ids.len()),
         out.ptr,
         table.ptr,
-        b.dev.ptr(&ids_d),
+        ids_d,
         hidden as i32
     )
 }
@@ -89,14 +89,17 @@ pub(crate) fn gather_rows<D: Device>(
             limit: rows,
         });
     }
-    let idx = b.u32s(&indices.iter().map(|&i| i as u32).collect::<Vec<_>>())?;
+    let idx = b.cached_u32s(
+        &b.gather,
+        &indices.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+    )?;
     launch!(
         b,
         "gather_rows",
         grid1(indices.len()),
         out.ptr,
         x.ptr,
-        b.dev.ptr(&idx),
+        idx,
         dim as i32
     )
 }

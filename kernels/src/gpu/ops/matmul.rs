@@ -28,7 +28,7 @@ pub(crate) fn matmul<D: Device>(
     }
     // SAFETY: live allocations of the checked sizes.
     unsafe {
-        b.dev.gemm_bt(
+        b.dispatch_gemm(
             b.dtype,
             Gemm {
                 m,

@@ -23,24 +23,29 @@ pub(crate) fn argmax_rows<D: Device>(
     }
     let n = rows * cols;
     let ids_bytes = rows * 4;
+    // One grow-only area of its own: [ids | f32 logits (16-bit logits widened)], so
+    // that a step's argmax neither allocates nor moves the scratch area that a
+    // captured graph's attention reads.
+    let logits_at = ids_bytes.next_multiple_of(256);
+    let need = if x.dtype == Dtype::F32 {
+        ids_bytes
+    } else {
+        logits_at + n * 4
+    };
+    let (area, guard) = b.grow(&b.argmax, need)?;
     let logits = if x.dtype == Dtype::F32 {
         x.ptr
     } else {
-        let f = b.scratch(n * 4)?;
+        let f = area + logits_at as u64;
         launch!(b, "to_f32", stride_grid(n), f, x.ptr, n as i64)?;
         f
     };
-    let ids = b.dev.alloc_zeros(ids_bytes)?;
-    launch!(
-        b,
-        "argmax_rows",
-        grid1(rows),
-        logits,
-        b.dev.ptr(&ids),
-        cols as i32
-    )?;
+    launch!(b, "argmax_rows", grid1(rows), logits, area, cols as i32)?;
+    b.not_capturing("a download")?;
     let mut bytes = vec![0u8; ids_bytes];
-    b.dev.dtoh(&ids, &mut bytes)?;
+    if let Some((_, mem, _)) = guard.as_ref() {
+        b.dev.dtoh(mem, &mut bytes)?;
+    }
     Ok(bytes
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))

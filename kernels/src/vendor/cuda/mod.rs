@@ -3,22 +3,31 @@
 //! [`CudaBackend`] is the shared GPU backend on it, the same code the AMD build runs.
 //!
 //! Ordering: kernels, cuBLAS, allocations (`cuMemAllocAsync` where the driver has it),
-//! copies and memsets all go on cudarc's default stream, the legacy null stream, so
-//! they run in issue order. Uploads are already asynchronous and stream-ordered
-//! (`clone_htod` is `cuMemcpyHtoDAsync`); their source is pageable, so the driver
-//! copies it into its own pinned staging first, and for a step's small uploads returns
-//! without waiting for the GPU. The host waits only in `dtoh` and `synchronize`. Left
-//! for decode graphs (issue 15 §5): capture cannot record the legacy null stream (a
-//! created stream is needed, as the HIP device has), and cudarc's event tracking (on by
-//! default) creates two events per allocation, which one stream does not need
-//! (`CudaContext::disable_event_tracking`).
+//! copies and memsets all go on one stream the device creates, so they run in issue
+//! order. Uploads are asynchronous and stream-ordered (`clone_htod` and `write` are
+//! `cuMemcpyHtoDAsync`); their source is pageable, so the driver copies it into its
+//! own pinned staging first, and for a step's small uploads returns without waiting
+//! for the GPU. The host waits only in `dtoh` and `synchronize`. cudarc's event
+//! tracking (two events per allocation, for ordering across streams) is off: there is
+//! one stream, and a capture must not record those events.
+//!
+//! Decode graphs (`gpu/graph.rs`): a created stream, not the legacy null stream,
+//! because only a created stream can be captured; cuBLAS is on it. Capture is
+//! `cuStreamBeginCapture` in relaxed mode, `cuStreamEndCapture` and
+//! `cuGraphInstantiate` (cudarc's `CudaStream::begin_capture` / `end_capture`); replay
+//! is `cuGraphLaunch` on the same stream. Not verified on a GPU yet (none was
+//! available when this was written): that cuBLAS captures `cublasGemmEx` without
+//! allocating (the eager step before each capture has already run every GEMM shape
+//! on this stream, which is when cuBLAS sets up its workspace), and the speed-up.
 
 pub mod nvrtc;
 
 use crate::gpu::{Device, DeviceInfo, Gemm, GpuBackend, Launch};
 use crate::{Dtype, Error, Result};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{
+    sys as driver_sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr,
+};
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -39,10 +48,21 @@ pub struct CudaDevice {
     info: DeviceInfo,
 }
 
+/// A captured, instantiated CUDA graph.
+pub struct CudaGraphExec(CudaGraph);
+
+// SAFETY: a graph is only launched or dropped under the backend's graph lock, one
+// thread at a time (CUDA asks that graph calls on one graph be serialized).
+unsafe impl Send for CudaGraphExec {}
+unsafe impl Sync for CudaGraphExec {}
+
 impl CudaDevice {
     pub fn open(ordinal: usize) -> Result<CudaDevice> {
         let (ctx, info) = open_context(ordinal)?;
-        let stream = ctx.default_stream();
+        // SAFETY: everything this device does goes on the one stream created below,
+        // so no allocation is used on another stream (what event tracking orders).
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(dev)?;
         let blas = CudaBlas::new(stream.clone()).map_err(dev)?;
         Ok(CudaDevice {
             ctx,
@@ -72,6 +92,7 @@ fn cuda_type(d: Dtype) -> blas_sys::cudaDataType {
 impl Device for CudaDevice {
     type Mem = CudaSlice<u8>;
     type Func = CudaFunction;
+    type Graph = CudaGraphExec;
     const NAME: &'static str = "cuda";
 
     fn info(&self) -> &DeviceInfo {
@@ -108,6 +129,25 @@ impl Device for CudaDevice {
             return self.alloc_zeros(1);
         }
         self.stream.clone_htod(bytes).map_err(dev)
+    }
+
+    fn write(&self, m: &mut CudaSlice<u8>, offset: usize, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let end = offset
+            .checked_add(bytes.len())
+            .filter(|&e| e <= m.len())
+            .ok_or_else(|| {
+                dev(format!(
+                    "a write of {} bytes at {offset} into a {}-byte allocation",
+                    bytes.len(),
+                    m.len()
+                ))
+            })?;
+        self.stream
+            .memcpy_htod(bytes, &mut m.slice_mut(offset..end))
+            .map_err(dev)
     }
 
     fn dtoh(&self, m: &CudaSlice<u8>, out: &mut [u8]) -> Result<()> {
@@ -197,6 +237,30 @@ impl Device for CudaDevice {
     fn mem_info(&self) -> Result<(usize, usize)> {
         self.ctx.bind_to_thread().map_err(dev)?;
         driver_mem_info()
+    }
+
+    fn graphs_supported(&self) -> bool {
+        true
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        // Relaxed: another thread's unrelated CUDA calls (a download for another
+        // model, say) do not invalidate this capture.
+        self.stream
+            .begin_capture(driver_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(dev)
+    }
+
+    fn end_capture(&self) -> Result<CudaGraphExec> {
+        self.stream
+            .end_capture(driver_sys::CUgraphInstantiate_flags(0))
+            .map_err(dev)?
+            .map(CudaGraphExec)
+            .ok_or_else(|| dev("the capture recorded no work"))
+    }
+
+    unsafe fn replay(&self, graph: &CudaGraphExec) -> Result<()> {
+        graph.0.launch().map_err(dev)
     }
 }
 

@@ -6,15 +6,18 @@
 //!
 //! Everything (kernels, rocBLAS, uploads, copies, memsets) runs on the device's one
 //! stream (`stream.rs`), so work is ordered without events and the host waits only
-//! where it reads a result.
+//! where it reads a result. Decode steps can be captured into HIP graphs on that
+//! stream (`graph.rs`).
 
 pub mod arch;
+mod graph;
 mod pool;
 mod rocblas;
 pub mod runtime;
 mod staging;
 mod stream;
 
+pub use self::graph::HipGraph;
 use self::pool::Pool;
 use self::rocblas::{
     rocblas_type, RocBlas, ROCBLAS_DATATYPE_F32_R, ROCBLAS_GEMM_ALGO_STANDARD,
@@ -125,6 +128,7 @@ impl HipDevice {
 impl Device for HipDevice {
     type Mem = HipMem;
     type Func = HipFunc;
+    type Graph = HipGraph;
     const NAME: &'static str = "hip";
 
     fn info(&self) -> &DeviceInfo {
@@ -167,6 +171,33 @@ impl Device for HipDevice {
             unsafe { self.hip.copy_to_device(m.ptr, bytes, self.stream.raw())? };
         }
         Ok(m)
+    }
+
+    /// As `htod`, into an existing allocation (`Pool::class(bytes)` is its size).
+    fn write(&self, m: &mut HipMem, offset: usize, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if offset
+            .checked_add(bytes.len())
+            .is_none_or(|end| end > m.class)
+        {
+            return Err(Error::Unavailable(format!(
+                "HIP: a write of {} bytes at {offset} into a {}-byte allocation",
+                bytes.len(),
+                m.class
+            )));
+        }
+        self.bind()?;
+        // SAFETY: the range lies inside the allocation (checked above); the stream is live.
+        let dst = unsafe { (m.ptr as *mut u8).add(offset) } as *mut c_void;
+        if Staging::<Hip>::takes(bytes.len()) {
+            // SAFETY: as in `htod`: ordered after the work queued before it.
+            unsafe { self.staging.upload(dst, bytes, self.stream.raw()) }
+        } else {
+            // SAFETY: as above; the call returns after the copy has run.
+            unsafe { self.hip.copy_to_device(dst, bytes, self.stream.raw()) }
+        }
     }
 
     fn dtoh(&self, m: &HipMem, out: &mut [u8]) -> Result<()> {
@@ -265,6 +296,29 @@ impl Device for HipDevice {
     fn mem_info(&self) -> Result<(usize, usize)> {
         self.bind()?;
         self.hip.mem_info()
+    }
+
+    fn graphs_supported(&self) -> bool {
+        self.hip.has_graphs()
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the device's own live stream.
+        unsafe { self.hip.begin_capture(self.stream.raw()) }
+    }
+
+    fn end_capture(&self) -> Result<HipGraph> {
+        self.bind()?;
+        // SAFETY: called after `begin_capture` (the backend pairs them).
+        let handles = unsafe { self.hip.end_capture(self.stream.raw())? };
+        Ok(HipGraph::new(self.hip.clone(), handles))
+    }
+
+    unsafe fn replay(&self, graph: &HipGraph) -> Result<()> {
+        self.bind()?;
+        // SAFETY: a live graph of this device; the stream is live.
+        unsafe { self.hip.graph_launch(graph.exec(), self.stream.raw()) }
     }
 }
 

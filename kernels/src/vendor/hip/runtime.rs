@@ -100,7 +100,25 @@ struct Api {
     hiprtcGetCodeSize: unsafe extern "C" fn(Prog, *mut usize) -> c_int,
     hiprtcGetCode: unsafe extern "C" fn(Prog, *mut c_char) -> c_int,
     hiprtcDestroyProgram: unsafe extern "C" fn(*mut Prog) -> c_int,
+    /// Stream capture and graphs (decode graphs), where the runtime has all of them.
+    graph: Option<GraphApi>,
 }
+
+/// `hipStreamBeginCapture` .. `hipGraphDestroy`.
+#[allow(non_snake_case)]
+struct GraphApi {
+    hipStreamBeginCapture: unsafe extern "C" fn(Handle, c_int) -> HipError,
+    hipStreamEndCapture: unsafe extern "C" fn(Handle, *mut Handle) -> HipError,
+    hipGraphInstantiate:
+        unsafe extern "C" fn(*mut Handle, Handle, *mut Handle, *mut c_char, usize) -> HipError,
+    hipGraphLaunch: unsafe extern "C" fn(Handle, Handle) -> HipError,
+    hipGraphExecDestroy: unsafe extern "C" fn(Handle) -> HipError,
+    hipGraphDestroy: unsafe extern "C" fn(Handle) -> HipError,
+}
+
+/// `hipStreamCaptureModeRelaxed`: another thread's unrelated HIP calls do not
+/// invalidate the capture.
+const HIP_STREAM_CAPTURE_MODE_RELAXED: c_int = 2;
 
 /// An opened device: what it reports, and the full target ID kernels are compiled for.
 pub struct Opened {
@@ -207,6 +225,16 @@ impl Hip {
             hiprtcGetCodeSize: sym!(libs, hiprtcGetCodeSize),
             hiprtcGetCode: sym!(libs, hiprtcGetCode),
             hiprtcDestroyProgram: sym!(libs, hiprtcDestroyProgram),
+            graph: (|| {
+                Some(GraphApi {
+                    hipStreamBeginCapture: opt_sym!(libs, "hipStreamBeginCapture")?,
+                    hipStreamEndCapture: opt_sym!(libs, "hipStreamEndCapture")?,
+                    hipGraphInstantiate: opt_sym!(libs, "hipGraphInstantiate")?,
+                    hipGraphLaunch: opt_sym!(libs, "hipGraphLaunch")?,
+                    hipGraphExecDestroy: opt_sym!(libs, "hipGraphExecDestroy")?,
+                    hipGraphDestroy: opt_sym!(libs, "hipGraphDestroy")?,
+                })
+            })(),
         };
         Ok(Hip { api, _libs: libs })
     }
@@ -596,6 +624,77 @@ impl Hip {
             (self.api.hipModuleGetFunction)(&mut f, module, name.as_ptr()),
         )?;
         Ok(f)
+    }
+
+    /// Whether the runtime has stream capture and graphs.
+    pub fn has_graphs(&self) -> bool {
+        self.api.graph.is_some()
+    }
+
+    fn graph_api(&self) -> Result<&GraphApi> {
+        self.api
+            .graph
+            .as_ref()
+            .ok_or_else(|| lacks("hipStreamBeginCapture"))
+    }
+
+    /// Starts recording `stream` into a graph (relaxed mode).
+    ///
+    /// # Safety
+    /// `stream` must be a live stream created by [`Hip::stream_create`].
+    pub unsafe fn begin_capture(&self, stream: Handle) -> Result<()> {
+        let g = self.graph_api()?;
+        self.check(
+            "hipStreamBeginCapture",
+            (g.hipStreamBeginCapture)(stream, HIP_STREAM_CAPTURE_MODE_RELAXED),
+        )
+    }
+
+    /// Ends the capture on `stream` and instantiates it: `(graph, executable graph)`,
+    /// both to be destroyed by [`Hip::graph_destroy`].
+    ///
+    /// # Safety
+    /// `stream` must be capturing (after [`Hip::begin_capture`]).
+    pub unsafe fn end_capture(&self, stream: Handle) -> Result<(Handle, Handle)> {
+        let g = self.graph_api()?;
+        let mut graph = std::ptr::null_mut();
+        self.check(
+            "hipStreamEndCapture",
+            (g.hipStreamEndCapture)(stream, &mut graph),
+        )?;
+        let mut exec = std::ptr::null_mut();
+        let e = (g.hipGraphInstantiate)(
+            &mut exec,
+            graph,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
+        if let Err(e) = self.check("hipGraphInstantiate", e) {
+            (g.hipGraphDestroy)(graph);
+            return Err(e);
+        }
+        Ok((graph, exec))
+    }
+
+    /// Queues the executable graph `exec` on `stream`.
+    ///
+    /// # Safety
+    /// `exec` must come from [`Hip::end_capture`] and be live; `stream` must be live.
+    pub unsafe fn graph_launch(&self, exec: Handle, stream: Handle) -> Result<()> {
+        let g = self.graph_api()?;
+        self.check("hipGraphLaunch", (g.hipGraphLaunch)(exec, stream))
+    }
+
+    /// Destroys a graph and its executable graph.
+    ///
+    /// # Safety
+    /// Both must come from one [`Hip::end_capture`], with no launch of them in flight,
+    /// and not be used afterwards.
+    pub unsafe fn graph_destroy(&self, graph: Handle, exec: Handle) -> Result<()> {
+        let g = self.graph_api()?;
+        self.check("hipGraphExecDestroy", (g.hipGraphExecDestroy)(exec))?;
+        self.check("hipGraphDestroy", (g.hipGraphDestroy)(graph))
     }
 
     /// Queues `f` on `stream`.

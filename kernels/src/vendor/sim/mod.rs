@@ -14,18 +14,22 @@
 //!
 //! Files: `source.rs` (the shared-memory rewrite and entry points), `compile.rs` (the
 //! C++ compile and the kernel cache), `memory.rs` (guarded allocations), `gemm.rs` (the
-//! host GEMM behind the vendors' BLAS mapping), `ffi.rs` (the C structs).
+//! host GEMM behind the vendors' BLAS mapping), `graph.rs` (capture as a recording,
+//! replay, and the counters tests read), `ffi.rs` (the C structs).
 
 mod compile;
 mod ffi;
 mod gemm;
+mod graph;
 mod memory;
 mod source;
 
+pub use self::graph::{SimGraph, SimStats};
 pub use self::memory::SimMem;
 
 use self::compile::Library;
 use self::ffi::{Config, Report, RunFn};
+use self::graph::{Counters, Recorded};
 use self::memory::Registry;
 use crate::gpu::{Device, DeviceInfo, Gemm, GpuBackend, Launch};
 use crate::{Dtype, Error, Result};
@@ -159,6 +163,7 @@ impl SimOptions {
 }
 
 /// A kernel: its entry point and the library it lives in.
+#[derive(Clone)]
 pub struct SimFunc {
     name: String,
     run: RunFn,
@@ -172,6 +177,9 @@ pub struct SimDevice {
     threads: usize,
     /// Launches run one at a time, as on one stream.
     stream: Mutex<()>,
+    /// The recording of a capture under way.
+    capture: Mutex<Option<Vec<Recorded>>>,
+    counters: Counters,
 }
 
 impl SimDevice {
@@ -204,11 +212,58 @@ impl SimDevice {
             registry: Arc::default(),
             threads,
             stream: Mutex::new(()),
+            capture: Mutex::new(None),
+            counters: Counters::default(),
         })
     }
 
     pub fn options(&self) -> &SimOptions {
         &self.options
+    }
+
+    /// What the device has run, allocated, written and recorded so far.
+    pub fn stats(&self) -> SimStats {
+        self.counters.snapshot()
+    }
+
+    fn capturing(&self) -> bool {
+        self.capture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// An error if a capture is under way: `what` cannot be recorded into a graph.
+    fn refuse_while_capturing(&self, what: &str) -> Result<()> {
+        if self.capturing() {
+            return Err(Error::Unavailable(format!(
+                "sim: {what} while capturing a graph"
+            )));
+        }
+        Ok(())
+    }
+
+    fn new_mem(&self, bytes: usize) -> Result<SimMem> {
+        self.refuse_while_capturing("an allocation")?;
+        Counters::bump(&self.counters.allocations);
+        SimMem::new(bytes, &self.registry)
+    }
+
+    /// Runs one launch now.
+    ///
+    /// # Safety
+    /// As [`Device::launch`].
+    unsafe fn run(
+        &self,
+        f: &SimFunc,
+        cfg: Launch,
+        params: &mut [*mut c_void],
+        sizes: &[usize],
+    ) -> Result<()> {
+        Counters::bump(&self.counters.launches);
+        let _stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the caller's contract.
+        unsafe { self.run_locked(f, cfg, params, sizes) }
     }
 
     /// Shared memory per block: 64 KiB of LDS on AMD, NVIDIA's 48 KiB default.
@@ -248,6 +303,7 @@ unsafe impl Sync for Shared<'_> {}
 impl Device for SimDevice {
     type Mem = SimMem;
     type Func = SimFunc;
+    type Graph = SimGraph;
     const NAME: &'static str = "sim";
 
     fn info(&self) -> &DeviceInfo {
@@ -279,22 +335,40 @@ impl Device for SimDevice {
     }
 
     fn alloc_zeros(&self, bytes: usize) -> Result<SimMem> {
-        SimMem::new(bytes, &self.registry)
+        self.new_mem(bytes)
     }
 
     fn alloc(&self, bytes: usize) -> Result<SimMem> {
-        let mut m = SimMem::new(bytes, &self.registry)?;
+        let mut m = self.new_mem(bytes)?;
         m.bytes_mut().fill(self.options.poison.byte());
         Ok(m)
     }
 
     fn htod(&self, bytes: &[u8]) -> Result<SimMem> {
-        let mut m = SimMem::new(bytes.len(), &self.registry)?;
+        let mut m = self.new_mem(bytes.len())?;
         m.bytes_mut()[..bytes.len()].copy_from_slice(bytes);
         Ok(m)
     }
 
+    fn write(&self, m: &mut SimMem, offset: usize, bytes: &[u8]) -> Result<()> {
+        self.refuse_while_capturing("a write")?;
+        let len = m.len();
+        let dst = offset
+            .checked_add(bytes.len())
+            .and_then(|end| m.bytes_mut().get_mut(offset..end))
+            .ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "sim: a write of {} bytes at {offset} into a {len}-byte allocation",
+                    bytes.len()
+                ))
+            })?;
+        dst.copy_from_slice(bytes);
+        Counters::bump(&self.counters.writes);
+        Ok(())
+    }
+
     fn dtoh(&self, m: &SimMem, out: &mut [u8]) -> Result<()> {
+        self.refuse_while_capturing("a download")?;
         let src = m.bytes().get(..out.len()).ok_or_else(|| {
             Error::Unavailable(format!(
                 "sim: a copy of {} bytes from a {}-byte allocation",
@@ -317,7 +391,125 @@ impl Device for SimDevice {
         params: &mut [*mut c_void],
         sizes: &[usize],
     ) -> Result<()> {
+        if let Some(rec) = self
+            .capture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            // SAFETY: the caller's contract: params point at values of `sizes` bytes.
+            rec.push(unsafe { Recorded::launch(f, cfg, params, sizes)? });
+            Counters::bump(&self.counters.recorded);
+            return Ok(());
+        }
+        // SAFETY: the caller's contract.
+        unsafe { self.run(f, cfg, params, sizes) }
+    }
+
+    unsafe fn gemm_bt(&self, dtype: Dtype, g: Gemm) -> Result<()> {
+        if let Some(rec) = self
+            .capture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            rec.push(Recorded::Gemm(dtype, g));
+            Counters::bump(&self.counters.recorded);
+            return Ok(());
+        }
+        Counters::bump(&self.counters.gemms);
         let _stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the caller's contract.
+        unsafe { gemm::gemm(dtype, g.column_major()) }
+    }
+
+    unsafe fn copy(&self, src: &SimMem, dst: &mut SimMem, bytes: usize) -> Result<()> {
+        self.refuse_while_capturing("a copy")?;
+        if bytes > src.len() || bytes > dst.len() {
+            return Err(Error::Unavailable(format!(
+                "sim: a copy of {bytes} bytes between allocations of {} and {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        dst.bytes_mut()[..bytes].copy_from_slice(&src.bytes()[..bytes]);
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn mem_info(&self) -> Result<(usize, usize)> {
+        let total = self.options.memory_bytes;
+        Ok((total.saturating_sub(self.registry.used()), total))
+    }
+
+    fn graphs_supported(&self) -> bool {
+        true
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        let mut c = self.capture.lock().unwrap_or_else(|e| e.into_inner());
+        if c.is_some() {
+            return Err(Error::Unavailable(
+                "sim: a capture is already under way".into(),
+            ));
+        }
+        *c = Some(Vec::new());
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<SimGraph> {
+        let ops = self
+            .capture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| Error::Unavailable("sim: no capture is under way".into()))?;
+        Ok(SimGraph { ops })
+    }
+
+    unsafe fn replay(&self, graph: &SimGraph) -> Result<()> {
+        self.refuse_while_capturing("a replay")?;
+        Counters::bump(&self.counters.replays);
+        for op in &graph.ops {
+            match op {
+                Recorded::Launch {
+                    f,
+                    cfg,
+                    args,
+                    sizes,
+                } => {
+                    // The recorded values are only read (the kernels copy them in).
+                    let mut params: Vec<*mut c_void> =
+                        args.iter().map(|a| a.as_ptr() as *mut c_void).collect();
+                    // SAFETY: the values were recorded from a valid launch of `f`, and
+                    // the caller guarantees the buffers they address are still live.
+                    unsafe { self.run(f, *cfg, &mut params, sizes)? };
+                }
+                Recorded::Gemm(dtype, g) => {
+                    // SAFETY: as above.
+                    unsafe { self.gemm_bt(*dtype, *g)? };
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SimDevice {
+    /// The body of a launch (see [`SimDevice::run`]).
+    ///
+    /// # Safety
+    /// As [`Device::launch`]; called with the stream lock held.
+    unsafe fn run_locked(
+        &self,
+        f: &SimFunc,
+        cfg: Launch,
+        params: &mut [*mut c_void],
+        sizes: &[usize],
+    ) -> Result<()> {
         let (order, seed) = self.options.order.code();
         let c = Config {
             grid: [cfg.grid.0, cfg.grid.1, cfg.grid.2],
@@ -408,32 +600,6 @@ impl Device for SimDevice {
             None => Ok(()),
             Some(r) => Err(self.error(f, &r)),
         }
-    }
-
-    unsafe fn gemm_bt(&self, dtype: Dtype, g: Gemm) -> Result<()> {
-        let _stream = self.stream.lock().unwrap_or_else(|e| e.into_inner());
-        gemm::gemm(dtype, g.column_major())
-    }
-
-    unsafe fn copy(&self, src: &SimMem, dst: &mut SimMem, bytes: usize) -> Result<()> {
-        if bytes > src.len() || bytes > dst.len() {
-            return Err(Error::Unavailable(format!(
-                "sim: a copy of {bytes} bytes between allocations of {} and {}",
-                src.len(),
-                dst.len()
-            )));
-        }
-        dst.bytes_mut()[..bytes].copy_from_slice(&src.bytes()[..bytes]);
-        Ok(())
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        Ok(())
-    }
-
-    fn mem_info(&self) -> Result<(usize, usize)> {
-        let total = self.options.memory_bytes;
-        Ok((total.saturating_sub(self.registry.used()), total))
     }
 }
 
