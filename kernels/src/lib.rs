@@ -54,6 +54,13 @@ pub trait Backend: Send + Sync {
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     /// Copies a device buffer to the host.
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    /// The first `len` values of a device buffer (all of it if shorter): what reads a
+    /// few rows out of a grow-only workspace buffer without copying the rest.
+    fn download_prefix(&self, buf: &Self::Buf, len: usize) -> Result<Vec<f32>> {
+        let mut v = self.download(buf)?;
+        v.truncate(len);
+        Ok(v)
+    }
     /// The storage type of `buf` (fixed when it was allocated or uploaded).
     fn dtype(&self, buf: &Self::Buf) -> Dtype;
 

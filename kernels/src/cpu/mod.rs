@@ -75,6 +75,10 @@ impl Backend for CpuBackend {
         Ok(buf.clone())
     }
 
+    fn download_prefix(&self, buf: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
+        Ok(buf[..len.min(buf.len())].to_vec())
+    }
+
     /// The oracle stores and computes in f32 only.
     fn dtype(&self, _: &Vec<f32>) -> Dtype {
         Dtype::F32

@@ -183,11 +183,12 @@ impl<D: Device> GpuBackend<D> {
         })
     }
 
-    pub(super) fn read_buf(&self, buf: &GpuBuf<D>) -> Result<Vec<f32>> {
+    /// The first `len` (at most `buf.len`) values of `buf`.
+    pub(super) fn read_buf(&self, buf: &GpuBuf<D>, len: usize) -> Result<Vec<f32>> {
         self.not_capturing("a download")?;
-        let mut bytes = vec![0u8; buf.dtype.bytes(buf.len)];
+        let mut bytes = vec![0u8; buf.dtype.bytes(len)];
         self.dev.dtoh(&buf.mem, &mut bytes)?;
-        Ok(buf.dtype.from_bytes(&bytes, buf.len))
+        Ok(buf.dtype.from_bytes(&bytes, len))
     }
 
     /// `v` on the device, through the fixed allocation of `slot`: nothing is copied

@@ -169,7 +169,11 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
 
     fn download(&self, buf: &GpuBuf<D>) -> Result<Vec<f32>> {
-        self.read_buf(buf)
+        self.read_buf(buf, buf.len)
+    }
+
+    fn download_prefix(&self, buf: &GpuBuf<D>, len: usize) -> Result<Vec<f32>> {
+        self.read_buf(buf, len.min(buf.len))
     }
 
     fn dtype(&self, buf: &GpuBuf<D>) -> Dtype {

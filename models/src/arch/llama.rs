@@ -315,9 +315,7 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
     fn forward(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<f32>> {
         let len = input.logits_indices.len() * self.config.vocab_size;
         self.with_logits(input, kv, |logits| {
-            let mut v = self.backend.download(logits)?;
-            v.truncate(len);
-            Ok(v)
+            Ok(self.backend.download_prefix(logits, len)?)
         })
     }
 
