@@ -293,7 +293,7 @@ fn gpu_devices_fail_clearly_without_a_gpu() {
         assert!(!err.contains("panicked"), "{err}");
     }
     let out = novastack(&["serve", "--model", d, "--port", "0", "--device", "tpu"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("use cpu, cuda or hip"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use cpu, cuda, hip or sim"));
     // generate and bench offline take the same --device switch.
     for device in ["cuda", "hip"] {
         for args in [
