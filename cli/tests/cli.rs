@@ -2,32 +2,14 @@
 //! tokens for every golden fixture, text streaming agrees with it, and broken model
 //! folders give errors that name the file, tensor or field.
 
+mod common;
+
+use common::{golden, ids_arg, novastack, novastack_env};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 fn fixtures() -> Vec<PathBuf> {
     novastack_tests::model_fixtures()
-}
-
-fn novastack(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_novastack"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn golden(dir: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap()
-}
-
-fn ids_arg(v: &Value) -> String {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 #[test]
@@ -324,18 +306,17 @@ fn default_model_answers_from_an_empty_cache() {
     }
     let cache = std::env::temp_dir().join(format!("novastack-empty-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache);
-    let out = Command::new(env!("CARGO_BIN_EXE_novastack"))
-        .args([
+    let out = novastack_env(
+        &[
             "generate",
             "--chat",
             "--prompt",
             "What is the capital of France?",
             "--temperature",
             "0",
-        ])
-        .env("NOVASTACK_CACHE", &cache)
-        .output()
-        .unwrap();
+        ],
+        &[("NOVASTACK_CACHE", cache.as_os_str())],
+    );
     let _ = std::fs::remove_dir_all(&cache);
     assert!(
         out.status.success(),

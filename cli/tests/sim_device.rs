@@ -4,30 +4,11 @@
 //! engine, in chunks of 64 tokens) give transformers' greedy tokens; `gpu-check
 //! --device sim` passes its op table and fixtures; bad sim flags are clear errors.
 
+mod common;
+
+use common::{golden, ids_arg, novastack, novastack_env};
 use serde_json::Value;
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn novastack(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_novastack"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn golden(dir: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap()
-}
-
-fn ids_arg(v: &Value) -> String {
-    let ids: Vec<String> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-    ids.join(",")
-}
+use std::process::Output;
 
 fn ok(out: &Output) -> String {
     assert!(
@@ -141,6 +122,15 @@ fn gpu_check_passes_on_the_simulated_device() {
 fn bad_sim_flags_are_clear_errors() {
     let dir = novastack_tests::model_fixtures().remove(0);
     let d = dir.to_str().unwrap();
+    let base = [
+        "generate",
+        "--model",
+        d,
+        "--prompt-ids",
+        "1",
+        "--device",
+        "sim",
+    ];
     for (flags, want) in [
         (
             vec!["--sim-warp", "16"],
@@ -155,15 +145,7 @@ fn bad_sim_flags_are_clear_errors() {
             "--sim-vendor \"intel\": use amd or nvidia",
         ),
     ] {
-        let mut args = vec![
-            "generate",
-            "--model",
-            d,
-            "--prompt-ids",
-            "1",
-            "--device",
-            "sim",
-        ];
+        let mut args = base.to_vec();
         args.extend(flags);
         let out = novastack(&args);
         assert!(!out.status.success());
@@ -171,23 +153,14 @@ fn bad_sim_flags_are_clear_errors() {
         assert!(err.contains(want), "{err}");
     }
     // No C++ compiler: a message that says what --device sim needs.
-    let out = Command::new(env!("CARGO_BIN_EXE_novastack"))
-        .args([
-            "generate",
-            "--model",
-            d,
-            "--prompt-ids",
-            "1",
-            "--device",
-            "sim",
-        ])
-        .env("CXX", "/nonexistent/c++")
-        .env(
-            "NOVASTACK_SIM_CACHE",
-            std::env::temp_dir().join(format!("ns-sim-empty-{}", std::process::id())),
-        )
-        .output()
-        .unwrap();
+    let empty = std::env::temp_dir().join(format!("ns-sim-empty-{}", std::process::id()));
+    let out = novastack_env(
+        &base,
+        &[
+            ("CXX", "/nonexistent/c++".as_ref()),
+            ("NOVASTACK_SIM_CACHE", empty.as_os_str()),
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

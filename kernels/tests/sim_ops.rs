@@ -169,14 +169,20 @@ fn a_nan_in_q_or_k_gives_nan_attention_on_decode_and_prefill_as_on_the_cpu() {
     keys[slot(2, 700) * kv_heads * hd + hd + 9] = f32::NAN;
     keys[slot(3, 35) * kv_heads * hd + 40] = f32::NAN;
     let meta = AttentionMetadata { seqs };
-    let attend = |b: &dyn AttendOn, window| b.attend(&qkv, &keys, &values, &meta, &cache, window);
+    let inputs = Attention {
+        qkv: &qkv,
+        keys: &keys,
+        values: &values,
+        meta: &meta,
+        cache: &cache,
+    };
     let cpu = CpuBackend::new();
     let sims: Vec<(String, SimBackend)> = [SimOptions::amd(64), SimOptions::nvidia()]
         .into_iter()
         .map(|o| (o.label(), SimBackend::new(o, Dtype::F32).unwrap()))
         .collect();
     for window in [None, Some(300)] {
-        let want = attend(&cpu, window);
+        let want = inputs.on(&cpu, window);
         // (row, head) expected NaN: decode q, prefill q, the NaN key for the decode
         // that sees it (not under the window) and for the chunk's queries at and past
         // position 35 (rows 10 + 3 ..).
@@ -200,7 +206,7 @@ fn a_nan_in_q_or_k_gives_nan_attention_on_decode_and_prefill_as_on_the_cpu() {
             }
         }
         for (label, sim) in &sims {
-            let got = attend(sim, window);
+            let got = inputs.on(sim, window);
             let scale = want
                 .iter()
                 .filter(|x| x.is_finite())
@@ -221,44 +227,39 @@ fn a_nan_in_q_or_k_gives_nan_attention_on_decode_and_prefill_as_on_the_cpu() {
     }
 }
 
-/// `paged_attention` over host inputs (heads and stride from the cache's shape: four
-/// query heads, packed `[q | k | v]` rows) on any backend.
-trait AttendOn {
-    fn attend(
-        &self,
-        qkv: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        meta: &novastack_kernels::AttentionMetadata,
-        cache: &novastack_kernels::KvCacheConfig,
-        window: Option<usize>,
-    ) -> Vec<f32>;
+/// `paged_attention`'s host inputs (heads and stride from the cache's shape: four query
+/// heads, packed `[q | k | v]` rows), run on any backend.
+struct Attention<'a> {
+    qkv: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    meta: &'a novastack_kernels::AttentionMetadata,
+    cache: &'a novastack_kernels::KvCacheConfig,
 }
 
-impl<B: novastack_kernels::Backend> AttendOn for B {
-    fn attend(
-        &self,
-        qkv: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        meta: &novastack_kernels::AttentionMetadata,
-        cache: &novastack_kernels::KvCacheConfig,
-        window: Option<usize>,
-    ) -> Vec<f32> {
+impl Attention<'_> {
+    fn on<B: novastack_kernels::Backend>(&self, b: &B, window: Option<usize>) -> Vec<f32> {
+        let Attention {
+            qkv,
+            keys,
+            values,
+            meta,
+            cache,
+        } = *self;
         let hd = cache.head_dim;
         let heads = 4;
         let stride = (heads + 2 * cache.num_kv_heads) * hd;
         let (q, k, v) = (
-            self.upload(qkv).unwrap(),
-            self.upload(keys).unwrap(),
-            self.upload(values).unwrap(),
+            b.upload(qkv).unwrap(),
+            b.upload(keys).unwrap(),
+            b.upload(values).unwrap(),
         );
-        let mut out = self.zeros(meta.num_tokens() * heads * hd).unwrap();
+        let mut out = b.zeros(meta.num_tokens() * heads * hd).unwrap();
         let scale = 1.0 / (hd as f32).sqrt();
-        self.paged_attention(
+        b.paged_attention(
             &q, stride, heads, cache, &k, &v, meta, scale, window, &mut out,
         )
         .unwrap();
-        self.download(&out).unwrap()
+        b.download(&out).unwrap()
     }
 }

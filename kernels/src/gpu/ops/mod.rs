@@ -34,3 +34,22 @@ pub(super) fn push_new<T: PartialEq>(shapes: &mut Vec<T>, s: T) {
         shapes.push(s);
     }
 }
+
+/// `(rows, head_dim, group, kv heads)` layouts of packed `[q | k | v]` rows for the
+/// per-head ops (rope, the q/k norm): the named ones, then two drawn at random over every
+/// head size and GQA groups 1 to 8.
+pub(super) fn head_layouts(
+    g: &mut Gen,
+    mut shapes: Vec<(usize, usize, usize, usize)>,
+) -> Vec<(usize, usize, usize, usize)> {
+    for _ in 0..2 {
+        let s = (
+            g.range(1, 9),
+            g.pick(&[64, 80, 96, 128, 256]),
+            g.range(1, 8),
+            g.range(1, 4),
+        );
+        push_new(&mut shapes, s);
+    }
+    shapes
+}

@@ -250,7 +250,7 @@ impl Case for HeadRmsNorm {
 /// row, which must come back as it was), 1 row and a few; then random shapes.
 fn head_rms_norm_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
     // (rows, head_dim, group, kv heads)
-    let mut shapes = vec![
+    let shapes = vec![
         (0, 128, 4, 2),
         (5, 64, 4, 2),
         (1, 80, 3, 1),
@@ -259,15 +259,7 @@ fn head_rms_norm_cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
         (2, 256, 1, 2),
         (4, 64, 8, 2),
     ];
-    for _ in 0..2 {
-        let s = (
-            g.range(1, 9),
-            g.pick(&[64, 80, 96, 128, 256]),
-            g.range(1, 8),
-            g.range(1, 4),
-        );
-        push_new(&mut shapes, s);
-    }
+    let shapes = super::head_layouts(g, shapes);
     for (rows, hd, group, kv_heads) in shapes {
         let heads = group * kv_heads;
         let stride = (heads + 2 * kv_heads) * hd;

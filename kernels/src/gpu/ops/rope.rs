@@ -106,7 +106,7 @@ fn cos_sin(max_pos: usize, hd: usize) -> Vec<f32> {
 /// from 0 to the table's last; then random shapes.
 pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
     // (tokens, head_dim, group, kv heads)
-    let mut shapes = vec![
+    let shapes = vec![
         (0, 128, 4, 2),
         (5, 64, 4, 2),
         (1, 80, 2, 2),
@@ -115,15 +115,7 @@ pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
         (3, 256, 1, 2),
         (4, 64, 8, 2),
     ];
-    for _ in 0..2 {
-        let s = (
-            g.range(1, 9),
-            g.pick(&[64, 80, 96, 128, 256]),
-            g.range(1, 8),
-            g.range(1, 4),
-        );
-        super::push_new(&mut shapes, s);
-    }
+    let shapes = super::head_layouts(g, shapes);
     let max_pos = 64;
     for (tokens, hd, group, kv_heads) in shapes {
         let heads = group * kv_heads;

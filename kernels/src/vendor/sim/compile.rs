@@ -164,10 +164,12 @@ pub(super) fn load(file: &str, source: &str, branch: Branch) -> Result<Arc<Libra
     Ok(l)
 }
 
+/// A file-system error on `p`, as the simulator reports it.
+fn io(what: &str, p: &Path, e: std::io::Error) -> Error {
+    Error::Unavailable(format!("sim: cannot {what} {}: {e}", p.display()))
+}
+
 fn build(dir: &Path, so: &Path, file: &str, source: &str, branch: Branch, cxx: &str) -> Result<()> {
-    let io = |what: &str, p: &Path, e: std::io::Error| {
-        Error::Unavailable(format!("sim: cannot {what} {}: {e}", p.display()))
-    };
     // Everything is written and compiled in a directory private to this process, and
     // only the finished library is renamed into place: two processes building the same
     // kernels at once never read each other's half-written files.
@@ -186,9 +188,6 @@ fn compile_in(
     branch: Branch,
     cxx: &str,
 ) -> Result<()> {
-    let io = |what: &str, p: &Path, e: std::io::Error| {
-        Error::Unavailable(format!("sim: cannot {what} {}: {e}", p.display()))
-    };
     let write = |name: &str, text: &str| {
         let p = dir.join(name);
         std::fs::write(&p, text).map_err(|e| io("write", &p, e))
