@@ -8,6 +8,8 @@
 pub mod arch;
 pub mod causal_lm;
 pub mod chat_template;
+#[cfg(test)]
+mod chat_template_fuzz;
 pub mod config;
 mod error;
 pub mod gguf;
@@ -16,6 +18,8 @@ pub mod input;
 pub mod kv_spec;
 pub mod layers;
 pub mod loader;
+#[cfg(test)]
+mod loader_fuzz;
 pub mod random;
 pub mod registry;
 pub mod tokenizer;

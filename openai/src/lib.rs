@@ -8,6 +8,8 @@
 pub mod error;
 pub mod http;
 pub mod protocol;
+#[cfg(test)]
+mod protocol_fuzz;
 pub mod sse_parser;
 
 pub use error::ApiError;

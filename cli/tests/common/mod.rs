@@ -2,6 +2,8 @@
 //! references, spell token ids as a flag value.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod process;
+
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};

@@ -3,6 +3,8 @@
 
 mod dequant;
 mod file;
+#[cfg(test)]
+mod fuzz;
 mod llama;
 mod tokenizer;
 
