@@ -97,8 +97,9 @@ impl TensorInfo {
         self.dims.iter().rev().map(|&d| d as usize).collect()
     }
 
-    pub fn num_elements(&self) -> u64 {
-        self.dims.iter().product()
+    /// The element count, `None` when it overflows u64 (a corrupt or hostile file).
+    pub fn num_elements(&self) -> Option<u64> {
+        self.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
     }
 }
 
@@ -299,7 +300,9 @@ impl GgufFile {
                 GgmlType::name_of(t.ggml_type)
             ))
         })?;
-        let n = t.num_elements();
+        let n = t
+            .num_elements()
+            .ok_or_else(|| err(format!("dimensions {:?} overflow", t.dims)))?;
         let row = t.dims.first().copied().unwrap_or(1);
         if row % ty.block_size() as u64 != 0 {
             return Err(err(format!(
