@@ -133,7 +133,10 @@ fn sigterm_gives_up_after_the_shutdown_timeout() {
         .rfind("data: [DONE]")
         .unwrap_or_else(|| panic!("no [DONE]: {rest}"));
     assert!(err_at < done_at, "{rest}");
-    assert!(rest[err_at..].contains(r#""code":"shutdown_timeout""#), "{rest}");
+    assert!(
+        rest[err_at..].contains(r#""code":"shutdown_timeout""#),
+        "{rest}"
+    );
     assert_eq!(rest.matches("data: [DONE]").count(), 1, "{rest}");
     // Requests were abandoned: the exit code says so.
     let st = wait_exit(&mut child, Duration::from_secs(20));
@@ -191,7 +194,14 @@ fn gateway_streams_past_the_shutdown_timeout_end_with_an_error_chunk() {
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_novastack"))
-        .args(["serve", "--port", "0", "--shutdown-timeout", "1", "--config"])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--shutdown-timeout",
+            "1",
+            "--config",
+        ])
         .arg(&cfg)
         .stderr(Stdio::piped())
         .spawn()
@@ -225,7 +235,10 @@ fn gateway_streams_past_the_shutdown_timeout_end_with_an_error_chunk() {
     let err_at = rest.rfind(r#"data: {"error":"#).expect(&rest);
     let done_at = rest.rfind("data: [DONE]").expect(&rest);
     assert!(err_at < done_at, "{rest}");
-    assert!(rest[err_at..].contains(r#""code":"shutdown_timeout""#), "{rest}");
+    assert!(
+        rest[err_at..].contains(r#""code":"shutdown_timeout""#),
+        "{rest}"
+    );
     let st = wait_exit(&mut child, Duration::from_secs(20));
     assert_eq!(st.code(), Some(1), "{st:?}");
     let _ = std::fs::remove_dir_all(&dir);

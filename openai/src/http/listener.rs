@@ -118,15 +118,14 @@ async fn reject(mut stream: TcpStream) {
     let err = ApiError::unavailable("too many open connections; retry shortly")
         .with_code("too_many_connections");
     let body = err.body().to_string();
-    let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+    let answer = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         err.status.as_u16(),
         err.status.canonical_reason().unwrap_or(""),
         body.len()
     );
     let _ = tokio::time::timeout(REJECT_LINGER, async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
+        stream.write_all(answer.as_bytes()).await?;
         stream.shutdown().await?;
         let mut sink = [0u8; 4096];
         while stream.read(&mut sink).await? > 0 {}
