@@ -56,6 +56,7 @@ fn gateway(path: &std::path::Path, args: serve::ServeArgs) -> anyhow::Result<()>
         port: args.port,
         max_body_bytes: args.max_body_bytes,
         shutdown_timeout: args.shutdown_timeout,
+        connections: args.connection_limits()?,
     };
     let loader = move |path: &str, served: &str| {
         serve::local_router(

@@ -1,5 +1,7 @@
-//! `novastack serve` as a process: SIGTERM stops accepting, lets in-flight streams
-//! finish, then exits 0; past `--shutdown-timeout` it exits anyway.
+//! `novastack serve` as a process: SIGTERM answers new requests 503, lets in-flight
+//! streams finish, then exits 0; past `--shutdown-timeout` it ends the streams still
+//! running with an error chunk and `[DONE]` and exits 1; SIGTERM while the model loads
+//! exits at once.
 
 #![cfg(unix)]
 
@@ -9,9 +11,17 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+fn fixture() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen3-f32")
+}
+
 /// Starts the server on port 0; returns the child and its address once it serves.
 fn spawn_server(extra: &[&str]) -> (Child, SocketAddr) {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen3-f32");
+    spawn_model(&fixture(), extra, " serving [")
+}
+
+/// Starts the server for `model` on port 0; returns once a log line contains `until`.
+fn spawn_model(model: &Path, extra: &[&str], until: &str) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_novastack"))
         .args([
             "serve",
@@ -21,7 +31,7 @@ fn spawn_server(extra: &[&str]) -> (Child, SocketAddr) {
             "m",
             "--model",
         ])
-        .arg(&model)
+        .arg(model)
         .args(extra)
         .stderr(Stdio::piped())
         .spawn()
@@ -35,7 +45,7 @@ fn spawn_server(extra: &[&str]) -> (Child, SocketAddr) {
         if let Some((_, rest)) = line.split_once("listening on http://") {
             addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
         }
-        if line.contains(" serving [") {
+        if line.contains(until) {
             break;
         }
     }
@@ -109,12 +119,129 @@ fn sigterm_drains_in_flight_streams_then_exits() {
 #[test]
 fn sigterm_gives_up_after_the_shutdown_timeout() {
     let (mut child, addr) = spawn_server(&["--shutdown-timeout", "0"]);
-    let _s = stream_request(addr, 1000, 16);
+    let mut s = stream_request(addr, 1000, 16);
     let t = Instant::now();
     sigterm(&child);
+    // The stream still ends the SSE way: an error chunk, then [DONE], then the close.
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    let err_at = rest
+        .rfind(r#"data: {"error":"#)
+        .unwrap_or_else(|| panic!("no error chunk: {rest}"));
+    let done_at = rest
+        .rfind("data: [DONE]")
+        .unwrap_or_else(|| panic!("no [DONE]: {rest}"));
+    assert!(err_at < done_at, "{rest}");
+    assert!(
+        rest[err_at..].contains(r#""code":"shutdown_timeout""#),
+        "{rest}"
+    );
+    assert_eq!(rest.matches("data: [DONE]").count(), 1, "{rest}");
+    // Requests were abandoned: the exit code says so.
     let st = wait_exit(&mut child, Duration::from_secs(20));
-    assert!(st.success(), "{st:?}");
+    assert_eq!(st.code(), Some(1), "{st:?}");
     assert!(t.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn sigterm_while_the_model_loads_exits_at_once() {
+    // A model whose config.json is a FIFO nobody writes: loading blocks for good, as on
+    // a hung network filesystem.
+    let dir = std::env::temp_dir().join(format!("ns-loading-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(fixture()).unwrap() {
+        let f = f.unwrap();
+        if f.file_name() != "config.json" {
+            std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+        }
+    }
+    assert!(Command::new("mkfifo")
+        .arg(dir.join("config.json"))
+        .status()
+        .unwrap()
+        .success());
+    let (mut child, addr) = spawn_model(&dir, &[], "listening on http://");
+    // Listening, still loading: /health answers, the API is not ready.
+    assert!(get(addr, "/health").starts_with("HTTP/1.1 200"));
+    assert!(get(addr, "/ready").starts_with("HTTP/1.1 503"));
+    assert!(child.try_wait().unwrap().is_none());
+    let t = Instant::now();
+    sigterm(&child);
+    let st = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(st.success(), "{st:?}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn gateway_streams_past_the_shutdown_timeout_end_with_an_error_chunk() {
+    use novastack_tests::mock_upstream::{Behavior, MockUpstream};
+    let up = MockUpstream::start(Behavior::SlowStream(
+        vec!["a"; 100],
+        Duration::from_millis(200),
+    ));
+    let dir = std::env::temp_dir().join(format!("ns-gw-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "models:\n  - {{name: m, provider: openai, base_url: \"{}\"}}\n",
+            up.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_novastack"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--shutdown-timeout",
+            "1",
+            "--config",
+        ])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: SocketAddr = lines
+        .by_ref()
+        .find_map(|l| {
+            let l = l.unwrap();
+            let (_, rest) = l.split_once("gateway at http://")?;
+            rest.split('/').next()?.parse().ok()
+        })
+        .expect("the gateway printed its address");
+    std::thread::spawn(move || for _ in lines {});
+    let body = r#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}"#;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut first = [0u8; 64];
+    let k = s.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..k]).starts_with("HTTP/1.1 200"));
+    sigterm(&child);
+    // While draining, a new connection is answered 503 with OpenAI error JSON.
+    std::thread::sleep(Duration::from_millis(200));
+    let late = get(addr, "/v1/models");
+    assert!(late.starts_with("HTTP/1.1 503"), "{late}");
+    assert!(late.contains(r#""code":"shutting_down""#), "{late}");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    let err_at = rest.rfind(r#"data: {"error":"#).expect(&rest);
+    let done_at = rest.rfind("data: [DONE]").expect(&rest);
+    assert!(err_at < done_at, "{rest}");
+    assert!(
+        rest[err_at..].contains(r#""code":"shutdown_timeout""#),
+        "{rest}"
+    );
+    let st = wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(st.code(), Some(1), "{st:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn get(addr: SocketAddr, path: &str) -> String {

@@ -46,5 +46,5 @@ pub use limits::RateLimits;
 pub use model_state::ModelState;
 pub use request::ChatRequest;
 pub use routes::app;
-pub use server::{run, serve};
+pub use server::{run, serve, serve_with_limits};
 pub use state::{no_local_models, ConfigEpoch, Env, Gateway, GatewayArgs, LocalLoader};

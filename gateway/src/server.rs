@@ -4,19 +4,40 @@
 use crate::routes::app;
 use crate::state::{Gateway, GatewayArgs, LocalLoader};
 use anyhow::{Context, Result};
-use novastack_openai::http;
+use novastack_openai::http::{self, ConnectionLimits, DrainOutcome};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Serves the gateway on `listener`; SIGHUP reloads `config_path` (when given); SIGTERM
-/// or Ctrl-C drains for up to `drain`.
+/// Serves the gateway on `listener` with the default connection limits (see
+/// [`serve_with_limits`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gw: Arc<Gateway>,
     config_path: Option<PathBuf>,
     drain: Duration,
+) -> Result<()> {
+    serve_with_limits(
+        listener,
+        gw,
+        config_path,
+        drain,
+        ConnectionLimits::default(),
+    )
+    .await
+}
+
+/// Serves the gateway on `listener` under `limits`; SIGHUP reloads `config_path` (when
+/// given); SIGTERM or Ctrl-C answers new requests 503 and drains for up to `drain`,
+/// then abandons what is left (streams end with an error chunk and `[DONE]`) and
+/// returns an error.
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    gw: Arc<Gateway>,
+    config_path: Option<PathBuf>,
+    drain: Duration,
+    limits: ConnectionLimits,
 ) -> Result<()> {
     #[cfg(unix)]
     if let Some(path) = config_path {
@@ -24,22 +45,17 @@ pub async fn serve(
     }
     #[cfg(not(unix))]
     let _ = config_path;
-    let started = Arc::new(tokio::sync::Notify::new());
-    let (g2, n2) = (gw.clone(), started.clone());
+    let g2 = gw.clone();
     let shutdown = async move {
         http::shutdown_signal().await;
         g2.draining.store(true, Ordering::SeqCst);
         tracing::info!("gateway: shutting down, draining for up to {drain:?}");
-        n2.notify_one();
     };
-    use std::future::IntoFuture;
-    let server = axum::serve(listener, app(gw)).with_graceful_shutdown(shutdown);
-    tokio::select! {
-        r = server.into_future() => r.map_err(anyhow::Error::from),
-        _ = async { started.notified().await; tokio::time::sleep(drain).await } => {
-            tracing::warn!("gateway: drain timeout; exiting with requests in flight");
-            Ok(())
-        }
+    match http::serve(listener, app(gw), limits, shutdown, drain).await {
+        DrainOutcome::Finished => Ok(()),
+        DrainOutcome::Abandoned { requests } => anyhow::bail!(
+            "gateway: --shutdown-timeout ({drain:?}) passed with {requests} requests in flight; abandoned them"
+        ),
     }
 }
 
@@ -100,6 +116,13 @@ pub fn run(path: &Path, args: &GatewayArgs, local_loader: Arc<LocalLoader>) -> R
             listener.local_addr()?,
             path.display()
         );
-        serve(listener, gw, Some(path.to_path_buf()), drain).await
+        serve_with_limits(
+            listener,
+            gw,
+            Some(path.to_path_buf()),
+            drain,
+            args.connections,
+        )
+        .await
     })
 }

@@ -85,6 +85,8 @@ pub struct GatewayArgs {
     pub max_body_bytes: usize,
     /// Seconds to let in-flight requests finish after SIGTERM.
     pub shutdown_timeout: u64,
+    /// Connection cap and header-read, idle and request-body deadlines.
+    pub connections: novastack_openai::http::ConnectionLimits,
 }
 
 impl Default for GatewayArgs {
@@ -94,6 +96,7 @@ impl Default for GatewayArgs {
             port: 8080,
             max_body_bytes: 16 << 20,
             shutdown_timeout: 30,
+            connections: Default::default(),
         }
     }
 }

@@ -73,7 +73,7 @@ impl ApiError {
 
     pub fn kind(&self) -> &'static str {
         match self.status.as_u16() {
-            400 | 405 | 413 => "invalid_request_error",
+            400 | 405 | 408 | 413 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",

@@ -1,17 +1,24 @@
 //! Request bodies: the byte limit as 413, and JSON into typed requests with errors that
 //! name the offending field.
 
+use super::body_deadline::RequestBodyTimeout;
 use crate::ApiError;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
-/// The body bytes, or the limit / read failure as OpenAI error JSON (413 when too big).
+/// The body bytes, or the limit / read failure as OpenAI error JSON (413 when too big,
+/// 408 when it did not arrive within `--request-body-timeout`).
 pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rej| {
         let status = rej.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
+        if let Some(t) = RequestBodyTimeout::find(&rej) {
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, t.to_string(), None)
+                .with_code("request_timeout")
+                .with_header("connection", "close")
+        } else if status == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 status,
                 "the request body is larger than the server's limit (--max-body-bytes)",

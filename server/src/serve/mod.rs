@@ -1,9 +1,12 @@
 //! `novastack serve`: the OpenAI-compatible HTTP API over the continuous-batching engine.
 //!
 //! The listener opens before the models load, so `/health` answers at once and `/ready`
-//! and the API answer 503 until every model is up. SIGTERM (or Ctrl-C) stops accepting
-//! connections, lets in-flight requests finish for up to `--shutdown-timeout` seconds,
-//! then exits.
+//! and the API answer 503 until every model is up. Connections are served by the
+//! shared accept loop (`novastack_openai::http::listener`: `TCP_NODELAY`, the connection
+//! cap, header-read, idle and request-body deadlines). SIGTERM (or Ctrl-C) answers new
+//! requests 503, lets in-flight requests finish for up to `--shutdown-timeout` seconds,
+//! then exits: with an error (exit code 1) if it had to abandon requests, whose streams
+//! end with an error chunk and `[DONE]`. SIGTERM while the models load exits at once.
 
 mod collector;
 mod error;
@@ -29,7 +32,7 @@ use crate::engine_args::EngineArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use novastack_models::LoadedModel;
-use std::future::IntoFuture;
+use novastack_openai::http::{ConnectionLimits, DrainOutcome};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -62,9 +65,24 @@ pub struct ServeArgs {
     /// Largest request body in bytes; larger bodies get 413.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
-    /// Seconds to let in-flight requests finish after SIGTERM before exiting.
+    /// Seconds to let in-flight requests finish after SIGTERM before exiting (then the
+    /// rest are abandoned, streams end with an error chunk, and the exit code is 1).
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Seconds a connection has to send a request's headers, counted from when it starts
+    /// waiting for the request (accept, or the previous response); then it is closed.
+    #[arg(long, default_value_t = ConnectionLimits::DEFAULT_HEADER_READ_TIMEOUT_S)]
+    pub header_read_timeout: u64,
+    /// Seconds a connection with no request in flight may stay silent before it is
+    /// closed.
+    #[arg(long, default_value_t = ConnectionLimits::DEFAULT_IDLE_TIMEOUT_S)]
+    pub idle_timeout: u64,
+    /// Seconds to receive a whole request body after its headers; slower bodies get 408.
+    #[arg(long, default_value_t = ConnectionLimits::DEFAULT_REQUEST_BODY_TIMEOUT_S)]
+    pub request_body_timeout: u64,
+    /// Open connections at most; beyond it a new connection is answered 503 and closed.
+    #[arg(long, default_value_t = ConnectionLimits::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Run as a gateway with this YAML config (models, routes, retry, keys) instead of
     /// serving `--model` directly. SIGHUP reloads it.
     #[arg(long, conflicts_with_all = ["model", "served_model_name", "api_key", "api_key_file"])]
@@ -82,6 +100,20 @@ impl Default for ServeArgs {
             args: ServeArgs,
         }
         Wrap::parse_from(["novastack"]).args
+    }
+}
+
+impl ServeArgs {
+    /// `--header-read-timeout`, `--idle-timeout`, `--request-body-timeout` and
+    /// `--max-connections`.
+    pub fn connection_limits(&self) -> Result<ConnectionLimits> {
+        ConnectionLimits::from_flags(
+            self.header_read_timeout,
+            self.idle_timeout,
+            self.request_body_timeout,
+            self.max_connections,
+        )
+        .map_err(anyhow::Error::msg)
     }
 }
 
@@ -225,9 +257,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         keys.extend(read_keys_file(f)?);
     }
     args.engine.buckets()?;
+    let limits = args.connection_limits()?;
     let state = AppState::new(keys, args.max_waiting, args.max_body_bytes);
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let addr = format!("{}:{}", args.host, args.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -239,10 +272,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let st = state.clone();
         let timeout = Duration::from_secs(args.shutdown_timeout);
         let loader = tokio::task::spawn_blocking(move || load_all(&args, names));
-        let serve = serve_with_shutdown(listener, state, timeout, shutdown_signal());
+        let serve = serve_with_shutdown(listener, state, timeout, limits, shutdown_signal());
         tokio::pin!(serve);
         tokio::select! {
-            r = &mut serve => return r,
+            r = &mut serve => {
+                tracing::info!("shut down before the models finished loading");
+                return r;
+            }
             loaded = loader => {
                 let models = loaded.context("model loading panicked")??;
                 let ids: Vec<String> = models.iter().map(|m| m.id().to_string()).collect();
@@ -251,48 +287,64 @@ pub fn run(args: ServeArgs) -> Result<()> {
             }
         }
         serve.await
-    })
+    });
+    // A load still running on the blocking pool (SIGTERM while loading) is not waited
+    // for: dropping the runtime would block until it finished.
+    rt.shutdown_background();
+    result
 }
 
 /// Serves `state` on `listener` until SIGTERM or Ctrl-C, then drains.
 pub async fn serve_on(listener: tokio::net::TcpListener, state: Arc<AppState>) -> Result<()> {
-    serve_with_shutdown(listener, state, Duration::from_secs(30), shutdown_signal()).await
+    serve_with_shutdown(
+        listener,
+        state,
+        Duration::from_secs(30),
+        ConnectionLimits::default(),
+        shutdown_signal(),
+    )
+    .await
 }
 
-/// Serves until `signal` resolves; then stops accepting, lets in-flight requests finish
-/// for up to `timeout`, stops the engines and returns.
+/// Serves until `signal` resolves; then answers new requests 503, lets in-flight
+/// requests finish for up to `timeout`, stops the engines and returns: an error if
+/// requests had to be abandoned.
 pub async fn serve_with_shutdown(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     timeout: Duration,
+    limits: ConnectionLimits,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let started = Arc::new(tokio::sync::Notify::new());
-    let (st, notify) = (state.clone(), started.clone());
+    let st = state.clone();
     let shutdown = async move {
         signal.await;
         st.draining.store(true, Ordering::SeqCst);
         tracing::info!("shutting down: draining in-flight requests (up to {timeout:?})");
-        notify.notify_one();
     };
-    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(shutdown);
-    let result = tokio::select! {
-        r = server.into_future() => r.map_err(anyhow::Error::from),
-        _ = async { started.notified().await; tokio::time::sleep(timeout).await } => {
-            let running: usize = state.registry().map_or(0, |r| r.models.iter().map(|m| {
+    let outcome =
+        novastack_openai::http::serve(listener, app(state.clone()), limits, shutdown, timeout)
+            .await;
+    let running: usize = state.registry().map_or(0, |r| {
+        r.models
+            .iter()
+            .map(|m| {
                 let s = m.engine.stats();
                 s.num_running + s.num_waiting
-            }).sum());
-            tracing::warn!("shutdown timeout: abandoning {running} unfinished sequences");
-            Ok(())
-        }
-    };
+            })
+            .sum()
+    });
     if let Some(reg) = state.registry() {
         for m in &reg.models {
             m.engine.shutdown();
         }
     }
-    result
+    match outcome {
+        DrainOutcome::Finished => Ok(()),
+        DrainOutcome::Abandoned { requests } => bail!(
+            "--shutdown-timeout ({timeout:?}) passed with {requests} requests in flight; abandoned them ({running} unfinished sequences)"
+        ),
+    }
 }
 
 #[cfg(test)]
