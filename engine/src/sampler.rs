@@ -6,6 +6,11 @@ use crate::validate::RequestError;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// Temperatures below this sample greedily (the argmax): dividing logits by a smaller
+/// one leaves only the top token with any weight anyway, and a subnormal one overflows
+/// every logit to infinity (vLLM uses the same threshold).
+pub const GREEDY_TEMPERATURE: f32 = 1e-5;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
     /// 0 means greedy.
@@ -292,6 +297,226 @@ mod tests {
         let z = (1.0f32 + 2f32.exp() + 1f32.exp()).ln();
         assert!((c - (1.0 - z)).abs() < 1e-6);
         assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    /// A sampler without the admission checks: the engine API can be called with any
+    /// parameters, and the sampling math must hold for all of them.
+    fn unchecked(params: SamplingParams) -> Sampler {
+        let rng = ChaCha8Rng::seed_from_u64(params.seed.unwrap_or(0));
+        Sampler { params, rng }
+    }
+
+    fn ramp(n: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 37) % 23) as f32 * 0.4 - 3.0).collect()
+    }
+
+    /// A bias of 1e39 (infinite in f32) or 3e38 on two tokens forces one of them, at
+    /// every temperature and with greedy decoding; the rest of the vocabulary is never
+    /// picked (inf - inf used to make the softmax NaN and pick anything).
+    #[test]
+    fn a_huge_logit_bias_samples_only_the_biased_tokens() {
+        let logits = ramp(64);
+        let huge: f32 = "1e39".parse().unwrap();
+        assert!(huge.is_infinite());
+        // An infinite bias forces at any temperature; a finite one at any but absurd ones.
+        for (bias, hottest) in [(huge, f32::MAX), (3e38, 1e30), (f32::MAX, 1e30)] {
+            for temperature in [0.0, 1e-45, 0.7, 1.0, 1000.0, hottest] {
+                for seed in 0..40 {
+                    let mut s = unchecked(SamplingParams {
+                        temperature,
+                        seed: Some(seed),
+                        logit_bias: vec![(7, bias), (19, bias)],
+                        ..Default::default()
+                    });
+                    let t = s.sample_for(&logits, &[1, 2], &[3]);
+                    assert!(
+                        t == 7 || t == 19,
+                        "bias {bias}, temperature {temperature}, seed {seed}: got {t}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A subnormal temperature is greedy: the argmax, not whatever NaN arithmetic picks.
+    #[test]
+    fn a_subnormal_temperature_is_greedy() {
+        let logits = ramp(64);
+        let best = novastack_kernels::argmax(&logits).unwrap() as u32;
+        for temperature in [1e-45f32, f32::MIN_POSITIVE, 1e-30, 1e-6] {
+            let p = SamplingParams {
+                temperature,
+                ..Default::default()
+            };
+            assert!(p.is_greedy(), "{temperature}");
+            for seed in 0..20 {
+                let mut s = unchecked(SamplingParams {
+                    seed: Some(seed),
+                    ..p.clone()
+                });
+                assert_eq!(s.sample(&logits), best, "temperature {temperature}");
+            }
+        }
+        assert!(!SamplingParams {
+            temperature: GREEDY_TEMPERATURE,
+            ..Default::default()
+        }
+        .is_greedy());
+    }
+
+    /// A huge temperature flattens the distribution (every token gets picked) without
+    /// producing NaN; masked tokens stay masked.
+    #[test]
+    fn a_huge_temperature_is_near_uniform() {
+        let mut logits = ramp(16);
+        logits[5] = f32::NEG_INFINITY;
+        for temperature in [1000.0, 1e30, f32::MAX] {
+            let mut s = unchecked(SamplingParams {
+                temperature,
+                seed: Some(3),
+                ..Default::default()
+            });
+            let mut seen = [0usize; 16];
+            for _ in 0..3000 {
+                seen[s.sample(&logits) as usize] += 1;
+            }
+            assert_eq!(seen[5], 0, "temperature {temperature}: masked token sampled");
+            for (t, &c) in seen.iter().enumerate() {
+                if t != 5 {
+                    assert!(c > 50, "temperature {temperature}: token {t} seen {c} times");
+                }
+            }
+        }
+    }
+
+    /// Penalties and biases at any value, finite or not, never make a logit NaN, never
+    /// unmask a masked (-inf) token and never mask a live one (+inf bias forces it).
+    #[test]
+    fn extreme_penalties_never_produce_nan() {
+        let extremes = [
+            0.0,
+            -1.0,
+            1e-38,
+            1e38,
+            -1e38,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        let mut logits = ramp(12);
+        logits[2] = f32::NEG_INFINITY;
+        logits[4] = 0.0;
+        for &rp in &extremes {
+            for &pp in &extremes {
+                for &fp in &extremes {
+                    let mut s = unchecked(SamplingParams {
+                        temperature: 0.8,
+                        seed: Some(1),
+                        repetition_penalty: rp,
+                        presence_penalty: pp,
+                        frequency_penalty: fp,
+                        logit_bias: vec![(2, f32::INFINITY), (3, pp), (4, fp)],
+                        ..Default::default()
+                    });
+                    let mut l = logits.clone();
+                    s.process(&mut l, &[0, 2, 4], &[1, 2, 3, 4, 4]);
+                    let ctx = format!("rp {rp}, presence {pp}, frequency {fp}: {l:?}");
+                    assert!(l.iter().all(|v| !v.is_nan()), "{ctx}");
+                    assert_eq!(l[2], f32::NEG_INFINITY, "{ctx}");
+                    assert!(
+                        l.iter()
+                            .enumerate()
+                            .all(|(i, &v)| i == 2 || v > f32::NEG_INFINITY),
+                        "{ctx}"
+                    );
+                    let t = s.sample_for(&logits, &[0, 2, 4], &[1, 2, 3, 4, 4]);
+                    assert!(t < 12 && t != 2, "{ctx}: got {t}");
+                }
+            }
+        }
+    }
+
+    /// Non-finite logits handed to the engine API: NaN is never picked, +inf tokens
+    /// are the only candidates, and a fully masked row still gives a token id.
+    #[test]
+    fn non_finite_logits_are_handled() {
+        let mut s = unchecked(SamplingParams {
+            seed: Some(9),
+            ..Default::default()
+        });
+        let row = [f32::NAN, 1.0, f32::INFINITY, 2.0, f32::INFINITY, f32::NAN];
+        for _ in 0..50 {
+            let t = s.sample(&row);
+            assert!(t == 2 || t == 4, "{t}");
+        }
+        assert_eq!(s.sample(&[f32::NAN, 1.0]), 1);
+        assert!(s.sample(&[f32::NEG_INFINITY; 4]) < 4);
+        assert!(s.sample(&[f32::NAN; 3]) < 3);
+        assert_eq!(s.sample(&[]), 0);
+    }
+
+    fn extreme_f32() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            4 => -3.0f32..3.0,
+            1 => prop::num::f32::ANY,
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(f32::MAX),
+            1 => Just(1e-45f32),
+        ]
+    }
+
+    fn params() -> impl Strategy<Value = SamplingParams> {
+        (
+            prop_oneof![3 => 0.0f32..2.0, 1 => extreme_f32().prop_map(f32::abs)],
+            prop_oneof![3 => 0.01f32..=1.0, 1 => extreme_f32()],
+            0usize..6,
+            prop_oneof![3 => 0.0f32..=1.0, 1 => extreme_f32()],
+            (extreme_f32(), extreme_f32(), extreme_f32()),
+            proptest::collection::vec((0u32..40, extreme_f32()), 0..4),
+            any::<u64>(),
+        )
+            .prop_map(|(temperature, top_p, top_k, min_p, (pp, fp, rp), bias, seed)| {
+                SamplingParams {
+                    temperature,
+                    top_p,
+                    top_k,
+                    min_p,
+                    seed: Some(seed),
+                    presence_penalty: pp,
+                    frequency_penalty: fp,
+                    repetition_penalty: rp,
+                    logit_bias: bias,
+                }
+            })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// For any finite logits (some masked with -inf) and any parameters, in range
+        /// or not, the sampler returns an id in the vocabulary, and a masked one only
+        /// when every token is masked.
+        #[test]
+        fn any_params_give_an_unmasked_token_in_vocabulary(
+            row in proptest::collection::vec(
+                prop_oneof![6 => -1e30f32..1e30, 2 => -5.0f32..5.0, 1 => Just(f32::NEG_INFINITY)],
+                1..40,
+            ),
+            p in params(),
+            prompt in proptest::collection::vec(0u32..48, 0..6),
+            output in proptest::collection::vec(0u32..48, 0..6),
+        ) {
+            let mut s = unchecked(p);
+            let t = s.sample_for(&row, &prompt, &output) as usize;
+            prop_assert!(t < row.len(), "token {} outside a vocabulary of {}", t, row.len());
+            let all_masked = row.iter().all(|v| *v == f32::NEG_INFINITY);
+            prop_assert!(all_masked || row[t] != f32::NEG_INFINITY, "masked token {} picked", t);
+        }
     }
 
     #[test]
