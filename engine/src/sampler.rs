@@ -62,8 +62,9 @@ impl SamplingParams {
         crate::validate::sampling(self)
     }
 
+    /// Temperature below [`GREEDY_TEMPERATURE`] (0 included): the argmax.
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0
+        self.temperature < GREEDY_TEMPERATURE || self.temperature.is_nan()
     }
 }
 
@@ -88,35 +89,55 @@ impl Sampler {
     }
 
     /// Applies logit bias and the repetition, presence and frequency penalties in place.
+    ///
+    /// Any parameter value is safe here, in range or not: a NaN parameter counts as
+    /// off, the arithmetic runs in f64, and a live token's result is clamped to the
+    /// finite f32 range, so no logit becomes NaN, a masked token (-inf) stays masked
+    /// and a live one stays live. One exception: a bias of +inf (what 1e39 parses to in
+    /// f32) forces the token, whose logit becomes +inf, and the sampler then picks only
+    /// among forced tokens, at any temperature; a bias of -inf is the lowest finite one.
     pub fn process(&self, logits: &mut [f32], prompt: &[u32], output: &[u32]) {
         let p = &self.params;
+        let adjust = |l: &mut f32, f: &dyn Fn(f64) -> f64| {
+            if l.is_finite() {
+                *l = clamp_finite(f(*l as f64));
+            }
+        };
         for &(t, b) in &p.logit_bias {
             if let Some(l) = logits.get_mut(t as usize) {
-                *l += b;
+                if b == f32::INFINITY && l.is_finite() {
+                    // Forced: [`Sampler::sample`] picks among the +inf tokens only.
+                    *l = f32::INFINITY;
+                } else {
+                    let b = finite_or_zero(b);
+                    adjust(l, &|l| l + b);
+                }
             }
         }
-        if p.repetition_penalty != 1.0 {
+        // Not positive (or NaN): off; infinite: the largest finite penalty.
+        let rp = finite_or_zero(p.repetition_penalty);
+        if rp > 0.0 && rp != 1.0 {
             let mut seen = std::collections::HashSet::new();
             for &t in prompt.iter().chain(output) {
                 if seen.insert(t) {
                     if let Some(l) = logits.get_mut(t as usize) {
-                        *l = if *l > 0.0 {
-                            *l / p.repetition_penalty
-                        } else {
-                            *l * p.repetition_penalty
-                        };
+                        adjust(l, &|l| if l > 0.0 { l / rp } else { l * rp });
                     }
                 }
             }
         }
-        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        let (presence, frequency) = (
+            finite_or_zero(p.presence_penalty),
+            finite_or_zero(p.frequency_penalty),
+        );
+        if presence != 0.0 || frequency != 0.0 {
             let mut counts = std::collections::HashMap::new();
             for &t in output {
                 *counts.entry(t).or_insert(0u32) += 1;
             }
             for (t, c) in counts {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l -= p.presence_penalty + p.frequency_penalty * c as f32;
+                    adjust(l, &|l| l - (presence + frequency * c as f64));
                 }
             }
         }
@@ -149,48 +170,70 @@ impl Sampler {
     }
 
     /// Picks the next token from one row of logits.
+    ///
+    /// Safe for any row: NaN entries are never picked; if some entries are +inf, only
+    /// they are candidates (equally likely); a row with every entry -inf (or NaN) gives
+    /// the lowest such id. The softmax runs in f64 over `(logit - max) / temperature`,
+    /// which is at most 0, so no temperature can overflow it: a huge one flattens the
+    /// distribution, one below [`GREEDY_TEMPERATURE`] is the argmax.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         if p.is_greedy() {
             return novastack_kernels::argmax(logits).unwrap_or(0) as u32;
         }
-        // Candidates sorted by logit, highest first; ties keep the lower id first.
+        let max = logits
+            .iter()
+            .copied()
+            .filter(|v| !v.is_nan())
+            .fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
+            // Everything masked (or NaN, or nothing at all): any id, the lowest.
+            return 0;
+        }
+        let temperature = (p.temperature as f64).min(f32::MAX as f64);
+        // Candidates (live tokens; only the +inf ones if any) sorted by logit, highest
+        // first; ties keep the lower id first.
         let mut cand: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
-            .filter(|(_, v)| !v.is_nan())
-            .map(|(i, &v)| (i as u32, v / p.temperature))
+            .filter(|&(_, &v)| v > f32::NEG_INFINITY && (max < f32::INFINITY || v == max))
+            .map(|(i, &v)| (i as u32, v))
             .collect();
-        if cand.is_empty() {
-            return 0;
-        }
         cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 && p.top_k < cand.len() {
             cand.truncate(p.top_k);
         }
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|(_, v)| (v - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= sum);
+        // Weights exp((logit - max) / temperature): the top one 1, none NaN or above 1.
+        let weight = |v: f32| {
+            if max == f32::INFINITY {
+                1.0
+            } else {
+                ((v as f64 - max as f64) / temperature).exp()
+            }
+        };
+        let weights: Vec<f64> = cand.iter().map(|c| weight(c.1)).collect();
+        let sum: f64 = weights.iter().sum();
+        let probs: Vec<f64> = weights.iter().map(|w| w / sum).collect();
         let mut keep = probs.len();
         if p.min_p > 0.0 {
-            let floor = p.min_p * probs[0];
+            let floor = p.min_p as f64 * probs[0];
             keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
         }
         if p.top_p < 1.0 {
-            let mut acc = 0.0f32;
+            let mut acc = 0.0f64;
             let mut n = 0;
             for &x in &probs[..keep] {
                 n += 1;
                 acc += x;
-                if acc >= p.top_p {
+                if acc >= p.top_p as f64 {
                     break;
                 }
             }
             keep = n.max(1);
         }
-        let total: f32 = probs[..keep].iter().sum();
-        let mut r = self.rng.random::<f32>() * total;
+        let total: f64 = probs[..keep].iter().sum();
+        // One f32 draw per token, as before: a seed gives the same stream of draws.
+        let mut r = self.rng.random::<f32>() as f64 * total;
         for (i, &x) in probs[..keep].iter().enumerate() {
             if r < x {
                 return cand[i].0;
@@ -199,6 +242,20 @@ impl Sampler {
         }
         cand[keep - 1].0
     }
+}
+
+/// A sampling parameter as f64, NaN as 0 (off) and infinities as the largest f32.
+fn finite_or_zero(v: f32) -> f64 {
+    if v.is_nan() {
+        0.0
+    } else {
+        (v as f64).clamp(f32::MIN as f64, f32::MAX as f64)
+    }
+}
+
+/// A processed logit back in f32, kept finite (a live token stays live).
+fn clamp_finite(v: f64) -> f32 {
+    v.clamp(f32::MIN as f64, f32::MAX as f64) as f32
 }
 
 /// The log-probability of `token` and the `k` most likely tokens, from raw logits.
