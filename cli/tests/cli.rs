@@ -389,7 +389,15 @@ fn a_kv_cache_larger_than_memory_is_refused_before_it_is_allocated() {
     let dir = fixtures()[0].clone();
     let d = dir.to_str().unwrap();
     let commands = [
-        vec!["generate", "--model", d, "--prompt-ids", "1,2", "--max-tokens", "1"],
+        vec![
+            "generate",
+            "--model",
+            d,
+            "--prompt-ids",
+            "1,2",
+            "--max-tokens",
+            "1",
+        ],
         vec!["serve", "--model", d, "--port", "0"],
         vec!["bench", "offline", "--model", d, "--num-prompts", "1"],
     ];
@@ -422,7 +430,10 @@ fn a_kv_cache_larger_than_memory_is_refused_before_it_is_allocated() {
                 && err.contains(" of memory available"),
             "{args:?}: {err}"
         );
-        assert!(!err.contains("panicked") && !err.contains("allocation"), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("allocation"),
+            "{err}"
+        );
         assert!(secs < 10.0, "{args:?} took {secs:.1} s to fail");
     }
 }

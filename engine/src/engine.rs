@@ -454,6 +454,9 @@ pub(crate) mod tests {
         assert!(!e.has_work());
         let id = e.add_request((1..20).collect(), greedy(50), 0.2).unwrap()[0];
         assert!(e.abort(id));
-        assert_eq!(e.stats.num_cancelled, 1, "an abort asked for is not a cancel");
+        assert_eq!(
+            e.stats.num_cancelled, 1,
+            "an abort asked for is not a cancel"
+        );
     }
 }

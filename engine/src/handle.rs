@@ -278,11 +278,12 @@ mod tests {
         }
         drop(rx);
         // A request after them ends after the engine has seen the aborts and the drop.
-        let (_, mut rx) = h.submit(Submission {
-            prompt: vec![1, 2, 3],
-            params: greedy(1),
-        })
-        .unwrap();
+        let (_, mut rx) = h
+            .submit(Submission {
+                prompt: vec![1, 2, 3],
+                params: greedy(1),
+            })
+            .unwrap();
         while rx.blocking_recv().is_some_and(|ev| ev.finished.is_none()) {}
         let s = wait_for(&h, |s| s.e2e.count == 1 && s.kv_blocks_free == total);
         assert_eq!(s.num_cancelled, 2);

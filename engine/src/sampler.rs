@@ -437,10 +437,16 @@ mod tests {
             for _ in 0..3000 {
                 seen[s.sample(&logits) as usize] += 1;
             }
-            assert_eq!(seen[5], 0, "temperature {temperature}: masked token sampled");
+            assert_eq!(
+                seen[5], 0,
+                "temperature {temperature}: masked token sampled"
+            );
             for (t, &c) in seen.iter().enumerate() {
                 if t != 5 {
-                    assert!(c > 50, "temperature {temperature}: token {t} seen {c} times");
+                    assert!(
+                        c > 50,
+                        "temperature {temperature}: token {t} seen {c} times"
+                    );
                 }
             }
         }
@@ -535,8 +541,8 @@ mod tests {
             proptest::collection::vec((0u32..40, extreme_f32()), 0..4),
             any::<u64>(),
         )
-            .prop_map(|(temperature, top_p, top_k, min_p, (pp, fp, rp), bias, seed)| {
-                SamplingParams {
+            .prop_map(
+                |(temperature, top_p, top_k, min_p, (pp, fp, rp), bias, seed)| SamplingParams {
                     temperature,
                     top_p,
                     top_k,
@@ -546,8 +552,8 @@ mod tests {
                     frequency_penalty: fp,
                     repetition_penalty: rp,
                     logit_bias: bias,
-                }
-            })
+                },
+            )
     }
 
     use proptest::prelude::*;

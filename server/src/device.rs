@@ -227,7 +227,8 @@ mod tests {
     /// before the job (which would allocate it) runs.
     #[test]
     fn a_kv_cache_larger_than_memory_is_refused_before_the_job_runs() {
-        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/llama-f32");
+        let model =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/llama-f32");
         let fits = Cli::parse_from(["x", "--kv-cache-mb", "4"]).engine;
         assert_eq!(with_model(&model, &fits, Probe).unwrap().1, None);
         let huge = Cli::parse_from(["x", "--kv-cache-mb", "10000000"]).engine;

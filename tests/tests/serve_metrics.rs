@@ -44,18 +44,26 @@ fn open_stream(addr: SocketAddr, body: &str, until: &str) -> TcpStream {
 fn time_to_first_token_is_positive_and_at_most_what_the_client_saw() {
     let addr = start_server(&fixtures_dir().join("models/llama-f32"), "m");
     let prompt: Vec<u32> = (1..300).collect();
-    let body = json!({"prompt": prompt, "max_tokens": 2, "ignore_eos": true, "stream": true})
-        .to_string();
+    let body =
+        json!({"prompt": prompt, "max_tokens": 2, "ignore_eos": true, "stream": true}).to_string();
     let start = Instant::now();
     let s = open_stream(addr, &body, "data: {");
     let client = start.elapsed().as_secs_f64();
     drop(s);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(addr, "novastack_time_to_first_token_seconds_count{model=\"m\"}") != Some(1.0) {
+    while metric(
+        addr,
+        "novastack_time_to_first_token_seconds_count{model=\"m\"}",
+    ) != Some(1.0)
+    {
         assert!(Instant::now() < deadline, "no first token recorded");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let ttft = metric(addr, "novastack_time_to_first_token_seconds_sum{model=\"m\"}").unwrap();
+    let ttft = metric(
+        addr,
+        "novastack_time_to_first_token_seconds_sum{model=\"m\"}",
+    )
+    .unwrap();
     assert!(
         ttft > 0.0 && ttft <= client,
         "metric TTFT {ttft} s, client TTFT {client} s"
@@ -71,13 +79,22 @@ fn disconnected_clients_are_counted_as_finished_with_reason_abort() {
     assert_eq!(metric(addr, abort), Some(0.0));
     let body = json!({"prompt": [1, 2, 3, 4, 5], "max_tokens": 900, "ignore_eos": true, "stream": true, "n": 2})
         .to_string();
-    let conns: Vec<TcpStream> = (0..4).map(|_| open_stream(addr, &body, "data: {")).collect();
+    let conns: Vec<TcpStream> = (0..4)
+        .map(|_| open_stream(addr, &body, "data: {"))
+        .collect();
     drop(conns);
     let deadline = Instant::now() + Duration::from_secs(30);
     while metric(addr, abort) != Some(8.0) {
-        assert!(Instant::now() < deadline, "{:?} aborted, not 8", metric(addr, abort));
+        assert!(
+            Instant::now() < deadline,
+            "{:?} aborted, not 8",
+            metric(addr, abort)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // Counted in the same engine snapshot that has every block back.
-    assert_eq!(metric(addr, "novastack_kv_blocks_used{model=\"m\"}"), Some(0.0));
+    assert_eq!(
+        metric(addr, "novastack_kv_blocks_used{model=\"m\"}"),
+        Some(0.0)
+    );
 }

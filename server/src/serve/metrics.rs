@@ -131,7 +131,12 @@ pub fn render(state: &AppState) -> String {
     for (l, m, s) in &models {
         // The collector counts what it sees finish; the engine counts the sequences it
         // cancelled because their client went away, which no collector sees.
-        let mut finished = m.metrics.finished.lock().map(|f| f.clone()).unwrap_or_default();
+        let mut finished = m
+            .metrics
+            .finished
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
         *finished.entry("abort").or_default() += s.num_cancelled;
         for (reason, n) in &finished {
             o.sample(
