@@ -13,7 +13,7 @@ pub const GREEDY_TEMPERATURE: f32 = 1e-5;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
-    /// 0 means greedy.
+    /// 0 (or anything below [`GREEDY_TEMPERATURE`]) means greedy.
     pub temperature: f32,
     /// 1.0 disables.
     pub top_p: f32,
