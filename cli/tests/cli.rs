@@ -380,3 +380,60 @@ fn prompts_file_runs_through_the_engine_in_input_order() {
     let last = rows.last().unwrap();
     assert_eq!(last["outputs"].as_array().unwrap().len(), 2);
 }
+
+/// `--kv-cache-mb` past the host's memory (a typo of 10,000,000 used to grow until the
+/// OOM killer ended the process) is refused once the weights are loaded and before
+/// the KV cache is allocated: exit 1, an error naming the flag and both sizes, fast.
+#[test]
+fn a_kv_cache_larger_than_memory_is_refused_before_it_is_allocated() {
+    let dir = fixtures()[0].clone();
+    let d = dir.to_str().unwrap();
+    let commands = [
+        vec![
+            "generate",
+            "--model",
+            d,
+            "--prompt-ids",
+            "1,2",
+            "--max-tokens",
+            "1",
+        ],
+        vec!["serve", "--model", d, "--port", "0"],
+        vec!["bench", "offline", "--model", d, "--num-prompts", "1"],
+    ];
+    for mut args in commands {
+        args.extend(["--kv-cache-mb", "10000000"]);
+        let start = std::time::Instant::now();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_novastack"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A server that started anyway would never exit: stop it after a while.
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(30) {
+                child.kill().unwrap();
+                break child.wait().unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let secs = start.elapsed().as_secs_f64();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("--kv-cache-mb 10000000 (9.5 TiB) does not fit: ")
+                && err.contains(" of memory available"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("allocation"),
+            "{err}"
+        );
+        assert!(secs < 10.0, "{args:?} took {secs:.1} s to fail");
+    }
+}

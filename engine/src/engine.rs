@@ -63,11 +63,16 @@ pub struct EngineStats {
     pub used_query_slots: u64,
     /// Sequences over all steps (mean batch size = this / num_steps).
     pub num_scheduled_seqs: u64,
-    /// Seconds from arrival to first token.
+    /// Sequences ended because their client went away ([`Engine::cancel`]): finished
+    /// with reason `abort`. (Stops, lengths and errors are reported in their events.)
+    pub num_cancelled: u64,
+    /// Seconds from arrival (submission) to the end of the step that produced the
+    /// first token, i.e. when it is handed out.
     pub ttft: Histogram,
-    /// Seconds between consecutive tokens of a sequence.
+    /// Seconds between consecutive tokens of a sequence (step ends).
     pub itl: Histogram,
-    /// Seconds from arrival to the last token of a sequence that finished normally.
+    /// Seconds from arrival to the last token of a sequence that finished normally
+    /// (cancelled ones are counted in `num_cancelled`, not timed).
     pub e2e: Histogram,
 }
 
@@ -185,6 +190,16 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
         self.sched.abort(id, FinishReason::Abort).is_some()
     }
 
+    /// Aborts a request whose client went away, counting it as finished with reason
+    /// `abort` ([`EngineStats::num_cancelled`]) if it was still live.
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        let live = self.abort(id);
+        if live {
+            self.stats.num_cancelled += 1;
+        }
+        live
+    }
+
     pub fn has_work(&self) -> bool {
         self.sched.has_work()
     }
@@ -206,9 +221,19 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
         input
     }
 
-    /// One step: schedule, forward, sample, update. Returns the events it produced.
+    /// One step at time `now` (seconds, the caller's clock; the same clock as the
+    /// arrivals): schedule, forward, sample, update. Returns the events it produced.
+    /// Its tokens are timed at `now` too; a caller with a real clock wants
+    /// [`Engine::step_clocked`], which times them when the step is done.
     pub fn step(&mut self, now: f64) -> Result<Vec<TokenEvent>> {
-        let mut out = self.sched.schedule(now);
+        self.step_clocked(&|| now)
+    }
+
+    /// One step, reading `clock` (seconds, the arrivals' clock) when it starts, to
+    /// schedule, and when its tokens are ready, to time them: time to first token and
+    /// inter-token latency include the step that produced the token.
+    pub fn step_clocked(&mut self, clock: &dyn Fn() -> f64) -> Result<Vec<TokenEvent>> {
+        let mut out = self.sched.schedule(clock());
         let mut events = Vec::new();
         if out.is_empty() {
             self.refresh_stats();
@@ -283,6 +308,8 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
             sampled.insert(s.id, tok);
         }
         let updates = self.sched.update(&out, &sampled, &self.eos);
+        // The tokens exist from here on: the time they are handed out.
+        let now = clock();
         self.stats.num_steps += 1;
         self.stats.wasted_kv_slots += out.wasted_kv_slots as u64;
         self.stats.wasted_query_slots += out.wasted_query_slots as u64;
@@ -350,5 +377,86 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
         s.prefix_queried_blocks = self.sched.blocks.num_queried_blocks();
         s.prefix_hit_blocks = self.sched.blocks.num_hit_blocks();
         s.num_preemptions = self.sched.num_preemptions;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::sampler::SamplingParams;
+    use novastack_kernels::CpuBackend;
+    use novastack_models::{load_model, LoadedModel};
+
+    /// The smallest golden fixture model, on the CPU.
+    pub(crate) fn fixture_engine() -> Engine<CpuBackend> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/models/llama-f32");
+        let lm: LoadedModel<CpuBackend> = load_model(&dir, CpuBackend::new()).unwrap();
+        let eos = lm.tokenizer.eos_token_ids().to_vec();
+        let scheduler = SchedulerConfig {
+            max_num_batched_tokens: 512,
+            max_num_seqs: 8,
+            max_model_len: usize::MAX,
+            buckets: crate::Buckets::off(),
+            max_wait_steps: 8,
+        };
+        let config = EngineConfig {
+            scheduler,
+            num_blocks: 64,
+            block_size: 16,
+        };
+        Engine::new(lm.model, eos, config).unwrap()
+    }
+
+    pub(crate) fn greedy(max_tokens: usize) -> RequestParams {
+        RequestParams {
+            max_tokens,
+            ignore_eos: true,
+            sampling: SamplingParams::greedy(),
+            ..Default::default()
+        }
+    }
+
+    /// A step reads the clock when it starts and again when its tokens are ready; the
+    /// latencies use the second reading, so they include the step that produced the
+    /// token (it used to be timed at the step's start: a first token in 0 s).
+    #[test]
+    fn latencies_include_the_step_that_produced_the_token() {
+        let mut e = fixture_engine();
+        e.add_request((1..40).collect(), greedy(2), 1.0).unwrap();
+        // Every reading is 0.25 s after the previous one: a step "takes" 0.25 s.
+        let t = std::cell::Cell::new(1.0);
+        let clock = || {
+            t.set(t.get() + 0.25);
+            t.get()
+        };
+        let first = e.step_clocked(&clock).unwrap();
+        assert_eq!(first.len(), 1);
+        // Started at 1.25, token ready at 1.5: 0.5 s after the arrival at 1.0.
+        assert_eq!((e.stats.ttft.count, e.stats.ttft.sum), (1, 0.5));
+        let last = e.step_clocked(&clock).unwrap();
+        assert!(last[0].finished.is_some());
+        // Second token ready at 2.0, 0.5 s after the first.
+        assert_eq!((e.stats.itl.count, e.stats.itl.sum), (1, 0.5));
+        assert_eq!((e.stats.e2e.count, e.stats.e2e.sum), (1, 1.0));
+    }
+
+    /// A cancelled sequence (its client went away) counts once as finished; aborting
+    /// one that already ended counts nothing.
+    #[test]
+    fn cancelling_a_live_request_counts_it_once() {
+        let mut e = fixture_engine();
+        let id = e.add_request((1..20).collect(), greedy(50), 0.0).unwrap()[0];
+        e.step(0.1).unwrap();
+        assert!(e.cancel(id));
+        assert!(!e.cancel(id));
+        assert_eq!(e.stats.num_cancelled, 1);
+        assert!(!e.has_work());
+        let id = e.add_request((1..20).collect(), greedy(50), 0.2).unwrap()[0];
+        assert!(e.abort(id));
+        assert_eq!(
+            e.stats.num_cancelled, 1,
+            "an abort asked for is not a cancel"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! The engine on its own thread: an inbox of requests, one event stream per request.
 //! A dropped stream receiver means the client left: the request is aborted and its
-//! blocks freed at the next step.
+//! blocks freed at the next step, and it counts as finished with reason `abort`.
+//! Times are seconds since the handle was spawned; a request's arrival is when
+//! [`EngineHandle::submit_to`] was called, not when the engine thread got to it.
 
 use crate::engine::{Engine, EngineStats, TokenEvent};
 use crate::error::{Error, Result};
@@ -19,10 +21,12 @@ pub struct Submission {
 }
 
 enum Command {
+    /// A submission, its event stream, the reply channel and its arrival time.
     Add(
         Submission,
         UnboundedSender<TokenEvent>,
         mpsc::Sender<Result<Vec<RequestId>>>,
+        f64,
     ),
     Abort(RequestId),
     Shutdown,
@@ -35,6 +39,8 @@ pub struct EngineHandle {
     inbox: mpsc::Sender<Command>,
     stats: Arc<Mutex<EngineStats>>,
     alive: Arc<std::sync::atomic::AtomicBool>,
+    /// Time zero of the engine's clock.
+    epoch: Instant,
 }
 
 impl EngineHandle {
@@ -47,10 +53,11 @@ impl EngineHandle {
         let stats = Arc::new(Mutex::new(engine.stats.clone()));
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (s, a) = (stats.clone(), alive.clone());
+        let epoch = Instant::now();
         std::thread::Builder::new()
             .name("novastack-engine".into())
             .spawn(move || {
-                run(engine, rx, &s);
+                run(engine, rx, &s, epoch);
                 a.store(false, std::sync::atomic::Ordering::SeqCst);
             })
             .expect("spawn engine thread");
@@ -58,6 +65,7 @@ impl EngineHandle {
             inbox: tx,
             stats,
             alive,
+            epoch,
         }
     }
 
@@ -80,8 +88,9 @@ impl EngineHandle {
         events: UnboundedSender<TokenEvent>,
     ) -> Result<Vec<RequestId>> {
         let (rtx, rrx) = mpsc::channel();
+        let arrival = self.epoch.elapsed().as_secs_f64();
         self.inbox
-            .send(Command::Add(sub, events, rtx))
+            .send(Command::Add(sub, events, rtx, arrival))
             .map_err(|_| Error::Stopped)?;
         rrx.recv().map_err(|_| Error::Stopped)?
     }
@@ -110,8 +119,13 @@ impl EngineHandle {
     }
 }
 
-fn run<B: Backend>(mut engine: Engine<B>, rx: mpsc::Receiver<Command>, stats: &Mutex<EngineStats>) {
-    let start = Instant::now();
+fn run<B: Backend>(
+    mut engine: Engine<B>,
+    rx: mpsc::Receiver<Command>,
+    stats: &Mutex<EngineStats>,
+    epoch: Instant,
+) {
+    let clock = || epoch.elapsed().as_secs_f64();
     let mut streams: HashMap<RequestId, UnboundedSender<TokenEvent>> = HashMap::new();
     loop {
         // Block for work when idle; otherwise drain whatever arrived.
@@ -122,14 +136,21 @@ fn run<B: Backend>(mut engine: Engine<B>, rx: mpsc::Receiver<Command>, stats: &M
                 Err(_) => return,
             }
         }
+        // Clients that left, seen before the inbox is drained: an abort sent before
+        // the stream was dropped (a stop string matched) is in the inbox by now and
+        // wins, so only sequences nobody asked to stop count as cancelled.
+        let gone: Vec<RequestId> = streams
+            .iter()
+            .filter(|(_, s)| s.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
         while let Ok(c) = rx.try_recv() {
             cmds.push(c);
         }
-        let now = start.elapsed().as_secs_f64();
         for c in cmds {
             match c {
-                Command::Add(sub, events, reply) => {
-                    let r = engine.add_request(sub.prompt, sub.params, now);
+                Command::Add(sub, events, reply, arrival) => {
+                    let r = engine.add_request(sub.prompt, sub.params, arrival);
                     if let Ok(ids) = &r {
                         for id in ids {
                             streams.insert(*id, events.clone());
@@ -144,17 +165,13 @@ fn run<B: Backend>(mut engine: Engine<B>, rx: mpsc::Receiver<Command>, stats: &M
                 Command::Shutdown => return,
             }
         }
-        // Clients that left: abort their requests, freeing blocks.
-        let gone: Vec<RequestId> = streams
-            .iter()
-            .filter(|(_, s)| s.is_closed())
-            .map(|(id, _)| *id)
-            .collect();
+        // Abort their requests, freeing blocks.
         for id in gone {
-            streams.remove(&id);
-            engine.abort(id);
+            if streams.remove(&id).is_some() {
+                engine.cancel(id);
+            }
         }
-        match engine.step(now) {
+        match engine.step_clocked(&clock) {
             Ok(events) => {
                 for ev in events {
                     let done = ev.finished.is_some();
@@ -187,5 +204,89 @@ fn run<B: Backend>(mut engine: Engine<B>, rx: mpsc::Receiver<Command>, stats: &M
         if let Ok(mut s) = stats.lock() {
             *s = engine.stats.clone();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::tests::{fixture_engine, greedy};
+    use std::time::Duration;
+
+    /// Polls the handle's stats until `done` holds (the stats are published after the
+    /// step's events are sent).
+    fn wait_for(h: &EngineHandle, done: impl Fn(&EngineStats) -> bool) -> EngineStats {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = h.stats();
+            if done(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "stats never got there: {s:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The time to first token the engine records lies between 0 (exclusive: it
+    /// includes the step that computed the prompt) and what the submitter saw from
+    /// calling `submit` to receiving the token. It used to be exactly 0 on an idle
+    /// engine (timed at the start of that step, which was also the arrival).
+    #[test]
+    fn time_to_first_token_is_positive_and_at_most_what_the_client_saw() {
+        let h = EngineHandle::spawn(fixture_engine());
+        let start = Instant::now();
+        let sub = Submission {
+            prompt: (1..300).collect(),
+            params: greedy(2),
+        };
+        let (_, mut rx) = h.submit(sub).unwrap();
+        let first = rx.blocking_recv().unwrap();
+        let client = start.elapsed().as_secs_f64();
+        assert!(first.token.is_some());
+        let s = wait_for(&h, |s| s.ttft.count == 1);
+        assert!(
+            s.ttft.sum > 0.0 && s.ttft.sum <= client,
+            "engine TTFT {} s, client TTFT {client} s",
+            s.ttft.sum
+        );
+        h.shutdown();
+    }
+
+    /// A client that drops its stream has its sequences cancelled: each counts once as
+    /// finished with reason abort and its blocks come back. A sequence stopped on
+    /// request (a stop string) before its stream is dropped is not a cancel.
+    #[test]
+    fn dropped_streams_count_as_cancelled() {
+        let h = EngineHandle::spawn(fixture_engine());
+        let total = h.stats().kv_blocks_total;
+        let sub = || Submission {
+            prompt: (1..30).collect(),
+            params: RequestParams {
+                n: 2,
+                ..greedy(500)
+            },
+        };
+        let (_, mut rx) = h.submit(sub()).unwrap();
+        rx.blocking_recv().unwrap();
+        drop(rx);
+        let s = wait_for(&h, |s| s.num_cancelled == 2 && s.kv_blocks_free == total);
+        assert_eq!(s.num_running + s.num_waiting, 0);
+        let (ids, mut rx) = h.submit(sub()).unwrap();
+        rx.blocking_recv().unwrap();
+        for id in ids {
+            h.abort(id);
+        }
+        drop(rx);
+        // A request after them ends after the engine has seen the aborts and the drop.
+        let (_, mut rx) = h
+            .submit(Submission {
+                prompt: vec![1, 2, 3],
+                params: greedy(1),
+            })
+            .unwrap();
+        while rx.blocking_recv().is_some_and(|ev| ev.finished.is_none()) {}
+        let s = wait_for(&h, |s| s.e2e.count == 1 && s.kv_blocks_free == total);
+        assert_eq!(s.num_cancelled, 2);
+        h.shutdown();
     }
 }

@@ -73,7 +73,7 @@ pub fn run_batch<B: Backend>(
         if !engine.has_work() {
             continue;
         }
-        let events = match engine.step(now) {
+        let events = match engine.step_clocked(&|| start.elapsed().as_secs_f64()) {
             Ok(ev) => ev,
             Err(e) => {
                 for r in results.iter_mut() {

@@ -6,9 +6,14 @@ use crate::validate::RequestError;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// Temperatures below this sample greedily (the argmax): dividing logits by a smaller
+/// one leaves only the top token with any weight anyway, and a subnormal one overflows
+/// every logit to infinity (vLLM uses the same threshold).
+pub const GREEDY_TEMPERATURE: f32 = 1e-5;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
-    /// 0 means greedy.
+    /// 0 (or anything below [`GREEDY_TEMPERATURE`]) means greedy.
     pub temperature: f32,
     /// 1.0 disables.
     pub top_p: f32,
@@ -57,8 +62,9 @@ impl SamplingParams {
         crate::validate::sampling(self)
     }
 
+    /// Temperature below [`GREEDY_TEMPERATURE`] (0 included): the argmax.
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0
+        self.temperature < GREEDY_TEMPERATURE || self.temperature.is_nan()
     }
 }
 
@@ -83,35 +89,55 @@ impl Sampler {
     }
 
     /// Applies logit bias and the repetition, presence and frequency penalties in place.
+    ///
+    /// Any parameter value is safe here, in range or not: a NaN parameter counts as
+    /// off, the arithmetic runs in f64, and a live token's result is clamped to the
+    /// finite f32 range, so no logit becomes NaN, a masked token (-inf) stays masked
+    /// and a live one stays live. One exception: a bias of +inf (what 1e39 parses to in
+    /// f32) forces the token, whose logit becomes +inf, and the sampler then picks only
+    /// among forced tokens, at any temperature; a bias of -inf is the lowest finite one.
     pub fn process(&self, logits: &mut [f32], prompt: &[u32], output: &[u32]) {
         let p = &self.params;
+        let adjust = |l: &mut f32, f: &dyn Fn(f64) -> f64| {
+            if l.is_finite() {
+                *l = clamp_finite(f(*l as f64));
+            }
+        };
         for &(t, b) in &p.logit_bias {
             if let Some(l) = logits.get_mut(t as usize) {
-                *l += b;
+                if b == f32::INFINITY && l.is_finite() {
+                    // Forced: [`Sampler::sample`] picks among the +inf tokens only.
+                    *l = f32::INFINITY;
+                } else {
+                    let b = finite_or_zero(b);
+                    adjust(l, &|l| l + b);
+                }
             }
         }
-        if p.repetition_penalty != 1.0 {
+        // Not positive (or NaN): off; infinite: the largest finite penalty.
+        let rp = finite_or_zero(p.repetition_penalty);
+        if rp > 0.0 && rp != 1.0 {
             let mut seen = std::collections::HashSet::new();
             for &t in prompt.iter().chain(output) {
                 if seen.insert(t) {
                     if let Some(l) = logits.get_mut(t as usize) {
-                        *l = if *l > 0.0 {
-                            *l / p.repetition_penalty
-                        } else {
-                            *l * p.repetition_penalty
-                        };
+                        adjust(l, &|l| if l > 0.0 { l / rp } else { l * rp });
                     }
                 }
             }
         }
-        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        let (presence, frequency) = (
+            finite_or_zero(p.presence_penalty),
+            finite_or_zero(p.frequency_penalty),
+        );
+        if presence != 0.0 || frequency != 0.0 {
             let mut counts = std::collections::HashMap::new();
             for &t in output {
                 *counts.entry(t).or_insert(0u32) += 1;
             }
             for (t, c) in counts {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l -= p.presence_penalty + p.frequency_penalty * c as f32;
+                    adjust(l, &|l| l - (presence + frequency * c as f64));
                 }
             }
         }
@@ -144,48 +170,70 @@ impl Sampler {
     }
 
     /// Picks the next token from one row of logits.
+    ///
+    /// Safe for any row: NaN entries are never picked; if some entries are +inf, only
+    /// they are candidates (equally likely); a row with every entry -inf (or NaN) gives
+    /// the lowest such id. The softmax runs in f64 over `(logit - max) / temperature`,
+    /// which is at most 0, so no temperature can overflow it: a huge one flattens the
+    /// distribution, one below [`GREEDY_TEMPERATURE`] is the argmax.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         if p.is_greedy() {
             return novastack_kernels::argmax(logits).unwrap_or(0) as u32;
         }
-        // Candidates sorted by logit, highest first; ties keep the lower id first.
+        let max = logits
+            .iter()
+            .copied()
+            .filter(|v| !v.is_nan())
+            .fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
+            // Everything masked (or NaN, or nothing at all): any id, the lowest.
+            return 0;
+        }
+        let temperature = (p.temperature as f64).min(f32::MAX as f64);
+        // Candidates (live tokens; only the +inf ones if any) sorted by logit, highest
+        // first; ties keep the lower id first.
         let mut cand: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
-            .filter(|(_, v)| !v.is_nan())
-            .map(|(i, &v)| (i as u32, v / p.temperature))
+            .filter(|&(_, &v)| v > f32::NEG_INFINITY && (max < f32::INFINITY || v == max))
+            .map(|(i, &v)| (i as u32, v))
             .collect();
-        if cand.is_empty() {
-            return 0;
-        }
         cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 && p.top_k < cand.len() {
             cand.truncate(p.top_k);
         }
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|(_, v)| (v - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= sum);
+        // Weights exp((logit - max) / temperature): the top one 1, none NaN or above 1.
+        let weight = |v: f32| {
+            if max == f32::INFINITY {
+                1.0
+            } else {
+                ((v as f64 - max as f64) / temperature).exp()
+            }
+        };
+        let weights: Vec<f64> = cand.iter().map(|c| weight(c.1)).collect();
+        let sum: f64 = weights.iter().sum();
+        let probs: Vec<f64> = weights.iter().map(|w| w / sum).collect();
         let mut keep = probs.len();
         if p.min_p > 0.0 {
-            let floor = p.min_p * probs[0];
+            let floor = p.min_p as f64 * probs[0];
             keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
         }
         if p.top_p < 1.0 {
-            let mut acc = 0.0f32;
+            let mut acc = 0.0f64;
             let mut n = 0;
             for &x in &probs[..keep] {
                 n += 1;
                 acc += x;
-                if acc >= p.top_p {
+                if acc >= p.top_p as f64 {
                     break;
                 }
             }
             keep = n.max(1);
         }
-        let total: f32 = probs[..keep].iter().sum();
-        let mut r = self.rng.random::<f32>() * total;
+        let total: f64 = probs[..keep].iter().sum();
+        // One f32 draw per token, as before: a seed gives the same stream of draws.
+        let mut r = self.rng.random::<f32>() as f64 * total;
         for (i, &x) in probs[..keep].iter().enumerate() {
             if r < x {
                 return cand[i].0;
@@ -194,6 +242,20 @@ impl Sampler {
         }
         cand[keep - 1].0
     }
+}
+
+/// A sampling parameter as f64, NaN as 0 (off) and infinities as the largest f32.
+fn finite_or_zero(v: f32) -> f64 {
+    if v.is_nan() {
+        0.0
+    } else {
+        (v as f64).clamp(f32::MIN as f64, f32::MAX as f64)
+    }
+}
+
+/// A processed logit back in f32, kept finite (a live token stays live).
+fn clamp_finite(v: f64) -> f32 {
+    v.clamp(f32::MIN as f64, f32::MAX as f64) as f32
 }
 
 /// The log-probability of `token` and the `k` most likely tokens, from raw logits.
@@ -292,6 +354,232 @@ mod tests {
         let z = (1.0f32 + 2f32.exp() + 1f32.exp()).ln();
         assert!((c - (1.0 - z)).abs() < 1e-6);
         assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    /// A sampler without the admission checks: the engine API can be called with any
+    /// parameters, and the sampling math must hold for all of them.
+    fn unchecked(params: SamplingParams) -> Sampler {
+        let rng = ChaCha8Rng::seed_from_u64(params.seed.unwrap_or(0));
+        Sampler { params, rng }
+    }
+
+    fn ramp(n: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 37) % 23) as f32 * 0.4 - 3.0).collect()
+    }
+
+    /// A bias of 1e39 (infinite in f32) or 3e38 on two tokens forces one of them, at
+    /// every temperature and with greedy decoding; the rest of the vocabulary is never
+    /// picked (inf - inf used to make the softmax NaN and pick anything).
+    #[test]
+    fn a_huge_logit_bias_samples_only_the_biased_tokens() {
+        let logits = ramp(64);
+        let huge: f32 = "1e39".parse().unwrap();
+        assert!(huge.is_infinite());
+        // An infinite bias forces at any temperature; a finite one at any but absurd ones.
+        for (bias, hottest) in [(huge, f32::MAX), (3e38, 1e30), (f32::MAX, 1e30)] {
+            for temperature in [0.0, 1e-45, 0.7, 1.0, 1000.0, hottest] {
+                for seed in 0..40 {
+                    let mut s = unchecked(SamplingParams {
+                        temperature,
+                        seed: Some(seed),
+                        logit_bias: vec![(7, bias), (19, bias)],
+                        ..Default::default()
+                    });
+                    let t = s.sample_for(&logits, &[1, 2], &[3]);
+                    assert!(
+                        t == 7 || t == 19,
+                        "bias {bias}, temperature {temperature}, seed {seed}: got {t}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A subnormal temperature is greedy: the argmax, not whatever NaN arithmetic picks.
+    #[test]
+    fn a_subnormal_temperature_is_greedy() {
+        let logits = ramp(64);
+        let best = novastack_kernels::argmax(&logits).unwrap() as u32;
+        for temperature in [1e-45f32, f32::MIN_POSITIVE, 1e-30, 1e-6] {
+            let p = SamplingParams {
+                temperature,
+                ..Default::default()
+            };
+            assert!(p.is_greedy(), "{temperature}");
+            for seed in 0..20 {
+                let mut s = unchecked(SamplingParams {
+                    seed: Some(seed),
+                    ..p.clone()
+                });
+                assert_eq!(s.sample(&logits), best, "temperature {temperature}");
+            }
+        }
+        assert!(!SamplingParams {
+            temperature: GREEDY_TEMPERATURE,
+            ..Default::default()
+        }
+        .is_greedy());
+    }
+
+    /// A huge temperature flattens the distribution (every token gets picked) without
+    /// producing NaN; masked tokens stay masked.
+    #[test]
+    fn a_huge_temperature_is_near_uniform() {
+        let mut logits = ramp(16);
+        logits[5] = f32::NEG_INFINITY;
+        for temperature in [1000.0, 1e30, f32::MAX] {
+            let mut s = unchecked(SamplingParams {
+                temperature,
+                seed: Some(3),
+                ..Default::default()
+            });
+            let mut seen = [0usize; 16];
+            for _ in 0..3000 {
+                seen[s.sample(&logits) as usize] += 1;
+            }
+            assert_eq!(
+                seen[5], 0,
+                "temperature {temperature}: masked token sampled"
+            );
+            for (t, &c) in seen.iter().enumerate() {
+                if t != 5 {
+                    assert!(
+                        c > 50,
+                        "temperature {temperature}: token {t} seen {c} times"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Penalties and biases at any value, finite or not, never make a logit NaN, never
+    /// unmask a masked (-inf) token and never mask a live one (+inf bias forces it).
+    #[test]
+    fn extreme_penalties_never_produce_nan() {
+        let extremes = [
+            0.0,
+            -1.0,
+            1e-38,
+            1e38,
+            -1e38,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        let mut logits = ramp(12);
+        logits[2] = f32::NEG_INFINITY;
+        logits[4] = 0.0;
+        for &rp in &extremes {
+            for &pp in &extremes {
+                for &fp in &extremes {
+                    let mut s = unchecked(SamplingParams {
+                        temperature: 0.8,
+                        seed: Some(1),
+                        repetition_penalty: rp,
+                        presence_penalty: pp,
+                        frequency_penalty: fp,
+                        logit_bias: vec![(2, f32::INFINITY), (3, pp), (4, fp)],
+                        ..Default::default()
+                    });
+                    let mut l = logits.clone();
+                    s.process(&mut l, &[0, 2, 4], &[1, 2, 3, 4, 4]);
+                    let ctx = format!("rp {rp}, presence {pp}, frequency {fp}: {l:?}");
+                    assert!(l.iter().all(|v| !v.is_nan()), "{ctx}");
+                    assert_eq!(l[2], f32::NEG_INFINITY, "{ctx}");
+                    assert!(
+                        l.iter()
+                            .enumerate()
+                            .all(|(i, &v)| i == 2 || v > f32::NEG_INFINITY),
+                        "{ctx}"
+                    );
+                    let t = s.sample_for(&logits, &[0, 2, 4], &[1, 2, 3, 4, 4]);
+                    assert!(t < 12 && t != 2, "{ctx}: got {t}");
+                }
+            }
+        }
+    }
+
+    /// Non-finite logits handed to the engine API: NaN is never picked, +inf tokens
+    /// are the only candidates, and a fully masked row still gives a token id.
+    #[test]
+    fn non_finite_logits_are_handled() {
+        let mut s = unchecked(SamplingParams {
+            seed: Some(9),
+            ..Default::default()
+        });
+        let row = [f32::NAN, 1.0, f32::INFINITY, 2.0, f32::INFINITY, f32::NAN];
+        for _ in 0..50 {
+            let t = s.sample(&row);
+            assert!(t == 2 || t == 4, "{t}");
+        }
+        assert_eq!(s.sample(&[f32::NAN, 1.0]), 1);
+        assert!(s.sample(&[f32::NEG_INFINITY; 4]) < 4);
+        assert!(s.sample(&[f32::NAN; 3]) < 3);
+        assert_eq!(s.sample(&[]), 0);
+    }
+
+    fn extreme_f32() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            4 => -3.0f32..3.0,
+            1 => prop::num::f32::ANY,
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(f32::MAX),
+            1 => Just(1e-45f32),
+        ]
+    }
+
+    fn params() -> impl Strategy<Value = SamplingParams> {
+        (
+            prop_oneof![3 => 0.0f32..2.0, 1 => extreme_f32().prop_map(f32::abs)],
+            prop_oneof![3 => 0.01f32..=1.0, 1 => extreme_f32()],
+            0usize..6,
+            prop_oneof![3 => 0.0f32..=1.0, 1 => extreme_f32()],
+            (extreme_f32(), extreme_f32(), extreme_f32()),
+            proptest::collection::vec((0u32..40, extreme_f32()), 0..4),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(temperature, top_p, top_k, min_p, (pp, fp, rp), bias, seed)| SamplingParams {
+                    temperature,
+                    top_p,
+                    top_k,
+                    min_p,
+                    seed: Some(seed),
+                    presence_penalty: pp,
+                    frequency_penalty: fp,
+                    repetition_penalty: rp,
+                    logit_bias: bias,
+                },
+            )
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// For any finite logits (some masked with -inf) and any parameters, in range
+        /// or not, the sampler returns an id in the vocabulary, and a masked one only
+        /// when every token is masked.
+        #[test]
+        fn any_params_give_an_unmasked_token_in_vocabulary(
+            row in proptest::collection::vec(
+                prop_oneof![6 => -1e30f32..1e30, 2 => -5.0f32..5.0, 1 => Just(f32::NEG_INFINITY)],
+                1..40,
+            ),
+            p in params(),
+            prompt in proptest::collection::vec(0u32..48, 0..6),
+            output in proptest::collection::vec(0u32..48, 0..6),
+        ) {
+            let mut s = unchecked(p);
+            let t = s.sample_for(&row, &prompt, &output) as usize;
+            prop_assert!(t < row.len(), "token {} outside a vocabulary of {}", t, row.len());
+            let all_masked = row.iter().all(|v| *v == f32::NEG_INFINITY);
+            prop_assert!(all_masked || row[t] != f32::NEG_INFINITY, "masked token {} picked", t);
+        }
     }
 
     #[test]

@@ -28,7 +28,11 @@ pub trait ModelJob {
 pub fn with_model<J: ModelJob>(path: &Path, engine: &EngineArgs, job: J) -> Result<J::Output> {
     let ctx = || format!("cannot load model from {}", path.display());
     match engine.device.as_str() {
-        "cpu" => job.run(load_model(path, CpuBackend::new()).with_context(ctx)?, None),
+        "cpu" => {
+            let lm = load_model(path, CpuBackend::new()).with_context(ctx)?;
+            kv_cache_fits_host_memory(engine)?;
+            job.run(lm, None)
+        }
         #[cfg(feature = "cuda")]
         "cuda" => {
             let backend = novastack_kernels::vendor::cuda::CudaBackend::new(0, gpu_dtype(engine)?)?;
@@ -56,13 +60,26 @@ pub fn with_model<J: ModelJob>(path: &Path, engine: &EngineArgs, job: J) -> Resu
             backend.set_graphs(!engine.enforce_eager);
             tracing::info!("{} ({}), {dtype} storage", backend.info().name, backend.info().arch);
             let lm = load_model(path, backend).with_context(ctx)?;
+            kv_cache_fits_host_memory(engine)?;
             // Host memory: the KV cache is sized by --kv-cache-mb, in the storage type.
             let per_block = lm.model.kv_bytes_per_token(dtype) * engine.block_size.max(1);
-            let blocks = (engine.kv_cache_mb << 20) / per_block.max(1);
+            let blocks = engine.kv_cache_bytes() / per_block.max(1);
             job.run(lm, Some(blocks))
         }
         other => bail!("--device {other:?}: use cpu, cuda, hip or sim"),
     }
+}
+
+/// `--kv-cache-mb` against the host memory left once the weights are loaded (the CPU
+/// and the simulated device keep the KV cache in host memory), before anything is
+/// allocated for it: a typo of 10,000,000 is an error naming the sizes, not a cache
+/// that grows until the OOM killer ends the process. GPU devices size the KV cache
+/// from the device's free memory instead (`--gpu-memory-utilization`).
+fn kv_cache_fits_host_memory(engine: &EngineArgs) -> Result<()> {
+    crate::host_memory::check_kv_cache_fits(
+        engine.kv_cache_mb,
+        crate::host_memory::available_bytes(),
+    )
 }
 
 /// The simulated device of `--sim-warp` and `--sim-vendor`.
@@ -204,5 +221,22 @@ mod tests {
         assert!(e.contains("/nonexistent"), "{e}");
         let e = format!("{:#}", with_model(p, &args("sim"), Probe).unwrap_err());
         assert!(e.contains("/nonexistent"), "{e}");
+    }
+
+    /// A KV cache larger than the host memory is refused after the weights load and
+    /// before the job (which would allocate it) runs.
+    #[test]
+    fn a_kv_cache_larger_than_memory_is_refused_before_the_job_runs() {
+        let model =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/llama-f32");
+        let fits = Cli::parse_from(["x", "--kv-cache-mb", "4"]).engine;
+        assert_eq!(with_model(&model, &fits, Probe).unwrap().1, None);
+        let huge = Cli::parse_from(["x", "--kv-cache-mb", "10000000"]).engine;
+        let e = with_model(&model, &huge, Probe).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--kv-cache-mb 10000000 (9.5 TiB) does not fit: ")
+                && e.ends_with(" of memory available"),
+            "{e}"
+        );
     }
 }

@@ -92,7 +92,13 @@ impl EngineArgs {
     /// Sizes the KV cache from `--kv-cache-mb`, which the CPU backend stores in f32.
     pub fn build<B: Backend>(&self, model: BoxedModel<B>, eos: Vec<u32>) -> Result<Engine<B>> {
         let per_block = model.kv_bytes_per_token(Dtype::F32) * self.block_size.max(1);
-        self.build_with_blocks(model, eos, (self.kv_cache_mb << 20) / per_block.max(1))
+        self.build_with_blocks(model, eos, self.kv_cache_bytes() / per_block.max(1))
+    }
+
+    /// `--kv-cache-mb` in bytes (saturating: a huge value stays huge instead of
+    /// wrapping to a small one).
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.kv_cache_mb.saturating_mul(1 << 20)
     }
 
     /// [`EngineArgs::build_with_blocks`] when the device sized the KV cache

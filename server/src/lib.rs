@@ -9,6 +9,7 @@
 pub mod default_model;
 pub mod device;
 pub mod engine_args;
+pub mod host_memory;
 pub mod serve;
 
 pub use engine_args::EngineArgs;

@@ -8,7 +8,8 @@ use novastack_openai::http::render_http;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-/// Finished generations by finish reason (stop, length, abort, error).
+/// Finished generations by finish reason (stop, length, abort, error), as the
+/// collector sees them; `/metrics` adds the engine's cancelled sequences to `abort`.
 #[derive(Default)]
 pub struct ModelMetrics {
     finished: Mutex<BTreeMap<&'static str, u64>>,
@@ -127,22 +128,29 @@ pub fn render(state: &AppState) -> String {
         "Finished generations (one per choice) by finish reason.",
         "counter",
     );
-    for (l, m, _) in &models {
-        if let Ok(f) = m.metrics.finished.lock() {
-            for (reason, n) in f.iter() {
-                o.sample(
-                    "request_finished_total",
-                    &format!("{l},finished_reason=\"{reason}\""),
-                    *n as f64,
-                );
-            }
+    for (l, m, s) in &models {
+        // The collector counts what it sees finish; the engine counts the sequences it
+        // cancelled because their client went away, which no collector sees.
+        let mut finished = m
+            .metrics
+            .finished
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        *finished.entry("abort").or_default() += s.num_cancelled;
+        for (reason, n) in &finished {
+            o.sample(
+                "request_finished_total",
+                &format!("{l},finished_reason=\"{reason}\""),
+                *n as f64,
+            );
         }
     }
     type HGetter = fn(&novastack_engine::EngineStats) -> &Histogram;
     let hists: [(&str, &str, HGetter); 3] = [
         (
             "time_to_first_token_seconds",
-            "Time from arrival to the first token.",
+            "Time from arrival at the engine to the end of the step that produced the first token.",
             |s| &s.ttft,
         ),
         (
