@@ -9,6 +9,7 @@ pub mod arch;
 pub mod causal_lm;
 pub mod chat_template;
 pub mod config;
+mod control_tokens;
 mod error;
 pub mod gguf;
 pub mod graph;
