@@ -36,7 +36,10 @@ impl ControlTokens {
             .map(|(id, t)| (t.content, id))
             .collect();
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
-        let mut firsts: Vec<char> = specials.iter().filter_map(|(t, _)| t.chars().next()).collect();
+        let mut firsts: Vec<char> = specials
+            .iter()
+            .filter_map(|(t, _)| t.chars().next())
+            .collect();
         firsts.sort_unstable();
         firsts.dedup();
         let mut plain = inner.clone();
@@ -53,7 +56,9 @@ impl ControlTokens {
         if !s.starts_with(|c: char| self.firsts.binary_search(&c).is_ok()) {
             return None;
         }
-        self.specials.iter().position(|(t, _)| s.starts_with(t.as_str()))
+        self.specials
+            .iter()
+            .position(|(t, _)| s.starts_with(t.as_str()))
     }
 
     /// `text` with the escape character (and, when `specials`, every special token's
@@ -96,10 +101,8 @@ impl ControlTokens {
             .iter()
             .map(|m| {
                 let mut m = m.clone();
-                let guarded = matches!(
-                    m.get("role").and_then(Value::as_str),
-                    Some("user" | "tool")
-                );
+                let guarded =
+                    matches!(m.get("role").and_then(Value::as_str), Some("user" | "tool"));
                 let mut fix = |v: &mut Value| {
                     if let Some(e) = v.as_str().and_then(|s| self.escape(s, guarded)) {
                         *v = Value::String(e);

@@ -397,10 +397,14 @@ mod tests {
 
     #[test]
     fn integer_fields_take_integral_floats_and_refuse_fractions() {
-        let p: GenerationParams =
-            serde_json::from_value(serde_json::json!({"max_tokens": 4.0, "n": 2, "seed": 7.0, "top_k": -1.0}))
-                .unwrap();
-        assert_eq!((p.max_tokens, p.n, p.seed, p.top_k), (Some(4), Some(2), Some(7), Some(-1)));
+        let p: GenerationParams = serde_json::from_value(
+            serde_json::json!({"max_tokens": 4.0, "n": 2, "seed": 7.0, "top_k": -1.0}),
+        )
+        .unwrap();
+        assert_eq!(
+            (p.max_tokens, p.n, p.seed, p.top_k),
+            (Some(4), Some(2), Some(7), Some(-1))
+        );
         let p: GenerationParams = serde_json::from_value(serde_json::json!({})).unwrap();
         assert_eq!(p.max_tokens, None);
         for bad in [

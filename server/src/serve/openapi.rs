@@ -104,14 +104,26 @@ mod tests {
         let chat = &d["components"]["schemas"]["ChatCompletionRequest"];
         assert_eq!(chat["type"], "object", "{chat}");
         let props = chat["properties"].as_object().unwrap();
-        for field in ["messages", "model", "max_tokens", "temperature", "top_logprobs"] {
+        for field in [
+            "messages",
+            "model",
+            "max_tokens",
+            "temperature",
+            "top_logprobs",
+        ] {
             assert!(props.contains_key(field), "{field} missing: {chat}");
         }
         assert!(!props.contains_key("chat") && !props.contains_key("common"));
-        assert!(chat["required"].as_array().unwrap().contains(&"messages".into()));
+        assert!(chat["required"]
+            .as_array()
+            .unwrap()
+            .contains(&"messages".into()));
         let comp = &d["components"]["schemas"]["CompletionBody"];
         let props = comp["properties"].as_object().unwrap();
-        assert!(props.contains_key("prompt") && props.contains_key("model"), "{comp}");
+        assert!(
+            props.contains_key("prompt") && props.contains_key("model"),
+            "{comp}"
+        );
         assert_eq!(
             props["max_tokens"]["type"],
             serde_json::json!(["integer", "null"]),
@@ -133,19 +145,31 @@ mod tests {
         };
         for path in ["/v1/chat/completions", "/v1/completions"] {
             for s in ["200", "400", "401", "404", "413", "429", "503"] {
-                assert!(statuses(path, "post").contains(&s.to_string()), "{path} {s}");
+                assert!(
+                    statuses(path, "post").contains(&s.to_string()),
+                    "{path} {s}"
+                );
             }
         }
         for path in ["/tokenize", "/detokenize"] {
             for s in ["200", "400", "401", "404", "413", "503"] {
-                assert!(statuses(path, "post").contains(&s.to_string()), "{path} {s}");
+                assert!(
+                    statuses(path, "post").contains(&s.to_string()),
+                    "{path} {s}"
+                );
             }
         }
         for s in ["200", "401", "404", "503"] {
-            assert!(statuses("/v1/models/{id}", "get").contains(&s.to_string()), "{s}");
+            assert!(
+                statuses("/v1/models/{id}", "get").contains(&s.to_string()),
+                "{s}"
+            );
         }
         for s in ["200", "401", "503"] {
-            assert!(statuses("/v1/models", "get").contains(&s.to_string()), "{s}");
+            assert!(
+                statuses("/v1/models", "get").contains(&s.to_string()),
+                "{s}"
+            );
         }
     }
 }

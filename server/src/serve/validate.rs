@@ -76,7 +76,11 @@ const LOGIT_BIAS: Range = Range {
 
 /// `v` is finite and in `r`, or an error naming `param`.
 fn in_range(param: &'static str, v: f32, r: Range) -> Result<(), ValidationError> {
-    let above_min = if r.min_inclusive { v >= r.min } else { v > r.min };
+    let above_min = if r.min_inclusive {
+        v >= r.min
+    } else {
+        v > r.min
+    };
     if v.is_finite() && above_min && v <= r.max {
         Ok(())
     } else {

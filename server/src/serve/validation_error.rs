@@ -179,7 +179,10 @@ mod tests {
         .into();
         assert_eq!(
             (e.message.as_str(), e.param.as_deref()),
-            ("temperature must be between 0 and 2, got inf", Some("temperature"))
+            (
+                "temperature must be between 0 and 2, got inf",
+                Some("temperature")
+            )
         );
     }
 }

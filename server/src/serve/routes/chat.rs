@@ -41,10 +41,7 @@ pub(crate) async fn chat_completions(
 }
 
 /// The body into a validated generation: parse, cap, render, tokenize, validate.
-fn prepare(
-    state: &AppState,
-    body: &[u8],
-) -> Result<(Arc<ModelEntry>, ValidGeneration), ApiError> {
+fn prepare(state: &AppState, body: &[u8]) -> Result<(Arc<ModelEntry>, ValidGeneration), ApiError> {
     let (req, common): (ChatRequest, GenerationParams) = parse_body(body)?;
     let m = state.model(common.model.as_deref())?;
     let messages = normalize_messages(&req.messages)?;

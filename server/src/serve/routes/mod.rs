@@ -8,10 +8,10 @@ pub(crate) mod metrics;
 pub(crate) mod models;
 pub(crate) mod tokenize;
 
-use novastack_openai::http::{from_value, json_object};
-pub(crate) use novastack_openai::protocol::unix_now as now;
 use crate::serve::validation_error::ValidationError;
 use crate::serve::AppState;
+use novastack_openai::http::{from_value, json_object};
+pub(crate) use novastack_openai::protocol::unix_now as now;
 use novastack_openai::protocol::GenerationParams;
 use novastack_openai::ApiError;
 use serde_json::Value;
