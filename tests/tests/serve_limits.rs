@@ -372,3 +372,23 @@ fn user_text_cannot_forge_a_turn() {
         200
     );
 }
+
+/// `/openapi.json` describes the chat body as the flat object the server accepts.
+#[test]
+fn openapi_request_bodies_are_flat() {
+    let addr = start_server(&fixtures_dir().join("models/llama-f32"), "m");
+    let (_, body) = http(addr, "GET", "/openapi.json", "");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    let chat = &doc["components"]["schemas"]["ChatCompletionRequest"];
+    let props = chat["properties"].as_object().unwrap();
+    assert!(
+        props.contains_key("messages") && props.contains_key("model"),
+        "{chat}"
+    );
+    assert!(
+        !props.contains_key("chat") && !props.contains_key("common"),
+        "{chat}"
+    );
+    let tokenize = &doc["paths"]["/tokenize"]["post"]["responses"];
+    assert!(tokenize["404"].is_object(), "{tokenize}");
+}
