@@ -124,9 +124,8 @@ mod tests {
             props.contains_key("prompt") && props.contains_key("model"),
             "{comp}"
         );
-        assert_eq!(
-            props["max_tokens"]["type"],
-            serde_json::json!(["integer", "null"]),
+        assert!(
+            props["max_tokens"].to_string().contains("integer"),
             "{comp}"
         );
     }
