@@ -11,6 +11,7 @@ pub mod chat_template;
 #[cfg(test)]
 mod chat_template_fuzz;
 pub mod config;
+mod control_tokens;
 mod error;
 pub mod gguf;
 pub mod graph;

@@ -4,6 +4,7 @@
 
 use crate::chat_template::ChatTemplate;
 use crate::config::token_ids;
+use crate::control_tokens::ControlTokens;
 use crate::error::{read_json, Error, Result};
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -15,6 +16,8 @@ pub struct Tokenizer {
     special_tokens: Map<String, Value>,
     eos_token_ids: Vec<u32>,
     bos_token_id: Option<u32>,
+    /// Keeps special tokens out of user and tool content in chat prompts.
+    control: ControlTokens,
 }
 
 const SPECIAL_NAMES: [&str; 7] = [
@@ -119,6 +122,7 @@ impl Tokenizer {
         let eos_token_ids = id_of("eos_token").into_iter().collect();
         let bos_token_id = id_of("bos_token");
         Ok(Tokenizer {
+            control: ControlTokens::new(&inner),
             inner,
             template,
             special_tokens,
@@ -191,10 +195,39 @@ impl Tokenizer {
         template.render(messages, add_generation_prompt, tools, &vars)
     }
 
-    /// A chat prompt as token ids (the template adds any bos itself).
+    /// A chat prompt as token ids (the template adds any bos itself). Special-token
+    /// text inside user and tool content is tokenized as plain text, so it cannot
+    /// forge a turn; the template's own special tokens are special tokens.
     pub fn encode_chat(&self, messages: &[Value], add_generation_prompt: bool) -> Result<Vec<u32>> {
-        let text = self.apply_chat_template(messages, add_generation_prompt, None, &Map::new())?;
-        self.encode(&text, false)
+        self.encode_chat_with(messages, add_generation_prompt, false)
+    }
+
+    /// Like [`Tokenizer::encode_chat`]; with `allow_special_in_content`, special-token
+    /// text anywhere in the rendered prompt becomes special tokens (the operator's
+    /// choice: content is trusted).
+    pub fn encode_chat_with(
+        &self,
+        messages: &[Value],
+        add_generation_prompt: bool,
+        allow_special_in_content: bool,
+    ) -> Result<Vec<u32>> {
+        let escaped = if allow_special_in_content {
+            None
+        } else {
+            self.control.escape_messages(messages)
+        };
+        match escaped {
+            None => {
+                let text =
+                    self.apply_chat_template(messages, add_generation_prompt, None, &Map::new())?;
+                self.encode(&text, false)
+            }
+            Some(messages) => {
+                let text =
+                    self.apply_chat_template(&messages, add_generation_prompt, None, &Map::new())?;
+                self.control.encode(&text)
+            }
+        }
     }
 }
 

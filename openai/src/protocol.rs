@@ -14,6 +14,37 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Integer fields also accept integral floats (`4.0`), as JSON Schema's `integer`
+/// does; `4.5`, or a number out of the field's range, is refused naming the field.
+pub mod integral {
+    use serde::de::{Deserialize, Deserializer, Error, Unexpected};
+
+    pub fn option<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<i128>,
+    {
+        let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let (wide, unexpected) = if let Some(u) = n.as_u64() {
+            (Some(i128::from(u)), Unexpected::Unsigned(u))
+        } else if let Some(i) = n.as_i64() {
+            (Some(i128::from(i)), Unexpected::Signed(i))
+        } else {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            let whole = f.is_finite() && f.fract() == 0.0 && f.abs() < 1e38;
+            (whole.then_some(f as i128), Unexpected::Float(f))
+        };
+        let Some(wide) = wide else {
+            return Err(D::Error::invalid_value(unexpected, &"an integer"));
+        };
+        T::try_from(wide)
+            .map(Some)
+            .map_err(|_| D::Error::invalid_value(unexpected, &"an integer in the field's range"))
+    }
+}
+
 /// A string or a list of strings.
 #[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
@@ -27,13 +58,16 @@ pub enum OneOrMany {
 pub struct GenerationParams {
     /// A served model name or alias (default: the first model).
     pub model: Option<String>,
+    #[serde(default, deserialize_with = "integral::option")]
     pub max_tokens: Option<usize>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     /// Choices per prompt, 1 to 16.
+    #[serde(default, deserialize_with = "integral::option")]
     pub n: Option<usize>,
     /// Up to 4 stop strings; matched across token boundaries, never included.
     pub stop: Option<OneOrMany>,
+    #[serde(default, deserialize_with = "integral::option")]
     pub seed: Option<u64>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
@@ -43,6 +77,7 @@ pub struct GenerationParams {
     pub stream_options: Option<StreamOptions>,
     pub user: Option<String>,
     /// vLLM extension: sample from the k most likely tokens (0 or -1: all).
+    #[serde(default, deserialize_with = "integral::option")]
     pub top_k: Option<i64>,
     /// vLLM extension.
     pub min_p: Option<f32>,
@@ -51,6 +86,7 @@ pub struct GenerationParams {
     /// vLLM extension: keep generating past end-of-sequence tokens.
     pub ignore_eos: Option<bool>,
     /// vLLM extension: lower runs first.
+    #[serde(default, deserialize_with = "integral::option")]
     pub priority: Option<i32>,
     /// vLLM extension: extra token ids that end a sequence.
     pub stop_token_ids: Option<Vec<u32>>,
@@ -70,9 +106,11 @@ pub struct StreamOptions {
 pub struct ChatRequest {
     /// `{"role", "content"}` objects; content is a string or an array of text parts.
     pub messages: Vec<Value>,
+    #[serde(default, deserialize_with = "integral::option")]
     pub max_completion_tokens: Option<usize>,
     pub logprobs: Option<bool>,
     /// 0 to 20 alternatives per token (with `logprobs: true`).
+    #[serde(default, deserialize_with = "integral::option")]
     pub top_logprobs: Option<usize>,
 }
 
@@ -90,6 +128,7 @@ pub enum Prompt {
 pub struct CompletionRequest {
     pub prompt: Prompt,
     /// Top alternatives per token, 0 to 20.
+    #[serde(default, deserialize_with = "integral::option")]
     pub logprobs: Option<usize>,
     /// Not supported: `true` is rejected with 400.
     pub echo: Option<bool>,
@@ -99,21 +138,26 @@ pub struct CompletionRequest {
     pub return_tokens_as_token_ids: Option<bool>,
 }
 
-/// The body of `POST /v1/chat/completions` (documentation type: the handler parses
-/// the two parts separately so errors name the exact field).
-#[derive(ToSchema)]
+/// The body of `POST /v1/chat/completions`: the chat fields and the common ones, side
+/// by side in one object (the handler parses the two parts separately so errors name
+/// the exact field; `/openapi.json` shows one flat object).
+#[derive(Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
+    #[serde(flatten)]
     #[schema(inline)]
     pub chat: ChatRequest,
+    #[serde(flatten)]
     #[schema(inline)]
     pub common: GenerationParams,
 }
 
-/// The body of `POST /v1/completions` (documentation type, as above).
-#[derive(ToSchema)]
+/// The body of `POST /v1/completions` (one flat object, as above).
+#[derive(Deserialize, ToSchema)]
 pub struct CompletionBody {
+    #[serde(flatten)]
     #[schema(inline)]
     pub completion: CompletionRequest,
+    #[serde(flatten)]
     #[schema(inline)]
     pub common: GenerationParams,
 }
@@ -349,5 +393,30 @@ mod tests {
             assert_eq!(serde_json::to_value(role).unwrap(), r);
         }
         assert_eq!(Role::parse("robot"), None);
+    }
+
+    #[test]
+    fn integer_fields_take_integral_floats_and_refuse_fractions() {
+        let p: GenerationParams = serde_json::from_value(
+            serde_json::json!({"max_tokens": 4.0, "n": 2, "seed": 7.0, "top_k": -1.0}),
+        )
+        .unwrap();
+        assert_eq!(
+            (p.max_tokens, p.n, p.seed, p.top_k),
+            (Some(4), Some(2), Some(7), Some(-1))
+        );
+        let p: GenerationParams = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(p.max_tokens, None);
+        for bad in [
+            serde_json::json!({"max_tokens": 4.5}),
+            serde_json::json!({"max_tokens": -1}),
+            serde_json::json!({"max_tokens": "4"}),
+            serde_json::json!({"priority": 1e20}),
+        ] {
+            let e = serde_json::from_value::<GenerationParams>(bad.clone())
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.to_string().contains("invalid"), "{e}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! (matched across token boundaries; the engine is told to abort the sequence), and
 //! logprobs, for every choice of a request. [`submit`] starts the sequences.
 
+use super::admission::Waiting;
 use super::stop::StopMatcher;
 use super::validate::ValidGeneration;
 use super::{AppState, ModelEntry};
@@ -20,6 +21,8 @@ pub(crate) struct ChoiceState {
     pub(crate) text: String,
     pub(crate) logprobs: Vec<TokenLogprobs>,
     pub(crate) finish: Option<FinishReason>,
+    /// Its first event arrived: it no longer counts as waiting.
+    started: bool,
 }
 
 /// A piece of output for one choice.
@@ -40,6 +43,8 @@ pub(crate) struct Collector {
     pub(crate) error: Option<String>,
     /// Streaming: logprobs go out with each delta; otherwise they are kept per choice.
     pub(crate) stream: bool,
+    /// The choices still counted as waiting for `--max-waiting`.
+    waiting: Waiting,
 }
 
 impl Collector {
@@ -47,6 +52,10 @@ impl Collector {
         let &ci = self.index_of.get(&ev.id)?;
         let tok = &*self.m.tokenizer;
         let c = &mut self.choices[ci];
+        if !c.started {
+            c.started = true;
+            self.waiting.started_one();
+        }
         if c.finish.is_some() {
             return None;
         }
@@ -123,15 +132,17 @@ pub(crate) async fn submit(
             m.id()
         )));
     }
-    let waiting = m.engine.num_waiting();
-    if waiting >= state.max_waiting {
-        return Err(ApiError::too_many(format!(
-            "the server is busy: {waiting} requests are waiting (limit {}); retry later",
-            state.max_waiting
-        )));
-    }
-    let (tx, rx) = mpsc::unbounded_channel();
     let n = spec.params.n;
+    let waiting = m
+        .admission
+        .try_admit(spec.prompts.len() * n, state.max_waiting)
+        .map_err(|waiting| {
+            ApiError::too_many(format!(
+                "the server is busy: {waiting} sequences are waiting (limit {}); retry later",
+                state.max_waiting
+            ))
+        })?;
+    let (tx, rx) = mpsc::unbounded_channel();
     let mut index_of = HashMap::new();
     for (p, prompt) in spec.prompts.iter().enumerate() {
         let engine = m.engine.clone();
@@ -155,6 +166,7 @@ pub(crate) async fn submit(
             text: String::new(),
             logprobs: Vec::new(),
             finish: None,
+            started: false,
         })
         .collect();
     let prompt_tokens = spec.prompts.iter().map(Vec::len).sum::<usize>() * n;
@@ -167,6 +179,7 @@ pub(crate) async fn submit(
             prompt_tokens,
             completion_tokens: 0,
             error: None,
+            waiting,
         },
         rx,
     ))

@@ -123,6 +123,25 @@ pub fn render(state: &AppState) -> String {
             o.sample(name, l, get(s));
         }
     }
+    type AGetter = fn(&super::admission::Admission) -> usize;
+    let admission: [(&str, &str, AGetter); 2] = [
+        (
+            "requests_admitted_waiting",
+            "Sequences admitted and not yet started (what --max-waiting bounds).",
+            |a| a.waiting(),
+        ),
+        (
+            "requests_admitted_waiting_max",
+            "The most sequences ever admitted and waiting at once.",
+            |a| a.high_water(),
+        ),
+    ];
+    for (name, help, get) in admission {
+        o.head(name, help, "gauge");
+        for (l, m, _) in &models {
+            o.sample(name, l, get(&m.admission) as f64);
+        }
+    }
     o.head(
         "request_finished_total",
         "Finished generations (one per choice) by finish reason.",

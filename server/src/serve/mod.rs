@@ -8,7 +8,9 @@
 //! then exits: with an error (exit code 1) if it had to abandon requests, whose streams
 //! end with an error chunk and `[DONE]`. SIGTERM while the models load exits at once.
 
+mod admission;
 mod collector;
+mod cpu_pool;
 mod error;
 mod logprobs;
 pub mod metrics;
@@ -25,7 +27,7 @@ pub use novastack_openai::http::shutdown_signal;
 pub use novastack_openai::ApiError;
 pub use openapi::openapi_document;
 pub use router::app;
-pub use state::{app_state, AppState, ModelEntry, Registry};
+pub use state::{app_state, AppState, ModelEntry, Registry, RequestLimits};
 
 use crate::default_model;
 use crate::engine_args::EngineArgs;
@@ -65,6 +67,14 @@ pub struct ServeArgs {
     /// Largest request body in bytes; larger bodies get 413.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// Longest prompt text in bytes, refused with 400 before tokenizing (default: 16
+    /// bytes per token of the model's context window).
+    #[arg(long)]
+    pub max_prompt_bytes: Option<usize>,
+    /// Let special-token text in user and tool messages (e.g. `<|im_start|>`) become
+    /// control tokens; by default it is tokenized as plain text.
+    #[arg(long)]
+    pub allow_special_tokens_in_content: bool,
     /// Seconds to let in-flight requests finish after SIGTERM before exiting (then the
     /// rest are abandoned, streams end with an error chunk, and the exit code is 1).
     #[arg(long, default_value_t = 30)]
@@ -114,6 +124,14 @@ impl ServeArgs {
             self.max_connections,
         )
         .map_err(anyhow::Error::msg)
+    }
+
+    /// The per-request limits these flags set.
+    pub fn request_limits(&self) -> RequestLimits {
+        RequestLimits {
+            max_prompt_bytes: self.max_prompt_bytes,
+            allow_special_tokens_in_content: self.allow_special_tokens_in_content,
+        }
     }
 }
 
@@ -259,6 +277,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
     args.engine.buckets()?;
     let limits = args.connection_limits()?;
     let state = AppState::new(keys, args.max_waiting, args.max_body_bytes);
+    }
+
+    let state = AppState::with_limits(
+        keys,
+        args.max_waiting,
+        args.max_body_bytes,
+        args.request_limits(),
+    );
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async move {
         let addr = format!("{}:{}", args.host, args.port);

@@ -21,6 +21,8 @@ pub struct ModelEntry {
     pub engine: EngineHandle,
     /// Request latency from the HTTP layer's view, by outcome.
     pub metrics: super::metrics::ModelMetrics,
+    /// Sequences admitted and waiting for the engine (`--max-waiting`).
+    pub admission: super::admission::Admission,
 }
 
 impl ModelEntry {
@@ -59,12 +61,35 @@ impl ModelEntry {
             max_context,
             engine,
             metrics: Default::default(),
+            admission: Default::default(),
         }))
     }
 
     pub fn id(&self) -> &str {
         &self.names[0]
     }
+
+    /// The longest prompt text accepted, in bytes: `--max-prompt-bytes`, or
+    /// [`PROMPT_BYTES_PER_TOKEN`] per token of the context window.
+    pub fn max_prompt_bytes(&self, limits: &RequestLimits) -> usize {
+        limits
+            .max_prompt_bytes
+            .unwrap_or(self.max_context.saturating_mul(PROMPT_BYTES_PER_TOKEN))
+    }
+}
+
+/// Bytes of prompt text per token of context allowed by default: far more than any
+/// tokenizer averages, so only prompts that cannot fit are refused before tokenizing.
+pub const PROMPT_BYTES_PER_TOKEN: usize = 16;
+
+/// Per-request limits and policies beyond the queue and body limits.
+#[derive(Clone, Debug, Default)]
+pub struct RequestLimits {
+    /// `--max-prompt-bytes` (default: [`PROMPT_BYTES_PER_TOKEN`] × the context window).
+    pub max_prompt_bytes: Option<usize>,
+    /// `--allow-special-tokens-in-content`: special-token text in user and tool
+    /// messages becomes control tokens (off: it is plain text).
+    pub allow_special_tokens_in_content: bool,
 }
 
 /// The served models, by every name.
@@ -120,11 +145,29 @@ pub struct AppState {
     /// Set once SIGTERM arrived: /ready answers 503 and new generations are refused.
     pub draining: AtomicBool,
     pub http: novastack_openai::http::HttpMetrics,
+    pub limits: RequestLimits,
+    /// Where parsing, templates and tokenization run, off the async workers.
+    pub cpu: super::cpu_pool::CpuPool,
 }
 
 impl AppState {
     /// A state with no model yet: the API answers 503 until [`AppState::set_models`].
     pub fn new(api_keys: Vec<String>, max_waiting: usize, max_body_bytes: usize) -> Arc<Self> {
+        Self::with_limits(
+            api_keys,
+            max_waiting,
+            max_body_bytes,
+            RequestLimits::default(),
+        )
+    }
+
+    /// Like [`AppState::new`] with per-request limits.
+    pub fn with_limits(
+        api_keys: Vec<String>,
+        max_waiting: usize,
+        max_body_bytes: usize,
+        limits: RequestLimits,
+    ) -> Arc<Self> {
         Arc::new(AppState {
             registry: OnceLock::new(),
             api_keys,
@@ -132,6 +175,19 @@ impl AppState {
             max_body_bytes,
             draining: AtomicBool::new(false),
             http: Default::default(),
+            limits,
+            cpu: super::cpu_pool::CpuPool::per_core(),
+        })
+    }
+
+    /// The largest prompt any served model accepts, in bytes (0 while loading).
+    pub fn largest_prompt_bytes(&self) -> usize {
+        self.registry().map_or(0, |r| {
+            r.models
+                .iter()
+                .map(|m| m.max_prompt_bytes(&self.limits))
+                .max()
+                .unwrap_or(0)
         })
     }
 

@@ -20,6 +20,93 @@ pub(crate) struct ValidGeneration {
 
 /// Most sequences (prompts × `n`) one request may start.
 const MAX_SEQUENCES: usize = 64;
+/// Most tokens one request may ask for (sequences × `max_tokens`), in context windows.
+const MAX_CONTEXTS_PER_REQUEST: usize = 16;
+/// Longest stop string in bytes (stop strings are matched against held-back text on
+/// every token, so their length is work per token).
+pub(crate) const MAX_STOP_BYTES: usize = 1024;
+/// Most alternatives per token (`top_logprobs`, and `logprobs` of completions).
+pub(crate) const MAX_TOP_LOGPROBS: usize = 20;
+
+/// An accepted range: bounds, whether each is included, and how errors say it.
+struct Range {
+    min: f32,
+    min_inclusive: bool,
+    max: f32,
+    text: &'static str,
+}
+
+/// OpenAI's ranges, and vLLM's for its extensions.
+const TEMPERATURE: Range = Range {
+    min: 0.0,
+    min_inclusive: true,
+    max: 2.0,
+    text: "between 0 and 2",
+};
+const TOP_P: Range = Range {
+    min: 0.0,
+    min_inclusive: false,
+    max: 1.0,
+    text: "in (0, 1]",
+};
+const MIN_P: Range = Range {
+    min: 0.0,
+    min_inclusive: true,
+    max: 1.0,
+    text: "between 0 and 1",
+};
+const PENALTY: Range = Range {
+    min: -2.0,
+    min_inclusive: true,
+    max: 2.0,
+    text: "between -2 and 2",
+};
+const REPETITION_PENALTY: Range = Range {
+    min: 0.0,
+    min_inclusive: false,
+    max: 2.0,
+    text: "in (0, 2]",
+};
+const LOGIT_BIAS: Range = Range {
+    min: -100.0,
+    min_inclusive: true,
+    max: 100.0,
+    text: "between -100 and 100",
+};
+
+/// `v` is finite and in `r`, or an error naming `param`.
+fn in_range(param: &'static str, v: f32, r: Range) -> Result<(), ValidationError> {
+    let above_min = if r.min_inclusive {
+        v >= r.min
+    } else {
+        v > r.min
+    };
+    if v.is_finite() && above_min && v <= r.max {
+        Ok(())
+    } else {
+        Err(ValidationError::OutOfRange {
+            param,
+            range: r.text,
+            value: v.to_string(),
+        })
+    }
+}
+
+/// The prompt text (`bytes` in all) fits `limit`: checked before any tokenizing.
+pub(crate) fn check_prompt_bytes(
+    bytes: usize,
+    limit: usize,
+    param: &'static str,
+) -> Result<(), ValidationError> {
+    if bytes > limit {
+        return Err(ValidationError::PromptTooLong {
+            bytes,
+            limit,
+            param,
+        });
+    }
+    Ok(())
+}
 
 pub(crate) fn validate_generation(
     m: &ModelEntry,
@@ -27,6 +114,7 @@ pub(crate) fn validate_generation(
     prompts: Vec<Vec<u32>>,
     max_tokens: Option<usize>,
     logprobs: Option<usize>,
+    logprobs_param: &'static str,
 ) -> Result<ValidGeneration, ValidationError> {
     if c.tools.as_ref().is_some_and(|t| !t.is_null()) {
         return Err(ValidationError::Unsupported {
@@ -73,26 +161,58 @@ pub(crate) fn validate_generation(
             prompt: longest,
         });
     }
+    let sequences = prompts.len() * n;
+    let token_limit = m.max_context.saturating_mul(MAX_CONTEXTS_PER_REQUEST);
+    if sequences * max_tokens > token_limit {
+        return Err(ValidationError::TooManyTokens {
+            sequences,
+            max_tokens,
+            limit: token_limit,
+        });
+    }
+    let vocab = m.tokenizer.vocab_size().max(1);
     let mut logit_bias = Vec::new();
     for (k, v) in c.logit_bias.unwrap_or_default() {
         let id: u32 = k.parse().map_err(|_| ValidationError::LogitBiasKey(k))?;
+        check_vocab(&[id], vocab, "logit_bias")?;
+        in_range("logit_bias", v, LOGIT_BIAS)?;
         logit_bias.push((id, v));
     }
+    let temperature = c.temperature.unwrap_or(1.0);
+    in_range("temperature", temperature, TEMPERATURE)?;
+    let top_p = c.top_p.unwrap_or(1.0);
+    in_range("top_p", top_p, TOP_P)?;
+    let min_p = c.min_p.unwrap_or(0.0);
+    in_range("min_p", min_p, MIN_P)?;
+    let presence_penalty = c.presence_penalty.unwrap_or(0.0);
+    in_range("presence_penalty", presence_penalty, PENALTY)?;
+    let frequency_penalty = c.frequency_penalty.unwrap_or(0.0);
+    in_range("frequency_penalty", frequency_penalty, PENALTY)?;
+    let repetition_penalty = c.repetition_penalty.unwrap_or(1.0);
+    in_range("repetition_penalty", repetition_penalty, REPETITION_PENALTY)?;
+    let top_k = c.top_k.unwrap_or(0);
+    if top_k < -1 {
+        return Err(ValidationError::OutOfRange {
+            param: "top_k",
+            range: "-1, 0 (all tokens) or positive",
+            value: top_k.to_string(),
+        });
+    }
     let sampling = SamplingParams {
-        temperature: c.temperature.unwrap_or(1.0),
-        top_p: c.top_p.unwrap_or(1.0),
-        top_k: c.top_k.filter(|&k| k > 0).map_or(0, |k| k as usize),
-        min_p: c.min_p.unwrap_or(0.0),
+        temperature,
+        top_p,
+        top_k: top_k.max(0) as usize,
+        min_p,
         seed: c.seed,
-        presence_penalty: c.presence_penalty.unwrap_or(0.0),
-        frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
-        repetition_penalty: c.repetition_penalty.unwrap_or(1.0),
+        presence_penalty,
+        frequency_penalty,
+        repetition_penalty,
         logit_bias,
     };
     novastack_engine::validate::sampling(&sampling)
         .map_err(|e| ValidationError::engine(e, None))?;
-    if logprobs.is_some_and(|k| k > 20) {
-        return Err(ValidationError::TopLogprobs);
+    if logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+        return Err(ValidationError::TopLogprobs(logprobs_param));
     }
     let stops = match c.stop {
         None => Vec::new(),
@@ -101,6 +221,12 @@ pub(crate) fn validate_generation(
     };
     if stops.len() > 4 {
         return Err(ValidationError::TooManyStops);
+    }
+    if let Some(s) = stops.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ValidationError::StopTooLong {
+            bytes: s.len(),
+            limit: MAX_STOP_BYTES,
+        });
     }
     Ok(ValidGeneration {
         prompts,
@@ -165,6 +291,15 @@ pub(crate) fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, Valid
             Ok(Value::Object(out))
         })
         .collect()
+}
+
+/// Bytes of message text (after [`normalize_messages`]): what the prompt cap counts.
+pub(crate) fn content_bytes(messages: &[Value]) -> usize {
+    messages
+        .iter()
+        .filter_map(|m| m.get("content").and_then(Value::as_str))
+        .map(str::len)
+        .sum()
 }
 
 /// Every id of `ids` is a token of a vocabulary of `vocab` entries.

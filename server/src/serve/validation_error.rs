@@ -38,10 +38,33 @@ pub(crate) enum ValidationError {
         error: RequestError,
         param: Option<&'static str>,
     },
-    #[error("top logprobs must be at most 20")]
-    TopLogprobs,
+    /// `logprobs` (completions) or `top_logprobs` (chat) over the limit.
+    #[error("{0} must be at most 20")]
+    TopLogprobs(&'static str),
     #[error("at most 4 stop sequences")]
     TooManyStops,
+    #[error("each stop string must be at most {limit} bytes, got one of {bytes}")]
+    StopTooLong { bytes: usize, limit: usize },
+    /// A number outside the range the API accepts (non-finite numbers included).
+    #[error("{param} must be {range}, got {value}")]
+    OutOfRange {
+        param: &'static str,
+        range: &'static str,
+        value: String,
+    },
+    #[error("{sequences} sequences x max_tokens {max_tokens} is {} tokens; at most {limit} per request (16 x the context window)", sequences * max_tokens)]
+    TooManyTokens {
+        sequences: usize,
+        max_tokens: usize,
+        limit: usize,
+    },
+    /// Refused before tokenizing: the prompt text alone cannot fit the context.
+    #[error("the prompt is {bytes} bytes, over the limit of {limit} bytes (--max-prompt-bytes)")]
+    PromptTooLong {
+        bytes: usize,
+        limit: usize,
+        param: &'static str,
+    },
     #[error("messages must not be empty")]
     NoMessages,
     #[error("each message must be an object")]
@@ -80,7 +103,11 @@ impl ValidationError {
     pub(crate) fn param(&self) -> Option<&'static str> {
         use ValidationError::*;
         match self {
-            Unsupported { param, .. } | Tokenize { param, .. } => Some(param),
+            Unsupported { param, .. }
+            | Tokenize { param, .. }
+            | OutOfRange { param, .. }
+            | PromptTooLong { param, .. }
+            | TopLogprobs(param) => Some(param),
             Engine { param, .. } => *param,
             ChoicesOutOfRange(_) => Some("n"),
             EmptyPrompt | TooManySequences { .. } | PromptOrMessages => Some("prompt"),
@@ -90,10 +117,9 @@ impl ValidationError {
             | Role(_)
             | ContentPart
             | ContentType => Some("messages"),
-            MaxTokens { .. } => Some("max_tokens"),
+            MaxTokens { .. } | TooManyTokens { .. } => Some("max_tokens"),
             LogitBiasKey(_) => Some("logit_bias"),
-            TopLogprobs => Some("logprobs"),
-            TooManyStops => Some("stop"),
+            TooManyStops | StopTooLong { .. } => Some("stop"),
         }
     }
 }
@@ -145,5 +171,18 @@ mod tests {
         );
         let e = ValidationError::engine(RequestError::TopP(0.0), None);
         assert_eq!(e.param(), Some("top_p"));
+        let e: ApiError = ValidationError::OutOfRange {
+            param: "temperature",
+            range: "between 0 and 2",
+            value: "inf".into(),
+        }
+        .into();
+        assert_eq!(
+            (e.message.as_str(), e.param.as_deref()),
+            (
+                "temperature must be between 0 and 2, got inf",
+                Some("temperature")
+            )
+        );
     }
 }

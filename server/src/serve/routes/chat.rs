@@ -1,10 +1,14 @@
 //! `POST /v1/chat/completions`: messages through the chat template, then the shared
-//! generation path.
+//! generation path. Parsing, the template and tokenization run on the CPU pool.
 
-use super::parse_body;
+use super::{check_body_size, parse_body};
 use crate::serve::respond::{respond, Endpoint};
-use crate::serve::validate::{normalize_messages, tokenize_error, validate_generation};
-use crate::serve::AppState;
+use crate::serve::validate::{
+    check_prompt_bytes, content_bytes, normalize_messages, tokenize_error, validate_generation,
+    ValidGeneration, MAX_TOP_LOGPROBS,
+};
+use crate::serve::validation_error::ValidationError;
+use crate::serve::{AppState, ModelEntry};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -18,26 +22,51 @@ use std::sync::Arc;
     responses(
         (status = 200, description = "A completion, or with `stream: true` an SSE stream of `ChatCompletionChunk` events ending in `data: [DONE]`",
          content((ChatCompletion = "application/json"), (ChatCompletionChunk = "text/event-stream"))),
-        (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse),
-        (status = 413, body = ErrorResponse), (status = 429, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+        (status = 400, description = "An invalid request; `param` names the field", body = ErrorResponse),
+        (status = 401, description = "A missing or wrong API key", body = ErrorResponse),
+        (status = 404, description = "No such model", body = ErrorResponse),
+        (status = 413, description = "The body is over --max-body-bytes", body = ErrorResponse),
+        (status = 429, description = "The queue is full (--max-waiting); see Retry-After", body = ErrorResponse),
+        (status = 500, description = "The model failed", body = ErrorResponse),
+        (status = 503, description = "Loading, shutting down, or the engine stopped", body = ErrorResponse)))]
 pub(crate) async fn chat_completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body)?;
-    let (req, common): (ChatRequest, GenerationParams) = parse_body(&body)?;
+    check_body_size(&state, &body, "messages")?;
+    let st = state.clone();
+    let (m, spec) = state.cpu.run(move || prepare(&st, &body)).await??;
+    respond(state, m, spec, Endpoint::Chat, false).await
+}
+
+/// The body into a validated generation: parse, cap, render, tokenize, validate.
+fn prepare(state: &AppState, body: &[u8]) -> Result<(Arc<ModelEntry>, ValidGeneration), ApiError> {
+    let (req, common): (ChatRequest, GenerationParams) = parse_body(body)?;
     let m = state.model(common.model.as_deref())?;
     let messages = normalize_messages(&req.messages)?;
+    check_prompt_bytes(
+        content_bytes(&messages),
+        m.max_prompt_bytes(&state.limits),
+        "messages",
+    )?;
     let prompt = m
         .tokenizer
-        .encode_chat(&messages, true)
+        .encode_chat_with(
+            &messages,
+            true,
+            state.limits.allow_special_tokens_in_content,
+        )
         .map_err(tokenize_error("messages"))?;
+    if req.top_logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+        return Err(ValidationError::TopLogprobs("top_logprobs").into());
+    }
     let logprobs = if req.logprobs.unwrap_or(false) {
         Some(req.top_logprobs.unwrap_or(0))
     } else {
         None
     };
     let max = req.max_completion_tokens.or(common.max_tokens);
-    let spec = validate_generation(&m, common, vec![prompt], max, logprobs)?;
-    respond(state, m, spec, Endpoint::Chat, false).await
+    let spec = validate_generation(&m, common, vec![prompt], max, logprobs, "top_logprobs")?;
+    Ok((m, spec))
 }

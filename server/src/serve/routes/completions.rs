@@ -1,10 +1,16 @@
 //! `POST /v1/completions`: text or token-id prompts, then the shared generation path.
+//! Parsing and tokenization run on the CPU pool.
+//!
+//! Text prompts are the client's raw model input, so special-token text in them is
+//! read as special tokens (as vLLM does); only chat messages are guarded.
 
-use super::parse_body;
+use super::{check_body_size, parse_body};
 use crate::serve::respond::{respond, Endpoint};
-use crate::serve::validate::{tokenize_error, validate_generation};
+use crate::serve::validate::{
+    check_prompt_bytes, tokenize_error, validate_generation, ValidGeneration,
+};
 use crate::serve::validation_error::ValidationError;
-use crate::serve::AppState;
+use crate::serve::{AppState, ModelEntry};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -18,14 +24,30 @@ use std::sync::Arc;
     responses(
         (status = 200, description = "A completion, or with `stream: true` an SSE stream of `Completion` events ending in `data: [DONE]`",
          content((Completion = "application/json"), (Completion = "text/event-stream"))),
-        (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse),
-        (status = 413, body = ErrorResponse), (status = 429, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+        (status = 400, description = "An invalid request; `param` names the field", body = ErrorResponse),
+        (status = 401, description = "A missing or wrong API key", body = ErrorResponse),
+        (status = 404, description = "No such model", body = ErrorResponse),
+        (status = 413, description = "The body is over --max-body-bytes", body = ErrorResponse),
+        (status = 429, description = "The queue is full (--max-waiting); see Retry-After", body = ErrorResponse),
+        (status = 500, description = "The model failed", body = ErrorResponse),
+        (status = 503, description = "Loading, shutting down, or the engine stopped", body = ErrorResponse)))]
 pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body)?;
-    let (req, common): (CompletionRequest, GenerationParams) = parse_body(&body)?;
+    check_body_size(&state, &body, "prompt")?;
+    let st = state.clone();
+    let (m, spec, as_ids) = state.cpu.run(move || prepare(&st, &body)).await??;
+    respond(state, m, spec, Endpoint::Completion, as_ids).await
+}
+
+/// The body into a validated generation: parse, cap, tokenize, validate.
+fn prepare(
+    state: &AppState,
+    body: &[u8],
+) -> Result<(Arc<ModelEntry>, ValidGeneration, bool), ApiError> {
+    let (req, common): (CompletionRequest, GenerationParams) = parse_body(body)?;
     let m = state.model(common.model.as_deref())?;
     if req.echo.unwrap_or(false) {
         return Err(ValidationError::Unsupported {
@@ -41,22 +63,26 @@ pub(crate) async fn completions(
         }
         .into());
     }
+    let limit = m.max_prompt_bytes(&state.limits);
     let tok = &m.tokenizer;
     let enc = |s: &str| tok.encode(s, true).map_err(tokenize_error("prompt"));
     let prompts = match req.prompt {
-        Prompt::Text(s) => vec![enc(&s)?],
-        Prompt::Texts(v) => v.iter().map(|s| enc(s)).collect::<Result<_, _>>()?,
+        Prompt::Text(s) => {
+            check_prompt_bytes(s.len(), limit, "prompt")?;
+            vec![enc(&s)?]
+        }
+        Prompt::Texts(v) => {
+            // Each prompt is its own sequence: each must fit.
+            if let Some(longest) = v.iter().map(String::len).max() {
+                check_prompt_bytes(longest, limit, "prompt")?;
+            }
+            v.iter().map(|s| enc(s)).collect::<Result<_, _>>()?
+        }
         Prompt::Ids(ids) => vec![ids],
         Prompt::IdLists(l) => l,
     };
     let max = common.max_tokens.or(Some(16));
-    let spec = validate_generation(&m, common, prompts, max, req.logprobs)?;
-    respond(
-        state,
-        m,
-        spec,
-        Endpoint::Completion,
-        req.return_tokens_as_token_ids.unwrap_or(false),
-    )
-    .await
+    let as_ids = req.return_tokens_as_token_ids.unwrap_or(false);
+    let spec = validate_generation(&m, common, prompts, max, req.logprobs, "logprobs")?;
+    Ok((m, spec, as_ids))
 }

@@ -19,7 +19,10 @@ fn model_card(m: &ModelEntry, id: &str) -> ModelCard {
 }
 
 #[utoipa::path(get, path = "/v1/models/{id}", params(("id" = String, Path, description = "A served model name or alias")),
-    responses((status = 200, body = ModelCard), (status = 404, body = ErrorResponse)))]
+    responses((status = 200, body = ModelCard),
+        (status = 401, description = "A missing or wrong API key", body = ErrorResponse),
+        (status = 404, description = "No such model", body = ErrorResponse),
+        (status = 503, description = "The model is still loading", body = ErrorResponse)))]
 pub(crate) async fn model_by_id(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(id): axum::extract::Path<String>,
@@ -28,7 +31,9 @@ pub(crate) async fn model_by_id(
     Ok(Json(model_card(&m, &id)))
 }
 
-#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList), (status = 401, body = ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList),
+    (status = 401, description = "A missing or wrong API key", body = ErrorResponse),
+    (status = 503, description = "The model is still loading", body = ErrorResponse)))]
 pub(crate) async fn models(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<ModelList>, ApiError> {
