@@ -92,7 +92,7 @@ pub(crate) async fn attempt_chain(
                 state.settle(est_tokens, 0.0, Instant::now());
                 return Err(past_deadline(attempts, last));
             }
-            let wait = upstream::timeout(m)
+            let wait = upstream::idle_timeout(m)
                 .min(Duration::from_secs_f64(MAX_SLOT_WAIT_S))
                 .min(left);
             let Some(permit) = state.acquire(wait).await else {
@@ -166,7 +166,7 @@ fn deadline(epoch: &ConfigEpoch, chain: &[String]) -> Duration {
     let longest = chain
         .iter()
         .filter_map(|n| epoch.model(n))
-        .map(upstream::timeout)
+        .map(upstream::idle_timeout)
         .max()
         .unwrap_or(Duration::from_secs_f64(upstream::DEFAULT_TIMEOUT_S));
     longest * 2

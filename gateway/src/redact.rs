@@ -27,12 +27,11 @@ const GRAM: usize = 8;
 const MIN_KEY: usize = 4;
 
 /// The keys of one upstream, precomputed for matching; cheap to clone (shared).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Redactor {
     tables: std::sync::Arc<Tables>,
 }
 
-#[derive(Default)]
 struct Tables {
     /// One set per window length in use: `(len, windows)`. Keys of 8+ bytes add their
     /// 8-grams to the `len = 8` set; a shorter key adds itself to the set of its length.
@@ -40,6 +39,11 @@ struct Tables {
     /// Every substring of length 1..8 of a key (lower case), packed with its length:
     /// what a stream's tail must match to be held back.
     prefixes: GramSet,
+    /// The bytes keys are made of (lower case): a window is only looked up once its
+    /// bytes all are, which skips nearly every probe in ordinary text.
+    alphabet: [bool; 256],
+    /// The shortest window length in `sets`.
+    min_len: usize,
 }
 
 type GramSet = HashSet<u64, BuildHasherDefault<GramHasher>>;
@@ -83,13 +87,22 @@ fn mask(len: usize) -> u64 {
 impl Redactor {
     /// A redactor for `keys`; keys under 4 bytes are ignored.
     pub fn new<'a>(keys: impl IntoIterator<Item = &'a str>) -> Redactor {
-        let mut r = Tables::default();
+        let mut r = Tables {
+            sets: Vec::new(),
+            prefixes: GramSet::default(),
+            alphabet: [false; 256],
+            min_len: GRAM,
+        };
         for key in keys {
             let k = key.to_ascii_lowercase().into_bytes();
             if k.len() < MIN_KEY {
                 continue;
             }
+            for &b in &k {
+                r.alphabet[b as usize] = true;
+            }
             let len = k.len().min(GRAM);
+            r.min_len = r.min_len.min(len);
             let set = match r.sets.iter_mut().find(|(l, _)| *l == len) {
                 Some((_, s)) => s,
                 None => {
@@ -156,9 +169,12 @@ impl Redactor {
         let mut ranges: Vec<(usize, usize)> = Vec::new();
         // The original start offset of the last 8 normalized bytes, by count mod 8.
         let mut starts = [0usize; GRAM];
+        let t = &*self.tables;
         let mut w = 0u64;
         let mut n = 0usize;
         let mut i = 0usize;
+        // Normalized bytes in a row that occur in some key.
+        let mut run = 0usize;
         while i < text.len() {
             let start = i;
             let (b, used) = normalized(&text[i..], decode);
@@ -166,8 +182,12 @@ impl Redactor {
             w = (w << 8) | b as u64;
             starts[n % GRAM] = start;
             n += 1;
-            for (len, set) in &self.tables.sets {
-                if n >= *len && set.contains(&(w & mask(*len))) {
+            run = if t.alphabet[b as usize] { run + 1 } else { 0 };
+            if run < t.min_len {
+                continue;
+            }
+            for (len, set) in &t.sets {
+                if run >= *len && set.contains(&(w & mask(*len))) {
                     let s = starts[(n - len) % GRAM];
                     match ranges.last_mut() {
                         Some(last) if s <= last.1 => last.1 = last.1.max(i),

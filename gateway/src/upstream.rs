@@ -55,7 +55,7 @@ pub struct Endpoint {
 type ByteStream = BoxStream<'static, Result<Bytes, UpError>>;
 
 /// `timeout_s` of a model.
-pub fn timeout(m: &ModelConfig) -> Duration {
+pub fn idle_timeout(m: &ModelConfig) -> Duration {
     Duration::from_secs_f64(m.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S))
 }
 
@@ -74,7 +74,7 @@ impl Endpoint {
     /// upstream said 2xx.
     pub async fn open(&self, m: &ModelConfig, req: &ChatRequest) -> Result<AnswerStream, UpError> {
         let body = self.provider.body(m, req);
-        let timeout = timeout(m);
+        let timeout = idle_timeout(m);
         let sent = Instant::now();
         let (status, headers, bytes) = match &self.transport {
             Transport::InProcess(router) => call_in_process(router, body).await?,
@@ -447,4 +447,94 @@ pub fn http_client() -> &'static reqwest::Client {
         }
         b.build().expect("HTTP client")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::parse_chat;
+
+    const KEY: &str = "sk-proj-7fQ2xLm9Vt4Rz8Kw3Np6";
+
+    fn model() -> ModelConfig {
+        let yaml = "models:\n  - {name: m, provider: local, path: default, timeout_s: 5}\n";
+        crate::config::parse(yaml, &|_| None).unwrap().models.remove(0)
+    }
+
+    /// An in-process upstream answering `status` with `body` (`text/plain` unless it
+    /// starts with `{`, `text/event-stream` when it starts with `data:`).
+    fn endpoint(status: u16, body: String) -> Endpoint {
+        let ctype = if body.starts_with('{') {
+            "application/json"
+        } else if body.starts_with("data:") {
+            "text/event-stream"
+        } else {
+            "text/plain"
+        };
+        let router = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(move || {
+                let body = body.clone();
+                async move {
+                    (
+                        axum::http::StatusCode::from_u16(status).unwrap(),
+                        [("content-type", ctype)],
+                        body,
+                    )
+                }
+            }),
+        );
+        Endpoint::new(
+            crate::providers::for_model(crate::config::Provider::Openai),
+            Transport::InProcess(router),
+            Some(KEY.to_string()),
+        )
+    }
+
+    fn req(stream: bool) -> ChatRequest {
+        let body = format!(r#"{{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "stream": {stream}}}"#);
+        parse_chat(body.as_bytes()).unwrap()
+    }
+
+    /// The error message (what the client sees and the log records) is redacted
+    /// before the body is cut, in every form of the key.
+    #[tokio::test]
+    async fn error_messages_are_redacted_before_truncation() {
+        let pad = "e".repeat(292);
+        for body in [
+            format!("{pad}{KEY}"),
+            format!("bad key {}", KEY.to_uppercase()),
+            format!(r#"{{"error": {{"message": "bad key {}"}}}}"#, &KEY[4..16]),
+        ] {
+            let Err(e) = endpoint(401, body.clone()).open(&model(), &req(false)).await else {
+                panic!("401 must fail");
+            };
+            let low = e.message.to_lowercase();
+            assert!(!low.contains(&KEY.to_lowercase()[..8]), "{}", e.message);
+            assert!(!low.contains("7fq2xlm9"), "{}", e.message);
+            assert!(e.message.contains("[redact"), "{}", e.message);
+        }
+    }
+
+    /// Streamed text echoing the key is redacted even when split across events.
+    #[tokio::test]
+    async fn streamed_text_is_redacted_across_events() {
+        let delta = |t: &str| {
+            format!(
+                "data: {}\n\n",
+                serde_json::json!({"choices": [{"index": 0, "delta": {"content": t}}]})
+            )
+        };
+        let body = [delta("key="), delta(&KEY[..10]), delta(&KEY[10..]), delta("!")]
+            .concat()
+            + "data: [DONE]\n\n";
+        let mut s = endpoint(200, body).open(&model(), &req(true)).await.unwrap();
+        let mut text = String::new();
+        while let Some(ev) = s.next().await {
+            if let UpEvent::Text { text: t, .. } = ev.unwrap() {
+                text += &t;
+            }
+        }
+        assert_eq!(text, "key=[redacted]!");
+    }
 }

@@ -272,7 +272,7 @@ mod tests {
                 Just(b"\r".to_vec()),
                 Just(b"\r\n".to_vec()),
                 Just(b"\n\n".to_vec()),
-                "[a-z{}\":\[\] ]{0,12}".prop_map(String::into_bytes),
+                "[a-z{}\":\\[\\] ]{0,12}".prop_map(String::into_bytes),
                 proptest::collection::vec(any::<u8>(), 0..6),
             ];
             proptest::collection::vec(piece, 0..40).prop_map(|v| v.concat())
