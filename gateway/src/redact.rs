@@ -297,6 +297,19 @@ fn replace(text: &str, ranges: &[(usize, usize)]) -> String {
     out
 }
 
+/// Where a `%` escape cut short by the end of `text` starts (`%` or `%X`); the
+/// length when there is none.
+fn incomplete_escape(text: &[u8]) -> usize {
+    let n = text.len();
+    if n >= 1 && text[n - 1] == b'%' {
+        return n - 1;
+    }
+    if n >= 2 && text[n - 2] == b'%' && text[n - 1].is_ascii_hexdigit() {
+        return n - 2;
+    }
+    n
+}
+
 /// Redacts text that arrives in pieces: `push` returns what can be sent now, holding
 /// back a tail that could still become part of a key; `finish` returns the rest.
 pub struct StreamRedactor {
@@ -318,7 +331,11 @@ impl StreamRedactor {
             return text.to_string();
         }
         self.pending.push_str(text);
-        let bytes = self.pending.as_bytes();
+        // A `%` escape not complete yet is held and left out of the scan (read as
+        // two literal bytes it would hide the key bytes before it).
+        let all = self.pending.as_bytes();
+        let hold = incomplete_escape(all);
+        let bytes = &all[..hold];
         let decoded = self.redactor.scan(bytes, true);
         let mut cut = self.redactor.safe_end(bytes, &decoded);
         let ranges = if bytes.contains(&b'%') {
@@ -405,7 +422,7 @@ mod tests {
         for t in [
             "",
             "nothing here",
-            "sk-live-",
+            "sk-live",
             "Q7vX2mN",
             "%%%%%4",
             "héllo wörld 東京",
