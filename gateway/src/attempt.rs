@@ -110,18 +110,16 @@ pub(crate) async fn attempt_chain(
             }
             let result = match open_by(deadline, deadline_d, endpoint.open(m, req)).await {
                 Err(e) => Err(e),
-                Ok(mut stream) => {
-                    first_events(&mut stream, collect, deadline, deadline_d)
-                        .await
-                        .map(|events| Committed {
-                            name: name.clone(),
-                            state: state.clone(),
-                            _permit: permit,
-                            stream,
-                            events,
-                            attempts,
-                        })
-                }
+                Ok(mut stream) => first_events(&mut stream, collect, deadline, deadline_d)
+                    .await
+                    .map(|events| Committed {
+                        name: name.clone(),
+                        state: state.clone(),
+                        _permit: permit,
+                        stream,
+                        events,
+                        attempts,
+                    }),
             };
             let e = match result {
                 Ok(c) => return Ok(c),

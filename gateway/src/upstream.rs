@@ -329,8 +329,7 @@ impl AnswerStream {
                 }
                 continue;
             }
-            let chunk = match tokio::time::timeout_at(self.data_deadline, self.bytes.next()).await
-            {
+            let chunk = match tokio::time::timeout_at(self.data_deadline, self.bytes.next()).await {
                 Err(_) => {
                     self.done = true;
                     self.text = StreamRedactor::new(self.redactor.clone());
@@ -458,7 +457,10 @@ mod tests {
 
     fn model() -> ModelConfig {
         let yaml = "models:\n  - {name: m, provider: local, path: default, timeout_s: 5}\n";
-        crate::config::parse(yaml, &|_| None).unwrap().models.remove(0)
+        crate::config::parse(yaml, &|_| None)
+            .unwrap()
+            .models
+            .remove(0)
     }
 
     /// An in-process upstream answering `status` with `body` (`text/plain` unless it
@@ -492,7 +494,9 @@ mod tests {
     }
 
     fn req(stream: bool) -> ChatRequest {
-        let body = format!(r#"{{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "stream": {stream}}}"#);
+        let body = format!(
+            r#"{{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "stream": {stream}}}"#
+        );
         parse_chat(body.as_bytes()).unwrap()
     }
 
@@ -506,7 +510,10 @@ mod tests {
             format!("bad key {}", KEY.to_uppercase()),
             format!(r#"{{"error": {{"message": "bad key {}"}}}}"#, &KEY[4..16]),
         ] {
-            let Err(e) = endpoint(401, body.clone()).open(&model(), &req(false)).await else {
+            let Err(e) = endpoint(401, body.clone())
+                .open(&model(), &req(false))
+                .await
+            else {
                 panic!("401 must fail");
             };
             let low = e.message.to_lowercase();
@@ -525,10 +532,18 @@ mod tests {
                 serde_json::json!({"choices": [{"index": 0, "delta": {"content": t}}]})
             )
         };
-        let body = [delta("key="), delta(&KEY[..10]), delta(&KEY[10..]), delta("!")]
-            .concat()
+        let body = [
+            delta("key="),
+            delta(&KEY[..10]),
+            delta(&KEY[10..]),
+            delta("!"),
+        ]
+        .concat()
             + "data: [DONE]\n\n";
-        let mut s = endpoint(200, body).open(&model(), &req(true)).await.unwrap();
+        let mut s = endpoint(200, body)
+            .open(&model(), &req(true))
+            .await
+            .unwrap();
         let mut text = String::new();
         while let Some(ev) = s.next().await {
             if let UpEvent::Text { text: t, .. } = ev.unwrap() {

@@ -237,10 +237,7 @@ mod tests {
         assert!(p.try_push(b"data: ").is_ok());
         assert!(p.try_push(&chunk).is_ok());
         assert!(p.buffered() <= 64);
-        assert_eq!(
-            p.try_push(&chunk),
-            Err(SseError::LineTooLong { max: 64 })
-        );
+        assert_eq!(p.try_push(&chunk), Err(SseError::LineTooLong { max: 64 }));
         assert_eq!(p.buffered(), 0, "the long line is dropped, not kept");
         // The parser stays failed; `push` ends the stream quietly.
         assert!(p.try_push(b"\ndata: x\n\n").is_err());
@@ -278,7 +275,11 @@ mod tests {
             proptest::collection::vec(piece, 0..40).prop_map(|v| v.concat())
         }
 
-        fn parse_in(bytes: &[u8], cuts: &[usize], max: usize) -> (Vec<SseEvent>, Option<SseEvent>, bool) {
+        fn parse_in(
+            bytes: &[u8],
+            cuts: &[usize],
+            max: usize,
+        ) -> (Vec<SseEvent>, Option<SseEvent>, bool) {
             let mut p = SseParser::with_max_line(max);
             let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
             bounds.push(bytes.len());

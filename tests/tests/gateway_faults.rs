@@ -126,7 +126,11 @@ fn keep_alives_and_silence_do_not_hold_an_attempt_open() {
     // Pings only (the unfixed gateway waited for as long as they came: 20 s here).
     let r = post(addr, &chat("a", false));
     assert_eq!(r.status, 504, "{}", r.body);
-    assert!(error_message(&r).contains("no data from the upstream"), "{}", r.body);
+    assert!(
+        error_message(&r).contains("no data from the upstream"),
+        "{}",
+        r.body
+    );
     assert!(r.took < Duration::from_secs(10), "took {:?}", r.took);
     // Text, then pings only: the stream ends with an error chunk.
     a.script([B::PingsAfter(vec!["Hel", "lo"], Duration::from_millis(100))]);
@@ -225,7 +229,10 @@ fn endless_lines_and_huge_bodies_hit_their_caps() {
     assert_eq!(r.status, 200, "{}", &r.body[..r.body.len().min(300)]);
     let v: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(
-        v["choices"][0]["message"]["content"].as_str().unwrap().len(),
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .len(),
         2 << 20
     );
 }
@@ -236,7 +243,10 @@ fn endless_lines_and_huge_bodies_hit_their_caps() {
 #[test]
 fn keys_never_reach_the_client_in_any_form() {
     let a = MockUpstream::start(B::Stream(vec!["x"]));
-    let yaml = format!("models:\n{}retry: {{max_attempts: 1}}\n", model("a", &a, ""));
+    let yaml = format!(
+        "models:\n{}retry: {{max_attempts: 1}}\n",
+        model("a", &a, "")
+    );
     let addr = gateway(&yaml);
     // The key straddles byte 300 of a text body: the kept part is a 10-byte prefix.
     let pad = "e".repeat(290);

@@ -380,7 +380,11 @@ api_keys:
         assert_eq!(c.cooldown.failures, 3);
         assert_eq!(c.retry.deadline_s, None);
         let c = parse(
-            &GOOD.replace("scores: {reasoning: 90}", "max_sse_line_bytes: 4096\n    max_response_bytes: 65536")
+            &GOOD
+                .replace(
+                    "scores: {reasoning: 90}",
+                    "max_sse_line_bytes: 4096\n    max_response_bytes: 65536",
+                )
                 .replace("max_attempts: 2,", "max_attempts: 2, deadline_s: 30,"),
             &env,
         )
