@@ -108,6 +108,7 @@ impl Endpoint {
             redactor: self.redactor.clone(),
             text: StreamRedactor::new(self.redactor.clone()),
             text_index: 0,
+            failure: None,
         })
     }
 
@@ -270,6 +271,8 @@ pub struct AnswerStream {
     text: StreamRedactor,
     /// The choice of the last text piece (for text flushed at the end).
     text_index: usize,
+    /// A failure to report once the text held back before it has gone out.
+    failure: Option<UpError>,
 }
 
 impl AnswerStream {
@@ -278,6 +281,24 @@ impl AnswerStream {
     /// yields an error. Text comes redacted (a piece may be held back until the next
     /// shows it is no part of a key).
     pub async fn next(&mut self) -> Option<Result<UpEvent, UpError>> {
+        if let Some(e) = self.failure.take() {
+            return Some(Err(e));
+        }
+        let r = self.next_event().await;
+        match r {
+            // Text held back goes out before the failure (alone it holds no part of a
+            // key long enough to matter: it is shorter than 8 characters).
+            Some(Err(e)) if self.text.has_pending() => {
+                self.failure = Some(e);
+                let text = self.text.finish();
+                let index = self.text_index;
+                Some(Ok(UpEvent::Text { index, text }))
+            }
+            r => r,
+        }
+    }
+
+    async fn next_event(&mut self) -> Option<Result<UpEvent, UpError>> {
         loop {
             if let Some(ev) = self.queue.pop_front() {
                 match ev {
@@ -332,7 +353,6 @@ impl AnswerStream {
             let chunk = match tokio::time::timeout_at(self.data_deadline, self.bytes.next()).await {
                 Err(_) => {
                     self.done = true;
-                    self.text = StreamRedactor::new(self.redactor.clone());
                     return Some(Err(UpError::new(
                         FailureKind::Timeout,
                         format!(
@@ -351,7 +371,6 @@ impl AnswerStream {
                     Err(e) => {
                         self.done = true;
                         self.queue.clear();
-                        self.text = StreamRedactor::new(self.redactor.clone());
                         return Some(Err(UpError::new(
                             FailureKind::Protocol,
                             format!("{e} (max_sse_line_bytes)"),
@@ -375,7 +394,6 @@ impl AnswerStream {
                     Err(e) => {
                         self.done = true;
                         self.queue.clear();
-                        self.text = StreamRedactor::new(self.redactor.clone());
                         return Some(Err(self.redacted(e)));
                     }
                 }
