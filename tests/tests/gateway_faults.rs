@@ -244,7 +244,7 @@ fn endless_lines_and_huge_bodies_hit_their_caps() {
 fn keys_never_reach_the_client_in_any_form() {
     let a = MockUpstream::start(B::Stream(vec!["x"]));
     let yaml = format!(
-        "models:\n{}retry: {{max_attempts: 1}}\n",
+        "models:\n{}retry: {{max_attempts: 1}}\ncooldown: {{failures: 100}}\n",
         model("a", &a, "")
     );
     let addr = gateway(&yaml);
