@@ -3,6 +3,10 @@
 //! limit and send, retrying retryable failures with backoff, then fall back to the next
 //! model. An attempt commits once the upstream's first event is in: nothing has reached
 //! the client before that, so everything before it can be retried.
+//!
+//! One deadline bounds the whole loop (`retry.deadline_s`, by default twice the
+//! largest `timeout_s` in the chain): slot waits, backoff and the wait for an answer to
+//! start all end there, so hanging upstreams cost one deadline, not attempts × timeout.
 
 use crate::limits::retry_after_secs;
 use crate::metrics::UpstreamMetrics;
@@ -11,11 +15,12 @@ use crate::policy::{self, FailureKind};
 use crate::providers::{UpError, UpEvent};
 use crate::request::ChatRequest;
 use crate::state::{ConfigEpoch, Gateway};
-use crate::upstream::AnswerStream;
+use crate::upstream::{self, AnswerStream};
 use axum::http::StatusCode;
 use novastack_openai::ApiError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::time::Instant as TokioInstant;
 
 /// What the attempt loop hands back once an upstream has started answering.
 pub(crate) struct Committed {
@@ -45,6 +50,19 @@ pub(crate) async fn attempt_chain(
     collect: bool,
 ) -> Result<Committed, ApiError> {
     let retry = &epoch.cfg.retry;
+    let deadline_d = deadline(epoch, chain);
+    let deadline = TokioInstant::now() + deadline_d;
+    let past_deadline = |attempts: u32, last: Option<UpError>| {
+        let last = last.map_or(String::new(), |e| format!("; last: {}", e.message));
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "no answer within the {deadline_d:?} deadline (retry.deadline_s) after {attempts} attempt(s){last}"
+            ),
+            None,
+        )
+        .with_header("x-novastack-attempts", attempts.to_string())
+    };
     let mut attempts = 0u32;
     let mut last: Option<UpError> = None;
     let mut min_cooling: Option<Duration> = None;
@@ -69,7 +87,14 @@ pub(crate) async fn attempt_chain(
                 rate_wait = Some(rate_wait.map_or(w, |r| r.min(w)));
                 break; // this upstream's own RPM/TPM is spent: next in the chain
             }
-            let wait = Duration::from_secs_f64(m.timeout_s.unwrap_or(120.0).min(MAX_SLOT_WAIT_S));
+            let left = deadline.saturating_duration_since(TokioInstant::now());
+            if left.is_zero() {
+                state.settle(est_tokens, 0.0, Instant::now());
+                return Err(past_deadline(attempts, last));
+            }
+            let wait = upstream::idle_timeout(m)
+                .min(Duration::from_secs_f64(MAX_SLOT_WAIT_S))
+                .min(left);
             let Some(permit) = state.acquire(wait).await else {
                 state.settle(est_tokens, 0.0, Instant::now());
                 last = Some(UpError::new(
@@ -83,20 +108,18 @@ pub(crate) async fn attempt_chain(
             if try_i > 0 {
                 UpstreamMetrics::inc(&state.metrics.retries);
             }
-            let result = match endpoint.open(m, req).await {
+            let result = match open_by(deadline, deadline_d, endpoint.open(m, req)).await {
                 Err(e) => Err(e),
-                Ok(mut stream) => {
-                    first_events(&mut stream, collect)
-                        .await
-                        .map(|events| Committed {
-                            name: name.clone(),
-                            state: state.clone(),
-                            _permit: permit,
-                            stream,
-                            events,
-                            attempts,
-                        })
-                }
+                Ok(mut stream) => first_events(&mut stream, collect, deadline, deadline_d)
+                    .await
+                    .map(|events| Committed {
+                        name: name.clone(),
+                        state: state.clone(),
+                        _permit: permit,
+                        stream,
+                        events,
+                        attempts,
+                    }),
             };
             let e = match result {
                 Ok(c) => return Ok(c),
@@ -122,25 +145,72 @@ pub(crate) async fn attempt_chain(
             if give_up_here {
                 break;
             }
-            tokio::time::sleep(policy::backoff(
-                retry,
-                try_i,
-                retry_after,
-                rand::random::<f64>(),
-            ))
-            .await;
+            let pause = policy::backoff(retry, try_i, retry_after, rand::random::<f64>());
+            if TokioInstant::now() + pause >= deadline {
+                return Err(past_deadline(attempts, last));
+            }
+            tokio::time::sleep(pause).await;
         }
     }
     Err(give_up(chain, attempts, last, min_cooling, rate_wait))
 }
 
+/// The loop's deadline: `retry.deadline_s`, or twice the largest `timeout_s` of the
+/// chain's models.
+fn deadline(epoch: &ConfigEpoch, chain: &[String]) -> Duration {
+    if let Some(d) = epoch.cfg.retry.deadline_s {
+        return Duration::from_secs_f64(d);
+    }
+    let longest = chain
+        .iter()
+        .filter_map(|n| epoch.model(n))
+        .map(upstream::idle_timeout)
+        .max()
+        .unwrap_or(Duration::from_secs_f64(upstream::DEFAULT_TIMEOUT_S));
+    longest * 2
+}
+
+/// The failure of an attempt cut by the loop's deadline.
+fn deadline_error(d: Duration) -> UpError {
+    UpError::new(
+        FailureKind::Timeout,
+        format!("the {d:?} deadline across attempts (retry.deadline_s) passed"),
+    )
+}
+
+/// `fut`, unless `deadline` comes first.
+async fn open_by<T>(
+    deadline: TokioInstant,
+    d: Duration,
+    fut: impl std::future::Future<Output = Result<T, UpError>>,
+) -> Result<T, UpError> {
+    tokio::time::timeout_at(deadline, fut)
+        .await
+        .unwrap_or_else(|_| Err(deadline_error(d)))
+}
+
 /// Reads the answer's first content event (`collect`: every event); usage may come
-/// before it. An answer with no event at all is a failure.
-async fn first_events(stream: &mut AnswerStream, collect: bool) -> Result<Vec<UpEvent>, UpError> {
+/// before it. An answer with no event at all is a failure. The first content event
+/// must come before `deadline`; the rest of a collected answer is bounded by the
+/// upstream's own timeout.
+async fn first_events(
+    stream: &mut AnswerStream,
+    collect: bool,
+    deadline: TokioInstant,
+    d: Duration,
+) -> Result<Vec<UpEvent>, UpError> {
     let mut events = Vec::new();
-    while let Some(ev) = stream.next().await {
+    let mut started = false;
+    loop {
+        let next = if started {
+            stream.next().await
+        } else {
+            open_by(deadline, d, async { Ok(stream.next().await) }).await?
+        };
+        let Some(ev) = next else { break };
         let ev = ev?;
         let content = !matches!(ev, UpEvent::Usage { .. });
+        started |= content;
         events.push(ev);
         if content && !collect {
             break;

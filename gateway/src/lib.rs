@@ -24,6 +24,7 @@
 //! | `chat` | `/v1/chat/completions`: the JSON answer and the SSE relay |
 //! | `providers` | how each kind of upstream is spoken to (one file each) |
 //! | `upstream` | sending an attempt and reading its answer, for every provider |
+//! | `redact` | keeping upstream keys out of errors, logs and completion text |
 //! | `server` | the serve loop, SIGHUP reloads, `run` |
 
 mod attempt;
@@ -34,6 +35,7 @@ mod metrics;
 mod model_state;
 pub mod policy;
 pub mod providers;
+pub mod redact;
 mod request;
 mod routes;
 pub mod rules;

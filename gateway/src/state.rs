@@ -165,11 +165,7 @@ impl Gateway {
                 Some(config::AuthSpec::Header(a)) => Some(env(&a.key_env).unwrap_or_default()),
                 _ => None,
             };
-            let endpoint = Endpoint {
-                provider: providers::for_model(m.provider),
-                transport,
-                key,
-            };
+            let endpoint = Endpoint::new(providers::for_model(m.provider), transport, key);
             endpoints.insert(m.name.clone(), endpoint);
         }
         let rule_headers: Vec<String> = cfg

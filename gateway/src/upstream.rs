@@ -3,19 +3,36 @@
 //! answers, SSE framing, an answer that stalls or stops early. What the request and the
 //! answer look like is the provider's (`providers/`).
 //!
-//! Upstream keys never appear in errors: messages are redacted before they leave here.
+//! Upstream keys never appear in errors or answers: messages and text are redacted
+//! (`redact.rs`) before they leave here, error bodies before they are truncated.
+//!
+//! Bounds: `timeout_s` is the longest time without data (until the answer starts, and
+//! between events; SSE comments and `ping` events are keep-alives and do not count);
+//! an SSE line or event is at most `max_sse_line_bytes` and a JSON answer at most
+//! `max_response_bytes`, so one upstream cannot make the gateway buffer without limit.
 
 use crate::config::ModelConfig;
 use crate::policy::FailureKind;
 use crate::providers::{Decoder, Flow, Provider, UpError, UpEvent};
+use crate::redact::{Redactor, StreamRedactor};
 use crate::request::ChatRequest;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
-use novastack_openai::sse_parser::SseParser;
+use novastack_openai::sse_parser::{SseParser, DEFAULT_MAX_LINE};
 use serde_json::Value;
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
+use tokio::time::Instant;
+
+/// The default `timeout_s`.
+pub const DEFAULT_TIMEOUT_S: f64 = 120.0;
+/// The default `max_response_bytes`: 16 MiB.
+pub const DEFAULT_MAX_RESPONSE: usize = 16 << 20;
+/// How much of an error answer's body is read.
+const MAX_ERROR_BODY: usize = 64 << 10;
+/// How much of a non-JSON error body reaches the client (after redaction).
+const ERROR_TEXT_CHARS: usize = 300;
 
 /// How requests reach a model.
 pub enum Transport {
@@ -31,29 +48,49 @@ pub struct Endpoint {
     pub provider: &'static dyn Provider,
     pub transport: Transport,
     pub key: Option<String>,
+    /// The key, precomputed for redaction.
+    redactor: Redactor,
 }
 
 type ByteStream = BoxStream<'static, Result<Bytes, UpError>>;
 
+/// `timeout_s` of a model.
+pub fn idle_timeout(m: &ModelConfig) -> Duration {
+    Duration::from_secs_f64(m.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S))
+}
+
 impl Endpoint {
+    pub fn new(provider: &'static dyn Provider, transport: Transport, key: Option<String>) -> Self {
+        let redactor = Redactor::new(key.as_deref());
+        Endpoint {
+            provider,
+            transport,
+            key,
+            redactor,
+        }
+    }
+
     /// Sends the request for model `m`; returns the answer's event stream once the
     /// upstream said 2xx.
     pub async fn open(&self, m: &ModelConfig, req: &ChatRequest) -> Result<AnswerStream, UpError> {
         let body = self.provider.body(m, req);
-        let timeout = Duration::from_secs_f64(m.timeout_s.unwrap_or(120.0));
+        let timeout = idle_timeout(m);
+        let sent = Instant::now();
         let (status, headers, bytes) = match &self.transport {
             Transport::InProcess(router) => call_in_process(router, body).await?,
             Transport::Http(url) => self.post(m, url, body, req.stream, timeout).await?,
         };
         if !(200..300).contains(&status) {
-            let body = read_all(bytes, timeout).await;
+            let body = read_capped(bytes, Instant::now() + timeout, MAX_ERROR_BODY)
+                .await
+                .unwrap_or_else(|partial| partial);
             return Err(UpError {
                 kind: FailureKind::Status(status),
-                message: self.redact(&format!(
+                message: format!(
                     "upstream {} answered {status}: {}",
                     m.name,
-                    error_message(&body)
-                )),
+                    error_message(&body, &self.redactor)
+                ),
                 retry_after: retry_after(&headers),
             });
         }
@@ -61,12 +98,17 @@ impl Endpoint {
             bytes,
             decoder: self.provider.decoder(),
             is_json: is_json_type(&headers),
-            parser: SseParser::new(),
+            parser: SseParser::with_max_line(m.max_sse_line_bytes.unwrap_or(DEFAULT_MAX_LINE)),
             queue: VecDeque::new(),
             done: false,
             finished: HashSet::new(),
             idle: timeout,
-            redact_key: self.key.clone(),
+            data_deadline: sent + timeout,
+            max_response: m.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE),
+            redactor: self.redactor.clone(),
+            text: StreamRedactor::new(self.redactor.clone()),
+            text_index: 0,
+            failure: None,
         })
     }
 
@@ -103,28 +145,18 @@ impl Endpoint {
                 } else {
                     FailureKind::Connect
                 };
-                return Err(UpError::new(kind, self.redact(&without_url(&e))));
+                return Err(UpError::new(kind, without_url(&e, &self.redactor)));
             }
             Ok(Ok(r)) => r,
         };
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
+        let redactor = self.redactor.clone();
         let stream = resp
             .bytes_stream()
-            .map_err(|e| UpError::new(FailureKind::Connect, without_url(&e)))
+            .map_err(move |e| UpError::new(FailureKind::Connect, without_url(&e, &redactor)))
             .boxed();
         Ok((status, headers, stream))
-    }
-
-    fn redact(&self, s: &str) -> String {
-        redact(s, self.key.as_deref())
-    }
-}
-
-fn redact(s: &str, key: Option<&str>) -> String {
-    match key {
-        Some(k) if k.len() >= 4 => s.replace(k, "[redacted]"),
-        _ => s.to_string(),
     }
 }
 
@@ -172,12 +204,14 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.max(0.0)))
 }
 
-fn error_message(body: &[u8]) -> String {
+/// An error body's message, redacted: the JSON `error.message`, or the body's text
+/// redacted first and then cut to 300 bytes (so a cut key is still caught whole).
+fn error_message(body: &[u8], redactor: &Redactor) -> String {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    v.pointer("/error/message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned())
+    match v.pointer("/error/message").and_then(Value::as_str) {
+        Some(m) => redactor.redact(m).into_owned(),
+        None => redactor.redact_truncated(&String::from_utf8_lossy(body), ERROR_TEXT_CHARS),
+    }
 }
 
 fn is_json_type(h: &reqwest::header::HeaderMap) -> bool {
@@ -186,31 +220,36 @@ fn is_json_type(h: &reqwest::header::HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
-/// A reqwest error's text and causes, without the URL.
-fn without_url(e: &reqwest::Error) -> String {
+/// A reqwest error's text and causes, without the URL, redacted.
+fn without_url(e: &reqwest::Error, redactor: &Redactor) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(x) = src {
         s = format!("{s}: {x}");
         src = x.source();
     }
-    match e.url() {
-        Some(u) => s.replace(u.as_str(), "<upstream>"),
-        None => s,
-    }
+    let parts: Vec<String> = match e.url() {
+        Some(u) => s
+            .split(u.as_str())
+            .map(|p| redactor.redact(p).into_owned())
+            .collect(),
+        None => vec![redactor.redact(&s).into_owned()],
+    };
+    parts.join("<upstream>")
 }
 
-/// The body so far (at most about 1 MiB) when it ends, fails or `timeout` passes.
-async fn read_all(mut s: ByteStream, timeout: Duration) -> Vec<u8> {
+/// The whole body when it ends, fails or `deadline` passes; `Err` with the first
+/// `max` bytes once it is longer than `max` (the rest is not read).
+async fn read_capped(mut s: ByteStream, deadline: Instant, max: usize) -> Result<Vec<u8>, Vec<u8>> {
     let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + timeout;
     while let Ok(Some(Ok(b))) = tokio::time::timeout_at(deadline, s.next()).await {
-        out.extend_from_slice(&b);
-        if out.len() > 1 << 20 {
-            break;
+        if out.len() + b.len() > max {
+            out.extend_from_slice(&b[..max - out.len()]);
+            return Err(out);
         }
+        out.extend_from_slice(&b);
     }
-    out
+    Ok(out)
 }
 
 /// An upstream's answer as normalized events.
@@ -222,51 +261,130 @@ pub struct AnswerStream {
     queue: VecDeque<UpEvent>,
     done: bool,
     finished: HashSet<usize>,
+    /// `timeout_s`: the longest time without data.
     idle: Duration,
-    redact_key: Option<String>,
+    /// When the attempt fails unless data comes; moved on by every data event.
+    data_deadline: Instant,
+    max_response: usize,
+    redactor: Redactor,
+    /// Text on its way to the client, redacted across pieces.
+    text: StreamRedactor,
+    /// The choice of the last text piece (for text flushed at the end).
+    text_index: usize,
+    /// A failure to report once the text held back before it has gone out.
+    failure: Option<UpError>,
 }
 
 impl AnswerStream {
-    /// The next event; `None` at a proper end. A stream that stops early, stalls past
-    /// the timeout, or carries an error object yields an error.
+    /// The next event; `None` at a proper end. A stream that stops early, goes
+    /// without data past the timeout, passes a size cap, or carries an error object
+    /// yields an error. Text comes redacted (a piece may be held back until the next
+    /// shows it is no part of a key).
     pub async fn next(&mut self) -> Option<Result<UpEvent, UpError>> {
+        if let Some(e) = self.failure.take() {
+            return Some(Err(e));
+        }
+        let r = self.next_event().await;
+        match r {
+            // Text held back goes out before the failure (alone it holds no part of a
+            // key long enough to matter: it is shorter than 8 characters).
+            Some(Err(e)) if self.text.has_pending() => {
+                self.failure = Some(e);
+                let text = self.text.finish();
+                let index = self.text_index;
+                Some(Ok(UpEvent::Text { index, text }))
+            }
+            r => r,
+        }
+    }
+
+    async fn next_event(&mut self) -> Option<Result<UpEvent, UpError>> {
         loop {
             if let Some(ev) = self.queue.pop_front() {
-                if let UpEvent::Finish { index, .. } = &ev {
-                    self.finished.insert(*index);
+                match ev {
+                    UpEvent::Text { index, text } => {
+                        self.text_index = index;
+                        let text = self.text.push(&text);
+                        if text.is_empty() {
+                            continue;
+                        }
+                        return Some(Ok(UpEvent::Text { index, text }));
+                    }
+                    UpEvent::Finish { index, .. } if self.text.has_pending() => {
+                        self.queue.push_front(ev);
+                        let text = self.text.finish();
+                        return Some(Ok(UpEvent::Text { index, text }));
+                    }
+                    UpEvent::Finish { index, .. } => {
+                        self.finished.insert(index);
+                        return Some(Ok(ev));
+                    }
+                    UpEvent::Usage { .. } => return Some(Ok(ev)),
                 }
-                return Some(Ok(ev));
             }
             if self.done {
+                if self.text.has_pending() {
+                    let text = self.text.finish();
+                    let index = self.text_index;
+                    return Some(Ok(UpEvent::Text { index, text }));
+                }
                 return None;
             }
             if self.is_json {
                 let bytes =
                     std::mem::replace(&mut self.bytes, futures_util::stream::empty().boxed());
-                let body = read_all(bytes, self.idle).await;
                 self.done = true;
+                let read = read_capped(bytes, Instant::now() + self.idle, self.max_response);
+                let Ok(body) = read.await else {
+                    return Some(Err(UpError::new(
+                        FailureKind::Protocol,
+                        format!(
+                            "the upstream answer is larger than {} bytes (max_response_bytes)",
+                            self.max_response
+                        ),
+                    )));
+                };
                 match self.json_answer(&body) {
                     Ok(evs) => self.queue.extend(evs),
                     Err(e) => return Some(Err(self.redacted(e))),
                 }
                 continue;
             }
-            let chunk = match tokio::time::timeout(self.idle, self.bytes.next()).await {
+            let chunk = match tokio::time::timeout_at(self.data_deadline, self.bytes.next()).await {
                 Err(_) => {
+                    self.done = true;
                     return Some(Err(UpError::new(
                         FailureKind::Timeout,
-                        format!("the stream stalled for {:?}", self.idle),
-                    )))
+                        format!(
+                            "no data from the upstream for {:?} (keep-alives do not count)",
+                            self.idle
+                        ),
+                    )));
                 }
                 Ok(Some(Err(e))) => return Some(Err(self.redacted(e))),
                 Ok(Some(Ok(b))) => Some(b),
                 Ok(None) => None,
             };
             let events = match &chunk {
-                Some(b) => self.parser.push(b),
+                Some(b) => match self.parser.try_push(b) {
+                    Ok(evs) => evs,
+                    Err(e) => {
+                        self.done = true;
+                        self.queue.clear();
+                        return Some(Err(UpError::new(
+                            FailureKind::Protocol,
+                            format!("{e} (max_sse_line_bytes)"),
+                        )));
+                    }
+                },
                 None => self.parser.finish().into_iter().collect(),
             };
             for ev in events {
+                // Data moves the deadline on; comments never reach here, and `ping`
+                // events are keep-alives too.
+                if ev.event.as_deref() != Some("ping") {
+                    self.data_deadline = Instant::now() + self.idle;
+                }
                 match self.decoder.event(&ev, &mut self.queue) {
                     Ok(Flow::More) => {}
                     Ok(Flow::End) => {
@@ -321,7 +439,9 @@ impl AnswerStream {
     }
 
     fn redacted(&self, mut e: UpError) -> UpError {
-        e.message = redact(&e.message, self.redact_key.as_deref());
+        if let std::borrow::Cow::Owned(m) = self.redactor.redact(&e.message) {
+            e.message = m;
+        }
         e
     }
 }
@@ -344,4 +464,110 @@ pub fn http_client() -> &'static reqwest::Client {
         }
         b.build().expect("HTTP client")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::parse_chat;
+
+    const KEY: &str = "sk-proj-7fQ2xLm9Vt4Rz8Kw3Np6";
+
+    fn model() -> ModelConfig {
+        let yaml = "models:\n  - {name: m, provider: local, path: default, timeout_s: 5}\n";
+        crate::config::parse(yaml, &|_| None)
+            .unwrap()
+            .models
+            .remove(0)
+    }
+
+    /// An in-process upstream answering `status` with `body` (`text/plain` unless it
+    /// starts with `{`, `text/event-stream` when it starts with `data:`).
+    fn endpoint(status: u16, body: String) -> Endpoint {
+        let ctype = if body.starts_with('{') {
+            "application/json"
+        } else if body.starts_with("data:") {
+            "text/event-stream"
+        } else {
+            "text/plain"
+        };
+        let router = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(move || {
+                let body = body.clone();
+                async move {
+                    (
+                        axum::http::StatusCode::from_u16(status).unwrap(),
+                        [("content-type", ctype)],
+                        body,
+                    )
+                }
+            }),
+        );
+        Endpoint::new(
+            crate::providers::for_model(crate::config::Provider::Openai),
+            Transport::InProcess(router),
+            Some(KEY.to_string()),
+        )
+    }
+
+    fn req(stream: bool) -> ChatRequest {
+        let body = format!(
+            r#"{{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "stream": {stream}}}"#
+        );
+        parse_chat(body.as_bytes()).unwrap()
+    }
+
+    /// The error message (what the client sees and the log records) is redacted
+    /// before the body is cut, in every form of the key.
+    #[tokio::test]
+    async fn error_messages_are_redacted_before_truncation() {
+        let pad = "e".repeat(292);
+        for body in [
+            format!("{pad}{KEY}"),
+            format!("bad key {}", KEY.to_uppercase()),
+            format!(r#"{{"error": {{"message": "bad key {}"}}}}"#, &KEY[4..16]),
+        ] {
+            let Err(e) = endpoint(401, body.clone())
+                .open(&model(), &req(false))
+                .await
+            else {
+                panic!("401 must fail");
+            };
+            let low = e.message.to_lowercase();
+            assert!(!low.contains(&KEY.to_lowercase()[..8]), "{}", e.message);
+            assert!(!low.contains("7fq2xlm9"), "{}", e.message);
+            assert!(e.message.contains("[redact"), "{}", e.message);
+        }
+    }
+
+    /// Streamed text echoing the key is redacted even when split across events.
+    #[tokio::test]
+    async fn streamed_text_is_redacted_across_events() {
+        let delta = |t: &str| {
+            format!(
+                "data: {}\n\n",
+                serde_json::json!({"choices": [{"index": 0, "delta": {"content": t}}]})
+            )
+        };
+        let body = [
+            delta("key="),
+            delta(&KEY[..10]),
+            delta(&KEY[10..]),
+            delta("!"),
+        ]
+        .concat()
+            + "data: [DONE]\n\n";
+        let mut s = endpoint(200, body)
+            .open(&model(), &req(true))
+            .await
+            .unwrap();
+        let mut text = String::new();
+        while let Some(ev) = s.next().await {
+            if let UpEvent::Text { text: t, .. } = ev.unwrap() {
+                text += &t;
+            }
+        }
+        assert_eq!(text, "key=[redacted]!");
+    }
 }

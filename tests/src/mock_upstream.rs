@@ -1,7 +1,11 @@
 //! A scripted upstream on 127.0.0.1 that misbehaves on demand: statuses with or without
 //! Retry-After, hangs, connection resets, streams that die midway, malformed SSE, error
-//! objects mid-stream, OpenAI quirks and Anthropic-format streams. Raw TCP, so every
-//! failure is real on the wire. It records each request (head and body).
+//! objects mid-stream, OpenAI quirks and Anthropic-format streams; and the faults a
+//! gateway must bound: keep-alive comments with no data, silence after the headers,
+//! endless SSE lines, oversized bodies, and answers that echo the key they were sent
+//! (templates: `{key}`, `{KEY}` upper case, `{key_url}` / `{KEY_URL}` percent-encoded
+//! with lower / upper hex). Raw TCP, so every failure is real on the wire. It records
+//! each request (head and body).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -36,6 +40,41 @@ pub enum Behavior {
     Json(&'static str),
     /// An Anthropic Messages stream of these pieces (stop reason `max_tokens`).
     Anthropic(Vec<&'static str>),
+    /// These pieces, then only `: ping` comments at this interval (for up to 20 s),
+    /// then the connection closes without a finish.
+    PingsAfter(Vec<&'static str>, Duration),
+    /// SSE headers, then nothing (the connection stays open).
+    SilentAfterHeaders,
+    /// SSE headers, then `data: ` and this many bytes with no newline, then nothing.
+    EndlessLine(usize),
+    /// A non-streaming answer whose content is this many bytes.
+    BigJson(usize),
+    /// An error status with a `text/plain` body from a template (key placeholders).
+    StatusText(u16, String),
+    /// An OpenAI stream of these template pieces (key placeholders filled in).
+    StreamText(Vec<String>),
+    /// A non-streaming answer whose content is a template (key placeholders).
+    JsonText(String),
+}
+
+/// `template` with the key placeholders filled in (see the module doc).
+pub fn fill(template: &str, key: &str) -> String {
+    let enc = |upper: bool| -> String {
+        key.bytes()
+            .map(|b| {
+                if upper {
+                    format!("%{b:02X}")
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect()
+    };
+    template
+        .replace("{key_url}", &enc(false))
+        .replace("{KEY_URL}", &enc(true))
+        .replace("{KEY}", &key.to_uppercase())
+        .replace("{key}", key)
 }
 
 #[derive(Clone, Debug)]
@@ -184,6 +223,22 @@ async fn serve_one(
     };
     let done = chunk("data: [DONE]\n\n");
     let end = "0\r\n\r\n";
+    // The key the request carried (without an auth prefix), for echoing answers.
+    let key = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            ["authorization", "x-api-key"]
+                .contains(&k.trim().to_ascii_lowercase().as_str())
+                .then(|| v.trim().trim_start_matches("Bearer ").to_string())
+        })
+        .unwrap_or_default();
+    let json_answer = |text: &str| {
+        let body = serde_json::json!({"id": "up-1", "object": "chat.completion", "created": 1, "model": "up",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}).to_string();
+        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+    };
     match behavior {
         Behavior::Status(code, retry_after) => {
             // Like real providers ("Incorrect API key provided: sk-..."), echo the key the
@@ -282,6 +337,61 @@ async fn serve_one(
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}).to_string();
             sock.write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
+        }
+        Behavior::PingsAfter(pieces, every) => {
+            let mut out = sse_head.to_string();
+            for p in &pieces {
+                out += &delta(p);
+            }
+            sock.write_all(out.as_bytes()).await?;
+            let until = tokio::time::Instant::now() + Duration::from_secs(20);
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep(every).await;
+                sock.write_all(chunk(": ping\n\n").as_bytes()).await?;
+                sock.flush().await?;
+            }
+            sock.write_all(end.as_bytes()).await?;
+        }
+        Behavior::SilentAfterHeaders => {
+            sock.write_all(sse_head.as_bytes()).await?;
+            sock.flush().await?;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Behavior::EndlessLine(n) => {
+            sock.write_all(sse_head.as_bytes()).await?;
+            sock.write_all(chunk("data: ").as_bytes()).await?;
+            let piece = "a".repeat(64 << 10);
+            let mut sent = 0;
+            while sent < n {
+                let k = piece.len().min(n - sent);
+                sock.write_all(chunk(&piece[..k]).as_bytes()).await?;
+                sent += k;
+            }
+            sock.flush().await?;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Behavior::BigJson(n) => {
+            sock.write_all(json_answer(&"b".repeat(n)).as_bytes())
+                .await?;
+        }
+        Behavior::StatusText(code, template) => {
+            let body = fill(&template, &key);
+            sock.write_all(format!("HTTP/1.1 {code} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
+        }
+        Behavior::StreamText(pieces) => {
+            let mut out = sse_head.to_string();
+            for p in &pieces {
+                out += &delta(&fill(p, &key));
+            }
+            out += &finish("stop");
+            out += &usage(pieces.len());
+            out += &done;
+            out += end;
+            sock.write_all(out.as_bytes()).await?;
+        }
+        Behavior::JsonText(template) => {
+            sock.write_all(json_answer(&fill(&template, &key)).as_bytes())
+                .await?;
         }
         Behavior::Anthropic(pieces) => {
             let ev = |name: &str, data: serde_json::Value| {

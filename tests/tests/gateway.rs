@@ -198,7 +198,7 @@ fn falls_back_along_the_chain_and_cools_down_a_failing_model() {
 fn hangs_resets_malformed_and_early_deaths_are_retried_invisibly() {
     let a = MockUpstream::start(B::Stream(vec!["ok"]));
     let yaml = format!(
-        "models:\n{}retry: {{max_attempts: 6, initial_backoff_ms: 5, max_backoff_ms: 20}}\ncooldown: {{failures: 100}}\n",
+        "models:\n{}retry: {{max_attempts: 6, initial_backoff_ms: 5, max_backoff_ms: 20, deadline_s: 30}}\ncooldown: {{failures: 100}}\n",
         model_yaml("a", &a, "").replace("timeout_s: 2", "timeout_s: 0.3")
     );
     let (addr, _) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);

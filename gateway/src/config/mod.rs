@@ -61,7 +61,16 @@ pub struct ModelConfig {
     pub scores: BTreeMap<String, f64>,
     #[serde(default)]
     pub limits: Limits,
+    /// Seconds without data from the upstream before an attempt fails: until the
+    /// answer starts and between its events (SSE comments and `ping` events do not
+    /// count); also the longest wait for a non-streaming body. Default 120.
     pub timeout_s: Option<f64>,
+    /// The longest SSE line (and SSE event) accepted from the upstream, in bytes.
+    /// Default 1 MiB.
+    pub max_sse_line_bytes: Option<usize>,
+    /// The largest non-streaming answer body accepted from the upstream, in bytes.
+    /// Default 16 MiB.
+    pub max_response_bytes: Option<usize>,
     /// `local`: a model folder, .gguf file or `default`.
     pub path: Option<String>,
     /// `anthropic`: the `anthropic-version` header (default 2023-06-01).
@@ -131,6 +140,9 @@ pub struct RetryConfig {
     pub retry_on: Vec<RetryOn>,
     /// The longest upstream `Retry-After` honoured before moving on to a fallback.
     pub max_retry_after_s: f64,
+    /// The longest time, over every attempt and fallback, until an answer starts.
+    /// Default: twice the largest `timeout_s` of the chain's models.
+    pub deadline_s: Option<f64>,
 }
 
 impl Default for RetryConfig {
@@ -146,6 +158,7 @@ impl Default for RetryConfig {
                 .chain(["timeout", "connect_error"].map(|s| RetryOn::Class(s.into())))
                 .collect(),
             max_retry_after_s: 10.0,
+            deadline_s: None,
         }
     }
 }
@@ -250,6 +263,9 @@ fn validate(cfg: &ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> Result<()
                 bail!("{at}.timeout_s: must be positive");
             }
         }
+        if m.max_sse_line_bytes == Some(0) || m.max_response_bytes == Some(0) {
+            bail!("{at}: max_sse_line_bytes and max_response_bytes must be positive");
+        }
         if let Some(p) = m.price {
             if p.input_per_mtok < 0.0 || p.output_per_mtok < 0.0 {
                 bail!("{at}.price: prices must not be negative");
@@ -281,6 +297,9 @@ fn validate(cfg: &ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> Result<()
     let r = &cfg.retry;
     if r.max_attempts == 0 {
         bail!("retry.max_attempts: must be at least 1");
+    }
+    if r.deadline_s.is_some_and(|d| !(d > 0.0 && d.is_finite())) {
+        bail!("retry.deadline_s: must be positive");
     }
     if r.initial_backoff_ms > r.max_backoff_ms {
         bail!("retry.initial_backoff_ms: larger than max_backoff_ms");
@@ -359,6 +378,20 @@ api_keys:
         assert_eq!(c.retry.max_attempts, 2);
         assert_eq!(c.retry.initial_backoff_ms, 200);
         assert_eq!(c.cooldown.failures, 3);
+        assert_eq!(c.retry.deadline_s, None);
+        let c = parse(
+            &GOOD
+                .replace(
+                    "scores: {reasoning: 90}",
+                    "max_sse_line_bytes: 4096\n    max_response_bytes: 65536",
+                )
+                .replace("max_attempts: 2,", "max_attempts: 2, deadline_s: 30,"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.models[0].max_sse_line_bytes, Some(4096));
+        assert_eq!(c.models[0].max_response_bytes, Some(65536));
+        assert_eq!(c.retry.deadline_s, Some(30.0));
     }
 
     #[test]
@@ -401,6 +434,14 @@ api_keys:
             (
                 GOOD.replace("retry_on: [429, timeout]", "retry_on: [429, sometimes]"),
                 "retry.retry_on[1]",
+            ),
+            (
+                GOOD.replace("max_attempts: 2,", "max_attempts: 2, deadline_s: 0,"),
+                "retry.deadline_s",
+            ),
+            (
+                GOOD.replace("scores: {reasoning: 90}", "max_sse_line_bytes: 0"),
+                "models[0] (big): max_sse_line_bytes",
             ),
         ];
         for (text, needle) in cases {
