@@ -276,9 +276,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     args.engine.buckets()?;
     let limits = args.connection_limits()?;
-    let state = AppState::new(keys, args.max_waiting, args.max_body_bytes);
-    }
-
     let state = AppState::with_limits(
         keys,
         args.max_waiting,
