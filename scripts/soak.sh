@@ -7,6 +7,7 @@
 #   SOAK_MODEL=default scripts/soak.sh 600        # the real SmolLM2 (needs the cache)
 #
 # SOAK_MODEL (default: the llama-f32 test fixture), SOAK_CLIENTS (16), SOAK_MAX_TOKENS (32),
+# SOAK_KV_CACHE_MB (16: small, so every KV page is touched during the warm-up third),
 # NOVASTACK (the binary; default: target/release/novastack, built if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ BIN="${NOVASTACK:-target/release/novastack}"
 [ -x "$BIN" ] || cargo build --release -p novastack
 LOG="$(mktemp -t novastack-soak.XXXXXX.log)"
 "$BIN" serve --host 127.0.0.1 --port 0 --model "$MODEL" --served-model-name m \
-  --max-waiting 64 "$@" 2> "$LOG" &
+  --max-waiting 64 --kv-cache-mb "${SOAK_KV_CACHE_MB:-16}" "$@" 2> "$LOG" &
 PID=$!
 trap 'kill -TERM $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT
 PORT=""
