@@ -41,11 +41,14 @@ impl RequestBodyTimeout {
     }
 }
 
-/// `inner` with a deadline `after` from now for its last byte.
+/// `inner` with a deadline `after` from now for its last byte. The timer is only made
+/// the first time the body has to wait: most bodies (empty, or already read with the
+/// headers) never do, so most requests allocate no timer.
 pub struct DeadlineBody<B> {
     inner: B,
     after: Duration,
-    deadline: Pin<Box<Sleep>>,
+    due: Instant,
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> DeadlineBody<B> {
@@ -53,7 +56,8 @@ impl<B> DeadlineBody<B> {
         DeadlineBody {
             inner,
             after,
-            deadline: Box::pin(tokio::time::sleep_until(Instant::now() + after)),
+            due: Instant::now() + after,
+            deadline: None,
         }
     }
 }
@@ -74,7 +78,11 @@ where
         if let Poll::Ready(f) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(f.map(|r| r.map_err(Into::into)));
         }
-        if self.deadline.as_mut().poll(cx).is_ready() {
+        let due = self.due;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(Box::new(RequestBodyTimeout {
                 after: self.after,
             }))));

@@ -206,11 +206,12 @@ pub(crate) fn is_sse(resp: &Response) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A stream that sends one event, then never ends by itself.
-    struct Forever(Option<Bytes>);
+    /// A body that sends one frame, then never ends by itself (an SSE stream that stays
+    /// open); the listener's tests use it too.
+    pub(crate) struct Forever(pub(crate) Option<Bytes>);
 
     impl http_body::Body for Forever {
         type Data = Bytes;

@@ -143,30 +143,12 @@ mod tests {
     use axum::http::header;
     use axum::response::{IntoResponse, Response};
     use axum::routing::{get, post};
-    use http_body::Frame;
     use std::net::SocketAddr;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
     use tokio::sync::oneshot;
     use tokio::task::JoinHandle;
     use tokio::time::{sleep, timeout, Instant};
 
-    /// An SSE body that sends one event, then never ends by itself.
-    struct Forever(Option<Bytes>);
-
-    impl http_body::Body for Forever {
-        type Data = Bytes;
-        type Error = std::io::Error;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-            match self.0.take() {
-                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                None => Poll::Pending,
-            }
-        }
-    }
+    use crate::http::drain::tests::Forever;
 
     fn router() -> Router {
         Router::new()
