@@ -151,8 +151,10 @@ pub(crate) async fn serve_connection(
         _ = activity.idle_for(limits.idle_timeout) => {
             tracing::debug!("closing a connection idle for {:?}", limits.idle_timeout);
         }
+        _ = drain.connections_closing() => {}
     }
-    // Idle: hyper closes it at once unless a request has just begun, which it finishes.
+    // Hyper closes it at once if idle; a response in flight is finished and flushed
+    // first (a body that has ended may still have bytes in hyper's write buffer).
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
 }

@@ -24,6 +24,9 @@ pub(crate) struct Drain {
     idle: Notify,
     /// Woken when the drain times out.
     abandon: Notify,
+    closing: AtomicBool,
+    /// Woken when every connection is to close (once the drain ends either way).
+    close: Notify,
 }
 
 impl Drain {
@@ -48,15 +51,19 @@ impl Drain {
 
     /// Resolves once [`Drain::abandon`] has been called.
     pub(crate) async fn abandoned(&self) {
-        loop {
-            let n = self.abandon.notified();
-            tokio::pin!(n);
-            n.as_mut().enable();
-            if self.abandoned.load(Ordering::SeqCst) {
-                return;
-            }
-            n.await;
-        }
+        wait_for(&self.abandoned, &self.abandon).await
+    }
+
+    /// Tells every connection to close once its response in flight (if any) is fully
+    /// written: the drain is over and the listener is about to return.
+    pub(crate) fn close_connections(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.close.notify_waiters();
+    }
+
+    /// Resolves once [`Drain::close_connections`] has been called.
+    pub(crate) async fn connections_closing(&self) {
+        wait_for(&self.closing, &self.close).await
     }
 
     /// Resolves when no request is in flight.
@@ -79,6 +86,19 @@ impl Drain {
             drain: self.clone(),
             on_done: Some(on_done),
         }
+    }
+}
+
+/// Resolves once `flag` is set; the setter stores it, then wakes `woken`'s waiters.
+async fn wait_for(flag: &AtomicBool, woken: &Notify) {
+    loop {
+        let n = woken.notified();
+        tokio::pin!(n);
+        n.as_mut().enable();
+        if flag.load(Ordering::SeqCst) {
+            return;
+        }
+        n.await;
     }
 }
 

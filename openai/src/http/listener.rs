@@ -37,6 +37,9 @@ pub enum DrainOutcome {
 /// How long abandoned streams get to write their last chunks before their connections
 /// are closed.
 const ABANDON_GRACE: Duration = Duration::from_secs(2);
+/// How long connections get to flush their last response and close once the drain
+/// is over.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long an over-cap connection is read (and discarded) after its 503.
 const REJECT_LINGER: Duration = Duration::from_secs(1);
 
@@ -99,18 +102,33 @@ pub async fn serve(
                 drain.start();
                 deadline = Some(tokio::time::Instant::now() + drain_timeout);
             }
-            _ = drain.all_done(), if deadline.is_some() => return DrainOutcome::Finished,
+            _ = drain.all_done(), if deadline.is_some() => {
+                close_all(&drain, &mut conns).await;
+                return DrainOutcome::Finished;
+            }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
                 if deadline.is_some() => {
                 let requests = drain.abandon();
                 tracing::warn!("shutdown timeout: abandoning {requests} requests in flight");
                 let _ = tokio::time::timeout(ABANDON_GRACE, drain.all_done()).await;
+                close_all(&drain, &mut conns).await;
                 return DrainOutcome::Abandoned { requests };
             }
             Some(_) = conns.join_next() => {}
         }
     }
-    // Returning drops `conns`, which aborts every connection task and closes its socket.
+}
+
+/// Ends every connection: each finishes writing what its last response left in its
+/// buffers, then closes; whatever is still open after [`CLOSE_GRACE`] is aborted (by
+/// dropping `conns`). A response body that has ended is not yet on the wire, so
+/// returning as soon as the requests are done would cut their last bytes.
+async fn close_all(drain: &Drain, conns: &mut JoinSet<()>) {
+    drain.close_connections();
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// The over-cap answer: written at once, then the connection lingers briefly.
@@ -174,7 +192,12 @@ mod tests {
                 }),
             )
             .route("/hang", get(std::future::pending::<&'static str>))
+            .route("/big", get(|| async { vec![b'x'; BIG] }))
     }
+
+    /// Larger than the loopback socket buffers on both ends, so a client that does not
+    /// read leaves most of the answer in the server's write buffer after the body ended.
+    const BIG: usize = 48 << 20;
 
     fn limits() -> ConnectionLimits {
         ConnectionLimits {
@@ -267,6 +290,26 @@ mod tests {
             .await
             .unwrap();
         response(s).await
+    }
+
+    #[tokio::test]
+    async fn a_finished_answer_is_flushed_in_full_before_the_listener_returns() {
+        let mut srv = Server::start(limits(), Duration::from_secs(10)).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 16];
+        s.read_exact(&mut head).await.unwrap();
+        // The body (one frame) has ended and its request is done, but the bytes are
+        // still in the server's buffers when the drain finishes.
+        sleep(Duration::from_millis(200)).await;
+        srv.shutdown();
+        sleep(Duration::from_millis(200)).await;
+        let all = until_closed(&mut s, Duration::from_secs(10)).await.unwrap();
+        let body = all.split_once("\r\n\r\n").unwrap().1;
+        assert_eq!(body.len(), BIG);
+        assert!(matches!(srv.done.await.unwrap(), DrainOutcome::Finished));
     }
 
     #[tokio::test]
