@@ -7,8 +7,10 @@ pub mod gateway;
 pub mod offline;
 pub mod plot;
 pub mod serve;
+pub mod sim;
 pub mod stats;
 pub mod trace;
+pub mod workload;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -27,6 +29,9 @@ pub enum BenchCommand {
     Serve(serve::ServeBenchArgs),
     /// Ratios of two `bench serve --result-json` files.
     Compare(serve::CompareArgs),
+    /// Replay a workload through the scheduler in virtual time, per scheduling policy,
+    /// on a device given by its step cost: TTFT, TPOT, goodput in seconds of CPU.
+    Sim(sim::SimArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -36,5 +41,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Gateway(args) => gateway::run(args),
         BenchCommand::Serve(args) => serve::run(args),
         BenchCommand::Compare(args) => serve::compare(args),
+        BenchCommand::Sim(args) => sim::run(args),
     }
 }

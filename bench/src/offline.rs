@@ -167,6 +167,11 @@ impl ModelJob for Run<'_> {
     }
 }
 
+/// A histogram as JSON: its bucket bounds, per-bucket counts, sum and count.
+fn hist_json(h: &novastack_engine::Histogram) -> serde_json::Value {
+    json!({"bounds": h.bounds, "counts": h.counts, "sum": h.sum, "count": h.count})
+}
+
 pub fn run(a: OfflineArgs) -> Result<()> {
     let path = novastack_server::default_model::resolve(a.model.as_deref())?;
     let mut work: Option<Workload> = None;
@@ -225,6 +230,13 @@ pub fn run(a: OfflineArgs) -> Result<()> {
                 "wasted_query_slot_fraction": frac(st.wasted_query_slots, st.used_query_slots),
                 "preemptions": st.num_preemptions,
                 "prefix_hit_rate": st.prefix_hit_rate(),
+                "scheduling_policy": ea.scheduling_policy.to_string(),
+                "step_seconds": hist_json(&st.step_seconds),
+                "step_prefill_tokens": hist_json(&st.step_prefill_tokens),
+                "step_decode_tokens": hist_json(&st.step_decode_tokens),
+                "step_cost": {"per_step_s": st.step_cost[0], "per_prefill_token_s": st.step_cost[1],
+                              "per_decode_token_s": st.step_cost[2], "per_attention_pair_s": st.step_cost[3],
+                              "mean_relative_error": st.step_cost_error},
             });
             // The header once the first run worked (a device error comes alone).
             if runs.is_empty() {
@@ -252,6 +264,22 @@ pub fn run(a: OfflineArgs) -> Result<()> {
                 st.num_steps,
                 100.0 * r["wasted_kv_slot_fraction"].as_f64().unwrap_or(0.0),
                 100.0 * r["wasted_query_slot_fraction"].as_f64().unwrap_or(0.0),
+            );
+            println!(
+                "      steps: {:.1} ms mean, prefill {:.1} / decode {:.1} tokens mean; learned step cost {:.2} ms + {:.3} ms/prefill token + {:.3} ms/decode + {:.2e} s/attention pair (mean error {})",
+                1e3 * st.step_seconds.sum / st.step_seconds.count.max(1) as f64,
+                st.step_prefill_tokens.sum / st.step_prefill_tokens.count.max(1) as f64,
+                st.step_decode_tokens.sum / st.step_decode_tokens.count.max(1) as f64,
+                1e3 * st.step_cost[0],
+                1e3 * st.step_cost[1],
+                1e3 * st.step_cost[2],
+                st.step_cost[3],
+                st.step_cost_error
+                    .map_or("n/a".to_string(), |e| format!("{:.1}%", 100.0 * e)),
+            );
+            println!(
+                "      (for bench sim: --step-cost {},{},{},{})",
+                st.step_cost[0], st.step_cost[1], st.step_cost[2], st.step_cost[3]
             );
             runs.push(r);
         }

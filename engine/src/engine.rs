@@ -44,7 +44,7 @@ pub struct TokenEvent {
 }
 
 /// Running totals for metrics.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineStats {
     pub num_waiting: usize,
     pub num_running: usize,
@@ -74,6 +74,52 @@ pub struct EngineStats {
     /// Seconds from arrival to the last token of a sequence that finished normally
     /// (cancelled ones are counted in `num_cancelled`, not timed).
     pub e2e: Histogram,
+    /// Per step: seconds from scheduling to tokens handed out, prompt tokens computed
+    /// in chunks, and one-token decodes.
+    pub step_seconds: Histogram,
+    pub step_prefill_tokens: Histogram,
+    pub step_decode_tokens: Histogram,
+    /// The scheduler's learned step cost (seconds per step, per prefill token, per
+    /// decode token, per attention pair) and its mean relative prediction error.
+    pub step_cost: [f64; 4],
+    pub step_cost_error: Option<f64>,
+}
+
+/// Bucket bounds for per-step token counts.
+pub const STEP_TOKEN_BOUNDS: &[f64] = &[
+    0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+
+impl Default for EngineStats {
+    fn default() -> Self {
+        EngineStats {
+            num_waiting: 0,
+            num_running: 0,
+            num_preempted: 0,
+            kv_blocks_total: 0,
+            kv_blocks_free: 0,
+            prefix_queried_blocks: 0,
+            prefix_hit_blocks: 0,
+            num_preemptions: 0,
+            num_steps: 0,
+            num_prompt_tokens_computed: 0,
+            num_generated_tokens: 0,
+            wasted_kv_slots: 0,
+            wasted_query_slots: 0,
+            used_kv_slots: 0,
+            used_query_slots: 0,
+            num_scheduled_seqs: 0,
+            num_cancelled: 0,
+            ttft: Histogram::default(),
+            itl: Histogram::default(),
+            e2e: Histogram::default(),
+            step_seconds: Histogram::default(),
+            step_prefill_tokens: Histogram::with_bounds(STEP_TOKEN_BOUNDS),
+            step_decode_tokens: Histogram::with_bounds(STEP_TOKEN_BOUNDS),
+            step_cost: [0.0; 4],
+            step_cost_error: None,
+        }
+    }
 }
 
 impl EngineStats {
@@ -233,7 +279,8 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
     /// schedule, and when its tokens are ready, to time them: time to first token and
     /// inter-token latency include the step that produced the token.
     pub fn step_clocked(&mut self, clock: &dyn Fn() -> f64) -> Result<Vec<TokenEvent>> {
-        let mut out = self.sched.schedule(clock());
+        let started = clock();
+        let mut out = self.sched.schedule(started);
         let mut events = Vec::new();
         if out.is_empty() {
             self.refresh_stats();
@@ -310,6 +357,17 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
         let updates = self.sched.update(&out, &sampled, &self.eos);
         // The tokens exist from here on: the time they are handed out.
         let now = clock();
+        if now > started {
+            // A caller's fixed clock (`Engine::step`) times nothing: nothing to learn.
+            self.sched.observe_step(&out.shape, now - started);
+        }
+        self.stats.step_seconds.observe(now - started);
+        self.stats
+            .step_prefill_tokens
+            .observe(out.shape.prefill_tokens as f64);
+        self.stats
+            .step_decode_tokens
+            .observe(out.shape.decode_tokens as f64);
         self.stats.num_steps += 1;
         self.stats.wasted_kv_slots += out.wasted_kv_slots as u64;
         self.stats.wasted_query_slots += out.wasted_query_slots as u64;
@@ -377,6 +435,8 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
         s.prefix_queried_blocks = self.sched.blocks.num_queried_blocks();
         s.prefix_hit_blocks = self.sched.blocks.num_hit_blocks();
         s.num_preemptions = self.sched.num_preemptions;
+        s.step_cost = self.sched.cost.coefficients();
+        s.step_cost_error = self.sched.cost.mean_relative_error();
     }
 }
 
@@ -399,6 +459,7 @@ pub(crate) mod tests {
             max_model_len: usize::MAX,
             buckets: crate::Buckets::off(),
             max_wait_steps: 8,
+            policy: Default::default(),
         };
         let config = EngineConfig {
             scheduler,

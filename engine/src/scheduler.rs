@@ -1,21 +1,33 @@
 //! The scheduler: pure state in, plain-data `SchedulerOutput` out. No I/O, no clock
-//! reads (time comes in as `now`), no device.
+//! reads (time comes in as `now`, step durations as [`Scheduler::observe_step`]), no
+//! device.
 //!
-//! Each step hands a token budget to requests: a prefill chunk and a decode are the
-//! same thing (tokens to compute for a sequence). The step's batch comes from one
-//! context-length bucket; requests that have waited more than `max_wait_steps` steps
-//! pull their bucket forward (aging), so every bucket is served within a bounded number
-//! of steps. Within a bucket: aged first, then running before waiting, then priority,
-//! then arrival (FCFS). Out of KV blocks, the lowest-priority newest running request is
-//! preempted (its blocks freed, recomputed later).
+//! Each step, every running decode gets its next token (unless preempted). Prefills
+//! (new prompts, part-way prompts, preempted requests recomputing) fill the rest:
+//! - up to the token budget (`max_num_batched_tokens`), and, with a time budget
+//!   ([`StepTime`]), up to the step time the [`CostModel`] predicts, a model of the
+//!   device learned from the measured step times (so nothing here assumes a CPU's or a
+//!   GPU's costs); a step always computes at least `min_prefill_chunk` prompt tokens, so
+//!   prefills progress;
+//! - in the policy's order ([`PrefillOrder`]: first come first served, or shortest
+//!   remaining prefill first), except that requests not served for more than
+//!   `max_wait_steps` steps go first, the longest-waiting first (aging: every request
+//!   is served within a bounded number of steps);
+//! - several prompts' chunks per step; with context-length buckets on, all from the
+//!   bucket of the first prefill in that order, so a step's prefills have like lengths.
+//!
+//! Out of KV blocks, the lowest-priority newest running request is preempted (its
+//! blocks freed, recomputed later).
 //!
 //! Blocks, block tables and the prefix cache belong to the [`KvCacheManager`]: the
 //! scheduler asks it to admit, grow and free, and never hashes anything itself.
 
 use crate::bucket::Buckets;
+use crate::cost_model::{CostModel, StepShape};
 use crate::error::{Error, Result};
 use crate::kv_cache_manager::KvCacheManager;
 use crate::request::{FinishReason, Request, RequestId, RequestState};
+pub use crate::scheduling_policy::{PrefillOrder, SchedulingPolicy, StepTime};
 use crate::validate::{self, RequestError};
 use std::collections::HashMap;
 
@@ -25,8 +37,9 @@ pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     pub max_model_len: usize,
     pub buckets: Buckets,
-    /// A request not served for more than this many steps pulls its bucket forward.
+    /// A request not served for more than this many steps goes first.
     pub max_wait_steps: u64,
+    pub policy: SchedulingPolicy,
 }
 
 impl Default for SchedulerConfig {
@@ -37,6 +50,7 @@ impl Default for SchedulerConfig {
             max_model_len: 4096,
             buckets: Buckets::new(Buckets::default_boundaries()),
             max_wait_steps: 8,
+            policy: SchedulingPolicy::default(),
         }
     }
 }
@@ -57,8 +71,13 @@ pub struct SchedulerOutput {
     pub step: u64,
     pub seqs: Vec<ScheduledSeq>,
     pub preempted: Vec<RequestId>,
+    /// The bucket of the step's prefill chunks (0 when it has none).
     pub bucket: usize,
     pub num_batched_tokens: usize,
+    /// What the step computes, as the cost model sees it.
+    pub shape: StepShape,
+    /// The step time the cost model predicted for it, if it had a prediction.
+    pub predicted_seconds: Option<f64>,
     /// Slots a padded batch would waste this step: KV positions (`Σ max_ctx - ctx`) and
     /// query positions (`Σ max_len - len`).
     pub wasted_kv_slots: usize,
@@ -96,6 +115,8 @@ pub struct Scheduler {
     step: u64,
     next_seq_no: u64,
     pub num_preemptions: u64,
+    /// Step times learned from [`Scheduler::observe_step`].
+    pub cost: CostModel,
 }
 
 impl Scheduler {
@@ -109,7 +130,13 @@ impl Scheduler {
             step: 0,
             next_seq_no: 0,
             num_preemptions: 0,
+            cost: CostModel::default(),
         }
+    }
+
+    /// Learns how long a step of this shape took (the caller's clock, seconds).
+    pub fn observe_step(&mut self, shape: &StepShape, seconds: f64) {
+        self.cost.observe(shape, seconds);
     }
 
     pub fn request(&self, id: RequestId) -> Option<&Request> {
@@ -176,30 +203,6 @@ impl Scheduler {
             .is_some_and(|p| p.num_computed_tokens < p.prompt.len())
     }
 
-    /// Picks the step's bucket: the most-waited aged request's, else the bucket with
-    /// the most schedulable requests (lowest bucket on ties).
-    /// Buckets in the order to try them: the most-waited aged request's bucket first,
-    /// then by number of candidates (lowest bucket on ties); empty buckets left out.
-    fn bucket_order(&self, candidates: &[RequestId]) -> Vec<usize> {
-        let mut counts = vec![0usize; self.config.buckets.num_buckets()];
-        for id in candidates {
-            counts[self.bucket_of(&self.requests[id])] += 1;
-        }
-        let mut order: Vec<usize> = (0..counts.len()).filter(|&b| counts[b] > 0).collect();
-        order.sort_by_key(|&b| (std::cmp::Reverse(counts[b]), b));
-        let aged = candidates
-            .iter()
-            .map(|id| &self.requests[id])
-            .filter(|r| self.step - r.last_scheduled_step > self.config.max_wait_steps)
-            .min_by_key(|r| (r.last_scheduled_step, r.seq_no));
-        if let Some(r) = aged {
-            let b = self.bucket_of(r);
-            order.retain(|&x| x != b);
-            order.insert(0, b);
-        }
-        order
-    }
-
     /// Preempts the lowest-priority, newest running request not in `protect`.
     fn preempt_one(
         &mut self,
@@ -227,33 +230,93 @@ impl Scheduler {
         Some(victim)
     }
 
-    pub fn schedule(&mut self, _now: f64) -> SchedulerOutput {
+    pub fn schedule(&mut self, now: f64) -> SchedulerOutput {
         self.step += 1;
         let mut out = SchedulerOutput {
             step: self.step,
             ..Default::default()
         };
-        // Waiting requests are candidates only while a sequence slot is free: a bucket
-        // must never be chosen for work that cannot start.
-        let room = self.running.len() < self.config.max_num_seqs;
-        let candidates: Vec<RequestId> = self
+        let mut budget = self.config.max_num_batched_tokens;
+        let mut scheduled: Vec<RequestId> = Vec::new();
+        // 1. Every running decode, most important first (a decode short of a block
+        //    preempts the least important running request not yet scheduled).
+        let mut decodes: Vec<RequestId> = self
             .running
             .iter()
-            .chain(self.waiting.iter().filter(|_| room))
             .copied()
-            .filter(|id| !self.blocked(&self.requests[id]))
+            .filter(|id| self.remaining(id) == 1 && !self.blocked(&self.requests[id]))
             .collect();
-        let mut budget = self.config.max_num_batched_tokens;
-        // The chosen bucket first; if nothing in it can run (say, no free blocks to admit
-        // its waiting requests), the next ones, so that a step never idles with work.
-        for bucket in self.bucket_order(&candidates) {
-            out.bucket = bucket;
-            self.schedule_bucket(bucket, &candidates, &mut budget, &mut out);
-            if !out.seqs.is_empty() {
+        decodes.sort_by_key(|id| {
+            let r = &self.requests[id];
+            (r.params.priority, r.seq_no)
+        });
+        for id in decodes {
+            if budget == 0 {
+                break;
+            }
+            if !out.preempted.contains(&id) {
+                self.try_schedule(id, &mut |_, _| 1, &mut scheduled, &mut out, &mut budget);
+            }
+        }
+        // 2. Prefills, in the policy's order, within the token and time budgets.
+        let order = self.prefill_order(&out);
+        let allowed = self.step_time_allowed(&out.shape, &order, now);
+        let buckets = &self.config.buckets;
+        let mut tried: Vec<usize> = Vec::new();
+        let first_bucket_of = |ids: &[RequestId], tried: &[usize], s: &Self| {
+            ids.iter()
+                .map(|id| s.bucket_of(&s.requests[id]))
+                .find(|b| !tried.contains(b))
+        };
+        let bucketed = buckets.num_buckets() > 1;
+        let (cost, min_chunk) = (self.cost.clone(), self.config.policy.min_prefill_chunk);
+        while budget > 0 {
+            // With buckets, one bucket's prefills per step: the first candidate's, else
+            // (none of it could be admitted) the next bucket in the order.
+            let bucket = if bucketed {
+                match first_bucket_of(&order, &tried, self) {
+                    Some(b) => b,
+                    None => break,
+                }
+            } else {
+                0
+            };
+            tried.push(bucket);
+            let mut got = false;
+            for &id in &order {
+                if budget == 0 {
+                    break;
+                }
+                if scheduled.contains(&id) || out.preempted.contains(&id) {
+                    continue; // preempted earlier in this step: not re-admitted at once
+                }
+                if bucketed && self.bucket_of(&self.requests[&id]) != bucket {
+                    continue;
+                }
+                let any_prefill = out.shape.prefill_tokens > 0;
+                let shape = out.shape;
+                let mut chunk = |start: usize, cap: usize| match allowed {
+                    None => cap,
+                    Some(t) => match largest_fitting(&cost, &shape, start, cap, t) {
+                        0 if !any_prefill => min_chunk.max(1).min(cap),
+                        n => n,
+                    },
+                };
+                match self.try_schedule(id, &mut chunk, &mut scheduled, &mut out, &mut budget) {
+                    Scheduled::Yes => got = true,
+                    Scheduled::NoRoom => break, // the time budget is spent
+                    Scheduled::NoBlocks => {}
+                }
+            }
+            if got {
+                out.bucket = bucket;
+            }
+            if got || !bucketed {
                 break;
             }
         }
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget;
+        out.predicted_seconds = self.cost.predict(&out.shape);
         let max_ctx = out
             .seqs
             .iter()
@@ -275,88 +338,160 @@ impl Scheduler {
         out
     }
 
-    /// Schedules requests of one bucket into `out` within `budget`.
-    fn schedule_bucket(
-        &mut self,
-        bucket: usize,
-        candidates: &[RequestId],
-        budget: &mut usize,
-        out: &mut SchedulerOutput,
-    ) {
-        let step = self.step;
-        let max_wait = self.config.max_wait_steps;
-        let mut order: Vec<RequestId> = candidates
+    /// Tokens `id` still has to compute (1 for a decode).
+    fn remaining(&self, id: &RequestId) -> usize {
+        let r = &self.requests[id];
+        r.num_tokens() - r.num_computed_tokens
+    }
+
+    /// The step time the prefills may fill up to, given the decodes already in
+    /// `shape` and the prefills waiting (`order`); `None`: only the token budget limits
+    /// them (no time budget, no decodes to protect, or no trusted cost model yet).
+    ///
+    /// The policy's bound holds while the prefills can still meet their time-to-first-
+    /// token target (`ttft_target` after arrival) at that pace. A step of `T` seconds
+    /// spends `T - t_decodes` on prompts, so finishing `W` seconds of prompt work (at
+    /// full speed) within `S` seconds needs `T >= t_decodes / (1 - W / S)`; the step is
+    /// stretched to the most demanding prefix of the prefills in arrival order, and
+    /// unbounded once a target cannot be met anyway. Short steps when prefills are few
+    /// (the streams' latency), long ones when they pile up (time to first token and
+    /// throughput: each step pays the device's fixed cost once).
+    fn step_time_allowed(&self, decodes: &StepShape, order: &[RequestId], now: f64) -> Option<f64> {
+        if decodes.decode_tokens == 0 {
+            return None;
+        }
+        let t = self.cost.predict(decodes)?;
+        let base = match self.config.policy.step_time {
+            StepTime::Off => return None,
+            StepTime::DecodeRatio(r) => t * r,
+            StepTime::Seconds(s) => s.max(t),
+        };
+        let target = self.config.policy.ttft_target;
+        if !target.is_finite() {
+            return Some(base);
+        }
+        let per_token = self.cost.coefficients()[1];
+        let mut by_arrival: Vec<&Request> = order.iter().map(|id| &self.requests[id]).collect();
+        by_arrival.sort_by(|a, b| {
+            a.arrival
+                .total_cmp(&b.arrival)
+                .then(a.seq_no.cmp(&b.seq_no))
+        });
+        let mut work = 0.0;
+        let mut share: f64 = 0.0;
+        for r in by_arrival {
+            work += per_token * (r.num_tokens() - r.num_computed_tokens) as f64;
+            let slack = r.arrival + target - now;
+            if slack <= 0.0 {
+                return None;
+            }
+            share = share.max(work / slack);
+        }
+        if share >= 0.95 {
+            return None;
+        }
+        Some(base.max(t / (1.0 - share)))
+    }
+
+    /// Prefill candidates in the order they get the step's room: aged first (longest
+    /// waiting first), then by the policy (priority before either).
+    fn prefill_order(&self, out: &SchedulerOutput) -> Vec<RequestId> {
+        let room = self.running.len() < self.config.max_num_seqs;
+        let (step, max_wait) = (self.step, self.config.max_wait_steps);
+        let shortest = self.config.policy.prefill_order == PrefillOrder::ShortestFirst;
+        let mut order: Vec<RequestId> = self
+            .running
             .iter()
+            .filter(|id| self.remaining(id) > 1)
+            .chain(self.waiting.iter().filter(|_| room))
             .copied()
-            .filter(|id| self.bucket_of(&self.requests[id]) == bucket)
+            .filter(|id| !self.blocked(&self.requests[id]) && !out.preempted.contains(id))
             .collect();
         order.sort_by_key(|id| {
             let r = &self.requests[id];
             let aged = step - r.last_scheduled_step > max_wait;
-            let waiting = r.state != RequestState::Running;
-            (!aged, waiting, r.params.priority, r.seq_no)
+            if aged {
+                (0, r.last_scheduled_step as i64, 0, 0, r.seq_no)
+            } else {
+                let len = if shortest { self.remaining(id) } else { 0 };
+                (1, 0, r.params.priority as i64, len, r.seq_no)
+            }
         });
-        let mut scheduled: Vec<RequestId> = Vec::new();
-        for id in order {
-            if *budget == 0 {
-                break;
-            }
-            if out.preempted.contains(&id) {
-                continue; // preempted earlier in this step: not re-admitted at once
-            }
-            let Some(r) = self.requests.get(&id) else {
-                continue;
-            };
-            let is_new = r.state != RequestState::Running;
-            if is_new && self.running.len() >= self.config.max_num_seqs {
-                continue;
-            }
-            if is_new {
-                self.admit_prefix(id);
-            }
-            let r = &self.requests[&id];
-            let remaining = r.num_tokens() - r.num_computed_tokens;
-            let n = remaining.min(*budget);
-            let upto = r.num_computed_tokens + n;
-            let mut ok = self.blocks.allocate_slots(id, upto);
-            while !ok && !is_new {
-                // A running request needs a block: preempt someone else (or itself).
-                match self.preempt_one(&scheduled, out) {
-                    Some(v) if v == id => break,
-                    Some(_) => ok = self.blocks.allocate_slots(id, upto),
-                    None => break,
-                }
-            }
-            if !ok {
-                if is_new {
-                    // Not enough free blocks to admit: undo the prefix hit and stop admitting.
-                    self.blocks.free(id);
-                    self.requests
-                        .get_mut(&id)
-                        .expect("live")
-                        .num_computed_tokens = 0;
-                }
-                continue;
-            }
-            if is_new {
-                let r = self.requests.get_mut(&id).expect("live");
-                let _ = r.transition(RequestState::Running);
-                self.waiting.retain(|&w| w != id);
-                self.running.push(id);
-            }
-            let r = self.requests.get_mut(&id).expect("live");
-            r.last_scheduled_step = step;
-            let start = r.num_computed_tokens;
-            out.seqs.push(ScheduledSeq {
-                id,
-                start,
-                token_ids: (start..start + n).map(|i| r.token(i)).collect(),
-                block_table: self.blocks.block_table(id).iter().map(|b| b.0).collect(),
-                sample: start + n == r.num_tokens(),
-            });
-            *budget -= n;
-            scheduled.push(id);
+        order
+    }
+
+    /// Schedules up to `chunk(start, cap)` tokens of `id` (cap: what it has left, within
+    /// `budget`), admitting it first if it is new; allocates its blocks, preempting
+    /// others for a running request short of them.
+    fn try_schedule(
+        &mut self,
+        id: RequestId,
+        chunk: &mut dyn FnMut(usize, usize) -> usize,
+        scheduled: &mut Vec<RequestId>,
+        out: &mut SchedulerOutput,
+        budget: &mut usize,
+    ) -> Scheduled {
+        let Some(r) = self.requests.get(&id) else {
+            return Scheduled::NoBlocks;
+        };
+        let is_new = r.state != RequestState::Running;
+        if is_new && self.running.len() >= self.config.max_num_seqs {
+            return Scheduled::NoBlocks;
         }
+        if is_new {
+            self.admit_prefix(id);
+        }
+        let r = &self.requests[&id];
+        let remaining = r.num_tokens() - r.num_computed_tokens;
+        let n = chunk(r.num_computed_tokens, remaining.min(*budget)).min(remaining);
+        let undo_admission = |s: &mut Self| {
+            s.blocks.free(id);
+            s.requests.get_mut(&id).expect("live").num_computed_tokens = 0;
+        };
+        if n == 0 {
+            if is_new {
+                undo_admission(self);
+            }
+            return Scheduled::NoRoom;
+        }
+        let upto = r.num_computed_tokens + n;
+        let mut ok = self.blocks.allocate_slots(id, upto);
+        while !ok && !is_new {
+            // A running request needs a block: preempt someone else (or itself).
+            match self.preempt_one(scheduled, out) {
+                Some(v) if v == id => break,
+                Some(_) => ok = self.blocks.allocate_slots(id, upto),
+                None => break,
+            }
+        }
+        if !ok {
+            if is_new {
+                // Not enough free blocks to admit: undo the prefix hit.
+                undo_admission(self);
+            }
+            return Scheduled::NoBlocks;
+        }
+        if is_new {
+            let r = self.requests.get_mut(&id).expect("live");
+            let _ = r.transition(RequestState::Running);
+            self.waiting.retain(|&w| w != id);
+            self.running.push(id);
+        }
+        let r = self.requests.get_mut(&id).expect("live");
+        r.last_scheduled_step = self.step;
+        let start = r.num_computed_tokens;
+        let sample = start + n == r.num_tokens();
+        out.seqs.push(ScheduledSeq {
+            id,
+            start,
+            token_ids: (start..start + n).map(|i| r.token(i)).collect(),
+            block_table: self.blocks.block_table(id).iter().map(|b| b.0).collect(),
+            sample,
+        });
+        out.shape.add(start, n, n == 1 && sample);
+        *budget -= n;
+        scheduled.push(id);
+        Scheduled::Yes
     }
 
     /// On (re)admission: start from the tokens the prefix cache already holds.
@@ -440,6 +575,45 @@ impl Scheduler {
             None => Ok(()),
         }
     }
+}
+
+/// What [`Scheduler::try_schedule`] did.
+enum Scheduled {
+    Yes,
+    /// The step has no room left for this chunk (the time budget is spent).
+    NoRoom,
+    /// Not admitted or not grown: no sequence slot or KV blocks.
+    NoBlocks,
+}
+
+/// The most tokens (at most `cap`) a chunk from position `start` can add to `shape`
+/// with the predicted step time staying within `seconds`.
+fn largest_fitting(
+    cost: &CostModel,
+    shape: &StepShape,
+    start: usize,
+    cap: usize,
+    seconds: f64,
+) -> usize {
+    let fits = |n: usize| {
+        let mut s = *shape;
+        s.add(start, n, false);
+        cost.predict(&s).is_some_and(|t| t <= seconds)
+    };
+    let (mut lo, mut hi) = (0, cap);
+    if fits(hi) {
+        return hi;
+    }
+    // Invariant: fits(lo) (or lo == 0), !fits(hi).
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 #[cfg(test)]

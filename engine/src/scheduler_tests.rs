@@ -1,6 +1,7 @@
 //! Pure scheduler tests: no model, no threads, no clock. Sampled tokens are made up.
 
 use super::*;
+use crate::cost_model::CostModel;
 use crate::request::RequestParams;
 use crate::sampler::SamplingParams;
 use proptest::prelude::*;
@@ -44,6 +45,7 @@ fn cfg(budget: usize, seqs: usize, buckets: Vec<usize>, wait: u64) -> SchedulerC
         max_model_len: 100_000,
         buckets: Buckets::new(buckets),
         max_wait_steps: wait,
+        policy: SchedulingPolicy::default(),
     }
 }
 
@@ -72,7 +74,7 @@ fn long_prefill_is_chunked_and_decodes_keep_going() {
 }
 
 #[test]
-fn steps_draw_from_one_bucket() {
+fn a_steps_prefills_come_from_one_bucket_and_every_decode_runs() {
     let mut s = Scheduler::new(cfg(4096, 32, vec![64, 512], 4), 400, 16);
     let mut id = 0;
     for len in [10, 20, 30, 100, 200, 300, 600, 700] {
@@ -81,9 +83,20 @@ fn steps_draw_from_one_bucket() {
     }
     let mut served = std::collections::HashSet::new();
     while s.has_work() {
+        let running_decodes: Vec<RequestId> = (1..=id)
+            .map(RequestId)
+            .filter(|i| {
+                s.request(*i).is_some_and(|r| {
+                    r.state == RequestState::Running && r.num_computed_tokens + 1 == r.num_tokens()
+                })
+            })
+            .collect();
         let out = s.schedule(0.0);
-        for q in &out.seqs {
-            // Every sequence in the step has its context length in the step's bucket.
+        for d in &running_decodes {
+            assert!(out.seqs.iter().any(|q| q.id == *d), "{d} missed a step");
+        }
+        for q in out.seqs.iter().filter(|q| q.token_ids.len() > 1) {
+            // Every prefill chunk in the step has its context length in the step's bucket.
             let ctx = s.request(q.id).unwrap().num_tokens();
             assert_eq!(
                 s.config.buckets.of(ctx),
@@ -91,8 +104,8 @@ fn steps_draw_from_one_bucket() {
                 "{:?} has {ctx} tokens",
                 q.id
             );
+            served.insert(out.bucket);
         }
-        served.insert(out.bucket);
         let sampled = out
             .seqs
             .iter()
@@ -102,6 +115,97 @@ fn steps_draw_from_one_bucket() {
         s.update(&out, &sampled, &[]);
     }
     assert_eq!(served.len(), 3);
+}
+
+/// A scheduler whose cost model is already trained on a device where a step costs
+/// 20 ms, a prefill token 1 ms and a decode 1 ms (no attention term).
+fn timed(policy: &str, budget: usize, seqs: usize) -> Scheduler {
+    let mut c = cfg(budget, seqs, vec![], 8);
+    c.policy = policy.parse().unwrap();
+    let mut s = Scheduler::new(c, 4000, 16);
+    s.cost = CostModel::fixed(0.020, 0.001, 0.001, 0.0);
+    s
+}
+
+#[test]
+fn the_time_budget_bounds_steps_with_decodes_and_prefills_still_progress() {
+    let mut s = timed("fcfs-time:2:inf", 512, 16);
+    for i in 1..=8 {
+        s.add(req(i, 4, 1000)).unwrap();
+    }
+    step(&mut s); // eight 4-token prefills, no decodes yet: the token budget only
+    s.add(req(100, 2000, 5)).unwrap();
+    let decode_only = 0.020 + 8.0 * 0.001;
+    let mut chunks = Vec::new();
+    for _ in 0..10 {
+        let (out, _) = step(&mut s);
+        assert_eq!(out.shape.decode_tokens, 8, "every decode, every step");
+        let t = s.cost.predict(&out.shape).unwrap();
+        assert!(t <= 2.0 * decode_only + 1e-9, "step of {t} s");
+        chunks.push(out.shape.prefill_tokens);
+    }
+    // 2 x 28 ms leaves 28 ms: 28 prompt tokens a step.
+    assert!(chunks.iter().all(|&c| c == 28), "{chunks:?}");
+    // The same with the token budget only: one 504-token chunk stalls every decode.
+    let mut s = timed("fcfs-tokens", 512, 16);
+    for i in 1..=8 {
+        s.add(req(i, 4, 1000)).unwrap();
+    }
+    step(&mut s);
+    s.add(req(100, 2000, 5)).unwrap();
+    let (out, _) = step(&mut s);
+    assert_eq!(out.shape.prefill_tokens, 504);
+}
+
+#[test]
+fn a_step_always_makes_prefill_progress() {
+    // Decodes alone exceed any budget left: the prefill still gets its minimum chunk.
+    let mut s = timed("srpf-time:1:inf", 512, 64);
+    for i in 1..=40 {
+        s.add(req(i, 2, 1000)).unwrap();
+    }
+    step(&mut s);
+    s.add(req(100, 300, 5)).unwrap();
+    let (out, _) = step(&mut s);
+    assert_eq!(out.shape.decode_tokens, 40);
+    assert_eq!(out.shape.prefill_tokens, 32);
+}
+
+#[test]
+fn shortest_remaining_prefill_goes_first_until_the_long_one_ages() {
+    let mut s = timed("srpf-tokens", 64, 16);
+    s.config.max_wait_steps = 3;
+    s.add(req(1, 1000, 2)).unwrap();
+    s.add(req(2, 10, 2)).unwrap();
+    let (out, _) = step(&mut s);
+    // The short prompt first, then the long one's chunk with the rest.
+    assert_eq!(out.seqs[0].id, RequestId(2));
+    assert_eq!(out.seqs[1].id, RequestId(1));
+    assert_eq!(out.seqs[1].token_ids.len(), 54);
+    // FCFS: the long one takes the whole budget, the short one waits.
+    let mut s = timed("fcfs-tokens", 64, 16);
+    s.add(req(1, 1000, 2)).unwrap();
+    s.add(req(2, 10, 2)).unwrap();
+    let (out, _) = step(&mut s);
+    assert_eq!(out.seqs.len(), 1);
+    assert_eq!(out.seqs[0].id, RequestId(1));
+    // Under a stream of short prompts, the long one is still served once aged.
+    let mut s = timed("srpf-time", 64, 16);
+    s.config.max_wait_steps = 3;
+    s.add(req(1, 500, 2)).unwrap();
+    let mut next = 10;
+    let mut long_served_at = None;
+    for t in 0..20 {
+        for _ in 0..3 {
+            s.add(req(next, 40, 1)).unwrap();
+            next += 1;
+        }
+        let (out, _) = step(&mut s);
+        if out.seqs.iter().any(|q| q.id == RequestId(1)) {
+            long_served_at.get_or_insert(t);
+        }
+    }
+    assert!(long_served_at.is_some_and(|t| t <= 4), "{long_served_at:?}");
 }
 
 #[test]
@@ -146,7 +250,7 @@ fn preempts_newest_lowest_priority_and_rejects_impossible_requests() {
 
 proptest! {
     /// Aging bound: with room for every request in one step, no live request goes more
-    /// than `max_wait_steps + num_buckets` steps without being scheduled.
+    /// than `max_wait_steps + 1` steps without being scheduled.
     #[test]
     fn every_bucket_is_served_within_a_bounded_number_of_steps(
         lens in proptest::collection::vec((1usize..900, 1usize..30), 1..20),
@@ -173,6 +277,55 @@ proptest! {
             }
             for (id, &when) in &last_served {
                 prop_assert!(t - when <= bound, "{id} waited {} steps (bound {bound})", t - when);
+            }
+        }
+        prop_assert!(!s.has_work());
+    }
+
+    /// The same bound under a time budget that leaves little room (every policy): a
+    /// request waits at most `max_wait_steps` plus one step per live request ahead of it
+    /// in the aged queue; decodes never wait; everything finishes.
+    #[test]
+    fn no_policy_starves_a_request(
+        lens in proptest::collection::vec((1usize..600, 1usize..20), 1..24),
+        arrivals in proptest::collection::vec(0u64..60, 24),
+        wait in 1u64..6,
+        policy in 0usize..4,
+    ) {
+        let name = ["fcfs-tokens", "fcfs-time:1.2", "srpf-tokens", "srpf-time:1.2"][policy];
+        let mut s = timed(name, 256, 64);
+        s.config.max_wait_steps = wait;
+        let mut last_served: std::collections::HashMap<RequestId, u64> = Default::default();
+        for t in 0..3000u64 {
+            for (i, &(len, out)) in lens.iter().enumerate() {
+                if arrivals[i] == t {
+                    s.add(req(i as u64 + 1, len, out)).unwrap();
+                    last_served.insert(RequestId(i as u64 + 1), t);
+                }
+            }
+            let decodes: Vec<RequestId> = last_served
+                .keys()
+                .copied()
+                .filter(|id| s.request(*id).is_some_and(|r| {
+                    r.state == RequestState::Running && r.num_computed_tokens + 1 == r.num_tokens()
+                }))
+                .collect();
+            let (out, ups) = step(&mut s);
+            for d in decodes {
+                prop_assert!(out.seqs.iter().any(|q| q.id == d), "{name}: decode {d} skipped");
+            }
+            for q in &out.seqs {
+                last_served.insert(q.id, t);
+            }
+            for u in ups.iter().filter(|u| u.finished.is_some()) {
+                last_served.remove(&u.id);
+            }
+            let bound = wait + last_served.len() as u64 + 1;
+            for (id, &when) in &last_served {
+                prop_assert!(t - when <= bound, "{name}: {id} waited {} steps (bound {bound})", t - when);
+            }
+            if t > 60 && !s.has_work() {
+                break;
             }
         }
         prop_assert!(!s.has_work());

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use novastack_engine::{Buckets, Engine, EngineConfig, SchedulerConfig};
+use novastack_engine::{Buckets, Engine, EngineConfig, SchedulerConfig, SchedulingPolicy};
 use novastack_kernels::Backend;
 use novastack_models::{BoxedModel, CausalLm, Dtype};
 
@@ -31,9 +31,17 @@ pub struct EngineArgs {
     /// (where a batch's attention time follows its longest context).
     #[arg(long, default_value = "auto")]
     pub buckets: String,
-    /// Steps a request may wait before its bucket is served first.
+    /// Steps a request may go unserved before it is served first (aging).
     #[arg(long, default_value_t = 8)]
     pub max_wait_steps: u64,
+    /// How steps are filled. Running decodes always get their token; prefills take the
+    /// rest in `srpf` (shortest remaining prompt first) or `fcfs` order, within the
+    /// token budget (`-tokens`) or also a step time budget (`-time`: at most 2x the
+    /// predicted time of the step's decodes alone; `-time:3` for 3x, `-time:150ms` for
+    /// a fixed time). Step times are predicted by a cost model learned from the
+    /// measured steps, on any device.
+    #[arg(long, default_value = "srpf-time")]
+    pub scheduling_policy: SchedulingPolicy,
     /// `cpu`, `cuda` / `hip` for a GPU (needs a build with `--features cuda` / `hip`), or
     /// `sim`: the GPU backend on a simulated device that runs the HIP kernels on the CPU
     /// (needs a C++ compiler; slow, for checking the GPU code, not for serving).
@@ -137,6 +145,7 @@ impl EngineArgs {
             max_model_len,
             buckets: self.buckets()?,
             max_wait_steps: self.max_wait_steps,
+            policy: self.scheduling_policy,
         };
         Ok(Engine::new(
             model,

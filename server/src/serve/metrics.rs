@@ -166,7 +166,7 @@ pub fn render(state: &AppState) -> String {
         }
     }
     type HGetter = fn(&novastack_engine::EngineStats) -> &Histogram;
-    let hists: [(&str, &str, HGetter); 3] = [
+    let hists: [(&str, &str, HGetter); 6] = [
         (
             "time_to_first_token_seconds",
             "Time from arrival at the engine to the end of the step that produced the first token.",
@@ -182,11 +182,39 @@ pub fn render(state: &AppState) -> String {
             "Time from arrival to the last token of a finished sequence.",
             |s| &s.e2e,
         ),
+        (
+            "step_duration_seconds",
+            "Engine step time, from scheduling to tokens handed out.",
+            |s| &s.step_seconds,
+        ),
+        (
+            "step_prefill_tokens",
+            "Prompt tokens computed per engine step (prefill chunks).",
+            |s| &s.step_prefill_tokens,
+        ),
+        (
+            "step_decode_tokens",
+            "Decode tokens (one per running sequence) computed per engine step.",
+            |s| &s.step_decode_tokens,
+        ),
     ];
     for (name, help, get) in hists {
         o.head(name, help, "histogram");
         for (l, _, s) in &models {
             o.histogram(name, l, get(s));
+        }
+    }
+    o.head(
+        "step_cost_seconds",
+        "The scheduler's learned step cost model: seconds per step, per prefill token, per decode token and per attention (query x key) pair.",
+        "gauge",
+    );
+    for (l, _, s) in &models {
+        for (term, v) in ["step", "prefill_token", "decode_token", "attention_pair"]
+            .iter()
+            .zip(s.step_cost)
+        {
+            o.sample("step_cost_seconds", &format!("{l},term=\"{term}\""), v);
         }
     }
     o.0
