@@ -219,58 +219,63 @@ mod tests {
     fn the_default_policy_does_not_regress_against_fcfs_on_the_azure_trace() {
         let default = SchedulingPolicy::default().to_string();
         let policies = format!("fcfs-tokens,{default}");
-        let cases: [&[&str]; 3] = [
+        // Goodput SLOs that separate requests on each device: 5 s / 500 ms on the CPU,
+        // where a prompt token costs 2 ms; 2 s / 100 ms on the GPU-like cost.
+        let cases: [(&[&str], [&str; 2]); 3] = [
             // scripts/compare_llamacpp.sh's workload: 64 requests, 16 at a time.
-            &[
-                "--num-prompts",
-                "64",
-                "--length-scale",
-                "0.25",
-                "--max-model-len",
-                "2048",
-                "--max-concurrency",
-                "16",
-            ],
+            (
+                &[
+                    "--num-prompts",
+                    "64",
+                    "--length-scale",
+                    "0.25",
+                    "--max-model-len",
+                    "2048",
+                    "--max-concurrency",
+                    "16",
+                ],
+                ["ttft:5000", "tpot:500"],
+            ),
             // Poisson arrivals at ~70% of the CPU's capacity.
-            &[
-                "--num-prompts",
-                "120",
-                "--request-rate",
-                "0.7",
-                "--length-scale",
-                "0.25",
-                "--max-model-len",
-                "2048",
-                "--max-concurrency",
-                "16",
-            ],
+            (
+                &[
+                    "--num-prompts",
+                    "120",
+                    "--request-rate",
+                    "0.7",
+                    "--length-scale",
+                    "0.25",
+                    "--max-model-len",
+                    "2048",
+                    "--max-concurrency",
+                    "16",
+                ],
+                ["ttft:5000", "tpot:500"],
+            ),
             // A GPU-like device at full lengths.
-            &[
-                "--num-prompts",
-                "600",
-                "--request-rate",
-                "8",
-                "--max-model-len",
-                "8192",
-                "--max-concurrency",
-                "64",
-                "--max-num-seqs",
-                "64",
-                "--max-num-batched-tokens",
-                "2048",
-                "--step-cost",
-                "0.010,0.00005,0.0001,0.000000001",
-            ],
+            (
+                &[
+                    "--num-prompts",
+                    "600",
+                    "--request-rate",
+                    "8",
+                    "--max-model-len",
+                    "8192",
+                    "--max-concurrency",
+                    "64",
+                    "--max-num-seqs",
+                    "64",
+                    "--max-num-batched-tokens",
+                    "2048",
+                    "--step-cost",
+                    "0.010,0.00005,0.0001,0.000000001",
+                ],
+                ["ttft:2000", "tpot:100"],
+            ),
         ];
-        for case in cases {
+        for (case, slo) in cases {
             let mut flags = case.to_vec();
-            flags.extend([
-                "--policies",
-                &policies,
-                "--goodput",
-                "ttft:2000",
-                "tpot:100",
-            ]);
+            flags.extend(["--policies", &policies, "--goodput", slo[0], slo[1]]);
             let rs = run(&args(&flags));
             let (old, new) = (&rs[0], &rs[1]);
             let t = table(&rs);
