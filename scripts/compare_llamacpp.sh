@@ -16,7 +16,9 @@
 # Env: OUT (default target/compare-llamacpp), PRECISIONS (default "f32 q4_1"),
 #      CONCURRENCY (default "1 16"), NUM_PROMPTS_1 / NUM_PROMPTS_16 (default 12 / 64),
 #      LENGTH_SCALE (default 0.25), MAX_MODEL_LEN (default 2048), TRACE, BUCKETS_ON,
-#      SKIP_BUCKETS=1, REPEAT (default 1).
+#      SKIP_BUCKETS=1, REPEAT (default 1), REQUEST_RATE (Poisson arrivals at this many
+#      requests/s instead of the trace's own times), GOODPUT (default "ttft:2000 tpot:100"),
+#      NS_FLAGS (extra `novastack serve` flags, e.g. "--scheduling-policy fcfs-tokens").
 # Tail latencies on a shared 2-core machine move by +-30% from run to run (llama.cpp's
 # own TTFT p99 has ranged 5.4-8.0 s on the same workload). REPEAT=N runs each pair N
 # times, alternating the servers, and adds a table of per-run ratios and their median.
@@ -74,8 +76,9 @@ start_llama() { # model log
 start_ns() { # model log [extra flags]
   local m="$1" log="$2"
   shift 2
+  # shellcheck disable=SC2086
   "$NS" serve --model "$m" --served-model-name default --host 127.0.0.1 --port "$NS_PORT" \
-    --max-num-seqs "$SLOTS" "$@" > "$log" 2>&1 &
+    --max-num-seqs "$SLOTS" ${NS_FLAGS:-} "$@" > "$log" 2>&1 &
   NS_PID=$!
   pids+=("$NS_PID")
   wait_ready "http://127.0.0.1:$NS_PORT/ready" novastack "$log"
@@ -87,7 +90,7 @@ bench() { # port label tokenizer conc json [plot dir]
   "$NS" bench serve --base-url "http://127.0.0.1:$1" --model default --tokenizer "$3" \
     --dataset "trace:$TRACE" --length-scale "$LENGTH_SCALE" --max-model-len "$MAX_MODEL_LEN" \
     --num-prompts "$n" --max-concurrency "$4" --label "$2" --result-json "$5" \
-    --goodput ttft:2000 tpot:100
+    ${REQUEST_RATE:+--request-rate "$REQUEST_RATE"} --goodput ${GOODPUT:-ttft:2000 tpot:100}
 }
 
 summary="$OUT/summary.md"
@@ -95,8 +98,8 @@ summary="$OUT/summary.md"
   echo "# novastack vs llama.cpp: $(date -u +%FT%TZ), $(git rev-parse --short HEAD), $THREADS threads"
   echo "llama.cpp from llama-cpp-python ${LLAMA_CPP_PYTHON_VERSION:-0.3.36}; trace $(basename "$TRACE"), lengths x$LENGTH_SCALE, max model len $MAX_MODEL_LEN"
   echo
-  echo "| model | conc | server | out tok/s | TTFT p50 | TTFT p99 | TPOT p50 | TPOT p99 | failed |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| model | conc | server | out tok/s | goodput req/s | TTFT p50 | TTFT p99 | TPOT p50 | TPOT p99 | failed |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 } > "$summary"
 
 row() { # model conc json
@@ -105,7 +108,8 @@ import json, sys
 m, c, p = sys.argv[1:4]
 r = json.load(open(p))
 f = lambda v: "-" if v is None else f"{v:.1f}"
-print(f"| {m} | {c} | {r['label']} | {f(r['output_throughput'])} | {f(r['ttft_ms']['median'])} | "
+g = lambda v: "-" if v is None else f"{v:.3f}"
+print(f"| {m} | {c} | {r['label']} | {f(r['output_throughput'])} | {g(r.get('goodput'))} | {f(r['ttft_ms']['median'])} | "
       f"{f(r['ttft_ms']['p99'])} | {f(r['tpot_ms']['median'])} | {f(r['tpot_ms']['p99'])} | {r['failed']} |")
 PY
 }
@@ -152,6 +156,7 @@ for p in precs:
         runs = [(json.load(open(f"{out}/llamacpp-{p}-c{c}-r{r}.json")),
                  json.load(open(f"{out}/novastack-{p}-c{c}-r{r}.json"))) for r in range(1, n + 1)]
         for name, get in [("out tok/s", lambda d: d["output_throughput"]),
+                          ("goodput", lambda d: d.get("goodput") or 0.0),
                           ("TTFT p50", lambda d: d["ttft_ms"]["median"]),
                           ("TTFT p99", lambda d: d["ttft_ms"]["p99"]),
                           ("TPOT p50", lambda d: d["tpot_ms"]["median"]),
