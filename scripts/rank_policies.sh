@@ -3,7 +3,9 @@
 # For each policy: serves the model with `novastack serve --scheduling-policy P`, replays
 # the workload with `bench serve`, and reads the step cost the server learned from its
 # /metrics. Then replays the same workload with `bench sim` on the mean learned cost and
-# prints, per metric, the real and the simulated values and each side's ranking.
+# prints, per metric, the real and the simulated values and each side's ranking, and how
+# many pairs of policies that the real runs separate by more than 10% the simulator
+# orders alike (closer pairs are within run-to-run noise).
 #
 # Usage: scripts/rank_policies.sh [bench workload flags...]
 #   default workload: the Azure conversation trace, 64 requests, lengths x0.25, 16 at a time
@@ -71,6 +73,7 @@ metrics = [("TTFT p99 s", lambda r: r["ttft_ms"]["p99"] / 1e3, lambda s: s["ttft
 real = [json.load(open(f"{out}/real-{p}.json")) for p in pols]
 sims = [sim[k] for k in simk]
 agree = 0
+pairs = clear = 0
 print(f"\n| metric | " + " | ".join(f"{p} real / sim" for p in pols) + " | real ranking | sim ranking | same |")
 print("| --- | " + " | ".join("---" for _ in pols) + " | --- | --- | --- |")
 for name, rget, sget, higher in metrics:
@@ -79,8 +82,16 @@ for name, rget, sget, higher in metrics:
     rank = lambda v: [pols[i] for i in sorted(range(len(v)), key=lambda i: -v[i] if higher else v[i])]
     rr, sr = rank(rv), rank(sv)
     agree += rr == sr
+    # Pairs the real runs separate by more than 10%: does the simulator order them alike?
+    for i in range(len(pols)):
+        for j in range(i + 1, len(pols)):
+            a, b = rv[i], rv[j]
+            if max(a, b) > 1.1 * min(a, b):
+                pairs += 1
+                clear += (a < b) == (sv[i] < sv[j])
     cells = " | ".join(f"{a:.3g} / {b:.3g}" for a, b in zip(rv, sv))
     print(f"| {name} | {cells} | {' < '.join(rr) if not higher else ' > '.join(rr)} | "
           f"{' < '.join(sr) if not higher else ' > '.join(sr)} | {'yes' if rr == sr else 'no'} |")
-print(f"\nrankings agree on {agree} of {len(metrics)} metrics")
+print(f"\nrankings agree on {agree} of {len(metrics)} metrics; on {clear} of {pairs} pairs of "
+      "policies that the real runs separate by more than 10%")
 PY

@@ -22,12 +22,12 @@ pub struct SimArgs {
     )]
     pub policies: Vec<SchedulingPolicy>,
     /// The device's step cost in seconds: per step, per prefill token, per decode
-    /// token, per attention pair (query x key). The default is SmolLM2-135M in f32 on
-    /// 2 AVX-512 cores, as `bench offline` learned it.
+    /// token, per attention pair (query x key). The default is what `bench offline`
+    /// learned for SmolLM2-135M (f32) on 2 AVX-512 cores on the Azure conversation trace.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "0.025,0.0011,0.0006,0.00000002"
+        default_value = "0.0291,0.00201,0.00474,0.00000164"
     )]
     pub step_cost: Vec<f64>,
     /// Token budget per step.

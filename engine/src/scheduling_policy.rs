@@ -50,7 +50,7 @@ pub struct SchedulingPolicy {
 pub const DEFAULT_DECODE_RATIO: f64 = 4.0;
 
 /// The default time-to-first-token target, seconds.
-pub const DEFAULT_TTFT_TARGET: f64 = 2.0;
+pub const DEFAULT_TTFT_TARGET: f64 = 1.0;
 
 impl Default for SchedulingPolicy {
     fn default() -> Self {

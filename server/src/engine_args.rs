@@ -34,12 +34,14 @@ pub struct EngineArgs {
     /// Steps a request may go unserved before it is served first (aging).
     #[arg(long, default_value_t = 8)]
     pub max_wait_steps: u64,
-    /// How steps are filled. Running decodes always get their token; prefills take the
+    /// How steps are filled. Running decodes always get their token; prompts take the
     /// rest in `srpf` (shortest remaining prompt first) or `fcfs` order, within the
-    /// token budget (`-tokens`) or also a step time budget (`-time`: at most 2x the
-    /// predicted time of the step's decodes alone; `-time:3` for 3x, `-time:150ms` for
-    /// a fixed time). Step times are predicted by a cost model learned from the
-    /// measured steps, on any device.
+    /// token budget (`-tokens`) or also a step time budget (`-time`: at most 4x the
+    /// predicted time of the step's decodes alone, or `-time:R` for R x, `-time:150ms`
+    /// for a fixed time). The budget gives way when waiting prompts would otherwise miss
+    /// their first token 1 s after arrival (`-time:4:3s` sets that target, `:inf` turns
+    /// it off). Step times come from a cost model learned from the measured steps, on
+    /// any device.
     #[arg(long, default_value = "srpf-time")]
     pub scheduling_policy: SchedulingPolicy,
     /// `cpu`, `cuda` / `hip` for a GPU (needs a build with `--features cuda` / `hip`), or
@@ -147,6 +149,14 @@ impl EngineArgs {
             max_wait_steps: self.max_wait_steps,
             policy: self.scheduling_policy,
         };
+        tracing::info!(
+            "scheduling policy {}: {} sequences, {} tokens a step, {} KV blocks of {}",
+            self.scheduling_policy,
+            scheduler.max_num_seqs,
+            scheduler.max_num_batched_tokens,
+            num_blocks,
+            self.block_size.max(1)
+        );
         Ok(Engine::new(
             model,
             eos,
