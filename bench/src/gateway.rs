@@ -4,9 +4,9 @@
 //! the LiteLLM proxy, see `scripts/bench_gateway.sh`) in front of the same mock, side by
 //! side in one run.
 
-use crate::stats::percentile;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use novastack_metrics::percentile;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -8,7 +8,6 @@ pub mod offline;
 pub mod plot;
 pub mod serve;
 pub mod sim;
-pub mod stats;
 pub mod trace;
 pub mod workload;
 

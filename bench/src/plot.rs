@@ -6,8 +6,8 @@
 //! again later from saved files. Text uses DejaVu Sans embedded in the binary (the
 //! `dejavu` crate): no system fonts or fontconfig are needed.
 
-use crate::stats::finite_percentile;
 use anyhow::{anyhow, Context, Result};
+use novastack_metrics::finite_percentile;
 use plotters::prelude::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};

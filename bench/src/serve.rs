@@ -209,7 +209,7 @@ fn stats(v: &mut [f64]) -> Value {
         return json!({"mean": null, "median": null, "p90": null, "p99": null});
     }
     v.sort_by(f64::total_cmp);
-    let p = |q: f64| crate::stats::percentile(v, q);
+    let p = |q: f64| novastack_metrics::percentile(v, q);
     json!({"mean": v.iter().sum::<f64>() / v.len() as f64, "median": p(0.5), "p90": p(0.9), "p99": p(0.99)})
 }
 

@@ -104,13 +104,7 @@ pub fn run_policies(a: &SimArgs, reqs: &[SimRequest]) -> Result<Vec<SimReport>> 
     }
     let slos = parse_goodput(&a.workload.goodput)?;
     let slo = |k: &str| slos.iter().find(|(n, _)| n == k).map(|(_, ms)| ms / 1e3);
-    let buckets = if a.buckets == "off" {
-        Buckets::off()
-    } else {
-        let b: std::result::Result<Vec<usize>, _> =
-            a.buckets.split(',').map(|s| s.trim().parse()).collect();
-        Buckets::new(b.with_context(|| format!("--buckets {:?}", a.buckets))?)
-    };
+    let buckets = Buckets::parse(&a.buckets).map_err(|e| anyhow::anyhow!("--{e}"))?;
     let block_size = a.block_size.max(1);
     Ok(a.policies
         .iter()

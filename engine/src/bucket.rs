@@ -36,6 +36,20 @@ impl Buckets {
             .unwrap_or(self.boundaries.len())
     }
 
+    /// `off` (or empty), or comma-separated token counts such as `512,2048,8192`.
+    pub fn parse(s: &str) -> Result<Buckets, String> {
+        if s == "off" || s.is_empty() {
+            return Ok(Buckets::off());
+        }
+        s.split(',')
+            .map(|v| v.trim().parse())
+            .collect::<Result<Vec<usize>, _>>()
+            .map(Buckets::new)
+            .map_err(|_| {
+                format!("buckets must be comma-separated token counts or `off`, got {s:?}")
+            })
+    }
+
     pub fn boundaries(&self) -> &[usize] {
         &self.boundaries
     }
@@ -51,5 +65,11 @@ mod tests {
         assert_eq!(b.boundaries(), &[512, 2048]);
         assert_eq!((b.of(0), b.of(511), b.of(512), b.of(5000)), (0, 0, 1, 2));
         assert_eq!(Buckets::off().of(99999), 0);
+        assert_eq!(
+            Buckets::parse("2048, 512").unwrap().boundaries(),
+            &[512, 2048]
+        );
+        assert_eq!(Buckets::parse("off").unwrap(), Buckets::off());
+        assert!(Buckets::parse("512,x").unwrap_err().contains("512,x"));
     }
 }

@@ -76,8 +76,6 @@ pub struct SchedulerOutput {
     pub num_batched_tokens: usize,
     /// What the step computes, as the cost model sees it.
     pub shape: StepShape,
-    /// The step time the cost model predicted for it, if it had a prediction.
-    pub predicted_seconds: Option<f64>,
     /// Slots a padded batch would waste this step: KV positions (`Σ max_ctx - ctx`) and
     /// query positions (`Σ max_len - len`).
     pub wasted_kv_slots: usize,
@@ -287,7 +285,7 @@ impl Scheduler {
                 if budget == 0 {
                     break;
                 }
-                if scheduled.contains(&id) || out.preempted.contains(&id) {
+                if out.preempted.contains(&id) {
                     continue; // preempted earlier in this step: not re-admitted at once
                 }
                 if bucketed && self.bucket_of(&self.requests[&id]) != bucket {
@@ -316,7 +314,6 @@ impl Scheduler {
             }
         }
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget;
-        out.predicted_seconds = self.cost.predict(&out.shape);
         let max_ctx = out
             .seqs
             .iter()

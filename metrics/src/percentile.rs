@@ -1,4 +1,4 @@
-//! The one percentile rule every benchmark reports with: nearest rank on the sorted
+//! The one percentile rule every benchmark and the scheduler simulator report with: nearest rank on the sorted
 //! samples, `NaN` when there are none (a missing value, never a fake zero).
 
 /// The `q`-quantile (0..=1) of `sorted` (ascending): the sample at rank
