@@ -35,9 +35,19 @@ pub struct GatewayBenchArgs {
     /// The other gateway's name in the report.
     #[arg(long, default_value = "litellm")]
     pub compare_name: String,
-    /// Streaming requests instead of plain JSON.
+    /// Streaming requests instead of plain JSON (the same as `--formats stream`).
     #[arg(long)]
     pub stream: bool,
+    /// Answer formats to measure, each against a direct call of the same format:
+    /// `json`, `stream` or both (`json,stream`: the runs alternate, so the two see the
+    /// same machine and the report compares their added latency).
+    #[arg(long, value_delimiter = ',')]
+    pub formats: Vec<String>,
+    /// Open-loop runs per target and rate, alternating targets; the report gives the
+    /// median p50 and p99 over them (one short run's p99 on a small shared machine moves
+    /// with whatever else the cores were doing).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
     #[arg(long)]
     pub result_json: Option<std::path::PathBuf>,
 }
@@ -94,6 +104,15 @@ fn runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// One thing measured: a URL, the request sent to it, and the direct call whose
+/// latency it adds to.
+struct Target {
+    name: String,
+    url: String,
+    body: String,
+    base: String,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 struct OpenLoop {
     target: String,
@@ -101,8 +120,46 @@ struct OpenLoop {
     sent: usize,
     errors: usize,
     p50_ms: f64,
+    p90_ms: f64,
     p99_ms: f64,
+    p999_ms: f64,
     achieved_rps: f64,
+}
+
+/// One target at one rate over `--repeat` runs: medians, and the spread of p99.
+#[derive(Debug, Clone, serde::Serialize)]
+struct OpenLoopSummary {
+    target: String,
+    rate: f64,
+    runs: usize,
+    errors: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    p99_min_ms: f64,
+    p99_max_ms: f64,
+    achieved_rps: f64,
+}
+
+impl OpenLoopSummary {
+    fn of(runs: Vec<OpenLoop>) -> OpenLoopSummary {
+        let median = |f: fn(&OpenLoop) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            percentile(&v, 0.5)
+        };
+        let p99 = runs.iter().map(|r| r.p99_ms);
+        OpenLoopSummary {
+            target: runs.first().map_or_else(String::new, |r| r.target.clone()),
+            rate: runs.first().map_or(0.0, |r| r.rate),
+            runs: runs.len(),
+            errors: runs.iter().map(|r| r.errors).sum(),
+            p50_ms: median(|r| r.p50_ms),
+            p99_ms: median(|r| r.p99_ms),
+            p99_min_ms: p99.clone().fold(f64::INFINITY, f64::min),
+            p99_max_ms: p99.fold(f64::NEG_INFINITY, f64::max),
+            achieved_rps: median(|r| r.achieved_rps),
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -282,7 +339,9 @@ async fn open_loop(proto: &RawConn, target: &str, rate: f64, secs: f64) -> OpenL
         sent: n,
         errors,
         p50_ms: percentile(&lat, 0.5),
+        p90_ms: percentile(&lat, 0.9),
         p99_ms: percentile(&lat, 0.99),
+        p999_ms: percentile(&lat, 0.999),
         achieved_rps: lat.len() as f64 / wall.max(1e-9),
     }
 }
@@ -325,8 +384,9 @@ pub fn run(args: GatewayBenchArgs) -> Result<()> {
     if args.rates.iter().any(|r| r.is_nan() || *r <= 0.0)
         || args.duration <= 0.0
         || args.concurrency == 0
+        || args.repeat == 0
     {
-        bail!("--rates, --duration and --concurrency must be positive");
+        bail!("--rates, --duration, --concurrency and --repeat must be positive");
     }
     // Three runtimes, as three processes would be: mock, gateway, load generator.
     let mock_rt = runtime(1, "mock")?;
@@ -354,37 +414,58 @@ pub fn run(args: GatewayBenchArgs) -> Result<()> {
         let _ = novastack_gateway::serve(gw_listener, gw, None, Duration::from_secs(1)).await;
     });
     let load_rt = runtime(1, "load")?;
-    let body = |model: &str| {
-        json!({"model": model, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16, "stream": args.stream}).to_string()
+    let formats: Vec<bool> = if args.formats.is_empty() {
+        vec![args.stream]
+    } else {
+        args.formats
+            .iter()
+            .map(|f| match f.as_str() {
+                "json" => Ok(false),
+                "stream" => Ok(true),
+                other => bail!("--formats takes json and stream, not {other:?}"),
+            })
+            .collect::<Result<_>>()?
     };
-    let mut targets = vec![
-        (
-            "direct".to_string(),
-            format!("http://{mock_addr}/v1/chat/completions"),
-            body("mock"),
-        ),
-        (
-            "novastack".to_string(),
-            format!("http://{gw_addr}/v1/chat/completions"),
-            body("mock"),
-        ),
-    ];
-    if let Some(url) = &args.compare_url {
-        targets.push((
-            args.compare_name.clone(),
-            format!("{}/chat/completions", url.trim_end_matches('/')),
-            body(&args.compare_model),
-        ));
+    let mut targets = Vec::new();
+    for &stream in &formats {
+        let body = |model: &str| {
+            json!({"model": model, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16, "stream": stream}).to_string()
+        };
+        let name = |n: &str| match formats.len() {
+            1 => n.to_string(),
+            _ => format!("{n} ({})", if stream { "stream" } else { "json" }),
+        };
+        let base = name("direct");
+        targets.push(Target {
+            name: base.clone(),
+            url: format!("http://{mock_addr}/v1/chat/completions"),
+            body: body("mock"),
+            base: base.clone(),
+        });
+        targets.push(Target {
+            name: name("novastack"),
+            url: format!("http://{gw_addr}/v1/chat/completions"),
+            body: body("mock"),
+            base: base.clone(),
+        });
+        if let Some(url) = &args.compare_url {
+            targets.push(Target {
+                name: name(&args.compare_name),
+                url: format!("{}/chat/completions", url.trim_end_matches('/')),
+                body: body(&args.compare_model),
+                base,
+            });
+        }
     }
     tracing::info!(
         "mock upstream at http://{mock_addr}/v1, novastack gateway at http://{gw_addr}/v1"
     );
     let protos: Vec<RawConn> = targets
         .iter()
-        .map(|(_, url, b)| RawConn::new(url, b))
+        .map(|t| RawConn::new(&t.url, &t.body))
         .collect::<Result<_>>()?;
     // Warm up and check every target answers.
-    for ((name, url, _), proto) in targets.iter().zip(&protos) {
+    for (Target { name, url, .. }, proto) in targets.iter().zip(&protos) {
         let ok = load_rt.block_on(async {
             let mut conn = proto.clone_fresh();
             let mut ok = 0;
@@ -416,7 +497,7 @@ pub fn run(args: GatewayBenchArgs) -> Result<()> {
         })
     };
     let mut closed = Vec::new();
-    for ((name, _, _), proto) in targets.iter().zip(&protos) {
+    for (Target { name, .. }, proto) in targets.iter().zip(&protos) {
         settle(proto);
         let r = load_rt.block_on(closed_loop(proto, name, args.concurrency, args.duration));
         tracing::info!("closed loop {name}: {:.0} req/s", r.rps);
@@ -424,38 +505,69 @@ pub fn run(args: GatewayBenchArgs) -> Result<()> {
     }
     let mut rates = args.rates.clone();
     rates.sort_by(f64::total_cmp);
-    let mut open = Vec::new();
+    let mut runs = Vec::new();
     for &rate in &rates {
-        for ((name, _, _), proto) in targets.iter().zip(&protos) {
-            settle(proto);
-            let r = load_rt.block_on(open_loop(proto, name, rate, args.duration));
-            tracing::info!(
-                "open loop {name} at {rate}/s: p50 {:.3} ms p99 {:.3} ms ({} errors)",
-                r.p50_ms,
-                r.p99_ms,
-                r.errors
-            );
-            open.push(r);
+        for rep in 0..args.repeat {
+            for (Target { name, .. }, proto) in targets.iter().zip(&protos) {
+                settle(proto);
+                let r = load_rt.block_on(open_loop(proto, name, rate, args.duration));
+                tracing::info!(
+                    "open loop {name} at {rate}/s, run {}: p50 {:.3} ms p99 {:.3} ms ({} errors)",
+                    rep + 1,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.errors
+                );
+                runs.push(r);
+            }
         }
     }
+    let open: Vec<OpenLoopSummary> = rates
+        .iter()
+        .flat_map(|&rate| {
+            let runs = &runs;
+            targets.iter().map(move |Target { name, .. }| {
+                OpenLoopSummary::of(
+                    runs.iter()
+                        .filter(|r| &r.target == name && r.rate == rate)
+                        .cloned()
+                        .collect(),
+                )
+            })
+        })
+        .collect();
     println!(
         "\n## gateway overhead vs a direct call (instant mock upstream, 127.0.0.1, {} cores)\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "| target | rate/s | achieved/s | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |"
+        "Medians over {} runs of {} s per target and rate, targets alternating; p99 range: the lowest and highest run.\n",
+        args.repeat, args.duration
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| target | rate/s | achieved/s | p50 ms | p99 ms | p99 range ms | added p50 ms | added p99 ms | errors |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &open {
+        let base_name = targets.iter().find(|t| t.name == r.target).map(|t| &t.base);
         let base = open
             .iter()
-            .find(|d| d.target == "direct" && d.rate == r.rate);
+            .find(|d| Some(&d.target) == base_name && d.rate == r.rate);
         let (a50, a99) = base.map_or((f64::NAN, f64::NAN), |d| {
             (r.p50_ms - d.p50_ms, r.p99_ms - d.p99_ms)
         });
         println!(
-            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
-            r.target, r.rate, r.achieved_rps, r.p50_ms, r.p99_ms, a50, a99, r.errors
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3}–{:.3} | {:.3} | {:.3} | {} |",
+            r.target,
+            r.rate,
+            r.achieved_rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.p99_min_ms,
+            r.p99_max_ms,
+            a50,
+            a99,
+            r.errors
         );
     }
     println!(
@@ -468,8 +580,8 @@ pub fn run(args: GatewayBenchArgs) -> Result<()> {
         );
     }
     if let Some(p) = &args.result_json {
-        let v = json!({"settings": {"rates": args.rates, "duration_s": args.duration, "concurrency": args.concurrency, "stream": args.stream},
-                       "open_loop": open, "closed_loop": closed});
+        let v = json!({"settings": {"rates": args.rates, "duration_s": args.duration, "concurrency": args.concurrency, "formats": formats.iter().map(|&s| if s { "stream" } else { "json" }).collect::<Vec<_>>(), "repeat": args.repeat},
+                       "open_loop": open, "open_loop_runs": runs, "closed_loop": closed});
         std::fs::write(p, serde_json::to_string_pretty(&v)?)
             .with_context(|| format!("cannot write {}", p.display()))?;
     }

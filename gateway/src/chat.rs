@@ -105,15 +105,23 @@ pub(crate) async fn chat_completions(
         set_headers(&mut resp, &hdrs);
         return Ok(resp);
     }
-    // Streaming: a task relays upstream events as OpenAI chunks, in the request's span.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
-    tokio::spawn(
-        answer
-            .relay(committed, req.include_usage, tx)
-            .instrument(tracing::Span::current()),
-    );
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    // Streaming: the response body itself pulls upstream events and turns them into
+    // OpenAI chunks, in the connection's task: no relay task, no channel, no wake-ups
+    // between threads per event, and chunks that are ready together go out in one write.
+    let relay = Relay {
+        answer,
+        c: committed,
+        include_usage: req.include_usage,
+        tally: Tally::default(),
+        pending: VecDeque::new(),
+        out: VecDeque::new(),
+        phase: Phase::Start,
+        span: tracing::Span::current(),
+    };
+    let stream = futures_util::stream::unfold(relay, |mut r| async move {
+        let span = r.span.clone();
+        let ev = r.next().instrument(span).await;
+        ev.map(|e| (Ok::<_, Infallible>(e), r))
     });
     let mut resp = Sse::new(stream).into_response();
     set_headers(&mut resp, &hdrs);
@@ -223,79 +231,118 @@ impl Answer {
             usage,
         }
     }
+}
 
-    /// Relays the answer as chunks to `tx` until it ends, fails or the client leaves.
-    async fn relay(
-        self,
-        mut c: Committed,
-        include_usage: bool,
-        tx: tokio::sync::mpsc::Sender<Event>,
-    ) {
-        let mut tally = Tally::default();
-        let first = ChatDelta {
-            role: Some(Role::Assistant),
-            content: Some(String::new()),
-        };
-        if tx.send(self.chunk(first, None)).await.is_err() {
-            return;
-        }
-        let mut pending: VecDeque<UpEvent> = std::mem::take(&mut c.events).into();
-        let mut failure = None;
+/// Where a streamed answer is.
+enum Phase {
+    /// The role chunk has not gone out yet.
+    Start,
+    /// Relaying upstream events.
+    Relaying,
+    /// The last chunks are queued in `out`; nothing follows them.
+    Ended,
+}
+
+/// A streamed answer, relayed as the client reads it. Dropped when the client leaves,
+/// which drops the upstream request with it.
+struct Relay {
+    answer: Answer,
+    c: Committed,
+    include_usage: bool,
+    tally: Tally,
+    /// The committed first events, not yet relayed.
+    pending: VecDeque<UpEvent>,
+    /// Chunks ready to go out before anything else.
+    out: VecDeque<Event>,
+    phase: Phase,
+    span: tracing::Span,
+}
+
+impl Relay {
+    /// The next chunk for the client; `None` after `[DONE]`.
+    async fn next(&mut self) -> Option<Event> {
         loop {
-            let ev = match pending.pop_front() {
+            if let Some(e) = self.out.pop_front() {
+                return Some(e);
+            }
+            match self.phase {
+                Phase::Ended => return None,
+                Phase::Start => {
+                    self.phase = Phase::Relaying;
+                    self.pending = std::mem::take(&mut self.c.events).into();
+                    let first = ChatDelta {
+                        role: Some(Role::Assistant),
+                        content: Some(String::new()),
+                    };
+                    return Some(self.answer.chunk(first, None));
+                }
+                Phase::Relaying => {}
+            }
+            let ev = match self.pending.pop_front() {
                 Some(ev) => ev,
-                None => match c.stream.next().await {
+                None => match self.c.stream.next().await {
                     Some(Ok(ev)) => ev,
                     Some(Err(e)) => {
-                        failure = Some(e);
-                        break;
+                        self.fail(e);
+                        continue;
                     }
-                    None => break,
+                    None => {
+                        self.finish();
+                        continue;
+                    }
                 },
             };
-            tally.see(&ev);
-            let out = match ev {
-                UpEvent::Text { text, .. } => self.chunk(
-                    ChatDelta {
+            self.tally.see(&ev);
+            match ev {
+                UpEvent::Text { text, .. } => {
+                    let delta = ChatDelta {
                         role: None,
                         content: Some(text),
-                    },
-                    None,
-                ),
-                UpEvent::Finish { reason, .. } => self.chunk(ChatDelta::default(), Some(reason)),
-                UpEvent::Usage { .. } => continue,
-            };
-            if tx.send(out).await.is_err() {
-                return; // client left: dropping the stream closes the upstream request
+                    };
+                    return Some(self.answer.chunk(delta, None));
+                }
+                UpEvent::Finish { reason, .. } => {
+                    return Some(self.answer.chunk(ChatDelta::default(), Some(reason)))
+                }
+                UpEvent::Usage { .. } => {}
             }
         }
-        if let Some(e) = failure {
-            let cooldown = self.gw.epoch().cfg.cooldown;
-            c.state.failed(&e.kind, &cooldown, Instant::now());
-            let err = ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!("upstream {} failed mid-stream: {}", c.name, e.message),
-                None,
-            )
-            .with_code("upstream_stream_error");
-            let _ = tx.send(Event::default().data(err.body().to_string())).await;
-            let _ = tx.send(Event::default().data("[DONE]")).await;
-            return;
+    }
+
+    /// The upstream failed mid-stream: an error chunk and `[DONE]`.
+    fn fail(&mut self, e: crate::providers::UpError) {
+        self.phase = Phase::Ended;
+        let cooldown = self.answer.gw.epoch().cfg.cooldown;
+        self.c.state.failed(&e.kind, &cooldown, Instant::now());
+        let err = ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("upstream {} failed mid-stream: {}", self.c.name, e.message),
+            None,
+        )
+        .with_code("upstream_stream_error");
+        self.out
+            .push_back(Event::default().data(err.body().to_string()));
+        self.out.push_back(Event::default().data("[DONE]"));
+    }
+
+    /// The upstream ended: a finish chunk if it sent none, usage if asked, `[DONE]`.
+    fn finish(&mut self) {
+        self.phase = Phase::Ended;
+        if self.tally.finish.is_none() {
+            let last = self
+                .answer
+                .chunk(ChatDelta::default(), Some(FinishReason::Stop));
+            self.out.push_back(last);
         }
-        if tally.finish.is_none() {
-            let _ = tx
-                .send(self.chunk(ChatDelta::default(), Some(FinishReason::Stop)))
-                .await;
-        }
-        let (usage, cost) = self.succeeded(&c, &tally);
-        if include_usage {
+        let (usage, cost) = self.answer.succeeded(&self.c, &self.tally);
+        if self.include_usage {
             let last = UsageChunk {
-                chunk: self.chunk_with(Vec::new(), Some(usage)),
+                chunk: self.answer.chunk_with(Vec::new(), Some(usage)),
                 x_novastack_cost_usd: cost,
             };
-            let _ = tx.send(data(&last)).await;
+            self.out.push_back(data(&last));
         }
-        let _ = tx.send(Event::default().data("[DONE]")).await;
+        self.out.push_back(Event::default().data("[DONE]"));
     }
 }
 

@@ -608,3 +608,64 @@ fn local_models_and_reload_without_dropping_in_flight_requests() {
         "tiny left the config"
     );
 }
+
+/// A client that leaves mid-stream takes its upstream request with it: the model's
+/// only slot is free again at once, not when the upstream would have finished.
+#[test]
+fn a_client_leaving_mid_stream_frees_its_slot_at_once() {
+    use std::io::{Read, Write};
+    let a = MockUpstream::start(B::SlowStream(
+        vec![
+            "alpha one two three ",
+            "beta one two three ",
+            "gamma one two three ",
+            "delta one two three ",
+            "epsilon one two three ",
+        ],
+        Duration::from_millis(800),
+    ));
+    let yaml = format!(
+        "models:\n{}",
+        model_yaml("a", &a, ", limits: {max_concurrency: 1}")
+    );
+    let (addr, _gw) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
+    let body = chat("a", true);
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Read until text has arrived (the key redactor holds back the last few
+    // characters of each piece), then leave.
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("alpha") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let in_flight = "novastack_gateway_upstream_in_flight{model=\"a\"}";
+    assert_eq!(metric(addr, in_flight), 1.0);
+    drop(s);
+    // The upstream would take 3.2 s more; the slot is back well before that.
+    let t = Instant::now();
+    while metric(addr, in_flight) != 0.0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the slot is still held"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.set_default(B::Stream(vec!["ok"]));
+    let r = post(addr, &chat("a", true), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.stream().0, "ok");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+}
