@@ -19,7 +19,7 @@ use axum::Json;
 use novastack_openai::http::body_bytes;
 use novastack_openai::protocol::{
     ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatDelta, ChatMessage,
-    FinishReason, Role, Usage,
+    FinishReason, Role, ToolCall, Usage,
 };
 use novastack_openai::ApiError;
 use serde::Serialize;
@@ -67,6 +67,21 @@ pub(crate) async fn chat_completions(
         ),
         PlanError::NothingFits(why) => ApiError::bad_request(why, Some("model")),
     })?;
+    // Tools and structured output pass through to OpenAI-compatible upstreams unchanged;
+    // they are not translated for Anthropic ones yet.
+    if let Some(field) = req.openai_only_field() {
+        let anthropic = plan.chain.iter().find(|n| {
+            epoch
+                .model(n)
+                .is_some_and(|m| m.provider == crate::config::Provider::Anthropic)
+        });
+        if let Some(name) = anthropic {
+            return Err(ApiError::bad_request(
+                format!("`{field}` is not translated for Anthropic upstreams yet, and model `{name}` is one"),
+                Some(field),
+            ));
+        }
+    }
     let est = (info.context_length + info.max_tokens) as f64;
     let rl_headers = match &key_name {
         Some(k) => gw.clients.reserve(k, est)?,
@@ -174,10 +189,11 @@ impl Answer {
                 index: 0,
                 message: ChatMessage {
                     role: Role::Assistant,
-                    content: text,
+                    content: (!text.is_empty() || tally.calls.is_empty()).then_some(text),
+                    tool_calls: tally.tool_calls(),
                 },
                 logprobs: None,
-                finish_reason: tally.finish.unwrap_or(FinishReason::Stop),
+                finish_reason: tally.finish_reason(),
             }],
             usage,
         };
@@ -273,12 +289,13 @@ impl Relay {
                     let first = ChatDelta {
                         role: Some(Role::Assistant),
                         content: Some(String::new()),
+                        tool_calls: None,
                     };
                     return Some(self.answer.chunk(first, None));
                 }
                 Phase::Relaying => {}
             }
-            let ev = match self.pending.pop_front() {
+            let mut ev = match self.pending.pop_front() {
                 Some(ev) => ev,
                 None => match self.c.stream.next().await {
                     Some(Ok(ev)) => ev,
@@ -292,12 +309,27 @@ impl Relay {
                     }
                 },
             };
+            // A call's first piece carries its id and type, even if the upstream's did not.
+            if let UpEvent::ToolCall { call, .. } = &mut ev {
+                if !self.tally.calls.contains_key(&call.index) {
+                    call.id.get_or_insert_with(new_call_id);
+                    call.kind.get_or_insert_with(|| "function".into());
+                }
+            }
             self.tally.see(&ev);
             match ev {
                 UpEvent::Text { text, .. } => {
                     let delta = ChatDelta {
                         role: None,
                         content: Some(text),
+                        tool_calls: None,
+                    };
+                    return Some(self.answer.chunk(delta, None));
+                }
+                UpEvent::ToolCall { call, .. } => {
+                    let delta = ChatDelta {
+                        tool_calls: Some(vec![call]),
+                        ..ChatDelta::default()
                     };
                     return Some(self.answer.chunk(delta, None));
                 }
@@ -346,6 +378,11 @@ impl Relay {
     }
 }
 
+/// An id for a tool call the upstream gave none.
+fn new_call_id() -> String {
+    format!("call_{:024x}", rand::random::<u128>() >> 32)
+}
+
 fn data(v: &impl Serialize) -> Event {
     Event::default().data(serde_json::to_string(v).unwrap_or_default())
 }
@@ -358,12 +395,30 @@ struct Tally {
     text_chars: usize,
     usage: Option<(usize, usize)>,
     finish: Option<FinishReason>,
+    /// Tool calls seen, by their index.
+    calls: std::collections::BTreeMap<usize, ToolCall>,
 }
 
 impl Tally {
     fn see(&mut self, ev: &UpEvent) {
         match ev {
             UpEvent::Text { text, .. } => self.text_chars += text.chars().count(),
+            UpEvent::ToolCall { call, .. } => {
+                let c = self.calls.entry(call.index).or_default();
+                if let Some(id) = &call.id {
+                    c.id.clone_from(id);
+                }
+                if let Some(k) = &call.kind {
+                    c.kind.clone_from(k);
+                }
+                if let Some(n) = &call.function.name {
+                    c.function.name.push_str(n);
+                }
+                if let Some(a) = &call.function.arguments {
+                    self.text_chars += a.chars().count();
+                    c.function.arguments.push_str(a);
+                }
+            }
             UpEvent::Finish { reason, .. } => self.finish = Some(*reason),
             UpEvent::Usage { prompt, completion } => {
                 // Some servers send zeros in early chunks; keep the largest seen.
@@ -371,6 +426,34 @@ impl Tally {
                 self.usage = Some((p.max(*prompt), c.max(*completion)));
             }
         }
+    }
+
+    /// The finish reason: the upstream's, else `tool_calls` after calls, else `stop`.
+    fn finish_reason(&self) -> FinishReason {
+        self.finish.unwrap_or(if self.calls.is_empty() {
+            FinishReason::Stop
+        } else {
+            FinishReason::ToolCalls
+        })
+    }
+
+    /// The tool calls seen, in order (ids made up where the upstream gave none).
+    fn tool_calls(&self) -> Option<Vec<ToolCall>> {
+        (!self.calls.is_empty()).then(|| {
+            self.calls
+                .values()
+                .cloned()
+                .map(|mut c| {
+                    if c.id.is_empty() {
+                        c.id = new_call_id();
+                    }
+                    if c.kind.is_empty() {
+                        c.kind = "function".into();
+                    }
+                    c
+                })
+                .collect()
+        })
     }
 
     /// Upstream usage, or an estimate (prompt from the request, completion from text).
@@ -416,6 +499,7 @@ mod tests {
         let first = ChatDelta {
             role: Some(Role::Assistant),
             content: Some(String::new()),
+            tool_calls: None,
         };
         same(
             serde_json::to_string(&chunk(vec![choice(first, None)], None)).unwrap(),
@@ -451,7 +535,8 @@ mod tests {
                 index: 0,
                 message: ChatMessage {
                     role: Role::Assistant,
-                    content: "hi".into(),
+                    content: Some("hi".into()),
+                    tool_calls: None,
                 },
                 logprobs: None,
                 finish_reason: FinishReason::Stop,

@@ -31,6 +31,22 @@ pub struct ChatRequest {
     pub metadata: BTreeMap<String, Value>,
 }
 
+impl ChatRequest {
+    /// The first of the OpenAI fields that only some providers take (tools, structured
+    /// output) that the request sets.
+    pub(crate) fn openai_only_field(&self) -> Option<&'static str> {
+        [
+            "tools",
+            "tool_choice",
+            "functions",
+            "function_call",
+            "response_format",
+        ]
+        .into_iter()
+        .find(|k| self.body.get(*k).is_some_and(|v| !v.is_null()))
+    }
+}
+
 /// Parses and checks a chat request body; errors are 400s naming the field.
 pub(crate) fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let mut body = novastack_openai::http::json_object(body)?;
@@ -70,14 +86,6 @@ pub(crate) fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
             "the gateway supports n = 1 only",
             Some("n"),
         ));
-    }
-    for k in ["tools", "functions", "response_format"] {
-        if body.get(k).is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::bad_request(
-                format!("`{k}` is not supported by the gateway yet"),
-                Some(k),
-            ));
-        }
     }
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
@@ -224,7 +232,7 @@ mod tests {
             r#"{"model": "m", "messages": []}"#,
             r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}"#,
             r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}"#,
-            r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": []}"#,
+            r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}"#,
             "[1]",
         ] {
             assert_eq!(

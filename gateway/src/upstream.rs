@@ -310,7 +310,9 @@ impl AnswerStream {
                         }
                         return Some(Ok(UpEvent::Text { index, text }));
                     }
-                    UpEvent::Finish { index, .. } if self.text.has_pending() => {
+                    UpEvent::Finish { index, .. } | UpEvent::ToolCall { index, .. }
+                        if self.text.has_pending() =>
+                    {
                         self.queue.push_front(ev);
                         let text = self.text.finish();
                         return Some(Ok(UpEvent::Text { index, text }));
@@ -319,7 +321,7 @@ impl AnswerStream {
                         self.finished.insert(index);
                         return Some(Ok(ev));
                     }
-                    UpEvent::Usage { .. } => return Some(Ok(ev)),
+                    UpEvent::Usage { .. } | UpEvent::ToolCall { .. } => return Some(Ok(ev)),
                 }
             }
             if self.done {

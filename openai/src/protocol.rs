@@ -216,7 +216,47 @@ pub struct Usage {
 #[derive(Serialize, ToSchema)]
 pub struct ChatMessage {
     pub role: Role,
-    pub content: String,
+    /// `null` when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
+
+/// A function the model called, with its arguments as JSON text.
+#[derive(Serialize, ToSchema, Clone, Debug, PartialEq, Default)]
+pub struct ToolCall {
+    pub id: String,
+    /// `function`
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+#[derive(Serialize, ToSchema, Clone, Debug, PartialEq, Default)]
+pub struct FunctionCall {
+    pub name: String,
+    /// JSON text, as the model wrote it.
+    pub arguments: String,
+}
+
+/// A piece of a streamed tool call: the id, type and name come first, then the
+/// arguments in fragments, all with the call's `index`.
+#[derive(Serialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Serialize, ToSchema, Clone, Debug, PartialEq, Default)]
+pub struct FunctionCallDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -246,6 +286,8 @@ pub struct ChatDelta {
     pub role: Option<Role>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Serialize, ToSchema)]

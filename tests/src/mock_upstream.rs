@@ -55,6 +55,10 @@ pub enum Behavior {
     StreamText(Vec<String>),
     /// A non-streaming answer whose content is a template (key placeholders).
     JsonText(String),
+    /// Tool calls (a name and its argument fragments each), streamed as OpenAI's deltas
+    /// (id, type and name first, then the fragments) or as one JSON answer, as asked;
+    /// finish reason `tool_calls`.
+    ToolCalls(Vec<(&'static str, Vec<&'static str>)>),
 }
 
 /// `template` with the key placeholders filled in (see the module doc).
@@ -189,6 +193,7 @@ async fn serve_one(
         })
         .collect::<Vec<_>>()
         .join("\n");
+    let streaming = body.contains("\"stream\":true");
     requests.lock().unwrap().push(Recorded {
         head: lower_head,
         body,
@@ -240,6 +245,46 @@ async fn serve_one(
         format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
     };
     match behavior {
+        Behavior::ToolCalls(calls) if streaming => {
+            let mut out = sse_head.to_string();
+            let tool_delta = |d: serde_json::Value| {
+                chunk(&format!(
+                    "data: {}\n\n",
+                    serde_json::json!({"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": "up",
+                        "choices": [{"index": 0, "delta": {"tool_calls": [d]}, "finish_reason": null}]})
+                ))
+            };
+            for (i, (name, args)) in calls.iter().enumerate() {
+                out += &tool_delta(
+                    serde_json::json!({"index": i, "id": format!("call_up_{i}"), "type": "function",
+                    "function": {"name": name, "arguments": ""}}),
+                );
+                for a in args {
+                    out +=
+                        &tool_delta(serde_json::json!({"index": i, "function": {"arguments": a}}));
+                }
+            }
+            out += &finish("tool_calls");
+            out += &usage(calls.len());
+            out += &done;
+            out += end;
+            sock.write_all(out.as_bytes()).await?;
+        }
+        Behavior::ToolCalls(calls) => {
+            let tool_calls: Vec<serde_json::Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, (name, args))| {
+                    serde_json::json!({"id": format!("call_up_{i}"), "type": "function",
+                        "function": {"name": name, "arguments": args.concat()}})
+                })
+                .collect();
+            let body = serde_json::json!({"id": "up-1", "object": "chat.completion", "created": 1, "model": "up",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": tool_calls},
+                    "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}}).to_string();
+            sock.write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
+        }
         Behavior::Status(code, retry_after) => {
             // Like real providers ("Incorrect API key provided: sk-..."), echo the key the
             // request carried, so the gateway's redaction is really exercised.

@@ -669,3 +669,93 @@ fn a_client_leaving_mid_stream_frees_its_slot_at_once() {
         t.elapsed()
     );
 }
+
+/// Tools, `tool_choice`, `parallel_tool_calls` and `response_format` reach an
+/// OpenAI-compatible upstream unchanged, and its tool calls come back as OpenAI's, JSON
+/// and streamed (the deltas rebuild the same calls); an Anthropic upstream, which does
+/// not get them translated yet, is a 400 naming the field.
+#[test]
+fn tool_calls_pass_through_openai_upstreams_both_ways() {
+    let a = MockUpstream::start(B::ToolCalls(vec![
+        ("get_weather", vec!["{\"city\":", " \"Paris\"}"]),
+        ("get_time", vec!["{\"tz\": \"CET\"}"]),
+    ]));
+    let anth = MockUpstream::start(B::Anthropic(vec!["hi"]));
+    let yaml = format!(
+        "models:\n{}  - {{name: c, provider: anthropic, base_url: \"{}\"}}\n",
+        model_yaml("a", &a, ""),
+        anth.url()
+    );
+    let (addr, _gw) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let request = |model: &str, stream: bool| {
+        json!({"model": model, "stream": stream, "tools": tools, "tool_choice": "required", "parallel_tool_calls": true,
+               "response_format": {"type": "text"},
+               "messages": [
+                   {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+                   {"role": "assistant", "content": null, "tool_calls": [{"id": "call_0", "type": "function",
+                       "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}}]},
+                   {"role": "tool", "tool_call_id": "call_0", "content": "sunny"}]})
+        .to_string()
+    };
+    let expected = json!([
+        {"id": "call_up_0", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+        {"id": "call_up_1", "type": "function", "function": {"name": "get_time", "arguments": "{\"tz\": \"CET\"}"}}]);
+    // JSON.
+    let r = post(addr, &request("a", false), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["choices"][0]["message"]["tool_calls"], expected, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], Value::Null, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+    // On the wire: the client's fields, unchanged.
+    let sent: Value = serde_json::from_str(&a.requests.lock().unwrap()[0].body).unwrap();
+    let asked: Value = serde_json::from_str(&request("a", false)).unwrap();
+    for k in [
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "messages",
+    ] {
+        assert_eq!(sent[k], asked[k], "{k}: {sent}");
+    }
+    // Streamed: the deltas rebuild the same calls.
+    let r = post(addr, &request("a", true), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (text, finish, error, chunks) = r.stream();
+    assert_eq!(
+        (text.as_str(), finish.as_deref(), error),
+        ("", Some("tool_calls"), None)
+    );
+    let mut calls: Vec<Value> = Vec::new();
+    for d in chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+    {
+        for piece in d {
+            let i = piece["index"].as_u64().unwrap() as usize;
+            if i == calls.len() {
+                assert!(
+                    piece["id"].is_string() && piece["function"]["name"].is_string(),
+                    "{piece}"
+                );
+                calls.push(json!({"id": piece["id"], "type": piece["type"],
+                    "function": {"name": piece["function"]["name"], "arguments": ""}}));
+            }
+            let args = piece["function"]["arguments"].as_str().unwrap_or("");
+            let so_far = calls[i]["function"]["arguments"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            calls[i]["function"]["arguments"] = Value::from(so_far + args);
+        }
+    }
+    assert_eq!(Value::from(calls), expected);
+    // An Anthropic upstream would lose the tools: refused, naming the field.
+    let r = post(addr, &request("c", false), "");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["param"], "tools", "{}", r.body);
+    assert_eq!(anth.count(), 0);
+}

@@ -1,7 +1,7 @@
 //! Providers: how the gateway speaks to each kind of upstream. A provider turns the
 //! client's OpenAI chat request into its own request (endpoint, headers, body) and
 //! decodes its answer (SSE events or one JSON body) into normalized `UpEvent`s: text
-//! deltas, finish reasons, usage. Sending, timeouts, status handling and SSE framing are
+//! deltas, tool calls, finish reasons, usage. Sending, timeouts, status handling and SSE framing are
 //! the same for all of them (`upstream.rs`).
 //!
 //! - `openai`: any OpenAI-compatible server, quirks included (usage missing or only at
@@ -20,7 +20,7 @@ mod openai;
 use crate::config::{self, AuthSpec, ModelConfig};
 use crate::policy::FailureKind;
 use crate::request::ChatRequest;
-use novastack_openai::protocol::FinishReason;
+use novastack_openai::protocol::{FinishReason, ToolCallDelta};
 use novastack_openai::sse_parser::SseEvent;
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -29,9 +29,24 @@ use std::time::Duration;
 /// One normalized piece of an upstream answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UpEvent {
-    Text { index: usize, text: String },
-    Finish { index: usize, reason: FinishReason },
-    Usage { prompt: usize, completion: usize },
+    Text {
+        index: usize,
+        text: String,
+    },
+    /// A tool call or a piece of one (OpenAI's delta shape: the id, type and name
+    /// first, then argument fragments, all with the call's index).
+    ToolCall {
+        index: usize,
+        call: ToolCallDelta,
+    },
+    Finish {
+        index: usize,
+        reason: FinishReason,
+    },
+    Usage {
+        prompt: usize,
+        completion: usize,
+    },
 }
 
 /// A failed attempt: what kind, a message safe to show, and the upstream's Retry-After.

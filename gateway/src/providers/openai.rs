@@ -8,7 +8,7 @@ use super::{
 use crate::config::ModelConfig;
 use crate::policy::FailureKind;
 use crate::request::ChatRequest;
-use novastack_openai::protocol::FinishReason;
+use novastack_openai::protocol::{FinishReason, FunctionCallDelta, ToolCallDelta};
 use novastack_openai::sse_parser::SseEvent;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -101,6 +101,28 @@ fn events(v: &Value, stream: bool) -> Vec<UpEvent> {
                 text: t.to_string(),
             });
         }
+        let calls = if stream {
+            &c["delta"]["tool_calls"]
+        } else {
+            &c["message"]["tool_calls"]
+        };
+        for (i, tc) in calls.as_array().into_iter().flatten().enumerate() {
+            let s = |v: &Value| v.as_str().map(str::to_string);
+            let f = &tc["function"];
+            out.push(UpEvent::ToolCall {
+                index,
+                call: ToolCallDelta {
+                    // A streamed piece names its call; a whole answer lists them in order.
+                    index: tc["index"].as_u64().map_or(i, |n| n as usize),
+                    id: s(&tc["id"]),
+                    kind: s(&tc["type"]).or_else(|| tc.get("id").map(|_| "function".into())),
+                    function: FunctionCallDelta {
+                        name: s(&f["name"]),
+                        arguments: s(&f["arguments"]),
+                    },
+                },
+            });
+        }
         if let Some(r) = c["finish_reason"].as_str() {
             out.push(UpEvent::Finish {
                 index,
@@ -131,6 +153,46 @@ fn finish_reason(r: &str) -> FinishReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tool_calls_become_events_streamed_and_whole() {
+        let piece = json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 1, "function": {"arguments": "{\"a\":"}}]}, "finish_reason": null}]});
+        assert_eq!(
+            events(&piece, true),
+            [UpEvent::ToolCall {
+                index: 0,
+                call: ToolCallDelta {
+                    index: 1,
+                    id: None,
+                    kind: None,
+                    function: FunctionCallDelta {
+                        name: None,
+                        arguments: Some("{\"a\":".into())
+                    }
+                }
+            }]
+        );
+        let whole = json!({"choices": [{"index": 0, "message": {"content": null, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+            {"id": "c2", "function": {"name": "g", "arguments": "[]"}}]}, "finish_reason": "tool_calls"}]});
+        let ev = events(&whole, false);
+        assert_eq!(ev.len(), 3, "{ev:?}");
+        let UpEvent::ToolCall { call, .. } = &ev[1] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            (call.index, call.id.as_deref(), call.kind.as_deref()),
+            (1, Some("c2"), Some("function"))
+        );
+        assert_eq!(
+            ev[2],
+            UpEvent::Finish {
+                index: 0,
+                reason: FinishReason::ToolCalls
+            }
+        );
+    }
 
     #[test]
     fn chunks_and_completions_become_events() {

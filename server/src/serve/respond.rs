@@ -89,7 +89,8 @@ pub(crate) async fn respond(
                         index,
                         message: ChatMessage {
                             role: Role::Assistant,
-                            content: c.text.clone(),
+                            content: Some(c.text.clone()),
+                            tool_calls: None,
                         },
                         logprobs: logprobs_of(&m, &c.logprobs, 0),
                         finish_reason: finish(c),
@@ -153,6 +154,7 @@ pub(crate) async fn respond(
                             delta: ChatDelta {
                                 role: Some(Role::Assistant),
                                 content: Some(String::new()),
+                                tool_calls: None,
                             },
                             logprobs: None,
                             finish_reason: None,
@@ -191,6 +193,7 @@ pub(crate) async fn respond(
                             delta: ChatDelta {
                                 role: None,
                                 content: (!d.text.is_empty()).then_some(d.text),
+                                tool_calls: None,
                             },
                             logprobs: lp,
                             finish_reason,
