@@ -67,9 +67,9 @@ pub(crate) async fn chat_completions(
         ),
         PlanError::NothingFits(why) => ApiError::bad_request(why, Some("model")),
     })?;
-    // Tools and structured output pass through to OpenAI-compatible upstreams unchanged;
-    // they are not translated for Anthropic ones yet.
-    if let Some(field) = req.openai_only_field() {
+    // Tools pass through to OpenAI-compatible upstreams unchanged and are translated for
+    // Anthropic ones; what Anthropic has no equivalent for is refused before any attempt.
+    if let Some(field) = req.field_anthropic_lacks() {
         let anthropic = plan.chain.iter().find(|n| {
             epoch
                 .model(n)
@@ -77,7 +77,7 @@ pub(crate) async fn chat_completions(
         });
         if let Some(name) = anthropic {
             return Err(ApiError::bad_request(
-                format!("`{field}` is not translated for Anthropic upstreams yet, and model `{name}` is one"),
+                format!("`{field}` has no equivalent in Anthropic's Messages API, and model `{name}` is an Anthropic upstream"),
                 Some(field),
             ));
         }

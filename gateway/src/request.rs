@@ -32,18 +32,17 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
-    /// The first of the OpenAI fields that only some providers take (tools, structured
-    /// output) that the request sets.
-    pub(crate) fn openai_only_field(&self) -> Option<&'static str> {
-        [
-            "tools",
-            "tool_choice",
-            "functions",
-            "function_call",
-            "response_format",
-        ]
-        .into_iter()
-        .find(|k| self.body.get(*k).is_some_and(|v| !v.is_null()))
+    /// The first field the request sets that Anthropic's Messages API has no
+    /// equivalent for: the deprecated `functions` / `function_call`, and a
+    /// `response_format` other than plain text.
+    pub(crate) fn field_anthropic_lacks(&self) -> Option<&'static str> {
+        let set = |k: &str| self.body.get(k).is_some_and(|v| !v.is_null());
+        if let Some(k) = ["functions", "function_call"].into_iter().find(|k| set(k)) {
+            return Some(k);
+        }
+        let text = Some(&Value::from("text"));
+        let format = self.body.get("response_format").and_then(|f| f.get("type"));
+        (set("response_format") && format != text).then_some("response_format")
     }
 }
 

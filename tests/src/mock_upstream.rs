@@ -59,6 +59,9 @@ pub enum Behavior {
     /// (id, type and name first, then the fragments) or as one JSON answer, as asked;
     /// finish reason `tool_calls`.
     ToolCalls(Vec<(&'static str, Vec<&'static str>)>),
+    /// Anthropic: a text block, then `tool_use` blocks (a name and its `input_json_delta`
+    /// fragments each), stop reason `tool_use`; streamed or one message, as asked.
+    AnthropicTools(&'static str, Vec<(&'static str, Vec<&'static str>)>),
 }
 
 /// `template` with the key placeholders filled in (see the module doc).
@@ -469,6 +472,64 @@ async fn serve_one(
             out += &ev("message_stop", serde_json::json!({"type": "message_stop"}));
             out += end;
             sock.write_all(out.as_bytes()).await?;
+        }
+        Behavior::AnthropicTools(text, calls) if streaming => {
+            let ev = |name: &str, data: serde_json::Value| {
+                chunk(&format!("event: {name}\ndata: {data}\n\n"))
+            };
+            let mut out = sse_head.to_string();
+            out += &ev(
+                "message_start",
+                serde_json::json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": "claude", "usage": {"input_tokens": 30, "output_tokens": 1}}}),
+            );
+            out += &ev(
+                "content_block_start",
+                serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            );
+            out += &ev(
+                "content_block_delta",
+                serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+            );
+            out += &ev(
+                "content_block_stop",
+                serde_json::json!({"type": "content_block_stop", "index": 0}),
+            );
+            for (i, (name, frags)) in calls.iter().enumerate() {
+                let block = i + 1;
+                out += &ev(
+                    "content_block_start",
+                    serde_json::json!({"type": "content_block_start", "index": block,
+                        "content_block": {"type": "tool_use", "id": format!("toolu_{i}"), "name": name, "input": {}}}),
+                );
+                for f in frags {
+                    out += &ev(
+                        "content_block_delta",
+                        serde_json::json!({"type": "content_block_delta", "index": block, "delta": {"type": "input_json_delta", "partial_json": f}}),
+                    );
+                }
+                out += &ev(
+                    "content_block_stop",
+                    serde_json::json!({"type": "content_block_stop", "index": block}),
+                );
+            }
+            out += &ev(
+                "message_delta",
+                serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 12}}),
+            );
+            out += &ev("message_stop", serde_json::json!({"type": "message_stop"}));
+            out += end;
+            sock.write_all(out.as_bytes()).await?;
+        }
+        Behavior::AnthropicTools(text, calls) => {
+            let mut content = vec![serde_json::json!({"type": "text", "text": text})];
+            for (i, (name, frags)) in calls.iter().enumerate() {
+                let input: serde_json::Value = serde_json::from_str(&frags.concat()).unwrap();
+                content.push(serde_json::json!({"type": "tool_use", "id": format!("toolu_{i}"), "name": name, "input": input}));
+            }
+            let body = serde_json::json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+                "content": content, "stop_reason": "tool_use", "stop_sequence": null,
+                "usage": {"input_tokens": 30, "output_tokens": 12}}).to_string();
+            sock.write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
         }
     }
     sock.flush().await?;

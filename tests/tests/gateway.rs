@@ -672,20 +672,14 @@ fn a_client_leaving_mid_stream_frees_its_slot_at_once() {
 
 /// Tools, `tool_choice`, `parallel_tool_calls` and `response_format` reach an
 /// OpenAI-compatible upstream unchanged, and its tool calls come back as OpenAI's, JSON
-/// and streamed (the deltas rebuild the same calls); an Anthropic upstream, which does
-/// not get them translated yet, is a 400 naming the field.
+/// and streamed (the deltas rebuild the same calls).
 #[test]
 fn tool_calls_pass_through_openai_upstreams_both_ways() {
     let a = MockUpstream::start(B::ToolCalls(vec![
         ("get_weather", vec!["{\"city\":", " \"Paris\"}"]),
         ("get_time", vec!["{\"tz\": \"CET\"}"]),
     ]));
-    let anth = MockUpstream::start(B::Anthropic(vec!["hi"]));
-    let yaml = format!(
-        "models:\n{}  - {{name: c, provider: anthropic, base_url: \"{}\"}}\n",
-        model_yaml("a", &a, ""),
-        anth.url()
-    );
+    let yaml = format!("models:\n{}", model_yaml("a", &a, ""));
     let (addr, _gw) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
     let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
@@ -729,6 +723,11 @@ fn tool_calls_pass_through_openai_upstreams_both_ways() {
         (text.as_str(), finish.as_deref(), error),
         ("", Some("tool_calls"), None)
     );
+    assert_eq!(calls_from_deltas(&chunks), expected);
+}
+
+/// Rebuilds streamed tool calls from their deltas (id, type and name first).
+fn calls_from_deltas(chunks: &[Value]) -> Value {
     let mut calls: Vec<Value> = Vec::new();
     for d in chunks
         .iter()
@@ -752,10 +751,91 @@ fn tool_calls_pass_through_openai_upstreams_both_ways() {
             calls[i]["function"]["arguments"] = Value::from(so_far + args);
         }
     }
-    assert_eq!(Value::from(calls), expected);
-    // An Anthropic upstream would lose the tools: refused, naming the field.
-    let r = post(addr, &request("c", false), "");
+    Value::from(calls)
+}
+
+/// Tools through an Anthropic upstream: OpenAI tools become `{name, description,
+/// input_schema}`, `tool_choice` Anthropic's, assistant `tool_calls` `tool_use` blocks and
+/// `tool` messages `tool_result` blocks in a user turn; `tool_use` blocks and
+/// `input_json_delta` events come back as OpenAI tool calls and deltas, `tool_use` as
+/// `finish_reason: tool_calls`. `response_format` json_schema, which Anthropic lacks, is
+/// a 400 naming it.
+#[test]
+fn tool_calls_are_translated_for_anthropic_upstreams_both_ways() {
+    let c = MockUpstream::start(B::AnthropicTools(
+        "Let me check.",
+        vec![("get_weather", vec!["{\"city\": ", "\"Paris\"}"])],
+    ));
+    let yaml = format!(
+        "models:\n  - {{name: claude, provider: anthropic, base_url: \"{}\", auth: {{header: x-api-key, key_env: UP_KEY}}}}\n",
+        c.url()
+    );
+    let (addr, _gw) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
+    let request = |stream: bool, extra: Value| {
+        let mut v = json!({"model": "claude", "stream": stream, "max_tokens": 64,
+            "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "parallel_tool_calls": false,
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "Weather in Rome?"},
+                {"role": "assistant", "content": "Checking.", "tool_calls": [{"id": "toolu_a", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}}]},
+                {"role": "tool", "tool_call_id": "toolu_a", "content": "sunny"},
+                {"role": "user", "content": "And Paris?"}]});
+        if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        v.to_string()
+    };
+    let expected = json!([{"id": "toolu_0", "type": "function",
+        "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]);
+    // Streamed.
+    let r = post(addr, &request(true, json!({})), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (text, finish, error, chunks) = r.stream();
+    assert_eq!(
+        (text.as_str(), finish.as_deref(), error),
+        ("Let me check.", Some("tool_calls"), None)
+    );
+    assert_eq!(calls_from_deltas(&chunks), expected);
+    // The request on the wire, in Anthropic's shapes.
+    let sent: Value = serde_json::from_str(&c.requests.lock().unwrap()[0].body).unwrap();
+    assert_eq!(
+        sent["tools"],
+        json!([{"name": "get_weather", "description": "Weather in a city",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}])
+    );
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true})
+    );
+    assert_eq!(sent["system"], "be brief");
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "user", "content": "Weather in Rome?"},
+            {"role": "assistant", "content": [{"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_a", "name": "get_weather", "input": {"city": "Rome"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_a", "content": "sunny"},
+                {"type": "text", "text": "And Paris?"}]}])
+    );
+    // JSON.
+    let r = post(addr, &request(false, json!({})), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["choices"][0]["message"]["content"], "Let me check.");
+    // (A whole `tool_use` block's input comes back as compact JSON text.)
+    let mut compact = expected.clone();
+    compact[0]["function"]["arguments"] = Value::from("{\"city\":\"Paris\"}");
+    assert_eq!(v["choices"][0]["message"]["tool_calls"], compact, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    // What Anthropic has no equivalent for is refused before any attempt.
+    let before = c.count();
+    let schema = json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}});
+    let r = post(addr, &request(false, schema), "");
     assert_eq!(r.status, 400, "{}", r.body);
-    assert_eq!(r.json()["error"]["param"], "tools", "{}", r.body);
-    assert_eq!(anth.count(), 0);
+    assert_eq!(r.json()["error"]["param"], "response_format", "{}", r.body);
+    assert_eq!(c.count(), before);
 }

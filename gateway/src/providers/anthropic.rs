@@ -10,7 +10,7 @@ use super::{
 use crate::config::ModelConfig;
 use crate::policy::FailureKind;
 use crate::request::{content_text, ChatRequest};
-use novastack_openai::protocol::FinishReason;
+use novastack_openai::protocol::{FinishReason, FunctionCallDelta, ToolCallDelta};
 use novastack_openai::sse_parser::SseEvent;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -43,7 +43,10 @@ impl Provider for Anthropic {
     }
 
     fn decoder(&self) -> Box<dyn Decoder> {
-        Box::new(AnthropicDecoder { prompt: 0 })
+        Box::new(AnthropicDecoder {
+            prompt: 0,
+            calls: Default::default(),
+        })
     }
 }
 
@@ -53,23 +56,34 @@ fn body(m: &ModelConfig, req: &ChatRequest) -> Value {
     for msg in &req.messages {
         let role = msg.get("role").and_then(Value::as_str).unwrap_or("user");
         let text = content_text(msg.get("content").unwrap_or(&Value::Null));
-        match role {
-            "system" | "developer" => system.push(text),
-            r => {
-                let role = if r == "assistant" {
-                    "assistant"
-                } else {
-                    "user"
-                };
-                // Anthropic wants alternating turns: merge consecutive same-role ones.
-                match messages.last_mut() {
-                    Some(last) if last["role"] == role => {
-                        let prev = last["content"].as_str().unwrap_or("").to_string();
-                        last["content"] = Value::String(format!("{prev}\n\n{text}"));
-                    }
-                    _ => messages.push(json!({"role": role, "content": text})),
-                }
+        let (role, content) = match role {
+            "system" | "developer" => {
+                system.push(text);
+                continue;
             }
+            // A tool's answer: a `tool_result` block in a user turn.
+            "tool" => (
+                "user",
+                json!([{"type": "tool_result", "content": text,
+                        "tool_use_id": msg.get("tool_call_id").cloned().unwrap_or(Value::Null)}]),
+            ),
+            // The assistant's calls: `tool_use` blocks after its text.
+            "assistant" => match msg.get("tool_calls").and_then(Value::as_array) {
+                Some(calls) if !calls.is_empty() => {
+                    let mut blocks = text_blocks(text);
+                    blocks.extend(calls.iter().map(tool_use_block));
+                    ("assistant", Value::Array(blocks))
+                }
+                _ => ("assistant", Value::String(text)),
+            },
+            _ => ("user", Value::String(text)),
+        };
+        // Anthropic wants alternating turns: merge consecutive same-role ones.
+        match messages.last_mut() {
+            Some(last) if last["role"] == role => {
+                last["content"] = merge(last["content"].take(), content);
+            }
+            _ => messages.push(json!({"role": role, "content": content})),
         }
     }
     let mut body = json!({
@@ -95,12 +109,82 @@ fn body(m: &ModelConfig, req: &ChatRequest) -> Value {
         Some(Value::Array(a)) => body["stop_sequences"] = Value::Array(a.clone()),
         _ => {}
     }
+    if let Some(tools) = req.body.get("tools").and_then(Value::as_array) {
+        let tools: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                let f = &t["function"];
+                let mut out = json!({"name": f["name"],
+                    "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"}))});
+                if let Some(d) = f.get("description").filter(|d| d.is_string()) {
+                    out["description"] = d.clone();
+                }
+                out
+            })
+            .collect();
+        body["tools"] = Value::Array(tools);
+    }
+    let mut choice = match req.body.get("tool_choice") {
+        Some(Value::String(c)) if c == "required" => Some(json!({"type": "any"})),
+        Some(Value::String(c)) if c == "none" || c == "auto" => Some(json!({"type": c})),
+        Some(Value::Object(o)) => o
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .map(|n| json!({"type": "tool", "name": n})),
+        _ => None,
+    };
+    if req.body.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
+        choice.get_or_insert_with(|| json!({"type": "auto"}))["disable_parallel_tool_use"] =
+            Value::Bool(true);
+    }
+    if let Some(c) = choice {
+        body["tool_choice"] = c;
+    }
     body
+}
+
+/// `text` as content blocks (none when empty).
+fn text_blocks(text: String) -> Vec<Value> {
+    if text.is_empty() {
+        Vec::new()
+    } else {
+        vec![json!({"type": "text", "text": text})]
+    }
+}
+
+/// An OpenAI tool call as a `tool_use` block (arguments that are not JSON become `{}`).
+fn tool_use_block(call: &Value) -> Value {
+    let f = &call["function"];
+    let input = f["arguments"]
+        .as_str()
+        .and_then(|a| serde_json::from_str::<Value>(a).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    json!({"type": "tool_use", "id": call["id"], "name": f["name"], "input": input})
+}
+
+/// Two turns' contents as one: strings joined by a blank line, else blocks in order.
+fn merge(a: Value, b: Value) -> Value {
+    let blocks = |v: Value| match v {
+        Value::String(s) => text_blocks(s),
+        Value::Array(a) => a,
+        _ => Vec::new(),
+    };
+    match (a, b) {
+        (Value::String(a), Value::String(b)) => Value::String(format!("{a}\n\n{b}")),
+        (a, b) => {
+            let mut out = blocks(a);
+            out.extend(blocks(b));
+            Value::Array(out)
+        }
+    }
 }
 
 struct AnthropicDecoder {
     /// Prompt tokens from `message_start`, reported with the usage at `message_delta`.
     prompt: usize,
+    /// Tool calls so far, by the index of their `tool_use` content block.
+    calls: std::collections::HashMap<u64, usize>,
 }
 
 impl Decoder for AnthropicDecoder {
@@ -118,11 +202,33 @@ impl Decoder for AnthropicDecoder {
                     + u["cache_read_input_tokens"].as_u64().unwrap_or(0) as usize
                     + u["cache_creation_input_tokens"].as_u64().unwrap_or(0) as usize;
             }
+            "content_block_start" if v["content_block"]["type"] == "tool_use" => {
+                let block = v["index"].as_u64().unwrap_or(0);
+                let n = self.calls.len();
+                let index = *self.calls.entry(block).or_insert(n);
+                let b = &v["content_block"];
+                out.push_back(tool_call(index, b, String::new()));
+            }
             "content_block_delta" => {
                 if let Some(t) = v["delta"]["text"].as_str() {
                     out.push_back(UpEvent::Text {
                         index: 0,
                         text: t.to_string(),
+                    });
+                }
+                let call = v["index"].as_u64().and_then(|b| self.calls.get(&b));
+                if let (Some(&index), Some(j)) = (call, v["delta"]["partial_json"].as_str()) {
+                    out.push_back(UpEvent::ToolCall {
+                        index: 0,
+                        call: ToolCallDelta {
+                            index,
+                            id: None,
+                            kind: None,
+                            function: FunctionCallDelta {
+                                name: None,
+                                arguments: Some(j.to_string()),
+                            },
+                        },
                     });
                 }
             }
@@ -149,29 +255,48 @@ impl Decoder for AnthropicDecoder {
                 };
                 return Err(mid_stream_error(kind, &v["error"]));
             }
-            _ => {} // ping, content_block_start/stop
+            _ => {} // ping, text content_block_start, content_block_stop
         }
         Ok(Flow::More)
     }
 
     fn json(&mut self, v: &Value) -> Vec<UpEvent> {
-        let text: String = v["content"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|b| b["text"].as_str())
-            .collect();
-        vec![
-            UpEvent::Text { index: 0, text },
-            UpEvent::Finish {
-                index: 0,
-                reason: finish_reason(v["stop_reason"].as_str().unwrap_or("end_turn")),
+        let blocks = v["content"].as_array().into_iter().flatten();
+        let text: String = blocks.clone().filter_map(|b| b["text"].as_str()).collect();
+        let calls = blocks
+            .filter(|b| b["type"] == "tool_use")
+            .enumerate()
+            .map(|(i, b)| tool_call(i, b, b["input"].to_string()));
+        std::iter::once(UpEvent::Text { index: 0, text })
+            .chain(calls)
+            .chain([
+                UpEvent::Finish {
+                    index: 0,
+                    reason: finish_reason(v["stop_reason"].as_str().unwrap_or("end_turn")),
+                },
+                UpEvent::Usage {
+                    prompt: v["usage"]["input_tokens"].as_u64().unwrap_or(0) as usize,
+                    completion: v["usage"]["output_tokens"].as_u64().unwrap_or(0) as usize,
+                },
+            ])
+            .collect()
+    }
+}
+
+/// A `tool_use` block's call, with these arguments (JSON text).
+fn tool_call(index: usize, block: &Value, arguments: String) -> UpEvent {
+    let s = |v: &Value| v.as_str().map(str::to_string);
+    UpEvent::ToolCall {
+        index: 0,
+        call: ToolCallDelta {
+            index,
+            id: s(&block["id"]),
+            kind: Some("function".into()),
+            function: FunctionCallDelta {
+                name: s(&block["name"]),
+                arguments: Some(arguments),
             },
-            UpEvent::Usage {
-                prompt: v["usage"]["input_tokens"].as_u64().unwrap_or(0) as usize,
-                completion: v["usage"]["output_tokens"].as_u64().unwrap_or(0) as usize,
-            },
-        ]
+        },
     }
 }
 
