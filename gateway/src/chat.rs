@@ -77,7 +77,10 @@ pub(crate) async fn chat_completions(
         });
         if let Some(name) = anthropic {
             return Err(ApiError::bad_request(
-                format!("`{field}` has no equivalent in Anthropic's Messages API, and model `{name}` is an Anthropic upstream"),
+                match field {
+                    "messages" => format!("a content part in `messages` is neither text nor `image_url`, which Anthropic's Messages API does not take, and model `{name}` is an Anthropic upstream"),
+                    _ => format!("`{field}` has no equivalent in Anthropic's Messages API, and model `{name}` is an Anthropic upstream"),
+                },
                 Some(field),
             ));
         }

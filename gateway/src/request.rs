@@ -33,8 +33,9 @@ pub struct ChatRequest {
 
 impl ChatRequest {
     /// The first field the request sets that Anthropic's Messages API has no
-    /// equivalent for: the deprecated `functions` / `function_call`, and a
-    /// `response_format` other than plain text.
+    /// equivalent for: the deprecated `functions` / `function_call`, a
+    /// `response_format` other than plain text, and content parts other than text and
+    /// `image_url` (in `messages`).
     pub(crate) fn field_anthropic_lacks(&self) -> Option<&'static str> {
         let set = |k: &str| self.body.get(k).is_some_and(|v| !v.is_null());
         if let Some(k) = ["functions", "function_call"].into_iter().find(|k| set(k)) {
@@ -42,7 +43,16 @@ impl ChatRequest {
         }
         let text = Some(&Value::from("text"));
         let format = self.body.get("response_format").and_then(|f| f.get("type"));
-        (set("response_format") && format != text).then_some("response_format")
+        if set("response_format") && format != text {
+            return Some("response_format");
+        }
+        // Content parts other than text and images.
+        let part_ok = |p: &Value| matches!(p["type"].as_str(), Some("text" | "image_url"));
+        self.messages
+            .iter()
+            .filter_map(|m| m.get("content").and_then(Value::as_array))
+            .any(|parts| !parts.iter().all(part_ok))
+            .then_some("messages")
     }
 }
 

@@ -837,5 +837,25 @@ fn tool_calls_are_translated_for_anthropic_upstreams_both_ways() {
     let r = post(addr, &request(false, schema), "");
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.json()["error"]["param"], "response_format", "{}", r.body);
+    let audio = json!({"messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]});
+    let r = post(addr, &request(false, audio), "");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["param"], "messages", "{}", r.body);
     assert_eq!(c.count(), before);
+    // Image parts become image blocks: base64 from a data URL, else the URL.
+    let images = json!({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Compare"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/b.jpg"}}]}]});
+    let r = post(addr, &request(false, images), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let sent: Value = serde_json::from_str(&c.requests.lock().unwrap()[before].body).unwrap();
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": [
+            {"type": "text", "text": "Compare"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}},
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/b.jpg"}}]}])
+    );
 }

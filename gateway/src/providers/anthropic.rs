@@ -76,7 +76,13 @@ fn body(m: &ModelConfig, req: &ChatRequest) -> Value {
                 }
                 _ => ("assistant", Value::String(text)),
             },
-            _ => ("user", Value::String(text)),
+            _ => match msg.get("content") {
+                Some(Value::Array(parts)) if parts.iter().any(|p| p["type"] != "text") => (
+                    "user",
+                    Value::Array(parts.iter().filter_map(part_block).collect()),
+                ),
+                _ => ("user", Value::String(text)),
+            },
         };
         // Anthropic wants alternating turns: merge consecutive same-role ones.
         match messages.last_mut() {
@@ -141,6 +147,29 @@ fn body(m: &ModelConfig, req: &ChatRequest) -> Value {
         body["tool_choice"] = c;
     }
     body
+}
+
+/// An OpenAI content part as an Anthropic block: text, or an `image_url` (a base64
+/// `data:` URL or a web URL) as an image. Other kinds are refused before any attempt
+/// (`ChatRequest::field_anthropic_lacks`).
+fn part_block(part: &Value) -> Option<Value> {
+    match part["type"].as_str()? {
+        "text" => Some(json!({"type": "text", "text": part["text"]})),
+        "image_url" => {
+            let url = part["image_url"]["url"].as_str()?;
+            let source = match url
+                .strip_prefix("data:")
+                .and_then(|rest| rest.split_once(";base64,"))
+            {
+                Some((media_type, data)) => {
+                    json!({"type": "base64", "media_type": media_type, "data": data})
+                }
+                None => json!({"type": "url", "url": url}),
+            };
+            Some(json!({"type": "image", "source": source}))
+        }
+        _ => None,
+    }
 }
 
 /// `text` as content blocks (none when empty).

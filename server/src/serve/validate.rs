@@ -249,19 +249,24 @@ pub(crate) fn validate_generation(
 }
 
 /// Text from a string or an array of `{"type": "text", "text": ...}` parts.
-fn message_text(content: &Value) -> Result<String, ValidationError> {
+/// `message` is the message's index, for errors.
+fn message_text(content: &Value, message: usize) -> Result<String, ValidationError> {
     match content {
         Value::String(s) => Ok(s.clone()),
         Value::Null => Ok(String::new()),
         Value::Array(parts) => parts
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(i, p)| {
                 match (
                     p.get("type").and_then(Value::as_str),
                     p.get("text").and_then(Value::as_str),
                 ) {
                     (Some("text"), Some(t)) => Ok(t.to_string()),
-                    _ => Err(ValidationError::ContentPart),
+                    (kind, _) => Err(ValidationError::ContentPart {
+                        at: format!("messages[{message}].content[{i}]"),
+                        kind: kind.map_or("(none)".into(), |k| format!("`{k}`")),
+                    }),
                 }
             })
             .collect(),
@@ -277,7 +282,8 @@ pub(crate) fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, Valid
     }
     messages
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             let obj = m.as_object().ok_or(ValidationError::MessageNotObject)?;
             let role = obj.get("role").and_then(Value::as_str);
             if role.and_then(Role::parse).is_none() {
@@ -286,7 +292,7 @@ pub(crate) fn normalize_messages(messages: &[Value]) -> Result<Vec<Value>, Valid
             let mut out = obj.clone();
             out.insert(
                 "content".into(),
-                Value::String(message_text(obj.get("content").unwrap_or(&Value::Null))?),
+                Value::String(message_text(obj.get("content").unwrap_or(&Value::Null), i)?),
             );
             Ok(Value::Object(out))
         })
@@ -319,5 +325,31 @@ pub(crate) fn tokenize_error(
     move |e| ValidationError::Tokenize {
         message: e.to_string(),
         param,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn text_parts_equal_the_plain_string_and_an_image_part_is_named() {
+        let plain = normalize_messages(&[json!({"role": "user", "content": "Hello there"})]);
+        let parts = normalize_messages(&[json!({"role": "user", "content": [
+            {"type": "text", "text": "Hello"}, {"type": "text", "text": " there"}]})]);
+        assert_eq!(plain.unwrap(), parts.unwrap());
+        let image = json!({"role": "user", "content": [{"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]});
+        let err =
+            normalize_messages(&[json!({"role": "system", "content": "x"}), image]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("messages[1].content[1]")
+                && msg.contains("`image_url`")
+                && msg.contains("text only"),
+            "{msg}"
+        );
+        assert_eq!(err.param(), Some("messages"));
     }
 }

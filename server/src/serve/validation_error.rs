@@ -72,8 +72,9 @@ pub(crate) enum ValidationError {
     /// The role as the request gave it (`None` when missing).
     #[error("invalid message role {0}")]
     Role(String),
-    #[error("only text content parts are supported")]
-    ContentPart,
+    /// A content part that is not text: where it is, and its type.
+    #[error("{at} is a content part of type {kind}, but this model takes text only; send `{{\"type\": \"text\", \"text\": ...}}` parts")]
+    ContentPart { at: String, kind: String },
     #[error("message content must be a string or an array of parts")]
     ContentType,
     #[error("give exactly one of `prompt` and `messages`")]
@@ -115,7 +116,7 @@ impl ValidationError {
             | NoMessages
             | MessageNotObject
             | Role(_)
-            | ContentPart
+            | ContentPart { .. }
             | ContentType => Some("messages"),
             MaxTokens { .. } | TooManyTokens { .. } => Some("max_tokens"),
             LogitBiasKey(_) => Some("logit_bias"),
