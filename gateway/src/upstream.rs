@@ -19,6 +19,7 @@ use crate::request::ChatRequest;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
+use novastack_openai::protocol::{FunctionCallDelta, ToolCallDelta};
 use novastack_openai::sse_parser::{SseParser, DEFAULT_MAX_LINE};
 use serde_json::Value;
 use std::collections::{HashSet, VecDeque};
@@ -108,6 +109,7 @@ impl Endpoint {
             redactor: self.redactor.clone(),
             text: StreamRedactor::new(self.redactor.clone()),
             text_index: 0,
+            args: Default::default(),
             failure: None,
         })
     }
@@ -271,6 +273,8 @@ pub struct AnswerStream {
     text: StreamRedactor,
     /// The choice of the last text piece (for text flushed at the end).
     text_index: usize,
+    /// Tool-call arguments on their way, redacted across pieces, by (choice, call).
+    args: std::collections::BTreeMap<(usize, usize), StreamRedactor>,
     /// A failure to report once the text held back before it has gone out.
     failure: Option<UpError>,
 }
@@ -298,6 +302,47 @@ impl AnswerStream {
         }
     }
 
+    /// A tool-call piece, redacted: id and name whole, arguments across pieces (a tail
+    /// that could still become part of a key is held back).
+    fn redact_call(&mut self, index: usize, mut call: ToolCallDelta) -> ToolCallDelta {
+        if self.redactor.is_empty() {
+            return call;
+        }
+        let whole = |s: Option<String>| s.map(|s| self.redactor.redact(&s).into_owned());
+        call.id = whole(call.id);
+        call.function.name = whole(call.function.name);
+        if let Some(a) = call.function.arguments.take() {
+            let r = self
+                .args
+                .entry((index, call.index))
+                .or_insert_with(|| StreamRedactor::new(self.redactor.clone()));
+            call.function.arguments = Some(r.push(&a));
+        }
+        call
+    }
+
+    /// Arguments held back for a call of choice `only` (any choice: `None`), as one
+    /// more piece of that call.
+    fn flush_args(&mut self, only: Option<usize>) -> Option<UpEvent> {
+        let (&(index, call), r) = self
+            .args
+            .iter_mut()
+            .find(|((i, _), r)| only.is_none_or(|o| o == *i) && r.has_pending())?;
+        let rest = r.finish();
+        Some(UpEvent::ToolCall {
+            index,
+            call: ToolCallDelta {
+                index: call,
+                id: None,
+                kind: None,
+                function: FunctionCallDelta {
+                    name: None,
+                    arguments: Some(rest),
+                },
+            },
+        })
+    }
+
     async fn next_event(&mut self) -> Option<Result<UpEvent, UpError>> {
         loop {
             if let Some(ev) = self.queue.pop_front() {
@@ -318,10 +363,20 @@ impl AnswerStream {
                         return Some(Ok(UpEvent::Text { index, text }));
                     }
                     UpEvent::Finish { index, .. } => {
+                        if let Some(rest) = self.flush_args(Some(index)) {
+                            self.queue.push_front(ev);
+                            return Some(Ok(rest));
+                        }
                         self.finished.insert(index);
                         return Some(Ok(ev));
                     }
-                    UpEvent::Usage { .. } | UpEvent::ToolCall { .. } => return Some(Ok(ev)),
+                    UpEvent::ToolCall { index, call } => {
+                        return Some(Ok(UpEvent::ToolCall {
+                            index,
+                            call: self.redact_call(index, call),
+                        }))
+                    }
+                    UpEvent::Usage { .. } => return Some(Ok(ev)),
                 }
             }
             if self.done {
@@ -330,7 +385,7 @@ impl AnswerStream {
                     let index = self.text_index;
                     return Some(Ok(UpEvent::Text { index, text }));
                 }
-                return None;
+                return self.flush_args(None).map(Ok);
             }
             if self.is_json {
                 let bytes =

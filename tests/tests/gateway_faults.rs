@@ -2,7 +2,7 @@
 //! (`mock_upstream`): keep-alives without data, silence, hangs across retries and
 //! fallbacks (one deadline), endless SSE lines and oversized bodies (caps), and
 //! upstreams that echo their key (redaction in every form, before truncation, inside
-//! completion text). Timing bounds are generous: each is well under what the unfixed
+//! completion text and tool-call arguments). Timing bounds are generous: each is well under what the unfixed
 //! gateway takes, and far above what a loaded machine adds.
 
 use novastack_tests::http_full;
@@ -292,4 +292,33 @@ fn keys_never_reach_the_client_in_any_form() {
         v["choices"][0]["message"]["content"],
         "I was called with [redacted]."
     );
+    // In a tool call's arguments, cut across deltas, streamed and whole.
+    let (k1, k2) = KEY.split_at(11);
+    let k1: &'static str = Box::leak(format!("{{\"key\": \"{k1}").into_boxed_str());
+    let k2: &'static str = Box::leak(format!("{k2}\"}}").into_boxed_str());
+    for stream in [true, false] {
+        a.script([B::ToolCalls(vec![("f", vec![k1, k2])])]);
+        let r = post(addr, &chat("a", stream));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(!leaks(&r.body), "{}", r.body);
+        let args: String = if stream {
+            r.body
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .filter_map(|v| {
+                    v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect()
+        } else {
+            let v: Value = serde_json::from_str(&r.body).unwrap();
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(args, "{\"key\": \"[redacted]\"}", "{}", r.body);
+    }
 }
