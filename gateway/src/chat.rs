@@ -355,8 +355,11 @@ impl Relay {
             None,
         )
         .with_code("upstream_stream_error");
-        self.out
-            .push_back(Event::default().data(err.body().to_string()));
+        self.out.push_back(
+            Event::default().data(novastack_openai::sse_json::escape_line_breaks(
+                err.body().to_string(),
+            )),
+        );
         self.out.push_back(Event::default().data("[DONE]"));
     }
 
@@ -387,7 +390,7 @@ fn new_call_id() -> String {
 }
 
 fn data(v: &impl Serialize) -> Event {
-    Event::default().data(serde_json::to_string(v).unwrap_or_default())
+    Event::default().data(novastack_openai::sse_json::sse_json(v))
 }
 
 pub(crate) use novastack_openai::protocol::unix_now as now_s;

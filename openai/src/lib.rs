@@ -10,6 +10,7 @@ pub mod http;
 pub mod protocol;
 #[cfg(test)]
 mod protocol_fuzz;
+pub mod sse_json;
 pub mod sse_parser;
 
 pub use error::ApiError;

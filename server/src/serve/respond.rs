@@ -179,7 +179,9 @@ pub(crate) async fn respond(
                         None,
                     );
                     let _ = sse_tx
-                        .send(Event::default().data(err.body().to_string()))
+                        .send(Event::default().data(
+                            novastack_openai::sse_json::escape_line_breaks(err.body().to_string()),
+                        ))
                         .await;
                     break;
                 }
@@ -239,7 +241,7 @@ mod erased {
     }
     impl<T: serde::Serialize> Json for T {
         fn json(&self) -> String {
-            serde_json::to_string(self).unwrap_or_default()
+            novastack_openai::sse_json::sse_json(self)
         }
     }
 }
