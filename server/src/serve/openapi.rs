@@ -52,7 +52,45 @@ pub fn openapi_document() -> String {
             merge_all_of(schema);
         }
     }
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for op in paths.values_mut().filter_map(Value::as_object_mut) {
+            for method in op.values_mut() {
+                describe_events(method);
+            }
+        }
+    }
     serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// A streamed answer (`text/event-stream`) is a sequence of server-sent events, and
+/// its schema describes one event, as SSE-aware tools read it: a `data` string holding
+/// a JSON chunk of the type the annotation names, an `{"error": ...}` object, or
+/// `[DONE]` last.
+fn describe_events(method: &mut Value) {
+    let Some(responses) = method.get_mut("responses").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for response in responses.values_mut() {
+        let Some(sse) = response.pointer_mut("/content/text~1event-stream") else {
+            continue;
+        };
+        let chunk = sse
+            .pointer("/schema/$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.rsplit('/').next())
+            .unwrap_or("chunk")
+            .to_string();
+        sse["schema"] = serde_json::json!({
+            "type": "object",
+            "description": format!("One server-sent event. Its `data` is a JSON `{chunk}`, or an `{{\"error\": ...}}` object if the request fails mid-stream; the last event's `data` is `[DONE]`."),
+            "required": ["data"],
+            "properties": {
+                "data": {"type": "string"},
+                "event": {"type": "string"},
+                "id": {"type": "string"},
+            },
+        });
+    }
 }
 
 /// A body type made of flattened parts is generated as `allOf` of inline objects; the
