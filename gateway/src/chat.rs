@@ -355,11 +355,7 @@ impl Relay {
             None,
         )
         .with_code("upstream_stream_error");
-        self.out.push_back(
-            Event::default().data(novastack_openai::sse_json::escape_line_breaks(
-                err.body().to_string(),
-            )),
-        );
+        self.out.push_back(data(&err.body()));
         self.out.push_back(Event::default().data("[DONE]"));
     }
 
@@ -369,7 +365,7 @@ impl Relay {
         if self.tally.finish.is_none() {
             let last = self
                 .answer
-                .chunk(ChatDelta::default(), Some(FinishReason::Stop));
+                .chunk(ChatDelta::default(), Some(self.tally.finish_reason()));
             self.out.push_back(last);
         }
         let (usage, cost) = self.answer.succeeded(&self.c, &self.tally);
