@@ -198,6 +198,7 @@ fn line_job(
             priority: l.priority.unwrap_or(0),
             logprobs: l.logprobs,
             n: l.n.unwrap_or(1),
+            grammar: None,
         },
     ))
 }

@@ -3,6 +3,7 @@
 //! with an inbox of requests and a stream of events per request.
 
 use crate::error::Result;
+use crate::grammar::{Constraint, GrammarError};
 use crate::request::{FinishReason, Request, RequestId, RequestParams};
 use crate::sampler::{logprobs, Sampler};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
@@ -83,6 +84,11 @@ pub struct EngineStats {
     /// decode token, per attention pair) and its mean relative prediction error.
     pub step_cost: [f64; 4],
     pub step_cost_error: Option<f64>,
+    /// Per step with constrained sequences: seconds spent computing their token masks
+    /// (alongside the forward pass), and seconds the sampler then still waited for
+    /// them (the part the forward pass did not hide).
+    pub mask_seconds: Histogram,
+    pub mask_wait_seconds: Histogram,
 }
 
 /// Bucket bounds for per-step token counts.
@@ -118,6 +124,8 @@ impl Default for EngineStats {
             step_decode_tokens: Histogram::with_bounds(STEP_TOKEN_BOUNDS),
             step_cost: [0.0; 4],
             step_cost_error: None,
+            mask_seconds: Histogram::default(),
+            mask_wait_seconds: Histogram::default(),
         }
     }
 }
@@ -135,6 +143,8 @@ impl EngineStats {
 /// Per-sequence state the scheduler does not keep: sampler, index among `n`, timing.
 struct SeqState {
     sampler: Sampler,
+    /// The grammar's matcher, for a constrained sequence.
+    constraint: Option<Constraint>,
     index: usize,
     arrival: f64,
     last_token_at: Option<f64>,
@@ -199,6 +209,10 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
         validate::tokens_in_vocabulary(&prompt, self.model.vocab_size())?;
         validate::num_sequences(params.n)?;
         validate::sampling(&params.sampling)?;
+        if let Some(g) = &params.grammar {
+            validate::grammar_vocabulary(g.vocab_size(), self.model.vocab_size())?;
+        }
+        let p_grammar = params.grammar.clone();
         let mut ids = Vec::new();
         for i in 0..params.n {
             let id = RequestId(self.next_id);
@@ -220,6 +234,7 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
                 id,
                 SeqState {
                     sampler,
+                    constraint: p_grammar.as_ref().map(|g| g.constraint()),
                     index: i,
                     arrival: now,
                     last_token_at: None,
@@ -292,20 +307,40 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
         let greedy_only = out.seqs.iter().filter(|s| s.sample).all(|s| {
             self.seqs
                 .get(&s.id)
-                .is_some_and(|st| st.sampler.is_plain_greedy())
+                .is_some_and(|st| st.sampler.is_plain_greedy() && st.constraint.is_none())
                 && self
                     .sched
                     .request(s.id)
                     .is_some_and(|r| r.params.logprobs.is_none())
         });
-        let result = if greedy_only {
-            self.model
+        // Constrained sequences that sample this step: their masks are computed on
+        // another thread while the forward pass runs.
+        let constrained: Vec<RequestId> = out
+            .seqs
+            .iter()
+            .filter(|s| {
+                s.sample
+                    && self
+                        .seqs
+                        .get(&s.id)
+                        .is_some_and(|st| st.constraint.is_some())
+            })
+            .map(|s| s.id)
+            .collect();
+        let (result, mask_errors) = if greedy_only {
+            let r = self
+                .model
                 .forward_greedy(&input, &mut self.kv)
-                .map(StepOutput::Tokens)
-        } else {
-            self.model
+                .map(StepOutput::Tokens);
+            (r, Vec::new())
+        } else if constrained.is_empty() {
+            let r = self
+                .model
                 .forward(&input, &mut self.kv)
-                .map(StepOutput::Logits)
+                .map(StepOutput::Logits);
+            (r, Vec::new())
+        } else {
+            self.forward_with_masks(&input, &constrained)
         };
         let logits = match result {
             Ok(l) => l,
@@ -318,6 +353,11 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
                 return Ok(events);
             }
         };
+        let mut failed: Vec<(RequestId, String)> = mask_errors
+            .into_iter()
+            .map(|(id, e)| (id, format!("constrained decoding: {e}")))
+            .collect();
+        let mut grammar_done = Vec::new();
         let vocab = self.model.vocab_size();
         let mut sampled = HashMap::new();
         let mut lps = HashMap::new();
@@ -341,20 +381,45 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
             let Some(st) = self.seqs.get_mut(&s.id) else {
                 continue;
             };
+            if failed.iter().any(|(id, _)| *id == s.id) {
+                continue;
+            }
             let tok = match &logits {
                 StepOutput::Tokens(ids) => ids[row],
                 StepOutput::Logits(all) => {
                     let l = &all[row * vocab..(row + 1) * vocab];
-                    let tok = st.sampler.sample_for(l, &req.prompt, &req.output);
+                    let tok = match &st.constraint {
+                        Some(c) => st
+                            .sampler
+                            .sample_masked(l, &req.prompt, &req.output, |l| c.apply(l)),
+                        None => st.sampler.sample_for(l, &req.prompt, &req.output),
+                    };
                     if let Some(k) = req.params.logprobs {
                         lps.insert(s.id, logprobs(l, tok, k));
                     }
                     tok
                 }
             };
+            if let Some(c) = &mut st.constraint {
+                if let Err(e) = c.commit(tok) {
+                    failed.push((s.id, format!("constrained decoding: {e}")));
+                    continue;
+                }
+                if c.is_finished() {
+                    grammar_done.push(s.id);
+                }
+            }
             sampled.insert(s.id, tok);
         }
-        let updates = self.sched.update(&out, &sampled, &self.eos);
+        let mut updates = self.sched.update(&out, &sampled, &self.eos);
+        // A grammar that took its end finishes its sequence even where the end token
+        // alone would not (`ignore_eos`).
+        for u in &mut updates {
+            if u.finished.is_none() && grammar_done.contains(&u.id) {
+                self.sched.abort(u.id, FinishReason::Stop);
+                u.finished = Some(FinishReason::Stop);
+            }
+        }
         // The tokens exist from here on: the time they are handed out.
         let now = clock();
         if now > started {
@@ -405,9 +470,55 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
             }
             events.push(ev);
         }
+        for (id, msg) in failed {
+            events.push(self.fail(id, msg));
+        }
         self.refresh_stats();
         debug_assert_eq!(self.sched.check_invariants(), Ok(()));
         Ok(events)
+    }
+
+    /// The forward pass, with the token masks of the `constrained` sequences computed
+    /// on a second thread meanwhile; a mask that fails fails its sequence.
+    #[allow(clippy::type_complexity)]
+    fn forward_with_masks(
+        &mut self,
+        input: &ForwardInput,
+        constrained: &[RequestId],
+    ) -> (
+        novastack_models::Result<StepOutput>,
+        Vec<(RequestId, GrammarError)>,
+    ) {
+        let Engine {
+            model, kv, seqs, ..
+        } = self;
+        let (result, (mask_time, errors), waited) = std::thread::scope(|scope| {
+            let masks = scope.spawn(|| {
+                let started = std::time::Instant::now();
+                let mut errors = Vec::new();
+                for (id, st) in seqs.iter_mut() {
+                    if !constrained.contains(id) {
+                        continue;
+                    }
+                    if let Some(c) = &mut st.constraint {
+                        if let Err(e) = c.compute_mask() {
+                            errors.push((*id, e));
+                        }
+                    }
+                }
+                (started.elapsed().as_secs_f64(), errors)
+            });
+            let result = model.forward(input, kv).map(StepOutput::Logits);
+            let forward_done = std::time::Instant::now();
+            let masks = masks.join().unwrap_or_else(|_| {
+                let e = GrammarError("the mask computation panicked".into());
+                (0.0, constrained.iter().map(|id| (*id, e.clone())).collect())
+            });
+            (result, masks, forward_done.elapsed().as_secs_f64())
+        });
+        self.stats.mask_seconds.observe(mask_time);
+        self.stats.mask_wait_seconds.observe(waited);
+        (result, errors)
     }
 
     fn fail(&mut self, id: RequestId, msg: String) -> TokenEvent {
@@ -476,6 +587,71 @@ pub(crate) mod tests {
             sampling: SamplingParams::greedy(),
             ..Default::default()
         }
+    }
+
+    /// Constrained sequences, greedy and sampled, batched with an unconstrained one:
+    /// every constrained output is valid JSON for the schema (the fixture model is
+    /// random, so only the mask makes it so), masks were timed, and a grammar that
+    /// ends stops its sequence even with `ignore_eos`.
+    #[test]
+    fn constrained_sequences_follow_their_grammar_in_a_mixed_batch() {
+        use crate::grammar::{GrammarSpec, GrammarVocab};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/models/llama-f32");
+        let tok = novastack_models::Tokenizer::from_dir(&dir).unwrap();
+        let mut e = fixture_engine();
+        let vocab = GrammarVocab::new(&tok, e.model().vocab_size(), tok.eos_token_ids()).unwrap();
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {
+                "ok": {"type": "boolean"},
+                "n": {"type": "integer", "minimum": -5, "maximum": 1000}
+            },
+            "required": ["ok", "n"],
+            "additionalProperties": false
+        });
+        let g = vocab.compile(&GrammarSpec::JsonSchema(schema)).unwrap();
+        let mut ids = Vec::new();
+        for (seed, ignore_eos) in [(None, true), (Some(1), false), (Some(2), true)] {
+            let mut p = greedy(60);
+            p.ignore_eos = ignore_eos;
+            if let Some(seed) = seed {
+                p.sampling = SamplingParams {
+                    temperature: 1.0,
+                    seed: Some(seed),
+                    ..Default::default()
+                };
+            }
+            p.grammar = Some(g.clone());
+            ids.push(e.add_request((1..30).collect(), p, 0.0).unwrap()[0]);
+        }
+        let free = e.add_request((5..25).collect(), greedy(10), 0.0).unwrap()[0];
+        let mut outputs: HashMap<RequestId, Vec<u32>> = HashMap::new();
+        let mut reasons = HashMap::new();
+        while e.has_work() {
+            for ev in e.step(0.0).unwrap() {
+                assert_eq!(ev.error, None);
+                if let Some(t) = ev.token {
+                    outputs.entry(ev.id).or_default().push(t);
+                }
+                if let Some(r) = ev.finished {
+                    reasons.insert(ev.id, r);
+                }
+            }
+        }
+        for id in ids {
+            let out = &outputs[&id];
+            let text = tok.decode(out, true).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|err| panic!("{text:?}: {err}"));
+            let n = v["n"].as_i64().unwrap_or(i64::MAX);
+            assert!(v["ok"].is_boolean() && (-5..=1000).contains(&n), "{text}");
+            assert_eq!(reasons[&id], FinishReason::Stop, "{text}");
+            assert!(tok.eos_token_ids().contains(out.last().unwrap()));
+        }
+        assert_eq!(outputs[&free].len(), 10);
+        assert!(e.stats.mask_seconds.count > 0);
+        assert_eq!(e.stats.kv_blocks_free, e.stats.kv_blocks_total);
     }
 
     /// A step reads the clock when it starts and again when its tokens are ready; the

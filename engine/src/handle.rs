@@ -23,7 +23,7 @@ pub struct Submission {
 enum Command {
     /// A submission, its event stream, the reply channel and its arrival time.
     Add(
-        Submission,
+        Box<Submission>,
         UnboundedSender<TokenEvent>,
         mpsc::Sender<Result<Vec<RequestId>>>,
         f64,
@@ -90,7 +90,7 @@ impl EngineHandle {
         let (rtx, rrx) = mpsc::channel();
         let arrival = self.epoch.elapsed().as_secs_f64();
         self.inbox
-            .send(Command::Add(sub, events, rtx, arrival))
+            .send(Command::Add(Box::new(sub), events, rtx, arrival))
             .map_err(|_| Error::Stopped)?;
         rrx.recv().map_err(|_| Error::Stopped)?
     }

@@ -80,6 +80,8 @@ pub struct RequestParams {
     pub logprobs: Option<usize>,
     /// Completions sampled from the one prompt.
     pub n: usize,
+    /// A grammar the output must follow (constrained decoding).
+    pub grammar: Option<crate::grammar::Grammar>,
 }
 
 impl Default for RequestParams {
@@ -92,6 +94,7 @@ impl Default for RequestParams {
             priority: 0,
             logprobs: None,
             n: 1,
+            grammar: None,
         }
     }
 }

@@ -169,6 +169,23 @@ impl Sampler {
         }
     }
 
+    /// Like [`Sampler::sample_for`], with `mask` applied last (after penalties and
+    /// bias): it sets the tokens a grammar forbids to -inf.
+    pub fn sample_masked(
+        &mut self,
+        logits: &[f32],
+        prompt: &[u32],
+        output: &[u32],
+        mask: impl FnOnce(&mut [f32]),
+    ) -> u32 {
+        let mut l = logits.to_vec();
+        if self.needs_processing() {
+            self.process(&mut l, prompt, output);
+        }
+        mask(&mut l);
+        self.sample(&l)
+    }
+
     /// Picks the next token from one row of logits.
     ///
     /// Safe for any row: NaN entries are never picked; if some entries are +inf, only

@@ -37,6 +37,10 @@ pub enum RequestError {
     MinP(f32),
     #[error("duplicate request id {0}")]
     DuplicateId(RequestId),
+    #[error(
+        "the grammar was compiled for a vocabulary of {grammar} tokens, the model has {model}"
+    )]
+    GrammarVocabulary { grammar: usize, model: usize },
 }
 
 pub type Result<T> = std::result::Result<T, RequestError>;
@@ -55,6 +59,14 @@ pub fn tokens_in_vocabulary(tokens: &[u32], vocab_size: usize) -> Result<()> {
         Some(&token) => Err(RequestError::TokenOutsideVocabulary { token, vocab_size }),
         None => Ok(()),
     }
+}
+
+/// A grammar's masks cover exactly the model's logits.
+pub fn grammar_vocabulary(grammar: usize, model: usize) -> Result<()> {
+    if grammar != model {
+        return Err(RequestError::GrammarVocabulary { grammar, model });
+    }
+    Ok(())
 }
 
 /// The prompt plus every token asked for fits the model's context.

@@ -23,6 +23,7 @@ pub mod loader;
 mod loader_fuzz;
 pub mod random;
 pub mod registry;
+pub mod token_bytes;
 pub mod tokenizer;
 pub mod workspace;
 
@@ -38,6 +39,7 @@ pub use loader::{SafetensorsSource, TensorSource};
 /// The storage dtype (one enum for weights, buffers and the KV cache: the kernels').
 pub use novastack_kernels::Dtype;
 pub use registry::BoxedModel;
+pub use token_bytes::TokenBytes;
 pub use tokenizer::{IncrementalDecoder, Tokenizer};
 
 use novastack_kernels::Backend;

@@ -145,6 +145,11 @@ impl Tokenizer {
             .map_err(|e| Error::Encode(e.to_string()))
     }
 
+    /// Every id below `vocab_size` as the bytes it stands for (for grammar engines).
+    pub fn token_bytes(&self, vocab_size: usize) -> Result<Vec<crate::TokenBytes>> {
+        crate::token_bytes::token_bytes(&self.inner, vocab_size)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -92,8 +92,18 @@ pub struct GenerationParams {
     pub stop_token_ids: Option<Vec<u32>>,
     /// Not supported yet: a non-null value is rejected with 400.
     pub tools: Option<Value>,
-    /// Not supported yet: a non-null value is rejected with 400.
+    /// `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
+    /// "json_schema": {"name", "schema", "strict"}}`: the output is constrained to it.
     pub response_format: Option<Value>,
+    /// vLLM extension: the output is JSON valid against this schema (an object, or a
+    /// string holding one).
+    pub guided_json: Option<Value>,
+    /// vLLM extension: the whole output matches this regular expression.
+    pub guided_regex: Option<String>,
+    /// vLLM extension: the output is exactly one of these strings.
+    pub guided_choice: Option<Vec<String>>,
+    /// vLLM extension: the output follows this grammar (Lark, or GBNF/EBNF with `::=`).
+    pub guided_grammar: Option<String>,
 }
 
 #[derive(Deserialize, Default, ToSchema)]

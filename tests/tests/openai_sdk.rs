@@ -11,17 +11,7 @@ use std::process::Command;
 
 #[test]
 fn official_openai_python_sdk() {
-    let python = match std::env::var("NOVASTACK_OPENAI_PYTHON") {
-        Ok(p) => p,
-        Err(_) => {
-            assert!(
-                std::env::var_os("NOVASTACK_REQUIRE_OPENAI_SDK").is_none(),
-                "NOVASTACK_REQUIRE_OPENAI_SDK is set but NOVASTACK_OPENAI_PYTHON is not"
-            );
-            eprintln!("skipped: set NOVASTACK_OPENAI_PYTHON to a python with `openai` installed");
-            return;
-        }
-    };
+    let Some(python) = sdk_python() else { return };
     let dir = fixtures_dir().join("models/qwen3-f32");
     let key = "sk-novastack-test";
     let main = start_server_with(
@@ -57,4 +47,56 @@ fn official_openai_python_sdk() {
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "openai SDK checks failed:\n{stdout}");
     assert!(stdout.contains("13/13 checks passed"), "{stdout}");
+}
+
+/// Structured output (`response_format`, the `guided_*` fields) through the SDK against
+/// a random fixture model: every answer must validate against its schema, greedy and
+/// sampled. Needs `jsonschema` beside `openai` in that Python.
+#[test]
+fn structured_output_through_the_openai_python_sdk() {
+    let Some(python) = sdk_python() else { return };
+    let dir = fixtures_dir().join("models/qwen3-f32");
+    let key = "sk-novastack-test";
+    let addr = start_server_with(
+        &dir,
+        "tiny-qwen3",
+        ServeArgs {
+            api_key: Some(key.into()),
+            ..Default::default()
+        },
+    );
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/structured_output_check.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .env("NOVASTACK_BASE_URL", format!("http://{addr}/v1"))
+        .env("NOVASTACK_KEY", key)
+        .env("NOVASTACK_MODEL", "tiny-qwen3")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "structured output checks failed:\n{stdout}"
+    );
+    assert!(stdout.contains("6/6 checks passed"), "{stdout}");
+}
+
+/// The Python with the SDK, or `None` (the test is skipped) when none is configured and
+/// none is required.
+fn sdk_python() -> Option<String> {
+    match std::env::var("NOVASTACK_OPENAI_PYTHON") {
+        Ok(p) => Some(p),
+        Err(_) => {
+            assert!(
+                std::env::var_os("NOVASTACK_REQUIRE_OPENAI_SDK").is_none(),
+                "NOVASTACK_REQUIRE_OPENAI_SDK is set but NOVASTACK_OPENAI_PYTHON is not"
+            );
+            eprintln!("skipped: set NOVASTACK_OPENAI_PYTHON to a python with `openai` installed");
+            None
+        }
+    }
 }

@@ -20,6 +20,7 @@ mod router;
 mod routes;
 mod state;
 mod stop;
+mod structured;
 mod validate;
 mod validation_error;
 

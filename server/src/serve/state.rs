@@ -23,6 +23,8 @@ pub struct ModelEntry {
     pub metrics: super::metrics::ModelMetrics,
     /// Sequences admitted and waiting for the engine (`--max-waiting`).
     pub admission: super::admission::Admission,
+    /// Output constraints (`response_format`, `guided_*`) compiled for this model.
+    pub grammars: super::structured::GrammarCompiler,
 }
 
 impl ModelEntry {
@@ -53,6 +55,7 @@ impl ModelEntry {
         }
         let max_context = lm.model.max_positions();
         let eos = lm.tokenizer.eos_token_ids().to_vec();
+        let grammars = super::structured::GrammarCompiler::new(lm.model.vocab_size(), eos.clone());
         let engine = engine.build_for(lm.model, eos, kv_blocks)?;
         let engine = EngineHandle::spawn(engine);
         Ok(Arc::new(ModelEntry {
@@ -62,6 +65,7 @@ impl ModelEntry {
             engine,
             metrics: Default::default(),
             admission: Default::default(),
+            grammars,
         }))
     }
 

@@ -122,12 +122,10 @@ pub(crate) fn validate_generation(
             param: "tools",
         });
     }
-    if c.response_format.as_ref().is_some_and(|t| !t.is_null()) {
-        return Err(ValidationError::Unsupported {
-            message: "response_format is not supported yet",
-            param: "response_format",
-        });
-    }
+    let grammar = match super::structured::requested_grammar(&c)? {
+        Some(req) => Some(m.grammars.compile(&m.tokenizer, &req)?),
+        None => None,
+    };
     let n = c.n.unwrap_or(1);
     if !(1..=16).contains(&n) {
         return Err(ValidationError::ChoicesOutOfRange(n));
@@ -238,6 +236,7 @@ pub(crate) fn validate_generation(
             priority: c.priority.unwrap_or(0),
             logprobs,
             n,
+            grammar,
         },
         stops,
         stream: c.stream.unwrap_or(false),

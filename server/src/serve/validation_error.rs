@@ -79,6 +79,12 @@ pub(crate) enum ValidationError {
     ContentType,
     #[error("give exactly one of `prompt` and `messages`")]
     PromptOrMessages,
+    /// An output constraint that is malformed, conflicting or cannot be enforced.
+    #[error("{message}")]
+    Grammar {
+        message: String,
+        param: &'static str,
+    },
     /// The chat template or the tokenizer refused the input.
     #[error("{message}")]
     Tokenize {
@@ -105,6 +111,7 @@ impl ValidationError {
         use ValidationError::*;
         match self {
             Unsupported { param, .. }
+            | Grammar { param, .. }
             | Tokenize { param, .. }
             | OutOfRange { param, .. }
             | PromptTooLong { param, .. }
