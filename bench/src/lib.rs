@@ -8,6 +8,7 @@ pub mod offline;
 pub mod plot;
 pub mod serve;
 pub mod sim;
+pub mod structured;
 pub mod trace;
 pub mod workload;
 
@@ -31,6 +32,9 @@ pub enum BenchCommand {
     /// Replay a workload through the scheduler in virtual time, per scheduling policy,
     /// on a device given by its step cost: TTFT, TPOT, goodput in seconds of CPU.
     Sim(sim::SimArgs),
+    /// What constrained decoding costs: tokens/s free and under a JSON schema per batch
+    /// size, and the mask time per step beside the step time.
+    Structured(structured::StructuredArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -41,5 +45,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Serve(args) => serve::run(args),
         BenchCommand::Compare(args) => serve::compare(args),
         BenchCommand::Sim(args) => sim::run(args),
+        BenchCommand::Structured(args) => structured::run(args),
     }
 }

@@ -194,6 +194,11 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
         &self.sched
     }
 
+    /// Caps the sequences a step runs from now on (benchmarks sweep it on one engine).
+    pub fn set_max_num_seqs(&mut self, n: usize) {
+        self.sched.config.max_num_seqs = n.max(1);
+    }
+
     pub fn max_model_len(&self) -> usize {
         self.sched.config.max_model_len
     }

@@ -208,18 +208,7 @@ impl Sampler {
             return 0;
         }
         let temperature = (p.temperature as f64).min(f32::MAX as f64);
-        // Candidates (live tokens; only the +inf ones if any) sorted by logit, highest
-        // first; ties keep the lower id first.
-        let mut cand: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .filter(|&(_, &v)| v > f32::NEG_INFINITY && (max < f32::INFINITY || v == max))
-            .map(|(i, &v)| (i as u32, v))
-            .collect();
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 && p.top_k < cand.len() {
-            cand.truncate(p.top_k);
-        }
+        let live = |v: f32| v > f32::NEG_INFINITY && (max < f32::INFINITY || v == max);
         // Weights exp((logit - max) / temperature): the top one 1, none NaN or above 1.
         let weight = |v: f32| {
             if max == f32::INFINITY {
@@ -228,11 +217,49 @@ impl Sampler {
                 ((v as f64 - max as f64) / temperature).exp()
             }
         };
+        if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            // Plain temperature sampling: one pass for the weights, one for the draw,
+            // in id order; nothing ranked, nothing allocated per step beyond them.
+            let weights: Vec<f64> = logits
+                .iter()
+                .map(|&v| if live(v) { weight(v) } else { 0.0 })
+                .collect();
+            let total: f64 = weights.iter().sum();
+            let mut r = self.rng.random::<f32>() as f64 * total;
+            let mut last = 0;
+            for (i, &w) in weights.iter().enumerate() {
+                if w > 0.0 {
+                    if r < w {
+                        return i as u32;
+                    }
+                    r -= w;
+                    last = i;
+                }
+            }
+            return last as u32;
+        }
+        // Candidates: live tokens (only the +inf ones if any), ranked by logit, highest
+        // first (ties: lower id first); top-k ranks only the k best.
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|&(_, &v)| live(v))
+            .map(|(i, &v)| (i as u32, v))
+            .collect();
+        let by_rank = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, by_rank);
+            cand.truncate(p.top_k);
+            cand.sort_by(by_rank);
+        } else {
+            cand.sort_by(by_rank);
+        }
         let weights: Vec<f64> = cand.iter().map(|c| weight(c.1)).collect();
         let sum: f64 = weights.iter().sum();
         let probs: Vec<f64> = weights.iter().map(|w| w / sum).collect();
         let mut keep = probs.len();
         if p.min_p > 0.0 {
+            // Ranked: the first is the most likely.
             let floor = p.min_p as f64 * probs[0];
             keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
         }
