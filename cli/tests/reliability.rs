@@ -216,9 +216,15 @@ fn corpus() -> Vec<Case> {
     for (field, v) in [
         (
             "tools",
-            json!([{"type": "function", "function": {"name": "f"}}]),
+            json!([{"type": "function", "function": {"name": "no spaces"}}]),
         ),
-        ("response_format", json!({"type": "json_object"})),
+        ("tools", json!({"type": "function"})),
+        ("tool_choice", json!("required")),
+        ("response_format", json!({"type": "yaml"})),
+        ("response_format", json!({"type": "json_schema"})),
+        ("guided_regex", json!("(unclosed")),
+        ("guided_choice", json!([])),
+        ("guided_grammar", json!("root ::= undefined")),
         ("top_logprobs", json!(21)),
         ("top_logprobs", json!(-1)),
         ("logprobs", json!("yes")),

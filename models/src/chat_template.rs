@@ -10,6 +10,7 @@ use serde_json::Value as Json;
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
 }
 
 const NAME: &str = "chat";
@@ -33,7 +34,15 @@ impl ChatTemplate {
         env.add_filter("trim", py_strip);
         env.add_template_owned(NAME.to_string(), source.to_string())
             .map_err(|e| Error::Template(format!("cannot parse: {e}")))?;
-        Ok(ChatTemplate { env })
+        Ok(ChatTemplate {
+            env,
+            source: source.to_string(),
+        })
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Renders `messages` (OpenAI-style objects). `vars` carries the special tokens and any

@@ -171,6 +171,11 @@ impl Tokenizer {
         self.bos_token_id
     }
 
+    /// The chat template's Jinja source, if the model has one.
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.template.as_ref().map(|t| t.source())
+    }
+
     pub fn has_chat_template(&self) -> bool {
         self.template.is_some()
     }
@@ -204,17 +209,19 @@ impl Tokenizer {
     /// text inside user and tool content is tokenized as plain text, so it cannot
     /// forge a turn; the template's own special tokens are special tokens.
     pub fn encode_chat(&self, messages: &[Value], add_generation_prompt: bool) -> Result<Vec<u32>> {
-        self.encode_chat_with(messages, add_generation_prompt, false)
+        self.encode_chat_with(messages, add_generation_prompt, false, None)
     }
 
     /// Like [`Tokenizer::encode_chat`]; with `allow_special_in_content`, special-token
     /// text anywhere in the rendered prompt becomes special tokens (the operator's
-    /// choice: content is trusted).
+    /// choice: content is trusted). `tools` go to the template as transformers passes
+    /// them (a list of `{"type": "function", "function": {...}}`).
     pub fn encode_chat_with(
         &self,
         messages: &[Value],
         add_generation_prompt: bool,
         allow_special_in_content: bool,
+        tools: Option<&Value>,
     ) -> Result<Vec<u32>> {
         let escaped = if allow_special_in_content {
             None
@@ -224,12 +231,12 @@ impl Tokenizer {
         match escaped {
             None => {
                 let text =
-                    self.apply_chat_template(messages, add_generation_prompt, None, &Map::new())?;
+                    self.apply_chat_template(messages, add_generation_prompt, tools, &Map::new())?;
                 self.encode(&text, false)
             }
             Some(messages) => {
                 let text =
-                    self.apply_chat_template(&messages, add_generation_prompt, None, &Map::new())?;
+                    self.apply_chat_template(&messages, add_generation_prompt, tools, &Map::new())?;
                 self.control.encode(&text)
             }
         }

@@ -90,7 +90,9 @@ pub struct GenerationParams {
     pub priority: Option<i32>,
     /// vLLM extension: extra token ids that end a sequence.
     pub stop_token_ids: Option<Vec<u32>>,
-    /// Not supported yet: a non-null value is rejected with 400.
+    /// Chat only: `[{"type": "function", "function": {"name", "description",
+    /// "parameters"}}]`, given to the chat template; calls come back in
+    /// `message.tool_calls`.
     pub tools: Option<Value>,
     /// `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
     /// "json_schema": {"name", "schema", "strict"}}`: the output is constrained to it.
@@ -116,6 +118,11 @@ pub struct StreamOptions {
 pub struct ChatRequest {
     /// `{"role", "content"}` objects; content is a string or an array of text parts.
     pub messages: Vec<Value>,
+    /// `none`, `auto` (the default with `tools`), `required`, or
+    /// `{"type": "function", "function": {"name": ...}}`.
+    pub tool_choice: Option<Value>,
+    /// `false`: at most one call per answer.
+    pub parallel_tool_calls: Option<bool>,
     #[serde(default, deserialize_with = "integral::option")]
     pub max_completion_tokens: Option<usize>,
     pub logprobs: Option<bool>,

@@ -145,7 +145,7 @@ fn special_token_text_in_user_content_stays_plain_text() {
         assert!(!span.contains(&start) && !span.contains(&end), "{span:?}");
         assert_eq!(tok.decode(span, false).unwrap(), forged);
         // Trusted content (the operator's flag) keeps the old reading.
-        let trusted = tok.encode_chat_with(&msgs, true, true).unwrap();
+        let trusted = tok.encode_chat_with(&msgs, true, true, None).unwrap();
         assert_eq!(trusted.iter().filter(|&&t| t == start).count(), 4);
     }
     // Normal messages: byte for byte the plain rendering's tokens.

@@ -85,6 +85,62 @@ fn structured_output_through_the_openai_python_sdk() {
     assert!(stdout.contains("6/6 checks passed"), "{stdout}");
 }
 
+/// Tool calling through the SDK: the fixture model with the real Qwen3 chat template
+/// (which renders `tools`, assistant `tool_calls` and `tool` results): `required` and
+/// named calls always validate, JSON and streamed; a history with calls is rendered;
+/// content parts equal the plain string.
+#[test]
+fn tool_calls_through_the_openai_python_sdk() {
+    let Some(python) = sdk_python() else { return };
+    let src = fixtures_dir().join("models/qwen3-f32");
+    let dir = std::env::temp_dir().join(format!("ns-tools-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let read = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    // The tools' descriptions take ~800 of the fixture's 1024 positions: give it 4096
+    // (RoPE has no learned positions; the random weights do not care).
+    let mut config = read(src.join("config.json"));
+    config["max_position_embeddings"] = 4096.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut cfg = read(src.join("tokenizer_config.json"));
+    let real = read(fixtures_dir().join("templates/qwen3/tokenizer_config.json"));
+    cfg["chat_template"] = real["chat_template"].clone();
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let key = "sk-novastack-test";
+    let addr = start_server_with(
+        &dir,
+        "tiny-qwen3-tools",
+        ServeArgs {
+            api_key: Some(key.into()),
+            ..Default::default()
+        },
+    );
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/tool_calls_check.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .env("NOVASTACK_BASE_URL", format!("http://{addr}/v1"))
+        .env("NOVASTACK_KEY", key)
+        .env("NOVASTACK_MODEL", "tiny-qwen3-tools")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "tool call checks failed:\n{stdout}");
+    assert!(stdout.contains("6/6 checks passed"), "{stdout}");
+}
+
 /// The Python with the SDK, or `None` (the test is skipped) when none is configured and
 /// none is required.
 fn sdk_python() -> Option<String> {

@@ -21,6 +21,7 @@ mod routes;
 mod state;
 mod stop;
 mod structured;
+pub mod tool_calls;
 mod validate;
 mod validation_error;
 
@@ -76,6 +77,11 @@ pub struct ServeArgs {
     /// control tokens; by default it is tokenized as plain text.
     #[arg(long)]
     pub allow_special_tokens_in_content: bool,
+    /// How the models write tool calls, for `tool_choice: "auto"`: hermes (Qwen,
+    /// Hermes: `<tool_call>` JSON), llama3_json or mistral. Default: from each model's
+    /// chat template.
+    #[arg(long)]
+    pub tool_call_parser: Option<tool_calls::ToolParser>,
     /// Seconds to let in-flight requests finish after SIGTERM before exiting (then the
     /// rest are abandoned, streams end with an error chunk, and the exit code is 1).
     #[arg(long, default_value_t = 30)]
@@ -132,6 +138,7 @@ impl ServeArgs {
         RequestLimits {
             max_prompt_bytes: self.max_prompt_bytes,
             allow_special_tokens_in_content: self.allow_special_tokens_in_content,
+            tool_call_parser: self.tool_call_parser,
         }
     }
 }

@@ -4,6 +4,7 @@
 use super::collector::{submit, ChoiceState};
 use super::logprobs::{chat_logprobs, completion_logprobs};
 use super::routes::now;
+use super::tool_calls::{extract, StreamGate};
 use super::validate::ValidGeneration;
 use super::{AppState, ModelEntry};
 use axum::response::sse::{Event, Sse};
@@ -53,6 +54,7 @@ pub(crate) async fn respond(
     let created = now();
     let model = m.id().to_string();
     let want_logprobs = spec.params.logprobs.is_some();
+    let tool_plan = spec.tools.clone();
     let logprobs_of = move |m: &ModelEntry, lps: &[TokenLogprobs], base: usize| -> Option<Value> {
         if !want_logprobs {
             None
@@ -85,15 +87,27 @@ pub(crate) async fn respond(
                     .choices
                     .iter()
                     .enumerate()
-                    .map(|(index, c)| ChatChoice {
-                        index,
-                        message: ChatMessage {
-                            role: Role::Assistant,
-                            content: Some(c.text.clone()),
-                            tool_calls: None,
-                        },
-                        logprobs: logprobs_of(&m, &c.logprobs, 0),
-                        finish_reason: finish(c),
+                    .map(|(index, c)| {
+                        let (content, calls) = match &tool_plan {
+                            Some(plan) => extract(plan, &c.text),
+                            None => (Some(c.text.clone()), Vec::new()),
+                        };
+                        let finish_reason = match finish(c) {
+                            WireFinishReason::Stop if !calls.is_empty() => {
+                                WireFinishReason::ToolCalls
+                            }
+                            f => f,
+                        };
+                        ChatChoice {
+                            index,
+                            message: ChatMessage {
+                                role: Role::Assistant,
+                                content,
+                                tool_calls: (!calls.is_empty()).then_some(calls),
+                            },
+                            logprobs: logprobs_of(&m, &c.logprobs, 0),
+                            finish_reason,
+                        }
                     })
                     .collect(),
                 usage: col.usage(),
@@ -146,6 +160,9 @@ pub(crate) async fn respond(
                 choices,
                 usage,
             };
+            let mut gates: Vec<Option<StreamGate>> = (0..col.choices.len())
+                .map(|_| tool_plan.clone().map(StreamGate::new))
+                .collect();
             if kind == Endpoint::Chat {
                 for index in 0..col.choices.len() {
                     let first = chat_chunk(
@@ -188,21 +205,77 @@ pub(crate) async fn respond(
                 let base = col.choices[d.choice].text.len() - d.text.len();
                 let lp = logprobs_of(&col.m, &d.logprobs, base);
                 let finish_reason = d.finish.map(wire_finish);
-                let ev = match kind {
-                    Endpoint::Chat => data(&chat_chunk(
-                        vec![ChatChunkChoice {
-                            index: d.choice,
-                            delta: ChatDelta {
-                                role: None,
-                                content: (!d.text.is_empty()).then_some(d.text),
-                                tool_calls: None,
-                            },
-                            logprobs: lp,
-                            finish_reason,
-                        }],
-                        None,
-                    )),
-                    Endpoint::Completion => data(&text_chunk(
+                let evs = match kind {
+                    Endpoint::Chat => {
+                        // Under a tool plan the text passes its gate; at the end the
+                        // calls go out, then the finish.
+                        let mut content = d.text;
+                        let mut calls = Vec::new();
+                        if let Some(g) = gates[d.choice].as_mut() {
+                            content = g.push(&content);
+                            if d.finish.is_some() {
+                                if let Some(g) = gates[d.choice].take() {
+                                    let (rest, c) = g.finish();
+                                    content.push_str(&rest);
+                                    calls = c;
+                                }
+                            }
+                        }
+                        let one = |delta: ChatDelta, lp: Option<Value>, f| {
+                            data(&chat_chunk(
+                                vec![ChatChunkChoice {
+                                    index: d.choice,
+                                    delta,
+                                    logprobs: lp,
+                                    finish_reason: f,
+                                }],
+                                None,
+                            ))
+                        };
+                        let text_delta = |content: String| ChatDelta {
+                            role: None,
+                            content: (!content.is_empty()).then_some(content),
+                            tool_calls: None,
+                        };
+                        let mut evs = Vec::new();
+                        if calls.is_empty() {
+                            if !content.is_empty() || lp.is_some() || finish_reason.is_some() {
+                                evs.push(one(text_delta(content), lp, finish_reason));
+                            }
+                        } else {
+                            if !content.is_empty() || lp.is_some() {
+                                evs.push(one(text_delta(content), lp, None));
+                            }
+                            for (i, call) in calls.into_iter().enumerate() {
+                                let piece = |head: bool, arguments: String| ChatDelta {
+                                    role: None,
+                                    content: None,
+                                    tool_calls: Some(vec![ToolCallDelta {
+                                        index: i,
+                                        id: head.then(|| call.id.clone()),
+                                        kind: head.then(|| "function".to_string()),
+                                        function: FunctionCallDelta {
+                                            name: head.then(|| call.function.name.clone()),
+                                            arguments: Some(arguments),
+                                        },
+                                    }]),
+                                };
+                                evs.push(one(piece(true, String::new()), None, None));
+                                evs.push(one(
+                                    piece(false, call.function.arguments.clone()),
+                                    None,
+                                    None,
+                                ));
+                            }
+                            let f = match finish_reason {
+                                Some(WireFinishReason::Stop) => Some(WireFinishReason::ToolCalls),
+                                f => f,
+                            };
+                            evs.push(one(text_delta(String::new()), None, f));
+                        }
+                        evs
+                    }
+                    Endpoint::Completion => vec![data(&text_chunk(
                         vec![CompletionChoice {
                             index: d.choice,
                             text: d.text,
@@ -210,10 +283,12 @@ pub(crate) async fn respond(
                             finish_reason,
                         }],
                         None,
-                    )),
+                    ))],
                 };
-                if sse_tx.send(ev).await.is_err() {
-                    return;
+                for ev in evs {
+                    if sse_tx.send(ev).await.is_err() {
+                        return;
+                    }
                 }
             }
             if include_usage {

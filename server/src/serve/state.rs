@@ -25,6 +25,8 @@ pub struct ModelEntry {
     pub admission: super::admission::Admission,
     /// Output constraints (`response_format`, `guided_*`) compiled for this model.
     pub grammars: super::structured::GrammarCompiler,
+    /// How the chat template says the model writes tool calls.
+    pub tool_parser: Option<super::tool_calls::ToolParser>,
 }
 
 impl ModelEntry {
@@ -56,6 +58,10 @@ impl ModelEntry {
         let max_context = lm.model.max_positions();
         let eos = lm.tokenizer.eos_token_ids().to_vec();
         let grammars = super::structured::GrammarCompiler::new(lm.model.vocab_size(), eos.clone());
+        let tool_parser = lm
+            .tokenizer
+            .chat_template_source()
+            .and_then(super::tool_calls::ToolParser::from_template);
         let engine = engine.build_for(lm.model, eos, kv_blocks)?;
         let engine = EngineHandle::spawn(engine);
         Ok(Arc::new(ModelEntry {
@@ -66,6 +72,7 @@ impl ModelEntry {
             metrics: Default::default(),
             admission: Default::default(),
             grammars,
+            tool_parser,
         }))
     }
 
@@ -94,6 +101,9 @@ pub struct RequestLimits {
     /// `--allow-special-tokens-in-content`: special-token text in user and tool
     /// messages becomes control tokens (off: it is plain text).
     pub allow_special_tokens_in_content: bool,
+    /// `--tool-call-parser`: how models write tool calls (default: from each model's
+    /// chat template).
+    pub tool_call_parser: Option<super::tool_calls::ToolParser>,
 }
 
 /// The served models, by every name.

@@ -16,6 +16,8 @@ pub(crate) struct ValidGeneration {
     pub(crate) stops: Vec<String>,
     pub(crate) stream: bool,
     pub(crate) include_usage: bool,
+    /// How answers are read for tool calls (chat with `tools`).
+    pub(crate) tools: Option<super::tool_calls::ToolPlan>,
 }
 
 /// Most sequences (prompts × `n`) one request may start.
@@ -115,14 +117,24 @@ pub(crate) fn validate_generation(
     max_tokens: Option<usize>,
     logprobs: Option<usize>,
     logprobs_param: &'static str,
+    forced: Option<super::structured::GrammarRequest>,
 ) -> Result<ValidGeneration, ValidationError> {
-    if c.tools.as_ref().is_some_and(|t| !t.is_null()) {
-        return Err(ValidationError::Unsupported {
-            message: "tools are not supported yet",
-            param: "tools",
+    let asked = super::structured::requested_grammar(&c)?;
+    if let (Some(f), Some(a)) = (&forced, &asked) {
+        return Err(ValidationError::Grammar {
+            message: format!(
+                "tool_choice {} constrains the answer already; drop {}",
+                if f.param == "tool_choice" {
+                    "required or a named function"
+                } else {
+                    f.param
+                },
+                a.param
+            ),
+            param: a.param,
         });
     }
-    let grammar = match super::structured::requested_grammar(&c)? {
+    let grammar = match forced.or(asked) {
         Some(req) => Some(m.grammars.compile(&m.tokenizer, &req)?),
         None => None,
     };
@@ -244,6 +256,7 @@ pub(crate) fn validate_generation(
             .stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
+        tools: None,
     })
 }
 

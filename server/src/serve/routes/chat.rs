@@ -3,6 +3,8 @@
 
 use super::{check_body_size, parse_body};
 use crate::serve::respond::{respond, Endpoint};
+use crate::serve::structured::GrammarRequest;
+use crate::serve::tool_calls;
 use crate::serve::validate::{
     check_prompt_bytes, content_bytes, normalize_messages, tokenize_error, validate_generation,
     ValidGeneration, MAX_TOP_LOGPROBS,
@@ -44,7 +46,40 @@ pub(crate) async fn chat_completions(
 fn prepare(state: &AppState, body: &[u8]) -> Result<(Arc<ModelEntry>, ValidGeneration), ApiError> {
     let (req, common): (ChatRequest, GenerationParams) = parse_body(body)?;
     let m = state.model(common.model.as_deref())?;
-    let messages = normalize_messages(&req.messages)?;
+    let mut messages = normalize_messages(&req.messages)?;
+    tool_calls::arguments_as_objects(&mut messages);
+    let tools = match common.tools.as_ref().filter(|t| !t.is_null()) {
+        Some(t) => tool_calls::parse_tools(t)?,
+        None => Vec::new(),
+    };
+    let plan = if tools.is_empty() {
+        if req
+            .tool_choice
+            .as_ref()
+            .is_some_and(|c| !c.is_null() && c != "none")
+        {
+            return Err(ValidationError::Grammar {
+                message: "tool_choice needs tools".into(),
+                param: "tool_choice",
+            }
+            .into());
+        }
+        None
+    } else {
+        let parser = state.limits.tool_call_parser.or(m.tool_parser);
+        tool_calls::plan(&tools, req.tool_choice.as_ref(), parser)?
+    };
+    let forced = plan.as_ref().and_then(|p| {
+        tool_calls::forced_schema(p, &tools, req.parallel_tool_calls.unwrap_or(true)).map(
+            |schema| GrammarRequest {
+                spec: novastack_engine::GrammarSpec::JsonSchema(schema),
+                param: "tool_choice",
+            },
+        )
+    });
+    let template_tools = (!tools.is_empty())
+        .then_some(common.tools.as_ref())
+        .flatten();
     check_prompt_bytes(
         content_bytes(&messages),
         m.max_prompt_bytes(&state.limits),
@@ -56,6 +91,7 @@ fn prepare(state: &AppState, body: &[u8]) -> Result<(Arc<ModelEntry>, ValidGener
             &messages,
             true,
             state.limits.allow_special_tokens_in_content,
+            template_tools,
         )
         .map_err(tokenize_error("messages"))?;
     if req.top_logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
@@ -67,6 +103,15 @@ fn prepare(state: &AppState, body: &[u8]) -> Result<(Arc<ModelEntry>, ValidGener
         None
     };
     let max = req.max_completion_tokens.or(common.max_tokens);
-    let spec = validate_generation(&m, common, vec![prompt], max, logprobs, "top_logprobs")?;
+    let mut spec = validate_generation(
+        &m,
+        common,
+        vec![prompt],
+        max,
+        logprobs,
+        "top_logprobs",
+        forced,
+    )?;
+    spec.tools = plan;
     Ok((m, spec))
 }

@@ -83,6 +83,13 @@ fn prepare(
     };
     let max = common.max_tokens.or(Some(16));
     let as_ids = req.return_tokens_as_token_ids.unwrap_or(false);
-    let spec = validate_generation(&m, common, prompts, max, req.logprobs, "logprobs")?;
+    if common.tools.as_ref().is_some_and(|t| !t.is_null()) {
+        return Err(ValidationError::Unsupported {
+            message: "tools are for /v1/chat/completions",
+            param: "tools",
+        }
+        .into());
+    }
+    let spec = validate_generation(&m, common, prompts, max, req.logprobs, "logprobs", None)?;
     Ok((m, spec, as_ids))
 }

@@ -53,6 +53,7 @@ fn tokenize_body(state: &AppState, body: &[u8]) -> Result<TokenizeResponse, ApiE
                 &msgs,
                 req.add_generation_prompt.unwrap_or(true),
                 state.limits.allow_special_tokens_in_content,
+                None,
             )
         }
         _ => return Err(ValidationError::PromptOrMessages.into()),
