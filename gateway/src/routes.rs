@@ -17,16 +17,40 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// `POST /v1/messages`: Anthropic's Messages API over the chat route (translated in
+/// and out by `novastack_openai::anthropic_messages`), so Anthropic SDK clients reach
+/// any model the gateway routes to.
+async fn messages(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    use novastack_openai::anthropic_messages::{chat_request, error_response, respond};
+    let translated = http::body_bytes(body).and_then(|b| {
+        let v: Value = serde_json::from_slice(&b)
+            .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}"), None))?;
+        let chat = chat_request(&v)?;
+        Ok(axum::body::Bytes::from(
+            serde_json::to_vec(&chat).expect("JSON serializes"),
+        ))
+    });
+    match translated {
+        Ok(b) => respond(chat_completions(State(gw), headers, Ok(b)).await).await,
+        Err(e) => error_response(e),
+    }
+}
+
 pub fn app(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_page))
         .fallback(|| async {
             ApiError::not_found(
-                "no such route; the gateway serves /v1/chat/completions and /v1/models",
+                "no such route; the gateway serves /v1/chat/completions, /v1/messages and /v1/models",
                 None,
             )
         })

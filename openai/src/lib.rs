@@ -5,6 +5,7 @@
 //! Neither `novastack-server` nor `novastack-gateway` depends on the other; both depend
 //! on this crate.
 
+pub mod anthropic_messages;
 pub mod error;
 pub mod http;
 pub mod protocol;

@@ -859,3 +859,93 @@ fn tool_calls_are_translated_for_anthropic_upstreams_both_ways() {
             {"type": "image", "source": {"type": "url", "url": "https://example.com/b.jpg"}}]}])
     );
 }
+
+/// Anthropic's Messages API in front of the gateway: a client speaking `/v1/messages`
+/// (with `x-api-key`) reaches an OpenAI upstream; the upstream gets an OpenAI request
+/// (tools as functions, `any` as `required`, tool_use / tool_result as calls and a
+/// `tool` message), and the answer comes back as `tool_use` blocks, JSON and streamed.
+#[test]
+fn anthropic_clients_reach_openai_upstreams_through_v1_messages() {
+    let a = MockUpstream::start(B::ToolCalls(vec![(
+        "get_weather",
+        vec!["{\"city\":", " \"Paris\"}"],
+    )]));
+    let yaml = format!(
+        "models:\n{}api_keys:\n  - {{name: team, key_env: CLIENT_KEY}}\n",
+        model_yaml("a", &a, "")
+    );
+    let (addr, _gw) = start_gateway(&yaml, &[("UP_KEY", UP_KEY), ("CLIENT_KEY", CLIENT_KEY)]);
+    let request = |stream: bool| {
+        json!({"model": "a", "max_tokens": 64, "stream": stream, "system": "be brief",
+            "tools": [{"name": "get_weather", "description": "Weather", "input_schema": {"type": "object",
+                "properties": {"city": {"type": "string"}}}}],
+            "tool_choice": {"type": "any"},
+            "messages": [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_0", "name": "get_weather", "input": {"city": "Rome"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_0", "content": "sunny"}]}]})
+        .to_string()
+    };
+    let key = format!("x-api-key: {CLIENT_KEY}\r\nanthropic-version: 2023-06-01\r\n");
+    let (status, _, body) = http_full(addr, "POST", "/v1/messages", &request(false), &key);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["stop_reason"], "tool_use", "{v}");
+    assert_eq!(
+        v["content"],
+        json!([{"type": "tool_use", "id": "call_up_0", "name": "get_weather", "input": {"city": "Paris"}}])
+    );
+    let sent: Value = serde_json::from_str(&a.requests.lock().unwrap()[0].body).unwrap();
+    assert_eq!(sent["tool_choice"], "required", "{sent}");
+    assert_eq!(sent["tools"][0]["function"]["name"], "get_weather");
+    assert_eq!(
+        sent["messages"][0],
+        json!({"role": "system", "content": "be brief"})
+    );
+    assert_eq!(
+        sent["messages"][2]["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Rome\"}"
+    );
+    assert_eq!(
+        sent["messages"][3],
+        json!({"role": "tool", "tool_call_id": "toolu_0", "content": "sunny"})
+    );
+    // Streamed: Anthropic's events, the tool input as input_json_delta pieces.
+    let (status, _, body) = http_full(addr, "POST", "/v1/messages", &request(true), &key);
+    assert_eq!(status, 200, "{body}");
+    let events: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events.first(), Some(&"message_start"), "{body}");
+    assert_eq!(events.last(), Some(&"message_stop"), "{body}");
+    let data: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let json_text: String = data
+        .iter()
+        .filter(|d| d["delta"]["type"] == "input_json_delta")
+        .map(|d| d["delta"]["partial_json"].as_str().unwrap())
+        .collect();
+    assert_eq!(json_text, "{\"city\": \"Paris\"}");
+    assert!(data
+        .iter()
+        .any(|d| d["content_block"]["type"] == "tool_use"
+            && d["content_block"]["name"] == "get_weather"));
+    assert!(data
+        .iter()
+        .any(|d| d["type"] == "message_delta" && d["delta"]["stop_reason"] == "tool_use"));
+    // A wrong key: Anthropic's error shape.
+    let (status, _, body) = http_full(
+        addr,
+        "POST",
+        "/v1/messages",
+        &request(false),
+        "x-api-key: wrong\r\n",
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, v["type"].as_str()), (401, Some("error")), "{body}");
+    assert_eq!(v["error"]["type"], "authentication_error");
+}

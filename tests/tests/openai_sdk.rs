@@ -85,7 +85,8 @@ fn structured_output_through_the_openai_python_sdk() {
     assert!(stdout.contains("6/6 checks passed"), "{stdout}");
 }
 
-/// Tool calling through the SDK: the fixture model with the real Qwen3 chat template
+/// Tool calling through the SDK, then `/v1/messages` through the `anthropic` SDK: the
+/// fixture model with the real Qwen3 chat template
 /// (which renders `tools`, assistant `tool_calls` and `tool` results): `required` and
 /// named calls always validate, JSON and streamed; a history with calls is rendered;
 /// content parts equal the plain string.
@@ -123,22 +124,40 @@ fn tool_calls_through_the_openai_python_sdk() {
             ..Default::default()
         },
     );
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/tool_calls_check.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .env("NOVASTACK_BASE_URL", format!("http://{addr}/v1"))
-        .env("NOVASTACK_KEY", key)
-        .env("NOVASTACK_MODEL", "tiny-qwen3-tools")
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "tool call checks failed:\n{stdout}");
+    let run = |script: &str, base: String| {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+        let out = Command::new(&python)
+            .arg(&script)
+            .env("NOVASTACK_BASE_URL", base)
+            .env("NOVASTACK_KEY", key)
+            .env("NOVASTACK_MODEL", "tiny-qwen3-tools")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("ANTHROPIC_BASE_URL")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), stdout)
+    };
+    let (ok, stdout) = run("python/tool_calls_check.py", format!("http://{addr}/v1"));
+    assert!(ok, "tool call checks failed:\n{stdout}");
     assert!(stdout.contains("6/6 checks passed"), "{stdout}");
+    // The same model through Anthropic's Messages API and its SDK.
+    if std::env::var_os("NOVASTACK_REQUIRE_ANTHROPIC_SDK").is_some()
+        || Command::new(&python)
+            .args(["-c", "import anthropic"])
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        let (ok, stdout) = run("python/anthropic_sdk_check.py", format!("http://{addr}"));
+        assert!(ok, "anthropic SDK checks failed:\n{stdout}");
+        assert!(stdout.contains("5/5 checks passed"), "{stdout}");
+    } else {
+        eprintln!("skipped the anthropic SDK checks: no `anthropic` in {python}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The Python with the SDK, or `None` (the test is skipped) when none is configured and

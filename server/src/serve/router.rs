@@ -1,7 +1,7 @@
 //! The route table and its middleware: request ids, response counting, the body limit,
 //! bearer-key authentication on the API routes, and JSON 404/405 fallbacks.
 
-use super::routes::{chat, completions, health, metrics, models, tokenize};
+use super::routes::{chat, completions, health, messages, metrics, models, tokenize};
 use super::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,6 +16,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/messages", post(messages::messages))
         .route("/v1/models", get(models::models))
         .route("/v1/models/{id}", get(models::model_by_id))
         .route("/tokenize", post(tokenize::tokenize))
@@ -61,6 +62,8 @@ async fn auth(
 ) -> Response {
     if state.api_keys.is_empty() || find_key(&state.api_keys, req.headers()).is_some() {
         next.run(req).await
+    } else if req.uri().path() == "/v1/messages" {
+        novastack_openai::anthropic_messages::error_response(ApiError::unauthorized())
     } else {
         ApiError::unauthorized().into_response()
     }
