@@ -241,11 +241,17 @@ impl Constraint {
         self.mask.as_ref()
     }
 
-    /// Sets every token the grammar does not allow to -inf.
+    /// Sets every token the grammar does not allow to -inf, 32 tokens per mask word
+    /// (a grammar usually allows few: most words are all zero).
     pub fn apply(&self, logits: &mut [f32]) {
-        if let Some(m) = &self.mask {
-            for (i, l) in logits.iter_mut().enumerate().take(self.vocab_size) {
-                if !m.is_allowed(i as TokenId) {
+        let Some(m) = &self.mask else { return };
+        let n = logits.len().min(self.vocab_size);
+        for (word, chunk) in m.as_slice().iter().zip(logits[..n].chunks_mut(32)) {
+            if *word == u32::MAX {
+                continue;
+            }
+            for (bit, l) in chunk.iter_mut().enumerate() {
+                if word >> bit & 1 == 0 {
                     *l = f32::NEG_INFINITY;
                 }
             }
@@ -341,6 +347,28 @@ mod tests {
                 "compact: {text}"
             );
         }
+    }
+
+    /// Masking a word at a time sets exactly the tokens the mask forbids to -inf.
+    #[test]
+    fn apply_masks_exactly_the_forbidden_tokens() {
+        let (tok, vocab) = fixture_vocab();
+        let g = vocab
+            .compile(&GrammarSpec::JsonSchema(json!({"type": "object"})))
+            .unwrap();
+        let mut c = g.constraint();
+        for t in tok.encode("{\"a\":", false).unwrap() {
+            c.compute_mask().unwrap();
+            c.commit(t).unwrap();
+        }
+        c.compute_mask().unwrap();
+        let mut logits = vec![1.0f32; vocab.vocab_size()];
+        c.apply(&mut logits);
+        let m = c.mask().unwrap();
+        for (i, l) in logits.iter().enumerate() {
+            assert_eq!(*l == 1.0, m.is_allowed(i as TokenId), "token {i}");
+        }
+        assert!(logits.contains(&1.0) && logits.iter().any(|&l| l < 0.0));
     }
 
     #[test]

@@ -250,10 +250,8 @@ impl Sampler {
         if p.top_k > 0 && p.top_k < cand.len() {
             cand.select_nth_unstable_by(p.top_k - 1, by_rank);
             cand.truncate(p.top_k);
-            cand.sort_by(by_rank);
-        } else {
-            cand.sort_by(by_rank);
         }
+        cand.sort_by(by_rank);
         let weights: Vec<f64> = cand.iter().map(|c| weight(c.1)).collect();
         let sum: f64 = weights.iter().sum();
         let probs: Vec<f64> = weights.iter().map(|w| w / sum).collect();
@@ -329,6 +327,28 @@ mod tests {
     fn greedy_is_argmax() {
         let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
         assert_eq!(s.sample(&[0.1, 2.0, -1.0, 2.0]), 1);
+    }
+
+    /// Plain temperature sampling (the one-pass path) draws each token with its
+    /// softmax probability and never a masked one.
+    #[test]
+    fn plain_temperature_sampling_follows_the_softmax() {
+        let logits = [0.0, 3f32.ln(), f32::NEG_INFINITY, 2f32.ln()];
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            seed: Some(3),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut counts = [0usize; 4];
+        for _ in 0..6000 {
+            counts[s.sample(&logits) as usize] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        for (i, p) in [(0, 1.0 / 6.0), (1, 0.5), (3, 1.0 / 3.0)] {
+            let f = counts[i] as f64 / 6000.0;
+            assert!((f - p).abs() < 0.03, "token {i}: {f} vs {p} ({counts:?})");
+        }
     }
 
     #[test]

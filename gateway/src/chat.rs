@@ -315,7 +315,8 @@ impl Relay {
             // A call's first piece carries its id and type, even if the upstream's did not.
             if let UpEvent::ToolCall { call, .. } = &mut ev {
                 if !self.tally.calls.contains_key(&call.index) {
-                    call.id.get_or_insert_with(new_call_id);
+                    call.id
+                        .get_or_insert_with(novastack_openai::protocol::new_call_id);
                     call.kind.get_or_insert_with(|| "function".into());
                 }
             }
@@ -380,11 +381,6 @@ impl Relay {
     }
 }
 
-/// An id for a tool call the upstream gave none.
-fn new_call_id() -> String {
-    format!("call_{:024x}", rand::random::<u128>() >> 32)
-}
-
 fn data(v: &impl Serialize) -> Event {
     Event::default().data(novastack_openai::sse_json::sse_json(v))
 }
@@ -447,7 +443,7 @@ impl Tally {
                 .cloned()
                 .map(|mut c| {
                     if c.id.is_empty() {
-                        c.id = new_call_id();
+                        c.id = novastack_openai::protocol::new_call_id();
                     }
                     if c.kind.is_empty() {
                         c.kind = "function".into();

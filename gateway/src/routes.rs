@@ -25,16 +25,8 @@ async fn messages(
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    use novastack_openai::anthropic_messages::{chat_request, error_response, respond};
-    let translated = http::body_bytes(body).and_then(|b| {
-        let v: Value = serde_json::from_slice(&b)
-            .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}"), None))?;
-        let chat = chat_request(&v)?;
-        Ok(axum::body::Bytes::from(
-            serde_json::to_vec(&chat).expect("JSON serializes"),
-        ))
-    });
-    match translated {
+    use novastack_openai::anthropic_messages::{chat_body, error_response, respond};
+    match chat_body(body) {
         Ok(b) => respond(chat_completions(State(gw), headers, Ok(b)).await).await,
         Err(e) => error_response(e),
     }

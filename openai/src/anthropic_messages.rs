@@ -235,6 +235,18 @@ pub fn chat_request(req: &Value) -> Result<Value, ApiError> {
     Ok(Value::Object(out))
 }
 
+/// A `/v1/messages` body as the bytes of the chat completion request it stands for
+/// (what both servers hand their chat handler).
+pub fn chat_body(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, ApiError> {
+    let body = crate::http::body_bytes(body)?;
+    let v: Value =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    let chat = chat_request(&v)?;
+    Ok(serde_json::to_vec(&chat).expect("JSON serializes").into())
+}
+
 /// OpenAI's finish reason as Anthropic's stop reason.
 fn stop_reason(finish: Option<&str>) -> Value {
     match finish {

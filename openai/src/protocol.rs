@@ -249,6 +249,12 @@ pub struct ToolCall {
     pub function: FunctionCall,
 }
 
+/// A new tool-call id in OpenAI's shape (`call_` and 24 hex digits), for calls a model
+/// or an upstream gave without one.
+pub fn new_call_id() -> String {
+    format!("call_{:024x}", rand::random::<u128>() >> 32)
+}
+
 #[derive(Serialize, ToSchema, Clone, Debug, PartialEq, Default)]
 pub struct FunctionCall {
     pub name: String,

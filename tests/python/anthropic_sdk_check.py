@@ -9,16 +9,12 @@ Prints one line per check; exits non-zero if any failed.
 """
 
 import json
-import os
-import sys
 
 import anthropic
 import jsonschema
 from anthropic import Anthropic
+from sdk_checks import BASE, KEY, MODEL, check, run
 
-BASE = os.environ["NOVASTACK_BASE_URL"]
-KEY = os.environ["NOVASTACK_KEY"]
-MODEL = os.environ["NOVASTACK_MODEL"]
 
 client = Anthropic(base_url=BASE, api_key=KEY, max_retries=0, timeout=120)
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -30,12 +26,6 @@ SCHEMA = {
     "additionalProperties": False,
 }
 TOOLS = [{"name": "get_weather", "description": "The weather", "input_schema": SCHEMA}]
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
 
 
 @check
@@ -115,13 +105,4 @@ def errors_take_anthropics_shape():
         raise AssertionError("wrong key accepted")
 
 
-failed = 0
-for fn in checks:
-    try:
-        fn()
-        print(f"ok   {fn.__name__}")
-    except Exception as e:  # report every check, fail at the end
-        failed += 1
-        print(f"FAIL {fn.__name__}: {type(e).__name__}: {e}")
-print(f"anthropic {anthropic.__version__}: {len(checks) - failed}/{len(checks)} checks passed")
-sys.exit(1 if failed else 0)
+run(f"anthropic {anthropic.__version__}")

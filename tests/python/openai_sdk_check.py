@@ -3,28 +3,19 @@
 Run by tests/tests/openai_sdk.rs with:
   NOVASTACK_BASE_URL   http://127.0.0.1:PORT/v1  (key: NOVASTACK_KEY, model: NOVASTACK_MODEL)
   NOVASTACK_BUSY_URL   a second server whose queue limit is 0 (every generation: 429)
-Prints one line per check; exits non-zero on the first failure.
+Prints one line per check; exits non-zero if any failed (sdk_checks.run).
 """
 
 import os
-import sys
 
 import openai
 from openai import OpenAI
+from sdk_checks import BASE, KEY, MODEL, check, run
 
-BASE = os.environ["NOVASTACK_BASE_URL"]
 BUSY = os.environ["NOVASTACK_BUSY_URL"]
-KEY = os.environ["NOVASTACK_KEY"]
-MODEL = os.environ["NOVASTACK_MODEL"]
 
 client = OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=120)
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
 
 
 @check
@@ -195,13 +186,4 @@ def rate_limit_error_with_retry_after():
         raise AssertionError("no 429 from a full queue")
 
 
-failed = 0
-for fn in checks:
-    try:
-        fn()
-        print(f"ok   {fn.__name__}")
-    except Exception as e:  # report every check, fail at the end
-        failed += 1
-        print(f"FAIL {fn.__name__}: {type(e).__name__}: {e}")
-print(f"openai {openai.__version__}: {len(checks) - failed}/{len(checks)} checks passed")
-sys.exit(1 if failed else 0)
+run(f"openai {openai.__version__}")

@@ -8,16 +8,12 @@ Prints one line per check; exits non-zero if any failed.
 """
 
 import json
-import os
-import sys
 
 import jsonschema
 import openai
 from openai import OpenAI
+from sdk_checks import BASE, KEY, MODEL, check, run
 
-BASE = os.environ["NOVASTACK_BASE_URL"]
-KEY = os.environ["NOVASTACK_KEY"]
-MODEL = os.environ["NOVASTACK_MODEL"]
 
 client = OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=120)
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris, and the time in Tokyo?"}]
@@ -39,12 +35,6 @@ PARAMS = {
 TOOLS = [{"type": "function", "function": {"name": n, "description": f"The {n[4:]}", "parameters": p}}
          for n, p in PARAMS.items()]
 SAMPLINGS = [dict(temperature=0)] + [dict(temperature=1.0, seed=s) for s in range(4)]
-checks = []
-
-
-def check(fn):
-    checks.append(fn)
-    return fn
 
 
 def valid_call(name, arguments):
@@ -148,13 +138,4 @@ def bad_tool_requests_are_400s_naming_the_field():
             raise AssertionError(f"no error for {kw}")
 
 
-failed = 0
-for fn in checks:
-    try:
-        fn()
-        print(f"ok   {fn.__name__}")
-    except Exception as e:  # report every check, fail at the end
-        failed += 1
-        print(f"FAIL {fn.__name__}: {type(e).__name__}: {e}")
-print(f"tool calls: {len(checks) - failed}/{len(checks)} checks passed")
-sys.exit(1 if failed else 0)
+run("tool calls")

@@ -9,44 +9,76 @@ use novastack_server::serve::ServeArgs;
 use novastack_tests::{fixtures_dir, start_server_with};
 use std::process::Command;
 
-#[test]
-fn official_openai_python_sdk() {
-    let Some(python) = sdk_python() else { return };
-    let dir = fixtures_dir().join("models/qwen3-f32");
-    let key = "sk-novastack-test";
-    let main = start_server_with(
-        &dir,
-        "tiny-qwen3",
-        ServeArgs {
-            api_key: Some(key.into()),
-            ..Default::default()
-        },
-    );
-    let busy = start_server_with(
-        &dir,
-        "tiny-qwen3",
-        ServeArgs {
-            api_key: Some(key.into()),
-            max_waiting: 0,
-            ..Default::default()
-        },
-    );
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/openai_sdk_check.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .env("NOVASTACK_BASE_URL", format!("http://{main}/v1"))
-        .env("NOVASTACK_BUSY_URL", format!("http://{busy}/v1"))
-        .env("NOVASTACK_KEY", key)
-        .env("NOVASTACK_MODEL", "tiny-qwen3")
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
+const KEY: &str = "sk-novastack-test";
+
+/// A server for the fixture model at `dir`, named `name`, guarded by [`KEY`].
+fn server(dir: &std::path::Path, name: &str, max_waiting: Option<usize>) -> std::net::SocketAddr {
+    let mut args = ServeArgs {
+        api_key: Some(KEY.into()),
+        ..Default::default()
+    };
+    if let Some(m) = max_waiting {
+        args.max_waiting = m;
+    }
+    start_server_with(dir, name, args)
+}
+
+/// Runs `tests/python/SCRIPT` against the server at `base` for `model` (plus `extra`
+/// environment); asserts it passed all `checks` checks.
+fn run_checks(
+    python: &str,
+    script: &str,
+    base: &str,
+    model: &str,
+    extra: &[(&str, String)],
+    checks: usize,
+) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let mut cmd = Command::new(python);
+    cmd.arg(&path)
+        .env("NOVASTACK_BASE_URL", base)
+        .env("NOVASTACK_KEY", KEY)
+        .env("NOVASTACK_MODEL", model);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    for k in [
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+    ] {
+        cmd.env_remove(k);
+    }
+    let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "openai SDK checks failed:\n{stdout}");
-    assert!(stdout.contains("13/13 checks passed"), "{stdout}");
+    assert!(out.status.success(), "{script} failed:\n{stdout}");
+    assert!(
+        stdout.contains(&format!("{checks}/{checks} checks passed")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn official_openai_python_sdk() {
+    let Some(python) = sdk_python() else { return };
+    let dir = fixtures_dir().join("models/qwen3-f32");
+    let main = server(&dir, "tiny-qwen3", None);
+    let busy = server(&dir, "tiny-qwen3", Some(0));
+    let busy = [("NOVASTACK_BUSY_URL", format!("http://{busy}/v1"))];
+    run_checks(
+        &python,
+        "openai_sdk_check.py",
+        &format!("http://{main}/v1"),
+        "tiny-qwen3",
+        &busy,
+        13,
+    );
 }
 
 /// Structured output (`response_format`, the `guided_*` fields) through the SDK against
@@ -55,34 +87,15 @@ fn official_openai_python_sdk() {
 #[test]
 fn structured_output_through_the_openai_python_sdk() {
     let Some(python) = sdk_python() else { return };
-    let dir = fixtures_dir().join("models/qwen3-f32");
-    let key = "sk-novastack-test";
-    let addr = start_server_with(
-        &dir,
+    let addr = server(&fixtures_dir().join("models/qwen3-f32"), "tiny-qwen3", None);
+    run_checks(
+        &python,
+        "structured_output_check.py",
+        &format!("http://{addr}/v1"),
         "tiny-qwen3",
-        ServeArgs {
-            api_key: Some(key.into()),
-            ..Default::default()
-        },
+        &[],
+        6,
     );
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/structured_output_check.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .env("NOVASTACK_BASE_URL", format!("http://{addr}/v1"))
-        .env("NOVASTACK_KEY", key)
-        .env("NOVASTACK_MODEL", "tiny-qwen3")
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "structured output checks failed:\n{stdout}"
-    );
-    assert!(stdout.contains("6/6 checks passed"), "{stdout}");
 }
 
 /// Tool calling through the SDK, then `/v1/messages` through the `anthropic` SDK: the
@@ -115,35 +128,16 @@ fn tool_calls_through_the_openai_python_sdk() {
     let real = read(fixtures_dir().join("templates/qwen3/tokenizer_config.json"));
     cfg["chat_template"] = real["chat_template"].clone();
     std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
-    let key = "sk-novastack-test";
-    let addr = start_server_with(
-        &dir,
-        "tiny-qwen3-tools",
-        ServeArgs {
-            api_key: Some(key.into()),
-            ..Default::default()
-        },
+    let addr = server(&dir, "tiny-qwen3-tools", None);
+    let model = "tiny-qwen3-tools";
+    run_checks(
+        &python,
+        "tool_calls_check.py",
+        &format!("http://{addr}/v1"),
+        model,
+        &[],
+        6,
     );
-    let run = |script: &str, base: String| {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
-        let out = Command::new(&python)
-            .arg(&script)
-            .env("NOVASTACK_BASE_URL", base)
-            .env("NOVASTACK_KEY", key)
-            .env("NOVASTACK_MODEL", "tiny-qwen3-tools")
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("OPENAI_BASE_URL")
-            .env_remove("ANTHROPIC_API_KEY")
-            .env_remove("ANTHROPIC_BASE_URL")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), stdout)
-    };
-    let (ok, stdout) = run("python/tool_calls_check.py", format!("http://{addr}/v1"));
-    assert!(ok, "tool call checks failed:\n{stdout}");
-    assert!(stdout.contains("6/6 checks passed"), "{stdout}");
     // The same model through Anthropic's Messages API and its SDK.
     if std::env::var_os("NOVASTACK_REQUIRE_ANTHROPIC_SDK").is_some()
         || Command::new(&python)
@@ -151,9 +145,14 @@ fn tool_calls_through_the_openai_python_sdk() {
             .status()
             .is_ok_and(|s| s.success())
     {
-        let (ok, stdout) = run("python/anthropic_sdk_check.py", format!("http://{addr}"));
-        assert!(ok, "anthropic SDK checks failed:\n{stdout}");
-        assert!(stdout.contains("5/5 checks passed"), "{stdout}");
+        run_checks(
+            &python,
+            "anthropic_sdk_check.py",
+            &format!("http://{addr}"),
+            model,
+            &[],
+            5,
+        );
     } else {
         eprintln!("skipped the anthropic SDK checks: no `anthropic` in {python}");
     }

@@ -353,11 +353,6 @@ pub(crate) fn arguments_as_objects(messages: &mut [Value]) {
     }
 }
 
-/// A new call id, OpenAI's shape.
-pub(crate) fn new_call_id() -> String {
-    format!("call_{:024x}", rand::random::<u128>() >> 32)
-}
-
 /// The content and the calls of a finished answer. With no well-formed call the text is
 /// all content.
 pub(crate) fn extract(plan: &ToolPlan, text: &str) -> (Option<String>, Vec<ToolCall>) {
@@ -381,7 +376,7 @@ pub(crate) fn extract(plan: &ToolPlan, text: &str) -> (Option<String>, Vec<ToolC
             let calls = calls
                 .into_iter()
                 .map(|(name, arguments)| ToolCall {
-                    id: new_call_id(),
+                    id: novastack_openai::protocol::new_call_id(),
                     kind: "function".into(),
                     function: FunctionCall { name, arguments },
                 })
