@@ -13,7 +13,7 @@ use crate::metrics::UpstreamMetrics;
 use crate::model_state::{ModelState, Permit};
 use crate::policy::{self, FailureKind};
 use crate::providers::{UpError, UpEvent};
-use crate::request::ChatRequest;
+use crate::request::ClientRequest;
 use crate::state::{ConfigEpoch, Gateway};
 use crate::upstream::{self, AnswerStream};
 use axum::http::StatusCode;
@@ -45,7 +45,7 @@ pub(crate) async fn attempt_chain(
     gw: &Gateway,
     epoch: &ConfigEpoch,
     chain: &[String],
-    req: &ChatRequest,
+    req: &ClientRequest,
     est_tokens: f64,
     collect: bool,
 ) -> Result<Committed, ApiError> {

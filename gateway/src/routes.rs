@@ -1,8 +1,8 @@
 //! The HTTP surface: the router and middleware, and the small routes (readiness, the
-//! metrics page, `/v1/models`). Chat completions are `chat.rs`; client keys are checked
+//! metrics page, `/v1/models`). Completions and embeddings are `handler.rs`; client keys are checked
 //! by `ConfigEpoch::authenticate`.
 
-use crate::chat::{chat_completions, now_s};
+use crate::handler::{chat_completions, completions, embeddings, now_s};
 use crate::metrics;
 use crate::state::Gateway;
 use axum::extract::State;
@@ -35,6 +35,8 @@ async fn messages(
 pub fn app(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
         .route("/health", get(|| async { "ok" }))
@@ -42,7 +44,7 @@ pub fn app(gw: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics_page))
         .fallback(|| async {
             ApiError::not_found(
-                "no such route; the gateway serves /v1/chat/completions, /v1/messages and /v1/models",
+                "no such route; the gateway serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages and /v1/models",
                 None,
             )
         })

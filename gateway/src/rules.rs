@@ -1,6 +1,7 @@
 //! Routing as pure functions: for each request, the chain of models to try (the first,
 //! then the fallbacks), from the routes' `when` conditions (compiled by `config`).
 
+use crate::api::Api;
 use crate::config::{Cond, ConfigFile, ModelConfig, Subject, When, CHEAPEST};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -8,6 +9,8 @@ use std::collections::BTreeMap;
 /// What routing looks at in a request.
 #[derive(Debug, Clone, Default)]
 pub struct RequestInfo {
+    /// The API asked for: only models that serve it are candidates.
+    pub api: Api,
     pub model: String,
     pub task: Option<String>,
     /// USD for this request.
@@ -82,7 +85,7 @@ pub fn estimate_cost(m: &ModelConfig, prompt_tokens: usize, max_tokens: usize) -
     })
 }
 
-/// Models whose context window fits prompt + max_tokens, whose scores meet `floors` and
+/// Models that serve the request's API, whose context window fits prompt + max_tokens, whose scores meet `floors` and
 /// whose estimated cost is within the budget, cheapest first (ties keep config order).
 /// Errors say why nothing qualified.
 pub fn cheapest_capable(
@@ -94,6 +97,10 @@ pub fn cheapest_capable(
     let mut fit: Vec<(f64, usize, &ModelConfig)> = Vec::new();
     let mut why = Vec::new();
     for (i, m) in models.iter().enumerate() {
+        if !m.serves(r.api) {
+            why.push(format!("{}: does not serve {}", m.name, r.api.route()));
+            continue;
+        }
         if m.context_window.is_some_and(|w| w < need) {
             why.push(format!(
                 "{}: context window {} < {need}",
@@ -184,7 +191,7 @@ mod tests {
     const CFG: &str = r#"
 models:
   - {name: kimi, provider: openai, base_url: "http://x/v1", context_window: 262144, price: {input_per_mtok: 0.6, output_per_mtok: 2.5}, scores: {reasoning: 88, long_context: 95}}
-  - {name: qwen, provider: openai, base_url: "http://x/v1", context_window: 131072, price: {input_per_mtok: 0.2, output_per_mtok: 0.6}, scores: {reasoning: 86}}
+  - {name: qwen, provider: openai, base_url: "http://x/v1", apis: [chat, completions], context_window: 131072, price: {input_per_mtok: 0.2, output_per_mtok: 0.6}, scores: {reasoning: 86}}
   - {name: tiny, provider: openai, base_url: "http://x/v1", context_window: 8192, price: {input_per_mtok: 0.01, output_per_mtok: 0.02}, scores: {reasoning: 40}}
   - {name: deep, provider: openai, base_url: "http://x/v1", context_window: 131072, price: {input_per_mtok: 0.3, output_per_mtok: 1.2}, scores: {reasoning: 93}}
 routes:
@@ -256,6 +263,10 @@ routes:
         // Floors 85: tiny is out; qwen < deep < kimi by cost.
         let p = plan(&cfg, &req("auto")).unwrap();
         assert_eq!(p.chain, ["qwen", "deep", "kimi"]);
+        // Embeddings go only to models that serve them (qwen lists chat and completions).
+        let mut r = req("auto");
+        r.api = Api::Embeddings;
+        assert_eq!(plan(&cfg, &r).unwrap().chain, ["deep", "kimi"]);
         // A prompt over qwen's and deep's windows leaves kimi.
         let mut r = req("auto");
         r.context_length = 200_000;

@@ -2,6 +2,7 @@
 //! reload), per-model runtime state and client-key limits (kept across reloads), and
 //! the local models started so far.
 
+use crate::api::Api;
 use crate::config::{self, ConfigFile, ModelConfig};
 use crate::limits::ClientLimits;
 use crate::model_state::ModelState;
@@ -148,12 +149,20 @@ impl Gateway {
         let mut urls = HashMap::new();
         for (i, m) in cfg.models.iter().enumerate() {
             let provider = providers::for_model(m.provider);
-            if let Some(url) = m.base_url.as_deref().and_then(|b| provider.endpoint(b)) {
+            let Some(base) = m.base_url.as_deref() else {
+                continue;
+            };
+            let mut per_api = Vec::new();
+            for api in [Api::Chat, Api::Completions, Api::Embeddings] {
+                let Some(url) = provider.endpoint(base, api).filter(|_| m.serves(api)) else {
+                    continue;
+                };
                 let u = reqwest::Url::parse(&url).map_err(|e| {
                     anyhow::anyhow!("models[{i}] ({}).base_url: {url:?}: {e}", m.name)
                 })?;
-                urls.insert(m.name.clone(), u);
+                per_api.push((api, u));
             }
+            urls.insert(m.name.clone(), per_api);
         }
         let mut endpoints = HashMap::new();
         for m in &cfg.models {

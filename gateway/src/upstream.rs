@@ -11,11 +11,12 @@
 //! an SSE line or event is at most `max_sse_line_bytes` and a JSON answer at most
 //! `max_response_bytes`, so one upstream cannot make the gateway buffer without limit.
 
+use crate::api::Api;
 use crate::config::ModelConfig;
 use crate::policy::FailureKind;
 use crate::providers::{Decoder, Flow, Provider, UpError, UpEvent};
 use crate::redact::{Redactor, StreamRedactor};
-use crate::request::ChatRequest;
+use crate::request::ClientRequest;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
@@ -37,8 +38,9 @@ const ERROR_TEXT_CHARS: usize = 300;
 
 /// How requests reach a model.
 pub enum Transport {
-    /// A remote upstream: its chat endpoint, parsed once per config load.
-    Http(reqwest::Url),
+    /// A remote upstream: the endpoint of each API it serves, parsed once per config
+    /// load.
+    Http(Vec<(Api, reqwest::Url)>),
     /// A local model: its OpenAI router in this process.
     InProcess(axum::Router),
 }
@@ -73,13 +75,25 @@ impl Endpoint {
 
     /// Sends the request for model `m`; returns the answer's event stream once the
     /// upstream said 2xx.
-    pub async fn open(&self, m: &ModelConfig, req: &ChatRequest) -> Result<AnswerStream, UpError> {
+    pub async fn open(
+        &self,
+        m: &ModelConfig,
+        req: &ClientRequest,
+    ) -> Result<AnswerStream, UpError> {
         let body = self.provider.body(m, req);
         let timeout = idle_timeout(m);
         let sent = Instant::now();
         let (status, headers, bytes) = match &self.transport {
-            Transport::InProcess(router) => call_in_process(router, body).await?,
-            Transport::Http(url) => self.post(m, url, body, req.stream, timeout).await?,
+            Transport::InProcess(router) => call_in_process(router, req.api, body).await?,
+            Transport::Http(urls) => {
+                let Some((_, url)) = urls.iter().find(|(a, _)| *a == req.api) else {
+                    return Err(UpError::new(
+                        FailureKind::Protocol,
+                        format!("upstream {} does not serve {}", m.name, req.api.route()),
+                    ));
+                };
+                self.post(m, url, body, req.stream, timeout).await?
+            }
         };
         if !(200..300).contains(&status) {
             let body = read_capped(bytes, Instant::now() + timeout, MAX_ERROR_BODY)
@@ -97,7 +111,7 @@ impl Endpoint {
         }
         Ok(AnswerStream {
             bytes,
-            decoder: self.provider.decoder(),
+            decoder: self.provider.decoder(req.api),
             is_json: is_json_type(&headers),
             parser: SseParser::with_max_line(m.max_sse_line_bytes.unwrap_or(DEFAULT_MAX_LINE)),
             queue: VecDeque::new(),
@@ -107,8 +121,7 @@ impl Endpoint {
             data_deadline: sent + timeout,
             max_response: m.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE),
             redactor: self.redactor.clone(),
-            text: StreamRedactor::new(self.redactor.clone()),
-            text_index: 0,
+            texts: Default::default(),
             args: Default::default(),
             failure: None,
         })
@@ -162,13 +175,14 @@ impl Endpoint {
     }
 }
 
-/// Sends `body` to an in-process router's chat endpoint.
+/// Sends `body` to an in-process router's endpoint for `api`.
 async fn call_in_process(
     router: &axum::Router,
+    api: Api,
     body: Vec<u8>,
 ) -> Result<(u16, reqwest::header::HeaderMap, ByteStream), UpError> {
     use tower::ServiceExt;
-    let req = axum::http::Request::post("/v1/chat/completions")
+    let req = axum::http::Request::post(api.route())
         .header("content-type", "application/json")
         .body(axum::body::Body::from(body))
         .map_err(|e| UpError::new(FailureKind::Protocol, e.to_string()))?;
@@ -269,10 +283,8 @@ pub struct AnswerStream {
     data_deadline: Instant,
     max_response: usize,
     redactor: Redactor,
-    /// Text on its way to the client, redacted across pieces.
-    text: StreamRedactor,
-    /// The choice of the last text piece (for text flushed at the end).
-    text_index: usize,
+    /// Text on its way to the client, redacted across pieces, by choice.
+    texts: std::collections::BTreeMap<usize, StreamRedactor>,
     /// Tool-call arguments on their way, redacted across pieces, by (choice, call).
     args: std::collections::BTreeMap<(usize, usize), StreamRedactor>,
     /// A failure to report once the text held back before it has gone out.
@@ -285,21 +297,35 @@ impl AnswerStream {
     /// yields an error. Text comes redacted (a piece may be held back until the next
     /// shows it is no part of a key).
     pub async fn next(&mut self) -> Option<Result<UpEvent, UpError>> {
-        if let Some(e) = self.failure.take() {
-            return Some(Err(e));
+        if self.failure.is_some() {
+            if let Some(text) = self.flush_text(None) {
+                return Some(Ok(text));
+            }
+            return self.failure.take().map(Err);
         }
         let r = self.next_event().await;
         match r {
             // Text held back goes out before the failure (alone it holds no part of a
             // key long enough to matter: it is shorter than 8 characters).
-            Some(Err(e)) if self.text.has_pending() => {
+            Some(Err(e)) => {
                 self.failure = Some(e);
-                let text = self.text.finish();
-                let index = self.text_index;
-                Some(Ok(UpEvent::Text { index, text }))
+                match self.flush_text(None) {
+                    Some(text) => Some(Ok(text)),
+                    None => self.failure.take().map(Err),
+                }
             }
             r => r,
         }
+    }
+
+    /// Text held back for choice `only` (any choice: `None`), as one more piece.
+    fn flush_text(&mut self, only: Option<usize>) -> Option<UpEvent> {
+        let (&index, r) = self
+            .texts
+            .iter_mut()
+            .find(|(i, r)| only.is_none_or(|o| o == **i) && r.has_pending())?;
+        let text = r.finish();
+        Some(UpEvent::Text { index, text })
     }
 
     /// A tool-call piece, redacted: id and name whole, arguments across pieces (a tail
@@ -348,19 +374,21 @@ impl AnswerStream {
             if let Some(ev) = self.queue.pop_front() {
                 match ev {
                     UpEvent::Text { index, text } => {
-                        self.text_index = index;
-                        let text = self.text.push(&text);
+                        let r = self
+                            .texts
+                            .entry(index)
+                            .or_insert_with(|| StreamRedactor::new(self.redactor.clone()));
+                        let text = r.push(&text);
                         if text.is_empty() {
                             continue;
                         }
                         return Some(Ok(UpEvent::Text { index, text }));
                     }
                     UpEvent::Finish { index, .. } | UpEvent::ToolCall { index, .. }
-                        if self.text.has_pending() =>
+                        if self.texts.get(&index).is_some_and(|r| r.has_pending()) =>
                     {
                         self.queue.push_front(ev);
-                        let text = self.text.finish();
-                        return Some(Ok(UpEvent::Text { index, text }));
+                        return self.flush_text(Some(index)).map(Ok);
                     }
                     UpEvent::Finish { index, .. } => {
                         if let Some(rest) = self.flush_args(Some(index)) {
@@ -376,14 +404,12 @@ impl AnswerStream {
                             call: self.redact_call(index, call),
                         }))
                     }
-                    UpEvent::Usage { .. } => return Some(Ok(ev)),
+                    UpEvent::Usage { .. } | UpEvent::Embeddings { .. } => return Some(Ok(ev)),
                 }
             }
             if self.done {
-                if self.text.has_pending() {
-                    let text = self.text.finish();
-                    let index = self.text_index;
-                    return Some(Ok(UpEvent::Text { index, text }));
+                if let Some(text) = self.flush_text(None) {
+                    return Some(Ok(text));
                 }
                 return self.flush_args(None).map(Ok);
             }
@@ -526,7 +552,7 @@ pub fn http_client() -> &'static reqwest::Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::parse_chat;
+    use crate::request::parse_request;
 
     const KEY: &str = "sk-proj-7fQ2xLm9Vt4Rz8Kw3Np6";
 
@@ -568,11 +594,11 @@ mod tests {
         )
     }
 
-    fn req(stream: bool) -> ChatRequest {
+    fn req(stream: bool) -> ClientRequest {
         let body = format!(
             r#"{{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "stream": {stream}}}"#
         );
-        parse_chat(body.as_bytes()).unwrap()
+        parse_request(Api::Chat, body.as_bytes()).unwrap()
     }
 
     /// The error message (what the client sees and the log records) is redacted
@@ -626,5 +652,47 @@ mod tests {
             }
         }
         assert_eq!(text, "key=[redacted]!");
+    }
+
+    /// Choices streamed interleaved (`n` > 1) are redacted each on its own: a key
+    /// split across one choice's pieces is caught, and another choice's text between
+    /// them is neither held nor mixed in.
+    #[tokio::test]
+    async fn interleaved_choices_are_redacted_apart() {
+        let ev =
+            |c: serde_json::Value| format!("data: {}\n\n", serde_json::json!({ "choices": [c] }));
+        let delta =
+            |i: usize, t: &str| ev(serde_json::json!({"index": i, "delta": {"content": t}}));
+        let finish =
+            |i: usize| ev(serde_json::json!({"index": i, "delta": {}, "finish_reason": "stop"}));
+        let body = [
+            delta(0, &KEY[..10]),
+            delta(1, "one "),
+            delta(0, &KEY[10..]),
+            delta(1, "two"),
+            delta(0, "!"),
+            finish(1),
+            finish(0),
+        ]
+        .concat()
+            + "data: [DONE]\n\n";
+        let mut s = endpoint(200, body)
+            .open(&model(), &req(true))
+            .await
+            .unwrap();
+        let mut text = [String::new(), String::new()];
+        let mut finished = Vec::new();
+        while let Some(ev) = s.next().await {
+            match ev.unwrap() {
+                UpEvent::Text { index, text: t } => {
+                    assert!(!finished.contains(&index), "text after its finish");
+                    text[index] += &t;
+                }
+                UpEvent::Finish { index, .. } => finished.push(index),
+                _ => {}
+            }
+        }
+        assert_eq!(text, ["[redacted]!", "one two"]);
+        assert_eq!(finished, [1, 0]);
     }
 }

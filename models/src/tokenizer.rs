@@ -250,6 +250,9 @@ pub struct IncrementalDecoder {
     prefix_offset: usize,
     read_offset: usize,
     skip_special_tokens: bool,
+    /// Special tokens that come out as their text even when special tokens are
+    /// skipped (a tool-call marker such as Mistral's `[TOOL_CALLS]`).
+    kept: Vec<(u32, String)>,
 }
 
 impl IncrementalDecoder {
@@ -259,11 +262,27 @@ impl IncrementalDecoder {
             prefix_offset: 0,
             read_offset: 0,
             skip_special_tokens,
+            kept: Vec::new(),
         }
+    }
+
+    /// Also decodes these tokens (id and text) while skipping the other special ones.
+    pub fn keeping(mut self, kept: Vec<(u32, String)>) -> Self {
+        self.kept = kept;
+        self
     }
 
     /// Adds one token; returns the text it completes (possibly empty).
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
+        if let Some((_, text)) = self.kept.iter().find(|(k, _)| *k == id) {
+            let text = text.clone();
+            let mut out = self.flush(tok)?;
+            out.push_str(&text);
+            self.ids.push(id);
+            self.prefix_offset = self.ids.len();
+            self.read_offset = self.ids.len();
+            return Ok(out);
+        }
         self.ids.push(id);
         let prefix = tok.decode(
             &self.ids[self.prefix_offset..self.read_offset],
@@ -293,5 +312,41 @@ impl IncrementalDecoder {
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
         Ok(full.get(prefix.len()..).unwrap_or_default().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kept special tokens come out as their text, in place, while the others are
+    /// still skipped; the text around them is unchanged.
+    #[test]
+    fn kept_special_tokens_are_decoded_in_place() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen3-f32");
+        let tok = Tokenizer::from_dir(&dir).unwrap();
+        let hi = tok.encode("Hello there", false).unwrap();
+        let end = tok.token_to_id("<|im_end|>").unwrap();
+        let start = tok.token_to_id("<|im_start|>").unwrap();
+        let ids: Vec<u32> = hi
+            .iter()
+            .copied()
+            .chain([end, start])
+            .chain(hi.iter().copied())
+            .collect();
+        let run = |mut d: IncrementalDecoder| {
+            let mut out = String::new();
+            for &id in &ids {
+                out += &d.push(&tok, id).unwrap();
+            }
+            out + &d.flush(&tok).unwrap()
+        };
+        let plain = tok.decode(&hi, true).unwrap();
+        assert_eq!(
+            run(IncrementalDecoder::new(true)),
+            format!("{plain}{plain}")
+        );
+        let kept = IncrementalDecoder::new(true).keeping(vec![(end, "<|im_end|>".into())]);
+        assert_eq!(run(kept), format!("{plain}<|im_end|>{plain}"));
     }
 }

@@ -184,7 +184,17 @@ pub fn chat_request(req: &Value) -> Result<Value, ApiError> {
     }
     out.insert("messages".into(), Value::Array(messages));
     out.insert("max_tokens".into(), json!(max_tokens));
-    for k in ["temperature", "top_p", "top_k"] {
+    // Anthropic's sampling fields, and (from clients' `extra_body`) the OpenAI-side
+    // extensions Anthropic has no name for.
+    for k in [
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "min_p",
+        "repetition_penalty",
+        "ignore_eos",
+    ] {
         if let Some(v) = obj.get(k).filter(|v| !v.is_null()) {
             out.insert(k.into(), v.clone());
         }
@@ -247,13 +257,16 @@ pub fn chat_body(
     Ok(serde_json::to_vec(&chat).expect("JSON serializes").into())
 }
 
-/// OpenAI's finish reason as Anthropic's stop reason.
-fn stop_reason(finish: Option<&str>) -> Value {
-    match finish {
-        Some("length") => json!("max_tokens"),
-        Some("tool_calls") => json!("tool_use"),
-        Some(_) => json!("end_turn"),
-        None => Value::Null,
+/// A choice's OpenAI finish reason (and vLLM's `stop_reason`, the stop string that
+/// matched) as Anthropic's `stop_reason` and `stop_sequence`.
+fn stop_reason(choice: &Value) -> (Value, Value) {
+    let matched = choice["stop_reason"].as_str();
+    match choice["finish_reason"].as_str() {
+        Some("length") => (json!("max_tokens"), Value::Null),
+        Some("tool_calls") => (json!("tool_use"), Value::Null),
+        Some("stop") if matched.is_some() => (json!("stop_sequence"), json!(matched)),
+        Some(_) => (json!("end_turn"), Value::Null),
+        None => (Value::Null, Value::Null),
     }
 }
 
@@ -282,8 +295,8 @@ pub fn message_from_completion(c: &Value) -> Value {
         "role": "assistant",
         "model": c["model"],
         "content": content,
-        "stop_reason": stop_reason(choice["finish_reason"].as_str()),
-        "stop_sequence": null,
+        "stop_reason": stop_reason(choice).0,
+        "stop_sequence": stop_reason(choice).1,
         "usage": {"input_tokens": c["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
                   "output_tokens": c["usage"]["completion_tokens"].as_u64().unwrap_or(0)},
     })
@@ -298,7 +311,8 @@ pub struct MessageStream {
     next_index: usize,
     /// OpenAI tool-call index → our block index.
     calls: Vec<(usize, usize)>,
-    stop: Value,
+    /// `stop_reason` and `stop_sequence`.
+    stop: (Value, Value),
     input_tokens: u64,
     output_tokens: u64,
 }
@@ -317,7 +331,7 @@ impl MessageStream {
             open: None,
             next_index: 0,
             calls: Vec::new(),
-            stop: Value::Null,
+            stop: (Value::Null, Value::Null),
             input_tokens: 0,
             output_tokens: 0,
         }
@@ -410,8 +424,8 @@ impl MessageStream {
                     ));
                 }
             }
-            if let Some(f) = c["finish_reason"].as_str() {
-                self.stop = stop_reason(Some(f));
+            if c["finish_reason"].is_string() {
+                self.stop = stop_reason(c);
             }
         }
         out
@@ -425,7 +439,7 @@ impl MessageStream {
         out.push((
             "message_delta",
             json!({"type": "message_delta",
-            "delta": {"stop_reason": self.stop, "stop_sequence": null},
+            "delta": {"stop_reason": self.stop.0, "stop_sequence": self.stop.1},
             "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}}),
         ));
         out.push(("message_stop", json!({"type": "message_stop"})));
@@ -585,6 +599,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("messages[0].role"), "{}", e.message);
+    }
+
+    /// A stop string that ended the answer (vLLM's `stop_reason`) is Anthropic's
+    /// `stop_sequence`; an end-of-sequence token is `end_turn`.
+    #[test]
+    fn a_matched_stop_string_is_a_stop_sequence() {
+        let answer = |stop: Value| {
+            message_from_completion(
+                &json!({"model": "m", "choices": [{"index": 0, "finish_reason": "stop",
+                "stop_reason": stop, "message": {"role": "assistant", "content": "x"}}], "usage": {}}),
+            )
+        };
+        let m = answer(json!("END"));
+        assert_eq!(
+            (m["stop_reason"].as_str(), m["stop_sequence"].as_str()),
+            (Some("stop_sequence"), Some("END"))
+        );
+        let m = answer(Value::Null);
+        assert_eq!(
+            (m["stop_reason"].as_str(), &m["stop_sequence"]),
+            (Some("end_turn"), &Value::Null)
+        );
+        let mut s = MessageStream::new();
+        s.push(&json!({"model": "m", "choices": [{"index": 0, "delta": {"content": "x"}}]}));
+        s.push(&json!({"model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "END"}]}));
+        let end = s.finish();
+        let delta = &end.iter().find(|(n, _)| *n == "message_delta").unwrap().1["delta"];
+        assert_eq!(
+            delta,
+            &json!({"stop_reason": "stop_sequence", "stop_sequence": "END"})
+        );
     }
 
     #[test]

@@ -290,6 +290,10 @@ pub struct ChatChoice {
     pub logprobs: Option<Value>,
     /// `stop`, `length`, or `abort`.
     pub finish_reason: FinishReason,
+    /// vLLM's extension: the stop string that ended the choice (absent otherwise). The
+    /// Anthropic translation reports it as `stop_sequence`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -319,6 +323,10 @@ pub struct ChatChunkChoice {
     pub delta: ChatDelta,
     pub logprobs: Option<Value>,
     pub finish_reason: Option<FinishReason>,
+    /// vLLM's extension: the stop string that ended the choice (absent otherwise). The
+    /// Anthropic translation reports it as `stop_sequence`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
 }
 
 /// One `data:` event of a streamed chat completion.
@@ -343,6 +351,10 @@ pub struct CompletionChoice {
     pub logprobs: Option<Value>,
     /// Null in stream chunks until the choice ends.
     pub finish_reason: Option<FinishReason>,
+    /// vLLM's extension: the stop string that ended the choice (absent otherwise). The
+    /// Anthropic translation reports it as `stop_sequence`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
 }
 
 /// A text completion, or (streaming) one `data:` event of it.

@@ -50,6 +50,20 @@ def streaming_equals_the_json_answer():
 
 
 @check
+def a_stop_sequence_is_reported_as_such_json_and_streamed():
+    kw = dict(model=MODEL, max_tokens=24, messages=MESSAGES, extra_body={"temperature": 0, "ignore_eos": True})
+    text = client.messages.create(**kw).content[0].text
+    stop = text[len(text) // 2:len(text) // 2 + 3]
+    assert len(stop) == 3, text
+    r = client.messages.create(stop_sequences=[stop, "\u2603 never"], **kw)
+    assert (r.stop_reason, r.stop_sequence) == ("stop_sequence", stop), (r.stop_reason, r.stop_sequence)
+    assert r.content[0].text == text[:text.index(stop)], (r.content, text, stop)
+    with client.messages.stream(stop_sequences=[stop], **kw) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", stop), final
+
+
+@check
 def forced_tool_use_always_validates_json_and_streamed():
     for choice in ({"type": "any"}, {"type": "tool", "name": "get_weather"}):
         for seed_temp in (0, 1.0):

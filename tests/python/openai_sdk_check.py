@@ -111,9 +111,14 @@ def stop_strings_cut_the_output_and_never_leak():
     r = client.completions.create(stop=[stop], **kw)
     assert r.choices[0].text == cut, (r.choices[0].text, cut, stop)
     assert r.choices[0].finish_reason == "stop"
-    streamed = "".join(c.choices[0].text for c in client.completions.create(stop=stop, stream=True, **kw)
-                       if c.choices)
+    # Which stop string matched, as vLLM reports it.
+    assert r.choices[0].model_extra.get("stop_reason") == stop, r.choices[0]
+    chunks = [c for c in client.completions.create(stop=stop, stream=True, **kw) if c.choices]
+    streamed = "".join(c.choices[0].text for c in chunks)
     assert streamed == cut, (streamed, cut)
+    assert chunks[-1].choices[0].model_extra.get("stop_reason") == stop, chunks[-1]
+    # Without a stop string there is none.
+    assert "stop_reason" not in (client.completions.create(**kw).choices[0].model_extra or {})
 
 
 @check

@@ -62,6 +62,14 @@ pub enum Behavior {
     /// Anthropic: a text block, then `tool_use` blocks (a name and its `input_json_delta`
     /// fragments each), stop reason `tool_use`; streamed or one message, as asked.
     AnthropicTools(&'static str, Vec<(&'static str, Vec<&'static str>)>),
+    /// Several choices (`n` > 1), one per list of text pieces: chat chunks, or text
+    /// completion chunks when the request came to `/completions`. Streamed, the choices'
+    /// pieces are interleaved and each choice finishes on its own (the last with
+    /// `length`, the others `stop`); else one JSON answer.
+    Choices(Vec<Vec<&'static str>>),
+    /// An embeddings answer: one vector of this many dimensions per input, the
+    /// input's position and the dimension in each value (`index + d / 100`).
+    Embeddings(usize),
 }
 
 /// `template` with the key placeholders filled in (see the module doc).
@@ -272,6 +280,97 @@ async fn serve_one(
             out += &done;
             out += end;
             sock.write_all(out.as_bytes()).await?;
+        }
+        Behavior::Choices(choices) => {
+            let text_api = head.starts_with("POST /v1/completions");
+            let object = if text_api {
+                "text_completion"
+            } else {
+                "chat.completion.chunk"
+            };
+            let reason = |i: usize| {
+                if i + 1 == choices.len() {
+                    "length"
+                } else {
+                    "stop"
+                }
+            };
+            let piece = |i: usize, t: &str, finish: Option<&str>| {
+                let mut c = if text_api {
+                    serde_json::json!({"index": i, "text": t})
+                } else if finish.is_some() {
+                    serde_json::json!({"index": i, "delta": {}})
+                } else {
+                    serde_json::json!({"index": i, "delta": {"content": t}})
+                };
+                c["finish_reason"] = serde_json::json!(finish);
+                c
+            };
+            let pieces: usize = choices.iter().map(Vec::len).sum();
+            if streaming {
+                let mut out = sse_head.to_string();
+                let ev = |c: serde_json::Value| {
+                    chunk(&format!(
+                        "data: {}\n\n",
+                        serde_json::json!({"id": "up-1", "object": object, "created": 1, "model": "up", "choices": [c]})
+                    ))
+                };
+                let longest = choices.iter().map(Vec::len).max().unwrap_or(0);
+                for k in 0..=longest {
+                    for (i, c) in choices.iter().enumerate() {
+                        if let Some(t) = c.get(k) {
+                            out += &ev(piece(i, t, None));
+                        } else if k == c.len() {
+                            out += &ev(piece(i, "", Some(reason(i))));
+                        }
+                    }
+                }
+                out += &usage(pieces);
+                out += &done;
+                out += end;
+                sock.write_all(out.as_bytes()).await?;
+            } else {
+                let list: Vec<serde_json::Value> = choices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let text = c.concat();
+                        if text_api {
+                            serde_json::json!({"index": i, "text": text, "logprobs": null, "finish_reason": reason(i)})
+                        } else {
+                            serde_json::json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason(i)})
+                        }
+                    })
+                    .collect();
+                let object = if text_api {
+                    "text_completion"
+                } else {
+                    "chat.completion"
+                };
+                let body = serde_json::json!({"id": "up-1", "object": object, "created": 1, "model": "up", "choices": list,
+                    "usage": {"prompt_tokens": 11, "completion_tokens": pieces, "total_tokens": 11 + pieces}}).to_string();
+                sock.write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
+            }
+        }
+        Behavior::Embeddings(dims) => {
+            let req: serde_json::Value =
+                serde_json::from_str(&requests.lock().unwrap().last().unwrap().body)
+                    .unwrap_or_default();
+            let inputs = match &req["input"] {
+                serde_json::Value::Array(a) if a.iter().all(|x| x.is_number()) => 1,
+                serde_json::Value::Array(a) => a.len(),
+                _ => 1,
+            };
+            let data: Vec<serde_json::Value> = (0..inputs)
+                .map(|i| {
+                    let v: Vec<f64> = (0..dims).map(|d| i as f64 + d as f64 / 100.0).collect();
+                    serde_json::json!({"object": "embedding", "index": i, "embedding": v})
+                })
+                .collect();
+            let body = serde_json::json!({"object": "list", "data": data, "model": "up",
+                "usage": {"prompt_tokens": 3 * inputs, "total_tokens": 3 * inputs}})
+            .to_string();
+            sock.write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
         }
         Behavior::ToolCalls(calls) => {
             let tool_calls: Vec<serde_json::Value> = calls

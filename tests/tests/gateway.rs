@@ -584,6 +584,27 @@ fn local_models_and_reload_without_dropping_in_flight_requests() {
     assert_eq!((finish.as_deref(), error), (Some("length"), None));
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 5);
     assert_eq!(r.header("x-novastack-model").as_deref(), Some("tiny"));
+    // Text completions and n > 1 reach the local engine too.
+    let body = json!({"model": "tiny", "prompt": "The capital", "max_tokens": 3, "temperature": 0, "ignore_eos": true, "n": 2}).to_string();
+    let (status, _, text) = http_full(addr, "POST", "/v1/completions", &body, "");
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["object"], "text_completion", "{v}");
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2, "{v}");
+    assert_eq!(
+        choices[0]["text"], choices[1]["text"],
+        "greedy: the same text twice"
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 6, "{v}");
+    let (status, _, text) = http_full(
+        addr,
+        "POST",
+        "/v1/embeddings",
+        r#"{"model": "tiny", "input": "x"}"#,
+        "",
+    );
+    assert_eq!(status, 400, "the engine has no embeddings: {text}");
     // Start a slow stream, reload mid-way so `m` points elsewhere: the stream finishes
     // on the old upstream, new requests use the new one.
     let h = std::thread::spawn(move || post(addr, &chat("m", true), ""));
@@ -606,6 +627,228 @@ fn local_models_and_reload_without_dropping_in_flight_requests() {
         post(addr, &chat("tiny", false), "").status,
         404,
         "tiny left the config"
+    );
+}
+
+/// `/v1/completions`, `/v1/embeddings` and `n` > 1 go through the same routing,
+/// limits and attempt loop as chat, to the models that serve them: the upstream gets
+/// the client's request on the right endpoint, and answers come back in the client's
+/// API's shape, every choice apart (JSON and streamed). Models that do not serve an
+/// API are left out of `auto`, and naming one is a 400.
+#[test]
+fn completions_embeddings_and_several_choices_reach_upstreams_that_serve_them() {
+    let a = MockUpstream::start(B::Choices(vec![
+        vec!["Hel", "lo"],
+        vec!["Bon", "jour", " à tous"],
+    ]));
+    let e = MockUpstream::start(B::Embeddings(3));
+    let c = MockUpstream::start(B::Anthropic(vec!["hi"]));
+    let yaml = format!(
+        "models:\n{}{}{}{}",
+        model_yaml("a", &a, ", price: {input_per_mtok: 1, output_per_mtok: 2}"),
+        model_yaml("emb", &e, ""),
+        model_yaml("chatonly", &e, ", apis: [chat]"),
+        format_args!("  - {{name: claude, provider: anthropic, base_url: \"http://{}\", auth: {{header: x-api-key, key_env: UP_KEY}}}}\n", c.addr),
+    );
+    let (addr, _gw) = start_gateway(&yaml, &[("UP_KEY", UP_KEY)]);
+    let call = |path: &str, body: Value| {
+        let (status, head, body) = http_full(addr, "POST", path, &body.to_string(), "");
+        Resp { status, head, body }
+    };
+    let sent = |up: &MockUpstream| {
+        let r = up.requests.lock().unwrap().last().unwrap().clone();
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        (r.head.lines().next().unwrap().to_string(), v)
+    };
+    // Chat, n = 2: both choices, each with its own text and finish reason.
+    let chat_n = |stream: bool| {
+        json!({"model": "a", "n": 2, "stream": stream, "stream_options": {"include_usage": true},
+               "messages": [{"role": "user", "content": "greet"}]})
+    };
+    let r = call("/v1/chat/completions", chat_n(false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let texts: Vec<_> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["index"].clone(),
+                c["message"]["content"].clone(),
+                c["finish_reason"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            (json!(0), json!("Hello"), json!("stop")),
+            (json!(1), json!("Bonjour à tous"), json!("length"))
+        ]
+    );
+    let (line, body) = sent(&a);
+    assert!(line.starts_with("POST /v1/chat/completions "), "{line}");
+    assert_eq!(
+        (body["n"].clone(), body["model"].clone()),
+        (json!(2), json!("up-a"))
+    );
+    // Streamed: interleaved pieces rebuild each choice; every choice opens with its
+    // role and ends with its own finish chunk.
+    let by_choice = |r: &Resp, text_of: &dyn Fn(&Value) -> Option<String>| {
+        let (_, _, error, chunks) = r.stream();
+        assert_eq!(error, None);
+        let mut out = vec![(String::new(), None::<String>, 0); 2];
+        for ch in &chunks {
+            for c in ch["choices"].as_array().unwrap() {
+                let i = c["index"].as_u64().unwrap() as usize;
+                assert!(
+                    out[i].1.is_none(),
+                    "a piece after choice {i} finished: {}",
+                    r.body
+                );
+                if c["delta"]["role"] == "assistant" {
+                    out[i].2 += 1;
+                }
+                out[i].0 += &text_of(c).unwrap_or_default();
+                out[i].1 = c["finish_reason"].as_str().map(str::to_string);
+            }
+        }
+        (
+            out,
+            chunks.last().unwrap()["usage"]["completion_tokens"].clone(),
+        )
+    };
+    let r = call("/v1/chat/completions", chat_n(true));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (out, usage) = by_choice(&r, &|c| c["delta"]["content"].as_str().map(str::to_string));
+    assert_eq!(
+        out,
+        [
+            ("Hello".to_string(), Some("stop".to_string()), 1),
+            ("Bonjour à tous".to_string(), Some("length".to_string()), 1)
+        ]
+    );
+    assert_eq!(usage, 5);
+    // Text completions, JSON and streamed, on the upstream's /completions.
+    let comp = |stream: bool| {
+        json!({"model": "a", "prompt": ["Say hi", "Say hello"], "max_tokens": 8, "stream": stream,
+               "stream_options": {"include_usage": true}, "logprobs": 1})
+    };
+    let r = call("/v1/completions", comp(false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["object"], "text_completion", "{v}");
+    assert!(v["id"].as_str().unwrap().starts_with("cmpl-"), "{v}");
+    assert_eq!(v["choices"][0]["text"], "Hello");
+    assert_eq!(v["choices"][1]["text"], "Bonjour à tous");
+    assert_eq!(v["choices"][1]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    let (line, body) = sent(&a);
+    assert!(line.starts_with("POST /v1/completions "), "{line}");
+    assert_eq!(body["prompt"], json!(["Say hi", "Say hello"]));
+    assert_eq!(
+        (body["logprobs"].clone(), body.get("messages")),
+        (json!(1), None)
+    );
+    let r = call("/v1/completions", comp(true));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("\"object\":\"text_completion\""),
+        "{}",
+        r.body
+    );
+    let (out, usage) = by_choice(&r, &|c| c["text"].as_str().map(str::to_string));
+    assert_eq!(
+        out,
+        [
+            ("Hello".to_string(), Some("stop".to_string()), 0),
+            ("Bonjour à tous".to_string(), Some("length".to_string()), 0)
+        ]
+    );
+    assert_eq!(usage, 5);
+    // Embeddings: the vectors as the upstream sent them, the client's model name.
+    let r = call(
+        "/v1/embeddings",
+        json!({"model": "emb", "input": ["one", "two"], "encoding_format": "float"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["model"], "emb");
+    assert_eq!(v["data"][1]["embedding"], json!([1.0, 1.01, 1.02]), "{v}");
+    assert_eq!(v["usage"], json!({"prompt_tokens": 6, "total_tokens": 6}));
+    let (line, body) = sent(&e);
+    assert!(line.starts_with("POST /v1/embeddings "), "{line}");
+    assert_eq!(
+        (
+            body["input"].clone(),
+            body["encoding_format"].clone(),
+            body.get("stream")
+        ),
+        (json!(["one", "two"]), json!("float"), None)
+    );
+    // `auto` embeddings: `a` costs more and claude and chatonly do not serve them.
+    let r = call("/v1/embeddings", json!({"model": "auto", "input": "x"}));
+    assert_eq!(
+        (r.status, r.header("x-novastack-model").as_deref()),
+        (200, Some("emb")),
+        "{}",
+        r.body
+    );
+    // What cannot be served is a 400 naming the field, before any attempt.
+    let before = c.count() + e.count();
+    for (path, body, param, needle) in [
+        (
+            "/v1/embeddings",
+            json!({"model": "claude", "input": "x"}),
+            "model",
+            "does not serve /v1/embeddings",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "chatonly", "input": "x"}),
+            "model",
+            "does not serve /v1/embeddings",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "claude", "prompt": "x"}),
+            "model",
+            "does not serve /v1/completions",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "claude", "n": 2, "messages": [{"role": "user", "content": "x"}]}),
+            "n",
+            "Anthropic",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "emb", "input": "x", "stream": true}),
+            "stream",
+            "not streamed",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "a"}),
+            "prompt",
+            "`prompt`",
+        ),
+    ] {
+        let r = call(path, body);
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        let err = &r.json()["error"];
+        assert_eq!(err["param"], param, "{path}: {err}");
+        assert!(
+            err["message"].as_str().unwrap().contains(needle),
+            "{path}: {err}"
+        );
+    }
+    assert_eq!(
+        c.count() + e.count(),
+        before,
+        "no upstream saw a refused request"
     );
 }
 

@@ -7,6 +7,7 @@ mod when;
 
 pub use when::{Check, Cond, Subject, When};
 
+use crate::api::Api;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -75,6 +76,20 @@ pub struct ModelConfig {
     pub path: Option<String>,
     /// `anthropic`: the `anthropic-version` header (default 2023-06-01).
     pub anthropic_version: Option<String>,
+    /// The APIs this model serves (`chat`, `completions`, `embeddings`); default: all
+    /// its provider speaks (`Api::spoken_by`). Requests for an API go only to models
+    /// that serve it.
+    pub apis: Option<Vec<Api>>,
+}
+
+impl ModelConfig {
+    /// Whether requests for `api` may go to this model.
+    pub fn serves(&self, api: Api) -> bool {
+        match &self.apis {
+            Some(list) => list.contains(&api),
+            None => Api::spoken_by(self.provider).contains(&api),
+        }
+    }
 }
 
 /// `auth: none` or `auth: {header, prefix, key_env}`.
@@ -257,6 +272,18 @@ fn validate(cfg: &ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> Result<()
                 }
             }
             _ => {}
+        }
+        if let Some(apis) = &m.apis {
+            let spoken = Api::spoken_by(m.provider);
+            if let Some(a) = apis.iter().find(|a| !spoken.contains(a)) {
+                bail!(
+                    "{at}.apis: provider {:?} does not speak {a:?} (it speaks {spoken:?})",
+                    m.provider
+                );
+            }
+            if apis.is_empty() {
+                bail!("{at}.apis: empty (leave it out for every API the provider speaks)");
+            }
         }
         if let Some(t) = m.timeout_s {
             if !(t > 0.0 && t.is_finite()) {
@@ -442,6 +469,17 @@ api_keys:
             (
                 GOOD.replace("scores: {reasoning: 90}", "max_sse_line_bytes: 0"),
                 "models[0] (big): max_sse_line_bytes",
+            ),
+            (
+                GOOD.replace(
+                    "    base_url: http://127.0.0.1:9002\n",
+                    "    base_url: http://127.0.0.1:9002\n    apis: [chat, embeddings]\n",
+                ),
+                "models[1] (claude).apis: provider Anthropic does not speak Embeddings",
+            ),
+            (
+                GOOD.replace("scores: {reasoning: 90}", "apis: [chat, images]"),
+                "models[0]",
             ),
         ];
         for (text, needle) in cases {

@@ -7,9 +7,10 @@ use super::{
     auth_header, event_json, mid_stream_error, upstream_model, Decoder, Flow, Provider, UpError,
     UpEvent,
 };
+use crate::api::Api;
 use crate::config::ModelConfig;
 use crate::policy::FailureKind;
-use crate::request::{content_text, ChatRequest};
+use crate::request::{content_text, ClientRequest};
 use novastack_openai::protocol::{FinishReason, FunctionCallDelta, ToolCallDelta};
 use novastack_openai::sse_parser::SseEvent;
 use serde_json::{json, Value};
@@ -22,7 +23,10 @@ const DEFAULT_VERSION: &str = "2023-06-01";
 pub struct Anthropic;
 
 impl Provider for Anthropic {
-    fn endpoint(&self, base_url: &str) -> Option<String> {
+    fn endpoint(&self, base_url: &str, api: Api) -> Option<String> {
+        if api != Api::Chat {
+            return None;
+        }
         let base = base_url.trim_end_matches('/');
         Some(if base.ends_with("/v1") {
             format!("{base}/messages")
@@ -38,11 +42,11 @@ impl Provider for Anthropic {
             .collect()
     }
 
-    fn body(&self, m: &ModelConfig, req: &ChatRequest) -> Vec<u8> {
+    fn body(&self, m: &ModelConfig, req: &ClientRequest) -> Vec<u8> {
         body(m, req).to_string().into_bytes()
     }
 
-    fn decoder(&self) -> Box<dyn Decoder> {
+    fn decoder(&self, _api: Api) -> Box<dyn Decoder> {
         Box::new(AnthropicDecoder {
             prompt: 0,
             calls: Default::default(),
@@ -50,7 +54,7 @@ impl Provider for Anthropic {
     }
 }
 
-fn body(m: &ModelConfig, req: &ChatRequest) -> Value {
+fn body(m: &ModelConfig, req: &ClientRequest) -> Value {
     let mut system = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
     for msg in &req.messages {
@@ -151,7 +155,7 @@ fn body(m: &ModelConfig, req: &ChatRequest) -> Value {
 
 /// An OpenAI content part as an Anthropic block: text, or an `image_url` (a base64
 /// `data:` URL or a web URL) as an image. Other kinds are refused before any attempt
-/// (`ChatRequest::field_anthropic_lacks`).
+/// (`ClientRequest::field_anthropic_lacks`).
 fn part_block(part: &Value) -> Option<Value> {
     match part["type"].as_str()? {
         "text" => Some(json!({"type": "text", "text": part["text"]})),
@@ -266,6 +270,7 @@ impl Decoder for AnthropicDecoder {
                     out.push_back(UpEvent::Finish {
                         index: 0,
                         reason: finish_reason(r),
+                        stop: v["delta"]["stop_sequence"].as_str().map(str::to_string),
                     });
                 }
                 if let Some(n) = v["usage"]["output_tokens"].as_u64() {
@@ -302,6 +307,7 @@ impl Decoder for AnthropicDecoder {
                 UpEvent::Finish {
                     index: 0,
                     reason: finish_reason(v["stop_reason"].as_str().unwrap_or("end_turn")),
+                    stop: v["stop_sequence"].as_str().map(str::to_string),
                 },
                 UpEvent::Usage {
                     prompt: v["usage"]["input_tokens"].as_u64().unwrap_or(0) as usize,

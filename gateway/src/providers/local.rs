@@ -4,21 +4,22 @@
 
 use super::openai::{OpenAi, OpenAiDecoder};
 use super::{Decoder, Provider};
+use crate::api::Api;
 use crate::config::ModelConfig;
-use crate::request::ChatRequest;
+use crate::request::ClientRequest;
 
 pub struct Local;
 
 impl Provider for Local {
-    fn endpoint(&self, _base_url: &str) -> Option<String> {
+    fn endpoint(&self, _base_url: &str, _api: Api) -> Option<String> {
         None
     }
 
-    fn body(&self, m: &ModelConfig, req: &ChatRequest) -> Vec<u8> {
+    fn body(&self, m: &ModelConfig, req: &ClientRequest) -> Vec<u8> {
         OpenAi.body(m, req)
     }
 
-    fn decoder(&self) -> Box<dyn Decoder> {
-        Box::new(OpenAiDecoder)
+    fn decoder(&self, api: Api) -> Box<dyn Decoder> {
+        Box::new(OpenAiDecoder { api })
     }
 }

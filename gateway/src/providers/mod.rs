@@ -1,7 +1,7 @@
 //! Providers: how the gateway speaks to each kind of upstream. A provider turns the
 //! client's OpenAI chat request into its own request (endpoint, headers, body) and
 //! decodes its answer (SSE events or one JSON body) into normalized `UpEvent`s: text
-//! deltas, tool calls, finish reasons, usage. Sending, timeouts, status handling and SSE framing are
+//! deltas, tool calls, finish reasons, usage, embeddings. Sending, timeouts, status handling and SSE framing are
 //! the same for all of them (`upstream.rs`).
 //!
 //! - `openai`: any OpenAI-compatible server, quirks included (usage missing or only at
@@ -17,9 +17,10 @@ mod anthropic;
 mod local;
 mod openai;
 
+use crate::api::Api;
 use crate::config::{self, AuthSpec, ModelConfig};
 use crate::policy::FailureKind;
-use crate::request::ChatRequest;
+use crate::request::ClientRequest;
 use novastack_openai::protocol::{FinishReason, ToolCallDelta};
 use novastack_openai::sse_parser::SseEvent;
 use serde_json::Value;
@@ -42,10 +43,17 @@ pub enum UpEvent {
     Finish {
         index: usize,
         reason: FinishReason,
+        /// The stop string that ended the choice, where the upstream says (vLLM's
+        /// `stop_reason`, Anthropic's `stop_sequence`).
+        stop: Option<String>,
     },
     Usage {
         prompt: usize,
         completion: usize,
+    },
+    /// An embeddings answer's `data` (the vectors, as the upstream encoded them).
+    Embeddings {
+        data: Value,
     },
 }
 
@@ -70,9 +78,9 @@ impl UpError {
 /// How one kind of upstream is spoken to. Implementations are stateless; state kept
 /// while one answer is read lives in its `Decoder`.
 pub trait Provider: Send + Sync {
-    /// The chat endpoint under the model's `base_url`; `None` for a provider that is
-    /// not reached over HTTP (`local`).
-    fn endpoint(&self, base_url: &str) -> Option<String>;
+    /// The endpoint of `api` under the model's `base_url`; `None` for a provider that
+    /// is not reached over HTTP (`local`) or does not speak `api`.
+    fn endpoint(&self, base_url: &str, api: Api) -> Option<String>;
 
     /// Request headers besides content type and accept: by default the configured
     /// `auth` header carrying the upstream key.
@@ -81,10 +89,10 @@ pub trait Provider: Send + Sync {
     }
 
     /// The upstream's request body for the client's request.
-    fn body(&self, m: &ModelConfig, req: &ChatRequest) -> Vec<u8>;
+    fn body(&self, m: &ModelConfig, req: &ClientRequest) -> Vec<u8>;
 
-    /// A decoder for one answer.
-    fn decoder(&self) -> Box<dyn Decoder>;
+    /// A decoder for one answer to a request for `api`.
+    fn decoder(&self, api: Api) -> Box<dyn Decoder>;
 }
 
 /// Whether an answer goes on after an SSE event.

@@ -1,13 +1,14 @@
-//! OpenAI-compatible upstreams (`/chat/completions`): the client's request passes through
-//! with the upstream's model name and stream settings; answers are OpenAI chunks or one
-//! completion.
+//! OpenAI-compatible upstreams (`/chat/completions`, `/completions`, `/embeddings`): the
+//! client's request passes through with the upstream's model name and stream settings;
+//! answers are OpenAI chunks, one completion, or one embeddings list.
 
 use super::{
     event_json, mid_stream_error, upstream_model, Decoder, Flow, Provider, UpError, UpEvent,
 };
+use crate::api::Api;
 use crate::config::ModelConfig;
 use crate::policy::FailureKind;
-use crate::request::ChatRequest;
+use crate::request::ClientRequest;
 use novastack_openai::protocol::{FinishReason, FunctionCallDelta, ToolCallDelta};
 use novastack_openai::sse_parser::SseEvent;
 use serde_json::{json, Value};
@@ -16,14 +17,11 @@ use std::collections::VecDeque;
 pub struct OpenAi;
 
 impl Provider for OpenAi {
-    fn endpoint(&self, base_url: &str) -> Option<String> {
-        Some(format!(
-            "{}/chat/completions",
-            base_url.trim_end_matches('/')
-        ))
+    fn endpoint(&self, base_url: &str, api: Api) -> Option<String> {
+        Some(format!("{}/{}", base_url.trim_end_matches('/'), api.path()))
     }
 
-    fn body(&self, m: &ModelConfig, req: &ChatRequest) -> Vec<u8> {
+    fn body(&self, m: &ModelConfig, req: &ClientRequest) -> Vec<u8> {
         let body = OpenAiBody {
             req,
             model: upstream_model(m),
@@ -31,15 +29,15 @@ impl Provider for OpenAi {
         serde_json::to_vec(&body).unwrap_or_default()
     }
 
-    fn decoder(&self) -> Box<dyn Decoder> {
-        Box::new(OpenAiDecoder)
+    fn decoder(&self, api: Api) -> Box<dyn Decoder> {
+        Box::new(OpenAiDecoder { api })
     }
 }
 
 /// The OpenAI request body: the client's fields with the upstream's model name and the
 /// stream settings, serialized straight from the borrowed request (no deep copy).
 struct OpenAiBody<'a> {
-    req: &'a ChatRequest,
+    req: &'a ClientRequest,
     model: &'a str,
 }
 
@@ -48,8 +46,12 @@ impl serde::Serialize for OpenAiBody<'_> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("model", self.model)?;
-        m.serialize_entry("messages", &self.req.messages)?;
-        m.serialize_entry("stream", &self.req.stream)?;
+        if self.req.api == Api::Chat {
+            m.serialize_entry("messages", &self.req.messages)?;
+        }
+        if self.req.api != Api::Embeddings {
+            m.serialize_entry("stream", &self.req.stream)?;
+        }
         if self.req.stream {
             m.serialize_entry("stream_options", &json!({"include_usage": true}))?;
         }
@@ -65,7 +67,10 @@ impl serde::Serialize for OpenAiBody<'_> {
     }
 }
 
-pub struct OpenAiDecoder;
+/// Decodes answers to requests for `api`.
+pub struct OpenAiDecoder {
+    pub api: Api,
+}
 
 impl Decoder for OpenAiDecoder {
     fn event(&mut self, ev: &SseEvent, out: &mut VecDeque<UpEvent>) -> Result<Flow, UpError> {
@@ -76,24 +81,29 @@ impl Decoder for OpenAiDecoder {
         if let Some(err) = v.get("error") {
             return Err(mid_stream_error(FailureKind::Protocol, err));
         }
-        out.extend(events(&v, true));
+        out.extend(events(&v, self.api, true));
         Ok(Flow::More)
     }
 
     fn json(&mut self, v: &Value) -> Vec<UpEvent> {
-        events(v, false)
+        events(v, self.api, false)
     }
 }
 
-/// Events in one OpenAI chunk (`stream`) or whole completion.
-fn events(v: &Value, stream: bool) -> Vec<UpEvent> {
+/// Events in one OpenAI chunk (`stream`) or whole answer to a request for `api`.
+fn events(v: &Value, api: Api, stream: bool) -> Vec<UpEvent> {
     let mut out = Vec::new();
+    if api == Api::Embeddings {
+        out.push(UpEvent::Embeddings {
+            data: v.get("data").cloned().unwrap_or(Value::Null),
+        });
+    }
     for c in v["choices"].as_array().into_iter().flatten() {
         let index = c["index"].as_u64().unwrap_or(0) as usize;
-        let text = if stream {
-            c["delta"]["content"].as_str()
-        } else {
-            c["message"]["content"].as_str()
+        let text = match (api, stream) {
+            (Api::Chat, true) => c["delta"]["content"].as_str(),
+            (Api::Chat, false) => c["message"]["content"].as_str(),
+            (Api::Completions | Api::Embeddings, _) => c["text"].as_str(),
         };
         if let Some(t) = text.filter(|t| !t.is_empty()) {
             out.push(UpEvent::Text {
@@ -127,6 +137,7 @@ fn events(v: &Value, stream: bool) -> Vec<UpEvent> {
             out.push(UpEvent::Finish {
                 index,
                 reason: finish_reason(r),
+                stop: c["stop_reason"].as_str().map(str::to_string),
             });
         }
     }
@@ -159,7 +170,7 @@ mod tests {
         let piece = json!({"choices": [{"index": 0, "delta": {"tool_calls": [
             {"index": 1, "function": {"arguments": "{\"a\":"}}]}, "finish_reason": null}]});
         assert_eq!(
-            events(&piece, true),
+            events(&piece, Api::Chat, true),
             [UpEvent::ToolCall {
                 index: 0,
                 call: ToolCallDelta {
@@ -176,7 +187,7 @@ mod tests {
         let whole = json!({"choices": [{"index": 0, "message": {"content": null, "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
             {"id": "c2", "function": {"name": "g", "arguments": "[]"}}]}, "finish_reason": "tool_calls"}]});
-        let ev = events(&whole, false);
+        let ev = events(&whole, Api::Chat, false);
         assert_eq!(ev.len(), 3, "{ev:?}");
         let UpEvent::ToolCall { call, .. } = &ev[1] else {
             panic!("{ev:?}")
@@ -189,7 +200,8 @@ mod tests {
             ev[2],
             UpEvent::Finish {
                 index: 0,
-                reason: FinishReason::ToolCalls
+                reason: FinishReason::ToolCalls,
+                stop: None
             }
         );
     }
@@ -199,7 +211,7 @@ mod tests {
         let chunk =
             json!({"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null}]});
         assert_eq!(
-            events(&chunk, true),
+            events(&chunk, Api::Chat, true),
             [UpEvent::Text {
                 index: 0,
                 text: "Hi".into()
@@ -208,7 +220,7 @@ mod tests {
         let done = json!({"choices": [{"index": 0, "message": {"content": "Hi"}, "finish_reason": "length"}],
                           "usage": {"prompt_tokens": 3, "completion_tokens": 1}});
         assert_eq!(
-            events(&done, false),
+            events(&done, Api::Chat, false),
             [
                 UpEvent::Text {
                     index: 0,
@@ -216,7 +228,8 @@ mod tests {
                 },
                 UpEvent::Finish {
                     index: 0,
-                    reason: FinishReason::Length
+                    reason: FinishReason::Length,
+                    stop: None
                 },
                 UpEvent::Usage {
                     prompt: 3,
@@ -225,6 +238,38 @@ mod tests {
             ]
         );
         assert_eq!(finish_reason("tool_calls"), FinishReason::ToolCalls);
+        // Completions carry `text`, streamed or whole; embeddings their `data`.
+        let text = json!({"choices": [{"index": 1, "text": "Hi", "finish_reason": "stop", "stop_reason": "END"}]});
+        for stream in [true, false] {
+            assert_eq!(
+                events(&text, Api::Completions, stream),
+                [
+                    UpEvent::Text {
+                        index: 1,
+                        text: "Hi".into()
+                    },
+                    UpEvent::Finish {
+                        index: 1,
+                        reason: FinishReason::Stop,
+                        stop: Some("END".into())
+                    }
+                ]
+            );
+        }
+        let emb = json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5]}],
+                         "usage": {"prompt_tokens": 2, "total_tokens": 2}});
+        assert_eq!(
+            events(&emb, Api::Embeddings, false),
+            [
+                UpEvent::Embeddings {
+                    data: emb["data"].clone()
+                },
+                UpEvent::Usage {
+                    prompt: 2,
+                    completion: 0
+                }
+            ]
+        );
         assert_eq!(finish_reason("eos_token"), FinishReason::Stop);
     }
 }

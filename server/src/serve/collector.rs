@@ -159,9 +159,18 @@ pub(crate) async fn submit(
             index_of.insert(id, p * n + i);
         }
     }
+    // A tool-call parser's markers are decoded even when they are special tokens.
+    let kept: Vec<(u32, String)> = spec
+        .tools
+        .as_ref()
+        .map(|p| p.markers())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| Some((m.tokenizer.token_to_id(t)?, t.to_string())))
+        .collect();
     let choices = (0..spec.prompts.len() * n)
         .map(|_| ChoiceState {
-            decoder: IncrementalDecoder::new(true),
+            decoder: IncrementalDecoder::new(true).keeping(kept.clone()),
             stop: StopMatcher::new(spec.stops.clone()),
             text: String::new(),
             logprobs: Vec::new(),

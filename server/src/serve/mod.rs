@@ -21,6 +21,7 @@ mod routes;
 mod state;
 mod stop;
 mod structured;
+mod tool_call_stream;
 pub mod tool_calls;
 mod validate;
 mod validation_error;

@@ -4,7 +4,8 @@
 use super::collector::{submit, ChoiceState};
 use super::logprobs::{chat_logprobs, completion_logprobs};
 use super::routes::now;
-use super::tool_calls::{extract, StreamGate};
+use super::tool_call_stream::StreamGate;
+use super::tool_calls::extract;
 use super::validate::ValidGeneration;
 use super::{AppState, ModelEntry};
 use axum::response::sse::{Event, Sse};
@@ -107,6 +108,7 @@ pub(crate) async fn respond(
                             },
                             logprobs: logprobs_of(&m, &c.logprobs, 0),
                             finish_reason,
+                            stop_reason: c.stop.matched().map(str::to_string),
                         }
                     })
                     .collect(),
@@ -127,6 +129,7 @@ pub(crate) async fn respond(
                         text: c.text.clone(),
                         logprobs: logprobs_of(&m, &c.logprobs, 0),
                         finish_reason: Some(finish(c)),
+                        stop_reason: c.stop.matched().map(str::to_string),
                     })
                     .collect(),
                 usage: Some(col.usage()),
@@ -175,6 +178,7 @@ pub(crate) async fn respond(
                             },
                             logprobs: None,
                             finish_reason: None,
+                            stop_reason: None,
                         }],
                         None,
                     );
@@ -205,33 +209,44 @@ pub(crate) async fn respond(
                 let base = col.choices[d.choice].text.len() - d.text.len();
                 let lp = logprobs_of(&col.m, &d.logprobs, base);
                 let finish_reason = d.finish.map(wire_finish);
+                let stop_reason = d
+                    .finish
+                    .and_then(|_| col.choices[d.choice].stop.matched().map(str::to_string));
                 let evs = match kind {
                     Endpoint::Chat => {
-                        // Under a tool plan the text passes its gate; at the end the
-                        // calls go out, then the finish.
+                        // Under a tool plan the text passes its gate: content, and
+                        // tool-call deltas as the calls are written; then the finish.
                         let mut content = d.text;
                         let mut calls = Vec::new();
+                        let mut finish_reason = finish_reason;
                         if let Some(g) = gates[d.choice].as_mut() {
-                            content = g.push(&content);
+                            let out = g.push(&content);
+                            content = out.content;
+                            calls = out.calls;
                             if d.finish.is_some() {
                                 if let Some(g) = gates[d.choice].take() {
-                                    let (rest, c) = g.finish();
-                                    content.push_str(&rest);
-                                    calls = c;
+                                    let (rest, were_calls) = g.finish();
+                                    content.push_str(&rest.content);
+                                    calls.extend(rest.calls);
+                                    if were_calls && finish_reason == Some(WireFinishReason::Stop) {
+                                        finish_reason = Some(WireFinishReason::ToolCalls);
+                                    }
                                 }
                             }
                         }
-                        let one = |delta: ChatDelta, lp: Option<Value>, f| {
-                            data(&chat_chunk(
-                                vec![ChatChunkChoice {
-                                    index: d.choice,
-                                    delta,
-                                    logprobs: lp,
-                                    finish_reason: f,
-                                }],
-                                None,
-                            ))
-                        };
+                        let one =
+                            |delta: ChatDelta, lp: Option<Value>, f: Option<WireFinishReason>| {
+                                data(&chat_chunk(
+                                    vec![ChatChunkChoice {
+                                        index: d.choice,
+                                        delta,
+                                        logprobs: lp,
+                                        stop_reason: f.and(stop_reason.clone()),
+                                        finish_reason: f,
+                                    }],
+                                    None,
+                                ))
+                            };
                         let text_delta = |content: String| ChatDelta {
                             role: None,
                             content: (!content.is_empty()).then_some(content),
@@ -246,32 +261,16 @@ pub(crate) async fn respond(
                             if !content.is_empty() || lp.is_some() {
                                 evs.push(one(text_delta(content), lp, None));
                             }
-                            for (i, call) in calls.into_iter().enumerate() {
-                                let piece = |head: bool, arguments: String| ChatDelta {
-                                    role: None,
-                                    content: None,
-                                    tool_calls: Some(vec![ToolCallDelta {
-                                        index: i,
-                                        id: head.then(|| call.id.clone()),
-                                        kind: head.then(|| "function".to_string()),
-                                        function: FunctionCallDelta {
-                                            name: head.then(|| call.function.name.clone()),
-                                            arguments: Some(arguments),
-                                        },
-                                    }]),
+                            for call in calls {
+                                let delta = ChatDelta {
+                                    tool_calls: Some(vec![call]),
+                                    ..ChatDelta::default()
                                 };
-                                evs.push(one(piece(true, String::new()), None, None));
-                                evs.push(one(
-                                    piece(false, call.function.arguments.clone()),
-                                    None,
-                                    None,
-                                ));
+                                evs.push(one(delta, None, None));
                             }
-                            let f = match finish_reason {
-                                Some(WireFinishReason::Stop) => Some(WireFinishReason::ToolCalls),
-                                f => f,
-                            };
-                            evs.push(one(text_delta(String::new()), None, f));
+                            if finish_reason.is_some() {
+                                evs.push(one(text_delta(String::new()), None, finish_reason));
+                            }
                         }
                         evs
                     }
@@ -281,6 +280,7 @@ pub(crate) async fn respond(
                             text: d.text,
                             logprobs: lp,
                             finish_reason,
+                            stop_reason,
                         }],
                         None,
                     ))],

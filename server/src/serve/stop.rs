@@ -8,6 +8,8 @@ pub struct StopMatcher {
     hold: usize,
     pending: String,
     stopped: bool,
+    /// The stop string that matched.
+    matched: Option<String>,
 }
 
 impl StopMatcher {
@@ -19,6 +21,7 @@ impl StopMatcher {
             hold,
             pending: String::new(),
             stopped: false,
+            matched: None,
         }
     }
 
@@ -31,9 +34,10 @@ impl StopMatcher {
         let first = self
             .stops
             .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min();
-        if let Some(at) = first {
+            .filter_map(|s| self.pending.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|(at, _)| *at);
+        if let Some((at, s)) = first {
+            self.matched = Some(s.clone());
             let out = self.pending[..at].to_string();
             self.pending.clear();
             self.stopped = true;
@@ -51,6 +55,11 @@ impl StopMatcher {
         let out = self.pending[..cut].to_string();
         self.pending.drain(..cut);
         (out, false)
+    }
+
+    /// The stop string that ended the text, if one did.
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.as_deref()
     }
 
     /// At the end of generation: whatever is held back (it contains no stop string).
@@ -93,5 +102,14 @@ mod tests {
         );
         assert_eq!(run(&[], &["plain"]), ("plain".into(), false));
         assert_eq!(run(&["é!"], &["caf", "é", "!"]), ("caf".into(), true));
+    }
+
+    /// The earliest match is the one reported, whichever stop string it is.
+    #[test]
+    fn the_matched_stop_string_is_reported() {
+        let mut m = StopMatcher::new(vec!["world".into(), "lo w".into()]);
+        assert_eq!(m.matched(), None);
+        assert_eq!(m.push("hello world"), ("hel".into(), true));
+        assert_eq!(m.matched(), Some("lo w"));
     }
 }

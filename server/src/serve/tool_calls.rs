@@ -7,8 +7,7 @@
 //!   schemas ([`forced_schema`]), so the call always parses and validates;
 //! - `"none"`: no calls are read.
 //!
-//! Streaming: text goes out as it comes until a call may be starting; the calls go out
-//! at the end as OpenAI's deltas (id, type and name first, then the arguments).
+//! Streaming is `tool_call_stream.rs`.
 
 use super::validation_error::ValidationError;
 use novastack_openai::protocol::{FunctionCall, ToolCall};
@@ -56,7 +55,7 @@ impl ToolParser {
 
     /// Where in `text` a call starts (or may start, if the text is cut there), so the
     /// text before it can be streamed as content.
-    fn call_start(self, text: &str) -> Option<usize> {
+    pub(crate) fn call_start(self, text: &str) -> Option<usize> {
         let markers: &[&str] = match self {
             ToolParser::Hermes => &["<tool_call>"],
             ToolParser::Mistral => &["[TOOL_CALLS]"],
@@ -187,6 +186,19 @@ pub(crate) enum ToolPlan {
     Required,
     /// The answer is the named function's arguments (constrained).
     Named(String),
+}
+
+impl ToolPlan {
+    /// The tokens the answer must be decoded with even if the tokenizer calls them
+    /// special (Mistral's `[TOOL_CALLS]` is a control token, skipped otherwise).
+    pub(crate) fn markers(&self) -> &'static [&'static str] {
+        match self {
+            ToolPlan::Auto(ToolParser::Hermes) => &["<tool_call>", "</tool_call>"],
+            ToolPlan::Auto(ToolParser::Mistral) => &["[TOOL_CALLS]", "[ARGS]"],
+            ToolPlan::Auto(ToolParser::Llama3Json) => &["<|python_tag|>"],
+            ToolPlan::Required | ToolPlan::Named(_) => &[],
+        }
+    }
 }
 
 fn bad(message: impl Into<String>, param: &'static str) -> ValidationError {
@@ -358,16 +370,28 @@ pub(crate) fn arguments_as_objects(messages: &mut [Value]) {
 pub(crate) fn extract(plan: &ToolPlan, text: &str) -> (Option<String>, Vec<ToolCall>) {
     let parsed: Option<(String, Vec<(String, String)>)> = match plan {
         ToolPlan::Auto(p) => p.parse(text),
+        // Forced answers are well-formed by construction: the arguments are the
+        // model's own text, as a stream of the same answer sends them.
         ToolPlan::Named(name) => serde_json::from_str::<Value>(text)
             .ok()
             .filter(Value::is_object)
-            .map(|v| (String::new(), vec![(name.clone(), v.to_string())])),
+            .map(|_| (String::new(), vec![(name.clone(), text.trim().to_string())])),
         ToolPlan::Required => serde_json::from_str::<Value>(text).ok().and_then(|v| {
-            v.as_array()?
+            let calls = v
+                .as_array()?
                 .iter()
                 .map(call_from_json)
-                .collect::<Option<Vec<_>>>()
-                .map(|c| (String::new(), c))
+                .collect::<Option<Vec<_>>>()?;
+            let spans = super::tool_call_stream::scan_required(text);
+            let raw = calls
+                .into_iter()
+                .zip(&spans)
+                .map(|((name, args), span)| match span.args {
+                    Some((s, Some(e))) => (name, text[s..e].to_string()),
+                    _ => (name, args),
+                })
+                .collect();
+            Some((String::new(), raw))
         }),
     };
     match parsed {
@@ -384,50 +408,6 @@ pub(crate) fn extract(plan: &ToolPlan, text: &str) -> (Option<String>, Vec<ToolC
             (content, calls)
         }
         _ => (Some(text.to_string()), Vec::new()),
-    }
-}
-
-/// A streamed answer's text under a plan: what may go out as content now; the rest is
-/// held until the end, when [`extract`] reads it.
-pub(crate) struct StreamGate {
-    plan: ToolPlan,
-    text: String,
-    sent: usize,
-}
-
-impl StreamGate {
-    pub(crate) fn new(plan: ToolPlan) -> Self {
-        StreamGate {
-            plan,
-            text: String::new(),
-            sent: 0,
-        }
-    }
-
-    /// Adds text; returns the content that can be sent now.
-    pub(crate) fn push(&mut self, piece: &str) -> String {
-        self.text.push_str(piece);
-        let ToolPlan::Auto(p) = &self.plan else {
-            return String::new(); // a forced answer is all call
-        };
-        let limit = p.call_start(&self.text).unwrap_or(self.text.len());
-        if limit <= self.sent {
-            return String::new();
-        }
-        let out = self.text[self.sent..limit].to_string();
-        self.sent = limit;
-        out
-    }
-
-    /// At the end: the content still to send and the calls.
-    pub(crate) fn finish(self) -> (String, Vec<ToolCall>) {
-        let (content, calls) = extract(&self.plan, &self.text);
-        if calls.is_empty() {
-            return (self.text[self.sent..].to_string(), calls);
-        }
-        let content = content.unwrap_or_default();
-        let rest = content.get(self.sent..).unwrap_or_default().to_string();
-        (rest, calls)
     }
 }
 
@@ -521,31 +501,6 @@ mod tests {
         assert_eq!(s["items"]["anyOf"][1]["properties"]["name"]["const"], "g");
         let s = forced_schema(&ToolPlan::Required, &tools, true).unwrap();
         assert_eq!(s["maxItems"], MAX_PARALLEL_CALLS);
-    }
-
-    #[test]
-    fn streamed_text_stops_where_a_call_may_start() {
-        let mut g = StreamGate::new(ToolPlan::Auto(ToolParser::Hermes));
-        assert_eq!(g.push("Sure, "), "Sure, ");
-        assert_eq!(g.push("checking <tool"), "checking ");
-        assert_eq!(g.push("_call>{\"name\": \"f\", "), "");
-        assert_eq!(g.push("\"arguments\": {}}</tool_call>"), "");
-        let (rest, calls) = g.finish();
-        assert_eq!(rest, "");
-        assert_eq!(names_args(&calls), vec![("f", json!({}))]);
-        // A held-back `<` that was not a call comes out at the end.
-        let mut g = StreamGate::new(ToolPlan::Auto(ToolParser::Hermes));
-        assert_eq!(g.push("a <"), "a ");
-        assert_eq!(g.push("b"), "<b");
-        assert_eq!(g.push(" <tool_c"), " ");
-        let (rest, calls) = g.finish();
-        assert!(calls.is_empty());
-        assert_eq!(rest, "<tool_c");
-        // Forced: nothing streams as content.
-        let mut g = StreamGate::new(ToolPlan::Named("f".into()));
-        assert_eq!(g.push("{\"a\":"), "");
-        assert_eq!(g.push("1}"), "");
-        assert_eq!(names_args(&g.finish().1), vec![("f", json!({"a": 1}))]);
     }
 
     #[test]
