@@ -151,7 +151,7 @@ fn tool_calls_through_the_openai_python_sdk() {
             &format!("http://{addr}"),
             model,
             &[],
-            5,
+            6,
         );
     } else {
         eprintln!("skipped the anthropic SDK checks: no `anthropic` in {python}");
