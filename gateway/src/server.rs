@@ -51,7 +51,8 @@ pub async fn serve_with_limits(
         g2.draining.store(true, Ordering::SeqCst);
         tracing::info!("gateway: shutting down, draining for up to {drain:?}");
     };
-    match http::serve(listener, app(gw), limits, shutdown, drain).await {
+    let metrics = gw.http.clone();
+    match http::serve(listener, app(gw), limits, metrics, shutdown, drain).await {
         DrainOutcome::Finished => Ok(()),
         DrainOutcome::Abandoned { requests } => anyhow::bail!(
             "gateway: --shutdown-timeout ({drain:?}) passed with {requests} requests in flight; abandoned them"

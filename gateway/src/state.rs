@@ -58,7 +58,7 @@ pub struct Gateway {
     local_loader: Arc<LocalLoader>,
     /// Largest request body (`--max-body-bytes`).
     pub(crate) max_body_bytes: usize,
-    pub(crate) http: HttpMetrics,
+    pub(crate) http: Arc<HttpMetrics>,
     pub draining: AtomicBool,
 }
 

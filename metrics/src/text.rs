@@ -22,9 +22,13 @@ pub fn write_head(out: &mut String, name: &str, help: &str, kind: &str) {
     );
 }
 
-/// One sample line, `labels` already formatted (`a="x",b="y"`).
+/// One sample line, `labels` already formatted (`a="x",b="y"`; empty for none).
 pub fn write_sample(out: &mut String, name: &str, labels: &str, v: f64) {
-    let _ = writeln!(out, "novastack_{name}{{{labels}}} {v}");
+    let _ = if labels.is_empty() {
+        writeln!(out, "novastack_{name} {v}")
+    } else {
+        writeln!(out, "novastack_{name}{{{labels}}} {v}")
+    };
 }
 
 /// One histogram's cumulative bucket, sum and count lines (no HELP/TYPE) with `labels`.

@@ -149,4 +149,24 @@ fn one_connection_over_the_cap_gets_503_until_a_slot_frees() {
         assert!(t.elapsed() < Duration::from_secs(10), "{r}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The listener's 503s are in /metrics, by reason and as responses.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).unwrap();
+    let value = |prefix: &str| -> f64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} not in\n{page}"))
+    };
+    assert!(value("novastack_http_refused_total{reason=\"connection_cap\"}") >= 1.0);
+    assert!(value("novastack_http_requests_total{route=\"(listener)\",status=\"503\"}") >= 1.0);
+    // `_b` and this one.
+    assert!(value("novastack_http_connections_open") >= 1.0);
 }

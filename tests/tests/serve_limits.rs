@@ -130,12 +130,16 @@ fn gauge(metrics: &str, name: &str) -> Option<f64> {
     })
 }
 
-/// A burst of 500 requests against `--max-waiting 8`: the queue never holds more than
+/// A burst of 100 simultaneous requests (under the 128-connection accept backlog a
+/// stock kernel allows, so the kernel never resets a connection the server has not
+/// seen) against `--max-waiting 8`: the queue never holds more than
 /// 8 sequences beyond the running batch (sampled from the engine throughout, and the
 /// server's own high-water mark), every refusal is a 429 with Retry-After, and every
 /// admitted request completes.
+const BURST: usize = 100;
+
 #[test]
-fn a_burst_of_500_never_queues_past_max_waiting() {
+fn a_burst_of_100_never_queues_past_max_waiting() {
     let mut args = ServeArgs {
         max_waiting: 8,
         ..Default::default()
@@ -155,8 +159,8 @@ fn a_burst_of_500_never_queues_past_max_waiting() {
             most
         })
     };
-    let barrier = Arc::new(Barrier::new(500));
-    let clients: Vec<_> = (0..500)
+    let barrier = Arc::new(Barrier::new(BURST));
+    let clients: Vec<_> = (0..BURST)
         .map(|i| {
             let barrier = barrier.clone();
             std::thread::Builder::new()
@@ -187,7 +191,7 @@ fn a_burst_of_500_never_queues_past_max_waiting() {
         most_waiting <= 8.0,
         "the engine queue reached {most_waiting}"
     );
-    assert_eq!(ok + refused.len(), 500);
+    assert_eq!(ok + refused.len(), BURST);
     assert!(ok >= 8 && !refused.is_empty(), "{ok} served");
     for r in &refused {
         assert!(r.1.contains("retry-after:"), "{}", r.1);
@@ -304,6 +308,12 @@ fn out_of_range_parameters_are_400s_naming_the_field() {
         ),
         ("/v1/completions", with("n", json!(1.5)), "n"),
         ("/v1/completions", with("prompt", json!(long)), "prompt"),
+        // Token ids that fill the context: the field is `prompt`, not `messages`.
+        (
+            "/v1/completions",
+            json!({"prompt": vec![5; 5000], "max_tokens": 2}),
+            "prompt",
+        ),
         (
             "/v1/chat/completions",
             json!({"messages": [{"role": "user", "content": long}]}),

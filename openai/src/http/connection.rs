@@ -4,6 +4,7 @@
 use super::body_deadline::DeadlineBody;
 use super::connection_limits::ConnectionLimits;
 use super::drain::{abandoned_error, closing, draining_response, is_sse, Drain, DrainBody};
+use super::metrics::{HttpMetrics, Refusal};
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Request};
 use axum::response::Response;
@@ -120,6 +121,7 @@ pub(crate) async fn serve_connection(
     router: Router,
     limits: ConnectionLimits,
     drain: Arc<Drain>,
+    http: &Arc<HttpMetrics>,
 ) {
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
@@ -130,10 +132,11 @@ pub(crate) async fn serve_connection(
         io: stream,
         activity: activity.clone(),
     });
-    let (act, dr) = (activity.clone(), drain.clone());
+    let (act, dr, http) = (activity.clone(), drain.clone(), http.clone());
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (router, activity, drain) = (router.clone(), act.clone(), dr.clone());
-        async move { Ok::<_, Infallible>(handle(req, router, limits, activity, drain).await) }
+        let (router, activity, drain, http) =
+            (router.clone(), act.clone(), dr.clone(), http.clone());
+        async move { Ok::<_, Infallible>(handle(req, router, limits, activity, drain, &http).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -168,8 +171,11 @@ async fn handle(
     limits: ConnectionLimits,
     activity: Arc<Activity>,
     drain: Arc<Drain>,
+    http: &HttpMetrics,
 ) -> Response {
     if drain.is_draining() {
+        http.refused(Refusal::Draining, 1);
+        http.listener_503();
         return draining_response();
     }
     activity.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -185,7 +191,11 @@ async fn handle(
             Ok(r) => r,
             Err(e) => match e {},
         },
-        _ = drain.abandoned() => closing(abandoned_error()),
+        _ = drain.abandoned() => {
+            // Counted by reason when the drain was abandoned; this one still gets a 503.
+            http.listener_503();
+            closing(abandoned_error())
+        }
     };
     if drain.is_draining() {
         // The last answer on this connection.

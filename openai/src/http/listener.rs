@@ -14,6 +14,7 @@
 use super::connection::serve_connection;
 use super::connection_limits::ConnectionLimits;
 use super::drain::Drain;
+use super::metrics::{HttpMetrics, Refusal};
 use crate::ApiError;
 use axum::Router;
 use std::future::Future;
@@ -53,11 +54,13 @@ pub async fn accept(listener: &TcpListener) -> io::Result<TcpStream> {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains for up to
-/// `drain_timeout` (see the module docs).
+/// `drain_timeout` (see the module docs). Open connections and the 503s given here
+/// (not by the router) go to `http`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    http: Arc<HttpMetrics>,
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
 ) -> DrainOutcome {
@@ -80,8 +83,10 @@ pub async fn serve(
                     }
                 };
                 if open.load(Ordering::SeqCst) >= limits.max_connections {
+                    http.refused(Refusal::ConnectionCap, 1);
                     if rejecting.fetch_add(1, Ordering::SeqCst) < limits.max_connections {
                         let r = rejecting.clone();
+                        http.listener_503();
                         conns.spawn(async move {
                             reject(stream).await;
                             r.fetch_sub(1, Ordering::SeqCst);
@@ -92,10 +97,13 @@ pub async fn serve(
                     continue;
                 }
                 open.fetch_add(1, Ordering::SeqCst);
-                let (router, drain, open) = (router.clone(), drain.clone(), open.clone());
+                http.connection(1);
+                let (router, drain, open, http) =
+                    (router.clone(), drain.clone(), open.clone(), http.clone());
                 conns.spawn(async move {
-                    serve_connection(stream, router, limits, drain).await;
+                    serve_connection(stream, router, limits, drain, &http).await;
                     open.fetch_sub(1, Ordering::SeqCst);
+                    http.connection(-1);
                 });
             }
             _ = &mut shutdown, if deadline.is_none() => {
@@ -109,6 +117,7 @@ pub async fn serve(
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
                 if deadline.is_some() => {
                 let requests = drain.abandon();
+                http.refused(Refusal::ShutdownTimeout, requests as u64);
                 tracing::warn!("shutdown timeout: abandoning {requests} requests in flight");
                 let _ = tokio::time::timeout(ABANDON_GRACE, drain.all_done()).await;
                 close_all(&drain, &mut conns).await;
@@ -210,6 +219,7 @@ mod tests {
 
     struct Server {
         addr: SocketAddr,
+        http: Arc<HttpMetrics>,
         stop: Option<oneshot::Sender<()>>,
         done: JoinHandle<DrainOutcome>,
     }
@@ -219,10 +229,12 @@ mod tests {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap();
             let (tx, rx) = oneshot::channel::<()>();
+            let http = Arc::new(HttpMetrics::default());
             let done = tokio::spawn(serve(
                 l,
                 router(),
                 limits,
+                http.clone(),
                 async move {
                     let _ = rx.await;
                 },
@@ -230,6 +242,7 @@ mod tests {
             ));
             Server {
                 addr,
+                http,
                 stop: Some(tx),
                 done,
             }
@@ -505,6 +518,13 @@ mod tests {
         assert_eq!(body, "abcd");
         let outcome = timeout(Duration::from_secs(10), srv.done).await.unwrap();
         assert_eq!(outcome.unwrap(), DrainOutcome::Finished);
+        assert_eq!(srv.http.refusals(Refusal::Draining), 2);
+        assert_eq!(
+            srv.http
+                .snapshot()
+                .get(&(crate::http::LISTENER_ROUTE.into(), 503)),
+            Some(&2)
+        );
     }
 
     #[tokio::test]
@@ -537,5 +557,13 @@ mod tests {
         assert!(body.contains("\"code\":\"shutdown_timeout\""), "{body}");
         let outcome = timeout(Duration::from_secs(10), srv.done).await.unwrap();
         assert_eq!(outcome.unwrap(), DrainOutcome::Abandoned { requests: 2 });
+        // Both were cut; only the one not yet answered could still get a 503.
+        assert_eq!(srv.http.refusals(Refusal::ShutdownTimeout), 2);
+        assert_eq!(
+            srv.http
+                .snapshot()
+                .get(&(crate::http::LISTENER_ROUTE.into(), 503)),
+            Some(&1)
+        );
     }
 }

@@ -18,6 +18,6 @@ pub use body::{body_bytes, from_value, json_object};
 pub use body_deadline::RequestBodyTimeout;
 pub use connection_limits::ConnectionLimits;
 pub use listener::{serve, DrainOutcome};
-pub use metrics::{count_response, render_http, HttpMetrics};
+pub use metrics::{count_response, render_http, HttpMetrics, Refusal, LISTENER_ROUTE};
 pub use request_id::request_id;
 pub use shutdown::shutdown_signal;

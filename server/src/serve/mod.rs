@@ -354,9 +354,15 @@ pub async fn serve_with_shutdown(
         st.draining.store(true, Ordering::SeqCst);
         tracing::info!("shutting down: draining in-flight requests (up to {timeout:?})");
     };
-    let outcome =
-        novastack_openai::http::serve(listener, app(state.clone()), limits, shutdown, timeout)
-            .await;
+    let outcome = novastack_openai::http::serve(
+        listener,
+        app(state.clone()),
+        limits,
+        state.http.clone(),
+        shutdown,
+        timeout,
+    )
+    .await;
     let running: usize = state.registry().map_or(0, |r| {
         r.models
             .iter()

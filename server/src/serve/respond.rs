@@ -28,6 +28,24 @@ pub(crate) enum Endpoint {
     Completion,
 }
 
+impl Endpoint {
+    /// The request field that holds the prompt.
+    pub(crate) fn prompt_param(self) -> &'static str {
+        match self {
+            Endpoint::Completion => "prompt",
+            Endpoint::Chat => "messages",
+        }
+    }
+
+    /// The request field that asks for alternatives per token.
+    pub(crate) fn logprobs_param(self) -> &'static str {
+        match self {
+            Endpoint::Completion => "logprobs",
+            Endpoint::Chat => "top_logprobs",
+        }
+    }
+}
+
 /// The engine's finish reason in the wire protocol.
 pub(crate) fn wire_finish(f: FinishReason) -> WireFinishReason {
     match f {

@@ -158,7 +158,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Set once SIGTERM arrived: /ready answers 503 and new generations are refused.
     pub draining: AtomicBool,
-    pub http: novastack_openai::http::HttpMetrics,
+    pub http: Arc<novastack_openai::http::HttpMetrics>,
     pub limits: RequestLimits,
     /// Where parsing, templates and tokenization run, off the async workers.
     pub cpu: super::cpu_pool::CpuPool,

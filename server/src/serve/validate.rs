@@ -3,6 +3,7 @@
 //! [`ValidationError`] naming the rule and the field. Each rule is checked here once;
 //! the engine only asserts its invariants.
 
+use super::respond::Endpoint;
 use super::validation_error::ValidationError;
 use super::ModelEntry;
 use novastack_engine::{RequestParams, SamplingParams};
@@ -116,7 +117,7 @@ pub(crate) fn validate_generation(
     prompts: Vec<Vec<u32>>,
     max_tokens: Option<usize>,
     logprobs: Option<usize>,
-    logprobs_param: &'static str,
+    api: Endpoint,
     forced: Option<super::structured::GrammarRequest>,
 ) -> Result<ValidGeneration, ValidationError> {
     let asked = super::structured::requested_grammar(&c)?;
@@ -160,6 +161,7 @@ pub(crate) fn validate_generation(
         return Err(ValidationError::PromptFillsContext {
             prompt: longest,
             context: m.max_context,
+            param: api.prompt_param(),
         });
     }
     let max_tokens = max_tokens.unwrap_or(room.min(4096));
@@ -222,7 +224,7 @@ pub(crate) fn validate_generation(
     novastack_engine::validate::sampling(&sampling)
         .map_err(|e| ValidationError::engine(e, None))?;
     if logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
-        return Err(ValidationError::TopLogprobs(logprobs_param));
+        return Err(ValidationError::TopLogprobs(api.logprobs_param()));
     }
     let stops = match c.stop {
         None => Vec::new(),

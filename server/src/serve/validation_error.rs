@@ -21,7 +21,12 @@ pub(crate) enum ValidationError {
     #[error("{prompts} prompts x n={n} is {} sequences; at most 64 per request", prompts * n)]
     TooManySequences { prompts: usize, n: usize },
     #[error("the prompt is {prompt} tokens, the model's context window is {context}")]
-    PromptFillsContext { prompt: usize, context: usize },
+    PromptFillsContext {
+        prompt: usize,
+        context: usize,
+        /// `prompt` or `messages`, by endpoint.
+        param: &'static str,
+    },
     #[error("max_tokens {max_tokens} must be between 1 and {room}: the context window is {context} and the prompt is {prompt} tokens")]
     MaxTokens {
         max_tokens: usize,
@@ -115,16 +120,14 @@ impl ValidationError {
             | Tokenize { param, .. }
             | OutOfRange { param, .. }
             | PromptTooLong { param, .. }
+            | PromptFillsContext { param, .. }
             | TopLogprobs(param) => Some(param),
             Engine { param, .. } => *param,
             ChoicesOutOfRange(_) => Some("n"),
             EmptyPrompt | TooManySequences { .. } | PromptOrMessages => Some("prompt"),
-            PromptFillsContext { .. }
-            | NoMessages
-            | MessageNotObject
-            | Role(_)
-            | ContentPart { .. }
-            | ContentType => Some("messages"),
+            NoMessages | MessageNotObject | Role(_) | ContentPart { .. } | ContentType => {
+                Some("messages")
+            }
             MaxTokens { .. } | TooManyTokens { .. } => Some("max_tokens"),
             LogitBiasKey(_) => Some("logit_bias"),
             TooManyStops | StopTooLong { .. } => Some("stop"),

@@ -109,7 +109,7 @@ fn prepare(state: &AppState, body: &[u8]) -> Result<(Arc<ModelEntry>, ValidGener
         vec![prompt],
         max,
         logprobs,
-        "top_logprobs",
+        Endpoint::Chat,
         forced,
     )?;
     spec.tools = plan;

@@ -90,6 +90,14 @@ fn prepare(
         }
         .into());
     }
-    let spec = validate_generation(&m, common, prompts, max, req.logprobs, "logprobs", None)?;
+    let spec = validate_generation(
+        &m,
+        common,
+        prompts,
+        max,
+        req.logprobs,
+        Endpoint::Completion,
+        None,
+    )?;
     Ok((m, spec, as_ids))
 }
