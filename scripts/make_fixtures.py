@@ -8,11 +8,17 @@ Run by hand (never in CI), from the repository root:
     HF_HUB_OFFLINE=1 /work/.venvs/fx/bin/python scripts/make_fixtures.py --out tests/fixtures/models
 
 Everything is built locally from configs (no hub access): one small byte-level
-BPE tokenizer trained on /usr/share/common-licenses/* and nine tiny random
-decoder models (Llama, Qwen2, Qwen3, Mistral).  For every model the reference
-outputs are computed with Hugging Face transformers in float32 (weights rounded
-to the storage dtype, i.e. the saved checkpoint loaded with dtype=float32),
-eager attention, one full forward per step (no KV cache).
+BPE tokenizer trained on /usr/share/common-licenses/* and tiny random decoder
+models: nine dense (Llama, Qwen2, Qwen3, Mistral) and four mixture-of-experts
+(Qwen3-MoE, Mixtral, MiniMax-M2).  For every model the reference outputs are
+computed with Hugging Face transformers in float32 (weights rounded to the
+storage dtype, i.e. the saved checkpoint loaded with dtype=float32), eager
+attention and eager experts, one full forward per step (no KV cache).
+
+A MoE seed is rejected when a router nearly ties (the gap between the k-th and
+the (k+1)-th selection score is under ROUTER_GAP at some position of some
+forward pass: a reference that flips on rounding is meaningless), or when the
+greedy tokens computed in float64 differ from the float32 ones.
 
 See tests/fixtures/models/README.md for the file formats.
 """
@@ -45,10 +51,13 @@ from transformers import (  # noqa: E402
     AutoTokenizer,
     GenerationConfig,
     LlamaConfig,
+    MiniMaxM2Config,
     MistralConfig,
+    MixtralConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
+    Qwen3MoeConfig,
 )
 
 # --------------------------------------------------------------------------
@@ -61,6 +70,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 GREEDY_STEPS = 32
 MARGIN_THRESHOLD = 1e-3  # stricter than the 1e-4 the tests need
 MAX_SEED_TRIES = 50
+ROUTER_GAP = 2e-5  # smallest accepted gap between the k-th and (k+1)-th router score
 LONG_MIN_TOKENS = 400
 
 SHORT_PROMPT = "the License shall"
@@ -260,6 +270,88 @@ FIXTURES = [
         ),
         features="sliding_window 32 (long prompts exercise it); GQA 4/2",
     ),
+    dict(
+        name="qwen3-moe-bf16",
+        config_cls=Qwen3MoeConfig,
+        storage="bfloat16",
+        layout="hub",
+        tok="nobos",
+        template="config",
+        gen_eos="list",
+        seed=1010,
+        config=dict(
+            hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=32, intermediate_size=96, moe_intermediate_size=32, num_experts=8,
+            num_experts_per_tok=4, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[1],
+            max_position_embeddings=1024, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            tie_word_embeddings=False,
+        ),
+        hub_extra={"sliding_window": None, "use_sliding_window": False, "max_window_layers": 3},
+        features=("Qwen3-MoE: 8 experts, top-4, norm_topk_prob true; layer 1 dense (mlp_only_layers [1], "
+                  "intermediate 96) between MoE layers 0 and 2 (moe_intermediate_size 32); per-head q/k norm; "
+                  "config spells num_experts (released layout)"),
+    ),
+    dict(
+        name="qwen3-moe-f32-top1",
+        config_cls=Qwen3MoeConfig,
+        storage="float32",
+        layout="t5",
+        tok="nobos",
+        template="jinja",
+        gen_eos="int",
+        seed=1011,
+        config=dict(
+            hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, intermediate_size=128, moe_intermediate_size=48, num_experts=6,
+            num_experts_per_tok=1, norm_topk_prob=False, decoder_sparse_step=2,
+            max_position_embeddings=1024, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            tie_word_embeddings=True,
+        ),
+        features=("Qwen3-MoE: 6 experts, top-1 without renormalization (weight = softmax prob); "
+                  "decoder_sparse_step 2 (layers 1 and 3 MoE, 0 and 2 dense); tied embeddings; "
+                  "config spells num_local_experts (transformers 5 layout)"),
+    ),
+    dict(
+        name="mixtral-f16",
+        config_cls=MixtralConfig,
+        storage="float16",
+        layout="hub",
+        tok="bos",
+        template="config",
+        gen_eos="int",
+        seed=1012,
+        config=dict(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, num_local_experts=8, num_experts_per_tok=2,
+            max_position_embeddings=1024, rms_norm_eps=1e-5,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            sliding_window=32, tie_word_embeddings=False,
+        ),
+        features=("Mixtral: 8 experts, top-2 renormalized; block_sparse_moe.experts.N.w1/w2/w3; "
+                  "sliding_window 32 (long prompts exercise it)"),
+    ),
+    dict(
+        name="minimax-m2-bf16",
+        config_cls=MiniMaxM2Config,
+        storage="bfloat16",
+        layout="hub",
+        tok="nobos",
+        template="jinja",
+        gen_eos="list",
+        seed=1013,
+        config=dict(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=32, intermediate_size=48, num_local_experts=8, num_experts_per_tok=3,
+            max_position_embeddings=1024, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "partial_rotary_factor": 0.5},
+            tie_word_embeddings=False,
+        ),
+        features=("MiniMax-M2: 8 experts, top-3 by sigmoid score + e_score_correction_bias (random, so it "
+                  "changes choices), weighed by the sigmoid scores renormalized; q/k RMSNorm over the whole "
+                  "q (128) and k (64) rows; partial rotary: rotary_dim 16 of head_dim 32 (released layout)"),
+    ),
 ]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -359,6 +451,11 @@ def randomize_(model: torch.nn.Module, seed: int, tied: bool) -> None:
             else:
                 v = 0.08 * r
             p.copy_(v.to(p.dtype))
+        # MiniMax-M2's selection bias is a buffer, not a parameter: large enough to change
+        # which experts are picked (sigmoid scores differ by ~0.1).
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_((0.1 * torch.randn(b.shape, generator=g, dtype=torch.float32)).to(b.dtype))
 
 
 def to_hub_layout(cfg: dict, fx: dict) -> dict:
@@ -371,6 +468,9 @@ def to_hub_layout(cfg: dict, fx: dict) -> dict:
         elif k == "rope_parameters":
             rp = dict(v)
             out["rope_theta"] = rp.pop("rope_theta")
+            if "partial_rotary_factor" in rp:
+                # released MiniMax-M2 configs give the rotated width as rotary_dim
+                out["rotary_dim"] = int(cfg["head_dim"] * rp.pop("partial_rotary_factor"))
             if rp.get("rope_type", "default") == "default":
                 out["rope_scaling"] = None
             else:
@@ -378,7 +478,9 @@ def to_hub_layout(cfg: dict, fx: dict) -> dict:
                 out["rope_scaling"] = {k2: rp[k2] for k2 in sorted(rp)}
         elif k == "layer_types":
             continue  # older hub configs do not have it
-        elif k == "head_dim" and v == cfg["hidden_size"] // cfg["num_attention_heads"] and cfg["model_type"] != "qwen3":
+        elif k == "num_local_experts" and cfg["model_type"] == "qwen3_moe":
+            out["num_experts"] = v  # released Qwen3-MoE configs spell it this way
+        elif k == "head_dim" and v == cfg["hidden_size"] // cfg["num_attention_heads"] and cfg["model_type"] not in ("qwen3", "qwen3_moe"):
             continue  # older hub configs omit head_dim when it is the default
         else:
             out[k] = v
@@ -421,10 +523,45 @@ def build_and_save_model(fx: dict, seed: int, out_dir: str, tok_ids: dict) -> di
     return expected
 
 
-def load_reference(out_dir: str) -> torch.nn.Module:
-    model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32, attn_implementation="eager")
+def is_moe(fx: dict) -> bool:
+    return fx["config_cls"] in (Qwen3MoeConfig, MixtralConfig, MiniMaxM2Config)
+
+
+def load_reference(out_dir: str, dtype=torch.float32) -> torch.nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=dtype, attn_implementation="eager")
+    if hasattr(model, "set_experts_implementation"):
+        # the plain per-expert loop (also the only one that computes in float64)
+        model.set_experts_implementation("eager")
     model.eval()
     return model
+
+
+class RouterGaps:
+    """Forward hooks on every MoE router: the smallest gap, over every token of every
+    forward pass, between the k-th and the (k+1)-th selection score."""
+
+    def __init__(self, model):
+        self.min_gap = float("inf")
+        self.handles = []
+        for m in model.modules():
+            if type(m).__name__.endswith("TopKRouter"):
+                self.handles.append(m.register_forward_hook(self.hook))
+
+    def hook(self, module, inputs, output):
+        logits = output[0].double()
+        k = module.top_k
+        if k >= logits.shape[-1]:
+            return
+        if type(module).__name__.startswith("MiniMax"):
+            score = torch.sigmoid(logits) + inputs[1].double()
+        else:
+            score = torch.softmax(logits, dim=-1)
+        top = torch.topk(score, k + 1, dim=-1).values
+        self.min_gap = min(self.min_gap, float((top[:, k - 1] - top[:, k]).min()))
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
 
 
 @torch.no_grad()
@@ -591,6 +728,7 @@ def make_fixture(fx: dict, base_tok: Tokenizer, out_root: str) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(out_dir)
         cases = make_cases(tokenizer)
         ok = True
+        gaps = RouterGaps(model) if is_moe(fx) else None
         logits_tensors = {}
         for case in cases:
             ids = case["prompt_token_ids"]
@@ -608,14 +746,32 @@ def make_fixture(fx: dict, base_tok: Tokenizer, out_root: str) -> dict:
             )
             if margin < MARGIN_THRESHOLD:
                 ok = False
+        why = f"a margin < {MARGIN_THRESHOLD}"
+        if gaps is not None:
+            gaps.remove()
+            router_gap = gaps.min_gap
+            if router_gap < ROUTER_GAP:
+                ok, why = False, f"a router gap {router_gap:.3g} < {ROUTER_GAP}"
+            elif ok:
+                m64 = load_reference(out_dir, torch.float64)
+                for case in cases:
+                    g64, _ = greedy(m64, case["prompt_token_ids"], GREEDY_STEPS)
+                    if g64 != case["greedy_token_ids"]:
+                        ok, why = False, f"float64 greedy tokens differ on case {case['name']}"
+                        break
+                del m64
         if ok:
             break
-        print(f"  {name}: seed {seed} gave a margin < {MARGIN_THRESHOLD}, retrying", flush=True)
+        print(f"  {name}: seed {seed} gave {why}, retrying", flush=True)
     else:
         raise RuntimeError(f"{name}: no seed with margins >= {MARGIN_THRESHOLD}")
     if attempt:
         rejected = ", ".join(str(fx["seed"] + 100 * a) for a in range(attempt))
-        notes.append(f"Weight seed(s) {rejected} rejected: some greedy top-2 margin < {MARGIN_THRESHOLD}.")
+        notes.append(f"Weight seed(s) {rejected} rejected: some greedy top-2 margin < {MARGIN_THRESHOLD}"
+                     + (f", router gap < {ROUTER_GAP} or float64 greedy tokens differing." if is_moe(fx) else "."))
+    if is_moe(fx):
+        notes.append(f"Smallest router gap (k-th minus (k+1)-th selection score, every token of every forward "
+                     f"pass) {router_gap:.3g}; float64 greedy tokens (eager experts) equal the float32 ones.")
 
     # Sanity checks on the saved files.
     keys = safetensors_keys(out_dir)
@@ -644,7 +800,7 @@ def make_fixture(fx: dict, base_tok: Tokenizer, out_root: str) -> dict:
         + ("all cases." if all(agree) else f"cases {[c['name'] for c, a in zip(cases, agree) if a]} only.")
     )
 
-    if fx["config_cls"] is MistralConfig:
+    if fx["config_cls"] in (MistralConfig, MixtralConfig):
         long_ids = next(c for c in cases if c["name"] == "long")["prompt_token_ids"]
         notes.append("Sliding window: " + check_sliding_window_mask(model, long_ids, fx["config"]["sliding_window"]) + ".")
         # Without the window the same weights give different logits after position W-1

@@ -6,7 +6,7 @@ use clap::Args;
 use novastack_kernels::CpuBackend;
 use novastack_models::random::RandomSource;
 use novastack_models::{
-    Architecture, CausalLm, Dtype, ForwardInput, Llama, ModelConfig, RopeScaling,
+    Architecture, CausalLm, Dtype, ForwardInput, Llama, ModelConfig, QkNorm, RopeScaling,
 };
 use rayon::prelude::*;
 use std::time::Instant;
@@ -163,7 +163,9 @@ pub fn llama_shape(
         qkv_bias: false,
         o_bias: false,
         mlp_bias: false,
-        qk_norm: false,
+        qk_norm: QkNorm::None,
+        rotary_dim: hidden / heads,
+        moe: None,
         sliding_window: vec![None; layers],
         dtype: None,
         bos_token_id: None,

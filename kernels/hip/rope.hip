@@ -1,15 +1,16 @@
-// Rotary embedding (neox halves), in place. `cos_sin` is the host-built table
-// [max_pos, head_dim] in the storage type: cos for the first half, sin for the second; default, linear and
-// llama3 scaling are all folded into it on the host, exactly as the CPU backend does.
+// Rotary embedding (neox halves), in place, over the first `rotary_dim` values of each head (all of it
+// unless partial rotary). `cos_sin` is the host-built table [max_pos, rotary_dim] in the storage type: cos
+// for the first half, sin for the second; default, linear and llama3 scaling are all folded into it on the
+// host, exactly as the CPU backend does.
 #include "compat.h"
 
-// grid: (tokens); block: threads over (heads x head_dim / 2).
+// grid: (tokens); block: threads over (heads x rotary_dim / 2).
 template <typename T>
 __device__ void rope_impl(T* x, const unsigned int* positions, const T* cos_sin, int row_stride, int col_offset,
-                          int num_heads, int head_dim) {
+                          int num_heads, int head_dim, int rotary_dim) {
   const long t = blockIdx.x;
-  const int half = head_dim / 2;
-  const long table = (long)positions[t] * head_dim;
+  const int half = rotary_dim / 2;
+  const long table = (long)positions[t] * rotary_dim;
   for (int j = threadIdx.x; j < num_heads * half; j += blockDim.x) {
     const int h = j / half, i = j % half;
     const long base = t * row_stride + col_offset + (long)h * head_dim;
@@ -22,5 +23,5 @@ __device__ void rope_impl(T* x, const unsigned int* positions, const T* cos_sin,
 }
 NS_FOR_DTYPES(rope,
               (void* x, const unsigned int* positions, const void* cos_sin, int row_stride, int col_offset,
-               int num_heads, int head_dim),
-              ((T*)x, positions, (const T*)cos_sin, row_stride, col_offset, num_heads, head_dim))
+               int num_heads, int head_dim, int rotary_dim),
+              ((T*)x, positions, (const T*)cos_sin, row_stride, col_offset, num_heads, head_dim, rotary_dim))

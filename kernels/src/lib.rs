@@ -16,6 +16,7 @@ pub mod cpu;
 mod dtype;
 mod error;
 pub mod gpu;
+pub mod moe;
 mod paged;
 mod shape;
 pub mod vendor;
@@ -29,6 +30,7 @@ pub mod sources {
         ("cache.hip", include_str!("../hip/cache.hip")),
         ("attention.hip", include_str!("../hip/attention.hip")),
         ("sampling.hip", include_str!("../hip/sampling.hip")),
+        ("moe.hip", include_str!("../hip/moe.hip")),
     ];
     pub const COMPAT_H: &str = include_str!("../hip/compat.h");
 }
@@ -37,6 +39,7 @@ pub use cpu::CpuBackend;
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use gpu::GraphPhase;
+pub use moe::{MoeGroups, MoeRoute, MoeRouting, MoeScoring};
 pub use paged::{AttentionMetadata, KvCache, KvCacheConfig, SeqAttention};
 
 /// The ops a decoder-only transformer needs. Shapes are given explicitly; buffers are
@@ -115,9 +118,11 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Buf,
     ) -> Result<()>;
 
-    /// Rotary embedding in place, neox style (rotate halves), over the first
-    /// `num_heads * head_dim` values of each row of `x` (row stride `row_stride`).
-    /// `cos_sin` is `[max_positions, head_dim]`: cos in the first half, sin in the second.
+    /// Rotary embedding in place, neox style (rotate halves), over `num_heads` heads of
+    /// `head_dim` values from column `col_offset` of each row of `x` (row stride
+    /// `row_stride`): the first `rotary_dim` values of each head rotate (partial rotary,
+    /// MiniMax-M2), the rest pass through. `cos_sin` is `[max_positions, rotary_dim]`:
+    /// cos in the first half, sin in the second.
     #[allow(clippy::too_many_arguments)]
     fn rope(
         &self,
@@ -126,6 +131,7 @@ pub trait Backend: Send + Sync {
         col_offset: usize,
         num_heads: usize,
         head_dim: usize,
+        rotary_dim: usize,
         positions: &[u32],
         cos_sin: &Self::Buf,
     ) -> Result<()>;
@@ -193,6 +199,48 @@ pub trait Backend: Send + Sync {
         x: &Self::Buf,
         dim: usize,
         indices: &[usize],
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Mixture-of-experts routing: for each of `rows` rows of router logits
+    /// `[rows, routing.num_experts]`, the `top_k` experts and weights that `routing`'s
+    /// rule picks ([`moe::route_rows`] is the reference); `bias` (`[num_experts]`, the
+    /// `e_score_correction_bias`) shifts the selection, not the weights. Small: GPU
+    /// backends route on the device and copy back only the choices.
+    fn moe_route(
+        &self,
+        logits: &Self::Buf,
+        rows: usize,
+        routing: &MoeRouting,
+        bias: Option<&Self::Buf>,
+    ) -> Result<MoeRoute>;
+
+    /// The expert GEMMs of a MoE layer: `w` holds `offsets.len() - 1` experts' `[n, k]`
+    /// weights back to back, and rows `offsets[e]..offsets[e + 1]` of `x` (`[_, k]`,
+    /// grouped by expert) are multiplied by expert `e`'s into the same rows of `out`
+    /// (`[_, n]`). Each expert's weights are read once, whatever the batch.
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_matmul(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        offsets: &[usize],
+        k: usize,
+        n: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// The weighted combine of a MoE layer: for each token `t` of
+    /// `sources.len() / top_k`, `out[t] = Σ_j weights[t·top_k + j] · y[sources[t·top_k + j]]`
+    /// over rows of `dim`, summed in `j` order from zero.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_combine(
+        &self,
+        y: &Self::Buf,
+        dim: usize,
+        top_k: usize,
+        sources: &[u32],
+        weights: &[f32],
         out: &mut Self::Buf,
     ) -> Result<()>;
 

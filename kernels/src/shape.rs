@@ -18,17 +18,20 @@ pub(crate) fn heads_in_row(
     })
 }
 
-/// Rope's shape rules on every backend: heads in the row and an even head_dim (the
-/// halves rotate in pairs).
+/// Rope's shape rules on every backend: heads in the row and an even rotary width no
+/// wider than a head (the halves rotate in pairs).
 pub(crate) fn rope_shape(
     row_stride: usize,
     col_offset: usize,
     num_heads: usize,
     head_dim: usize,
+    rotary_dim: usize,
 ) -> Result<()> {
-    ensure(head_dim.is_multiple_of(2), "rope", || {
-        format!("head_dim {head_dim} is odd")
-    })?;
+    ensure(
+        rotary_dim.is_multiple_of(2) && rotary_dim <= head_dim,
+        "rope",
+        || format!("rotary_dim {rotary_dim} is odd or wider than head_dim {head_dim}"),
+    )?;
     heads_in_row("rope", row_stride, col_offset, num_heads, head_dim)
 }
 
@@ -39,4 +42,34 @@ pub(crate) fn kv_in_row(row_stride: usize, k_offset: usize, slot_len: usize) -> 
         "reshape_and_cache",
         || "k and v overrun the row".into(),
     )
+}
+
+/// The grouped GEMM's offsets: at least one expert, never decreasing.
+pub(crate) fn group_offsets(op: &'static str, offsets: &[usize]) -> Result<()> {
+    ensure(
+        offsets.len() >= 2 && offsets.windows(2).all(|w| w[0] <= w[1]),
+        op,
+        || format!("offsets {offsets:?} must hold experts + 1 non-decreasing row offsets"),
+    )
+}
+
+/// The combine's inputs: `top_k` sources and weights per token. Returns the tokens.
+pub(crate) fn combine_shape(
+    op: &'static str,
+    top_k: usize,
+    sources: &[u32],
+    weights: &[f32],
+) -> Result<usize> {
+    ensure(
+        top_k >= 1 && sources.len() == weights.len() && sources.len().is_multiple_of(top_k),
+        op,
+        || {
+            format!(
+                "{} sources and {} weights for top_k {top_k}",
+                sources.len(),
+                weights.len()
+            )
+        },
+    )?;
+    Ok(sources.len() / top_k)
 }

@@ -4,7 +4,7 @@
 //! transformers-5 layout (`rope_parameters`, `dtype`).
 
 use crate::error::{read_json, Error, Result};
-use novastack_kernels::Dtype;
+use novastack_kernels::{Dtype, MoeScoring};
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -15,14 +15,20 @@ pub enum Architecture {
     Qwen2,
     Qwen3,
     Mistral,
+    Qwen3Moe,
+    Mixtral,
+    MiniMaxM2,
 }
 
 impl Architecture {
-    const ALL: [(&'static str, Architecture); 4] = [
+    const ALL: [(&'static str, Architecture); 7] = [
         ("LlamaForCausalLM", Architecture::Llama),
         ("Qwen2ForCausalLM", Architecture::Qwen2),
         ("Qwen3ForCausalLM", Architecture::Qwen3),
         ("MistralForCausalLM", Architecture::Mistral),
+        ("Qwen3MoeForCausalLM", Architecture::Qwen3Moe),
+        ("MixtralForCausalLM", Architecture::Mixtral),
+        ("MiniMaxM2ForCausalLM", Architecture::MiniMaxM2),
     ];
 
     pub fn from_hf_name(name: &str) -> Option<Self> {
@@ -57,7 +63,46 @@ pub enum RopeScaling {
     },
 }
 
-/// Everything the dense decoder needs, resolved and validated.
+/// Where the q/k RMSNorm applies (before rope).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    None,
+    /// Per head, over `head_dim` (Qwen3, Qwen3-MoE).
+    PerHead,
+    /// Over the whole projected q (and k) row (MiniMax-M2).
+    FullWidth,
+}
+
+/// How a family names a MoE layer's weights in its checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoeNaming {
+    /// `mlp.gate.weight`, `mlp.experts.{e}.{gate,up,down}_proj.weight` (Qwen-MoE).
+    Qwen,
+    /// `block_sparse_moe.gate.weight`, `block_sparse_moe.experts.{e}.{w1,w3,w2}.weight`
+    /// (Mixtral, MiniMax-M2; gate, up, down), plus `block_sparse_moe.e_score_correction_bias`.
+    BlockSparse,
+}
+
+/// The mixture-of-experts part of a config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    pub top_k: usize,
+    /// Width of each expert's gated MLP.
+    pub expert_intermediate: usize,
+    pub scoring: MoeScoring,
+    /// Renormalize the chosen weights to sum to 1.
+    pub renormalize: bool,
+    /// `routed_scaling_factor` (1 when absent).
+    pub routed_scale: f32,
+    /// A per-expert `e_score_correction_bias` that shifts selection.
+    pub correction_bias: bool,
+    /// Per layer: a MoE layer (true) or a dense MLP of `intermediate_size` (false).
+    pub sparse_layers: Vec<bool>,
+    pub naming: MoeNaming,
+}
+
+/// Everything the decoder needs, resolved and validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     pub architecture: Architecture,
@@ -78,8 +123,12 @@ pub struct ModelConfig {
     /// The output projection carries a bias (Llama `attention_bias`).
     pub o_bias: bool,
     pub mlp_bias: bool,
-    /// Per-head RMSNorm on q and k before rope (Qwen3).
-    pub qk_norm: bool,
+    /// RMSNorm on q and k before rope (Qwen3 per head, MiniMax-M2 over the row).
+    pub qk_norm: QkNorm,
+    /// The rotated part of each head (`head_dim` unless partial rotary).
+    pub rotary_dim: usize,
+    /// The experts, for a mixture-of-experts family.
+    pub moe: Option<MoeConfig>,
     /// Sliding attention window per layer (`None` = full attention).
     pub sliding_window: Vec<Option<usize>>,
     pub dtype: Option<Dtype>,
@@ -114,6 +163,19 @@ struct RawConfig {
     layer_types: Option<Vec<String>>,
     bos_token_id: Option<Value>,
     eos_token_id: Option<Value>,
+    partial_rotary_factor: Option<f64>,
+    rotary_dim: Option<usize>,
+    // Mixture of experts.
+    num_experts: Option<usize>,
+    num_local_experts: Option<usize>,
+    num_experts_per_tok: Option<usize>,
+    moe_intermediate_size: Option<usize>,
+    norm_topk_prob: Option<bool>,
+    decoder_sparse_step: Option<usize>,
+    mlp_only_layers: Option<Vec<usize>>,
+    routed_scaling_factor: Option<f64>,
+    scoring_func: Option<String>,
+    use_routing_bias: Option<bool>,
 }
 
 /// Token ids given as an int, a list of ints, or null.
@@ -201,6 +263,13 @@ impl ModelConfig {
         }
         let (rope_theta, rope_scaling) = parse_rope(&raw, path)?;
         let sliding_window = sliding_windows(&raw, architecture);
+        let rotary_dim = rotary_dim(&raw, head_dim).map_err(|(field, msg)| err(field, msg))?;
+        let moe = moe_config(&raw, architecture).map_err(|(field, msg)| err(field, msg))?;
+        let qk_norm = match architecture {
+            Architecture::Qwen3 | Architecture::Qwen3Moe => QkNorm::PerHead,
+            Architecture::MiniMaxM2 => QkNorm::FullWidth,
+            _ => QkNorm::None,
+        };
         let dtype_str = raw.dtype.as_deref().or(raw.torch_dtype.as_deref());
         Ok(ModelConfig {
             architecture,
@@ -219,7 +288,9 @@ impl ModelConfig {
             qkv_bias: architecture == Architecture::Qwen2 || raw.attention_bias.unwrap_or(false),
             o_bias: architecture != Architecture::Qwen2 && raw.attention_bias.unwrap_or(false),
             mlp_bias: raw.mlp_bias.unwrap_or(false),
-            qk_norm: architecture == Architecture::Qwen3,
+            qk_norm,
+            rotary_dim,
+            moe,
             sliding_window,
             dtype: dtype_str.and_then(Dtype::parse),
             bos_token_id: raw
@@ -229,6 +300,132 @@ impl ModelConfig {
             eos_token_ids: raw.eos_token_id.as_ref().map(token_ids).unwrap_or_default(),
         })
     }
+}
+
+/// The rotated width of each head: `partial_rotary_factor` (in `rope_parameters` or at
+/// the top level, transformers 5) or `rotary_dim` (released MiniMax-M2 configs), as
+/// transformers resolves them: `int(head_dim * factor)`.
+fn rotary_dim(
+    raw: &RawConfig,
+    head_dim: usize,
+) -> std::result::Result<usize, (&'static str, String)> {
+    let in_params = raw
+        .rope_parameters
+        .as_ref()
+        .and_then(|p| p.get("partial_rotary_factor"))
+        .and_then(Value::as_f64);
+    let (field, dim) = match (in_params.or(raw.partial_rotary_factor), raw.rotary_dim) {
+        (Some(f), _) => ("partial_rotary_factor", (head_dim as f64 * f) as usize),
+        (None, Some(d)) => ("rotary_dim", d),
+        (None, None) => return Ok(head_dim),
+    };
+    if dim == 0 || dim > head_dim || dim % 2 != 0 {
+        return Err((
+            field,
+            format!("gives a rotary width of {dim}, which must be even and in 2..={head_dim}"),
+        ));
+    }
+    Ok(dim)
+}
+
+/// The experts of a MoE family, with transformers' defaults for what a config omits.
+fn moe_config(
+    raw: &RawConfig,
+    arch: Architecture,
+) -> std::result::Result<Option<MoeConfig>, (&'static str, String)> {
+    let n = raw.num_hidden_layers;
+    // (experts, top_k, expert width, scoring, renormalize, correction bias, naming)
+    let (experts, top_k, width, scoring, renormalize, bias, naming) = match arch {
+        Architecture::Qwen3Moe => (
+            raw.num_experts.or(raw.num_local_experts).unwrap_or(128),
+            raw.num_experts_per_tok.unwrap_or(8),
+            raw.moe_intermediate_size.unwrap_or(768),
+            MoeScoring::Softmax,
+            raw.norm_topk_prob.unwrap_or(false),
+            false,
+            MoeNaming::Qwen,
+        ),
+        Architecture::Mixtral => (
+            raw.num_local_experts.or(raw.num_experts).unwrap_or(8),
+            raw.num_experts_per_tok.unwrap_or(2),
+            raw.intermediate_size,
+            MoeScoring::Softmax,
+            true,
+            false,
+            MoeNaming::BlockSparse,
+        ),
+        Architecture::MiniMaxM2 => {
+            if let Some(f) = raw.scoring_func.as_deref().filter(|f| *f != "sigmoid") {
+                return Err((
+                    "scoring_func",
+                    format!("{f:?} is not supported for MiniMax-M2 (sigmoid)"),
+                ));
+            }
+            (
+                raw.num_local_experts.or(raw.num_experts).unwrap_or(256),
+                raw.num_experts_per_tok.unwrap_or(8),
+                raw.intermediate_size,
+                MoeScoring::Sigmoid,
+                true,
+                raw.use_routing_bias.unwrap_or(true),
+                MoeNaming::BlockSparse,
+            )
+        }
+        _ => return Ok(None),
+    };
+    let field = if raw.num_experts.is_some() {
+        "num_experts"
+    } else {
+        "num_local_experts"
+    };
+    if experts == 0 || experts > novastack_kernels::moe::MAX_EXPERTS {
+        return Err((
+            field,
+            format!(
+                "{experts} experts (1..={} supported)",
+                novastack_kernels::moe::MAX_EXPERTS
+            ),
+        ));
+    }
+    if top_k == 0 || top_k > experts {
+        return Err((
+            "num_experts_per_tok",
+            format!("{top_k} must be in 1..={experts} (the expert count)"),
+        ));
+    }
+    if width == 0 {
+        return Err(("moe_intermediate_size", "must be positive".into()));
+    }
+    let sparse_layers = match arch {
+        Architecture::Qwen3Moe => {
+            let step = raw.decoder_sparse_step.unwrap_or(1);
+            if step == 0 {
+                return Err(("decoder_sparse_step", "must be positive".into()));
+            }
+            let dense = raw.mlp_only_layers.clone().unwrap_or_default();
+            if let Some(&bad) = dense.iter().find(|&&i| i >= n) {
+                return Err((
+                    "mlp_only_layers",
+                    format!("layer {bad} does not exist ({n} layers)"),
+                ));
+            }
+            (0..n)
+                .map(|i| !dense.contains(&i) && (i + 1) % step == 0)
+                .collect()
+        }
+        _ => vec![true; n],
+    };
+    Ok(Some(MoeConfig {
+        num_experts: experts,
+        top_k,
+        expert_intermediate: width,
+        scoring,
+        renormalize,
+        routed_scale: raw.routed_scaling_factor.unwrap_or(1.0) as f32,
+        correction_bias: bias,
+        sparse_layers,
+        naming,
+    }))
 }
 
 fn parse_rope(raw: &RawConfig, path: &Path) -> Result<(f32, RopeScaling)> {
@@ -291,7 +488,11 @@ fn parse_rope(raw: &RawConfig, path: &Path) -> Result<(f32, RopeScaling)> {
 /// `use_sliding_window`, from layer `max_window_layers` on.
 fn sliding_windows(raw: &RawConfig, arch: Architecture) -> Vec<Option<usize>> {
     let n = raw.num_hidden_layers;
-    let Some(w) = raw.sliding_window else {
+    let Some(w) = raw
+        .sliding_window
+        .filter(|_| arch != Architecture::MiniMaxM2)
+    else {
+        // MiniMax-M2 attends over everything (transformers ignores its window).
         return vec![None; n];
     };
     if let Some(types) = &raw.layer_types {
@@ -303,7 +504,9 @@ fn sliding_windows(raw: &RawConfig, arch: Architecture) -> Vec<Option<usize>> {
         }
     }
     match arch {
-        Architecture::Mistral => vec![Some(w); n],
+        Architecture::Mistral | Architecture::Mixtral => vec![Some(w); n],
+        // Qwen3-MoE: every layer, `max_window_layers` unused.
+        Architecture::Qwen3Moe if raw.use_sliding_window.unwrap_or(false) => vec![Some(w); n],
         Architecture::Qwen2 | Architecture::Qwen3 if raw.use_sliding_window.unwrap_or(false) => {
             let from = raw.max_window_layers.unwrap_or(0);
             (0..n).map(|i| (i >= from).then_some(w)).collect()

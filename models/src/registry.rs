@@ -50,7 +50,12 @@ pub struct Family<B: Backend> {
 
 /// Every supported family.
 pub fn families<B: Backend + 'static>() -> Vec<Family<B>> {
-    vec![arch::llama::family()]
+    vec![
+        arch::llama::family(),
+        arch::qwen3_moe::family(),
+        arch::mixtral::family(),
+        arch::minimax_m2::family(),
+    ]
 }
 
 /// All config.json architecture names, for error messages.

@@ -53,6 +53,52 @@ pub(crate) fn matmul_bt(
     }
 }
 
+/// The grouped GEMM: rows `offsets[e]..offsets[e + 1]` of `x` times expert `e`'s
+/// `[n, k]` block of `w`. Tasks are (expert, column range) pairs, so a decode step whose
+/// few rows spread over many experts still uses every thread; each element is the same
+/// `dot`-ordered reduction as in [`matmul_bt`] (batch-invariant).
+pub(crate) fn grouped_matmul_bt(
+    x: &[f32],
+    w: &[f32],
+    offsets: &[usize],
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    if n == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let (per_task, tiles) = split_columns(n, threads);
+    let tasks: Vec<(usize, usize)> = offsets
+        .windows(2)
+        .enumerate()
+        .filter(|(_, r)| r[1] > r[0])
+        .flat_map(|(e, _)| (0..tiles).map(move |t| (e, t)))
+        .collect();
+    let c = SendPtr(out.as_mut_ptr());
+    tasks.into_par_iter().for_each(|(e, t)| {
+        let (r0, r1) = (offsets[e], offsets[e + 1]);
+        let j0 = t * per_task;
+        let j1 = (j0 + per_task).min(n);
+        let we = &w[e * n * k..(e + 1) * n * k];
+        // SAFETY: x holds offsets[last] rows of k and w every expert's [n, k] (checked by
+        // the caller); rows r0..r1 belong to expert e alone and columns j0..j1 of them to
+        // this task alone.
+        unsafe {
+            simd::gemm_bt_tile(
+                &x[r0 * k..r1 * k],
+                we,
+                k,
+                0..r1 - r0,
+                j0..j1,
+                c.get().add(r0 * n),
+                n,
+            )
+        };
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::split_columns;

@@ -27,6 +27,7 @@ impl SendPtr {
 use crate::error::ensure;
 use crate::shape;
 use crate::{AttentionMetadata, Backend, Dtype, Error, KvCacheConfig, Result};
+use crate::{MoeRoute, MoeRouting};
 use rayon::prelude::*;
 
 /// Rows per rayon task for the cheap row-wise ops.
@@ -207,16 +208,17 @@ impl Backend for CpuBackend {
         col_offset: usize,
         num_heads: usize,
         head_dim: usize,
+        rotary_dim: usize,
         positions: &[u32],
         cos_sin: &Vec<f32>,
     ) -> Result<()> {
         const OP: &str = "rope";
-        shape::rope_shape(row_stride, col_offset, num_heads, head_dim)?;
+        shape::rope_shape(row_stride, col_offset, num_heads, head_dim, rotary_dim)?;
         check_len(OP, "x", x, positions.len() * row_stride)?;
-        if num_heads * head_dim == 0 {
-            return Ok(()); // no head to rotate
+        if num_heads * rotary_dim == 0 {
+            return Ok(()); // nothing to rotate
         }
-        let max_pos = cos_sin.len() / head_dim;
+        let max_pos = cos_sin.len() / rotary_dim;
         if let Some(&p) = positions.iter().find(|&&p| p as usize >= max_pos) {
             return Err(Error::OutOfRange {
                 op: OP,
@@ -224,16 +226,16 @@ impl Backend for CpuBackend {
                 limit: max_pos,
             });
         }
-        let half = head_dim / 2;
+        let half = rotary_dim / 2;
         x[..positions.len() * row_stride]
             .par_chunks_mut(row_stride)
             .zip(positions.par_iter())
             .for_each(|(row, &pos)| {
-                let table = &cos_sin[pos as usize * head_dim..(pos as usize + 1) * head_dim];
+                let table = &cos_sin[pos as usize * rotary_dim..(pos as usize + 1) * rotary_dim];
                 let (cos, sin) = table.split_at(half);
                 let heads = &mut row[col_offset..col_offset + num_heads * head_dim];
                 for head in heads.chunks_exact_mut(head_dim) {
-                    let (x1, x2) = head.split_at_mut(half);
+                    let (x1, x2) = head[..rotary_dim].split_at_mut(half);
                     for i in 0..half {
                         let (a, b) = (x1[i], x2[i]);
                         // transformers: q * cos + rotate_half(q) * sin, no fused multiply-add
@@ -399,6 +401,84 @@ impl Backend for CpuBackend {
             }
             o.copy_from_slice(&x[i * dim..(i + 1) * dim]);
         }
+        Ok(())
+    }
+
+    fn moe_route(
+        &self,
+        logits: &Vec<f32>,
+        rows: usize,
+        routing: &MoeRouting,
+        bias: Option<&Vec<f32>>,
+    ) -> Result<MoeRoute> {
+        const OP: &str = "moe_route";
+        routing.check(OP)?;
+        check_len(OP, "logits", logits, rows * routing.num_experts)?;
+        if let Some(b) = bias {
+            check_len(OP, "bias", b, routing.num_experts)?;
+        }
+        Ok(crate::moe::route_rows(
+            logits,
+            rows,
+            routing,
+            bias.map(|b| b.as_slice()),
+        ))
+    }
+
+    fn grouped_matmul(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        offsets: &[usize],
+        k: usize,
+        n: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        const OP: &str = "grouped_matmul";
+        shape::group_offsets(OP, offsets)?;
+        let (experts, rows) = (offsets.len() - 1, offsets[offsets.len() - 1]);
+        check_len(OP, "x", x, rows * k)?;
+        check_len(OP, "w", w, experts * n * k)?;
+        check_len(OP, "out", out, rows * n)?;
+        matmul::grouped_matmul_bt(x, w, offsets, k, n, out);
+        Ok(())
+    }
+
+    fn moe_combine(
+        &self,
+        y: &Vec<f32>,
+        dim: usize,
+        top_k: usize,
+        sources: &[u32],
+        weights: &[f32],
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        const OP: &str = "moe_combine";
+        let tokens = shape::combine_shape(OP, top_k, sources, weights)?;
+        check_len(OP, "out", out, tokens * dim)?;
+        let rows = y.len() / dim.max(1);
+        if let Some(&s) = sources.iter().find(|&&s| s as usize >= rows) {
+            return Err(Error::OutOfRange {
+                op: OP,
+                index: s as usize,
+                limit: rows,
+            });
+        }
+        if dim == 0 {
+            return Ok(());
+        }
+        out[..tokens * dim]
+            .par_chunks_mut(dim)
+            .enumerate()
+            .for_each(|(t, o)| {
+                o.iter_mut().for_each(|v| *v = 0.0);
+                for j in 0..top_k {
+                    let (s, w) = (sources[t * top_k + j] as usize, weights[t * top_k + j]);
+                    for (v, &yv) in o.iter_mut().zip(&y[s * dim..(s + 1) * dim]) {
+                        *v += w * yv;
+                    }
+                }
+            });
         Ok(())
     }
 }

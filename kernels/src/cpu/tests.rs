@@ -111,12 +111,22 @@ fn rope_rotates_halves() {
     let (c0, s0, c1, s1) = (0.6f32, 0.8f32, 1.0f32, 0.0f32);
     let table = vec![1.0, 1.0, 0.0, 0.0, c0, c1, s0, s1];
     let mut x = vec![9.0, 1.0, 2.0, 3.0, 4.0];
-    b.rope(&mut x, 5, 1, 1, 4, &[1], &table).unwrap();
+    b.rope(&mut x, 5, 1, 1, 4, 4, &[1], &table).unwrap();
     assert_eq!(
         x,
         vec![9.0, 1.0 * c0 - 3.0 * s0, 2.0, 3.0 * c0 + 1.0 * s0, 4.0]
     );
-    assert!(b.rope(&mut x, 5, 1, 1, 4, &[2], &table).is_err());
+    assert!(b.rope(&mut x, 5, 1, 1, 4, 4, &[2], &table).is_err());
+    // Partial rotary: only the first 2 of 4 values of the head turn (pairs 0 and 1).
+    let table = vec![1.0, 0.0, c0, s0];
+    let mut x = vec![9.0, 1.0, 2.0, 3.0, 4.0];
+    b.rope(&mut x, 5, 1, 1, 4, 2, &[1], &table).unwrap();
+    assert_eq!(
+        x,
+        vec![9.0, 1.0 * c0 - 2.0 * s0, 2.0 * c0 + 1.0 * s0, 3.0, 4.0]
+    );
+    assert!(b.rope(&mut x, 5, 1, 1, 4, 6, &[0], &table).is_err());
+    assert!(b.rope(&mut x, 5, 1, 1, 4, 3, &[0], &table).is_err());
 }
 
 /// Dense causal attention for one sequence, as the oracle's oracle.
@@ -367,7 +377,7 @@ fn zero_width_shapes_are_no_ops() {
     assert!(b.embedding(&vec![], 5, 0, &[5], &mut out).is_err());
     b.gather_rows(&vec![], 0, &[0, 2], &mut out).unwrap();
     let mut x = vec![];
-    b.rope(&mut x, 0, 0, 0, 0, &[0, 1], &vec![]).unwrap();
+    b.rope(&mut x, 0, 0, 0, 0, 0, &[0, 1], &vec![]).unwrap();
     b.head_rms_norm(&mut x, 2, 0, 0, 0, 0, &vec![], 1e-6)
         .unwrap();
     assert_eq!(out, vec![7.0; 4]);

@@ -33,7 +33,7 @@ pub use crate::Dtype;
 
 use self::graph::Graphs;
 use self::launch::{Scratch, UploadCache};
-use crate::{AttentionMetadata, Backend, Error, KvCacheConfig, Result};
+use crate::{AttentionMetadata, Backend, Error, KvCacheConfig, MoeRoute, MoeRouting, Result};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
@@ -54,6 +54,9 @@ pub struct GpuBackend<D: Device> {
     scratch: Scratch<D>,
     /// The greedy ids and widened logits of `argmax_rows`.
     argmax: Scratch<D>,
+    /// The router's choices (`moe_route`), and the combine's sources and weights.
+    moe_route: Scratch<D>,
+    moe_meta: UploadCache<D>,
     /// Decode graphs (`graph.rs`): on unless turned off, where the device has them.
     graphs_on: AtomicBool,
     /// A capture or check pass is under way (launches take the `graphs` lock only then).
@@ -104,6 +107,8 @@ impl<D: Device> GpuBackend<D> {
             gather: Mutex::new(None),
             scratch: Mutex::new(None),
             argmax: Mutex::new(None),
+            moe_route: Mutex::new(None),
+            moe_meta: Mutex::new(None),
             graphs_on: AtomicBool::new(true),
             graph_active: AtomicBool::new(false),
             graphs: Mutex::new(Graphs::default()),
@@ -240,11 +245,12 @@ impl<D: Device> Backend for GpuBackend<D> {
         col_offset: usize,
         num_heads: usize,
         head_dim: usize,
+        rotary_dim: usize,
         positions: &[u32],
         cos_sin: &GpuBuf<D>,
     ) -> Result<()> {
         ops::rope::rope(
-            self, x, row_stride, col_offset, num_heads, head_dim, positions, cos_sin,
+            self, x, row_stride, col_offset, num_heads, head_dim, rotary_dim, positions, cos_sin,
         )
     }
 
@@ -332,6 +338,40 @@ impl<D: Device> Backend for GpuBackend<D> {
         out: &mut GpuBuf<D>,
     ) -> Result<()> {
         ops::elementwise::gather_rows(self, x, dim, indices, out)
+    }
+
+    fn moe_route(
+        &self,
+        logits: &GpuBuf<D>,
+        rows: usize,
+        routing: &MoeRouting,
+        bias: Option<&GpuBuf<D>>,
+    ) -> Result<MoeRoute> {
+        ops::moe::moe_route(self, logits, rows, routing, bias)
+    }
+
+    fn grouped_matmul(
+        &self,
+        x: &GpuBuf<D>,
+        w: &GpuBuf<D>,
+        offsets: &[usize],
+        k: usize,
+        n: usize,
+        out: &mut GpuBuf<D>,
+    ) -> Result<()> {
+        ops::moe::grouped_matmul(self, x, w, offsets, k, n, out)
+    }
+
+    fn moe_combine(
+        &self,
+        y: &GpuBuf<D>,
+        dim: usize,
+        top_k: usize,
+        sources: &[u32],
+        weights: &[f32],
+        out: &mut GpuBuf<D>,
+    ) -> Result<()> {
+        ops::moe::moe_combine(self, y, dim, top_k, sources, weights, out)
     }
 
     fn argmax_rows(&self, x: &GpuBuf<D>, rows: usize, cols: usize) -> Result<Vec<u32>> {

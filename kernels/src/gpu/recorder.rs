@@ -157,7 +157,7 @@ fn ops_over_no_rows_launch_nothing() {
     let table = b.upload(&[1.0; 8]).unwrap();
     b.embedding(&table, 1, 8, &[], &mut out).unwrap();
     let mut q = b.zeros(0).unwrap();
-    b.rope(&mut q, 8, 0, 1, 8, &[], &table).unwrap();
+    b.rope(&mut q, 8, 0, 1, 8, 8, &[], &table).unwrap();
     b.add_inplace(&mut q, &x, 0).unwrap();
     b.head_rms_norm(&mut q, 0, 8, 0, 1, 8, &w, 1e-5).unwrap();
     let cache = KvCacheConfig {
@@ -189,8 +189,9 @@ fn bad_shapes_fail_before_launching() {
     let short = b.upload(&[1.0; 4]).unwrap();
     let mut out = b.zeros(32).unwrap();
     // rope: heads past the row, odd head_dim.
-    assert!(b.rope(&mut x, 8, 4, 1, 8, &[0], &cs).is_err());
-    assert!(b.rope(&mut x, 8, 0, 1, 7, &[0], &cs).is_err());
+    assert!(b.rope(&mut x, 8, 4, 1, 8, 8, &[0], &cs).is_err());
+    assert!(b.rope(&mut x, 8, 0, 1, 7, 7, &[0], &cs).is_err());
+    assert!(b.rope(&mut x, 8, 0, 1, 8, 10, &[0], &cs).is_err());
     // norms: a weight shorter than the row.
     assert!(b.rms_norm(&x, &short, 4, 8, 1e-5, &mut out).is_err());
     assert!(b

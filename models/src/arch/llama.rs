@@ -1,10 +1,12 @@
-//! The Llama family of dense decoders: Llama, Mistral, Qwen2 (qkv bias) and Qwen3
-//! (q/k norm), configured by [`ModelConfig`]. Each block is pre-norm attention then a
-//! pre-norm gated MLP, with residual adds; weight names mirror the Hugging Face
+//! The Llama-style decoder: Llama, Mistral, Qwen2 (qkv bias) and Qwen3 (q/k norm), and
+//! the mixture-of-experts families built on the same block (`qwen3_moe.rs`,
+//! `mixtral.rs`, `minimax_m2.rs`), configured by [`ModelConfig`]. Each block is pre-norm
+//! attention then a pre-norm feed-forward (a gated MLP, or a sparse MoE block where
+//! `config.moe` says so), with residual adds; weight names mirror the Hugging Face
 //! safetensors names (`model.layers.{i}.self_attn.q_proj.weight`, ...).
 
 use crate::causal_lm::CausalLm;
-use crate::config::{Architecture, ModelConfig};
+use crate::config::{Architecture, ModelConfig, MoeNaming};
 use crate::error::{Error, Result};
 use crate::gguf::{config_from_gguf, GgufFile, GgufLlamaSource};
 use crate::graph::{DecodeGraphs, GraphOptions};
@@ -14,6 +16,7 @@ use crate::layers::attention::{
     Attention, AttentionOptions, AttentionScratch, AttentionShape, KvLayer,
 };
 use crate::layers::mlp::{GatedMlp, MlpScratch};
+use crate::layers::moe::{MoeScratch, MoeShape, SparseMoe};
 use crate::layers::norm::RmsNorm;
 use crate::layers::rope::RotaryEmbedding;
 use crate::layers::{Pass, Weights};
@@ -28,12 +31,7 @@ pub fn family<B: Backend + 'static>() -> Family<B> {
         name: "llama",
         hf_architectures: HF_ARCHITECTURES,
         gguf_architectures: &["llama"],
-        load_hf: |mut ckpt: HfCheckpoint<'_>, backend: B| {
-            let value = std::mem::take(&mut ckpt.config);
-            let config = ModelConfig::from_value(&ckpt.config_path, value)?;
-            let weights = ckpt.weights()?;
-            Ok(Box::new(Llama::load(config, &weights, backend)?) as Box<dyn CausalLm<B>>)
-        },
+        load_hf: load_hf::<B>,
         load_gguf: Some(|file: &GgufFile, backend: B| {
             let config = config_from_gguf(file)?;
             let source = GgufLlamaSource::new(file, &config);
@@ -42,7 +40,19 @@ pub fn family<B: Backend + 'static>() -> Family<B> {
     }
 }
 
-/// The config.json `architectures` this family runs (the [`Architecture`] variants).
+/// Builds the decoder of a Hugging Face folder: every family built on this decoder
+/// loads through here (its config says which variant it is).
+pub fn load_hf<B: Backend + 'static>(
+    mut ckpt: HfCheckpoint<'_>,
+    backend: B,
+) -> Result<Box<dyn CausalLm<B>>> {
+    let value = std::mem::take(&mut ckpt.config);
+    let config = ModelConfig::from_value(&ckpt.config_path, value)?;
+    let weights = ckpt.weights()?;
+    Ok(Box::new(Llama::load(config, &weights, backend)?) as Box<dyn CausalLm<B>>)
+}
+
+/// The config.json `architectures` this family runs (the dense [`Architecture`] variants).
 const HF_ARCHITECTURES: &[&str] = &[
     "LlamaForCausalLM",
     "Qwen2ForCausalLM",
@@ -50,11 +60,17 @@ const HF_ARCHITECTURES: &[&str] = &[
     "MistralForCausalLM",
 ];
 
+/// A block's feed-forward part.
+enum FeedForward<B: Backend> {
+    Dense(GatedMlp<B>),
+    Sparse(SparseMoe<B>),
+}
+
 struct Block<B: Backend> {
     input_norm: RmsNorm<B>,
     attn: Attention<B>,
     post_norm: RmsNorm<B>,
-    mlp: GatedMlp<B>,
+    ffn: FeedForward<B>,
 }
 
 pub struct Llama<B: Backend> {
@@ -80,7 +96,10 @@ struct Activations<B: Backend> {
     normed: B::Buf,
     attn: AttentionScratch<B>,
     proj: B::Buf,
-    mlp: MlpScratch<B>,
+    /// Only with a dense layer.
+    mlp: Option<MlpScratch<B>>,
+    /// Only with a MoE layer.
+    moe: Option<MoeScratch<B>>,
     last: B::Buf,
     last_normed: B::Buf,
     logits: B::Buf,
@@ -94,7 +113,15 @@ impl<B: Backend> Activations<B> {
             normed: b.zeros(n * h)?,
             attn: attention_shape(c).scratch(b, n)?,
             proj: b.zeros(n * h)?,
-            mlp: MlpScratch::new(b, n, c.intermediate_size)?,
+            mlp: if has_dense_layer(c) {
+                Some(MlpScratch::new(b, n, c.intermediate_size)?)
+            } else {
+                None
+            },
+            moe: match &c.moe {
+                Some(m) => Some(MoeShape::new(h, m).scratch(b, n)?),
+                None => None,
+            },
             last: b.zeros(m * h)?,
             last_normed: b.zeros(m * h)?,
             logits: b.zeros(m * c.vocab_size)?,
@@ -118,7 +145,8 @@ impl<B: Backend> Llama<B> {
             let opts = AttentionOptions {
                 qkv_bias: c.qkv_bias,
                 o_bias: c.o_bias,
-                qk_norm: c.qk_norm.then_some(eps),
+                qk_norm: c.qk_norm,
+                norm_eps: eps,
                 sliding_window: c.sliding_window.get(i).copied().flatten(),
             };
             layers.push(Block {
@@ -130,7 +158,22 @@ impl<B: Backend> Llama<B> {
                     h,
                     eps,
                 )?,
-                mlp: GatedMlp::load(&w, &format!("{p}.mlp"), h, c.intermediate_size, c.mlp_bias)?,
+                ffn: match &c.moe {
+                    Some(m) if m.sparse_layers[i] => {
+                        let prefix = match m.naming {
+                            MoeNaming::Qwen => format!("{p}.mlp"),
+                            MoeNaming::BlockSparse => format!("{p}.block_sparse_moe"),
+                        };
+                        FeedForward::Sparse(SparseMoe::load(&w, &prefix, h, m)?)
+                    }
+                    _ => FeedForward::Dense(GatedMlp::load(
+                        &w,
+                        &format!("{p}.mlp"),
+                        h,
+                        c.intermediate_size,
+                        c.mlp_bias,
+                    )?),
+                },
             });
         }
         let embed = w.get("model.embed_tokens.weight", &[c.vocab_size, h])?;
@@ -152,8 +195,14 @@ impl<B: Backend> Llama<B> {
         };
         let norm = RmsNorm::load(&w, "model.norm.weight", h, eps)?;
         let max_positions = c.max_position_embeddings.max(1);
-        let rope =
-            RotaryEmbedding::new(&w, c.head_dim, c.rope_theta, &c.rope_scaling, max_positions)?;
+        let rope = RotaryEmbedding::new(
+            &w,
+            c.head_dim,
+            c.rotary_dim,
+            c.rope_theta,
+            &c.rope_scaling,
+            max_positions,
+        )?;
         Ok(Llama {
             config,
             backend,
@@ -207,7 +256,9 @@ impl<B: Backend> Llama<B> {
         if n == 0 {
             return read(&b.zeros(0)?);
         }
-        let padded = if b.graphs_enabled() {
+        // A MoE step reads the router's choices back to size its expert GEMMs, which a
+        // captured graph cannot do: MoE models run their decode steps eagerly.
+        let padded = if b.graphs_enabled() && c.moe.is_none() {
             self.graphs.plan(input)
         } else {
             None
@@ -255,6 +306,7 @@ impl<B: Backend> Llama<B> {
             attn,
             proj,
             mlp,
+            moe,
             last,
             last_normed,
             logits,
@@ -272,7 +324,13 @@ impl<B: Backend> Llama<B> {
                 .attn
                 .forward(&pass, &self.rope, normed, cache, attn, proj)?;
             layer.post_norm.add_forward(b, x, proj, n, normed)?;
-            layer.mlp.forward(&pass, normed, mlp, proj)?;
+            match (&layer.ffn, mlp.as_mut(), moe.as_mut()) {
+                (FeedForward::Dense(m), Some(s), _) => m.forward(&pass, normed, s, proj)?,
+                (FeedForward::Sparse(m), _, Some(s)) => {
+                    m.forward(&pass, normed, s, proj)?;
+                }
+                _ => return Err(Error::Invalid("forward: no scratch for a layer".into())),
+            }
             b.add_inplace(x, proj, n * h)?;
         }
         let m = input.logits_indices.len();
@@ -282,6 +340,13 @@ impl<B: Backend> Llama<B> {
         b.matmul(last_normed, head, None, m, h, c.vocab_size, logits)?;
         Ok(())
     }
+}
+
+/// Whether some layer is a dense MLP (all of them unless the config has experts).
+fn has_dense_layer(c: &ModelConfig) -> bool {
+    c.moe
+        .as_ref()
+        .is_none_or(|m| m.sparse_layers.iter().any(|s| !s))
 }
 
 fn attention_shape(c: &ModelConfig) -> AttentionShape {
@@ -339,9 +404,9 @@ mod tests {
 
     #[test]
     fn family_names_are_the_config_architectures() {
-        let names: Vec<&str> = HF_ARCHITECTURES.to_vec();
-        assert_eq!(names.join(", "), Architecture::supported());
-        for n in names {
+        let names = crate::registry::supported_hf::<novastack_kernels::CpuBackend>();
+        assert_eq!(names, Architecture::supported());
+        for n in HF_ARCHITECTURES {
             assert!(Architecture::from_hf_name(n).is_some(), "{n}");
         }
     }

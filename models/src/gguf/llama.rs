@@ -2,7 +2,7 @@
 //! to Hugging Face ones, with llama.cpp's q/k row permutation undone.
 
 use super::file::{GgufFile, MetaValue};
-use crate::config::{Architecture, ModelConfig, RopeScaling};
+use crate::config::{Architecture, ModelConfig, QkNorm, RopeScaling};
 use crate::error::{Error, Result};
 use crate::loader::TensorSource;
 
@@ -109,7 +109,9 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
         qkv_bias: file.tensor_info("blk.0.attn_q.bias").is_some(),
         o_bias: file.tensor_info("blk.0.attn_output.bias").is_some(),
         mlp_bias: false,
-        qk_norm: false,
+        qk_norm: QkNorm::None,
+        rotary_dim: head_dim,
+        moe: None,
         sliding_window: vec![None; num_layers],
         dtype: None,
         bos_token_id: file

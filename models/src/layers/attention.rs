@@ -1,5 +1,6 @@
 //! Grouped-query self-attention over the paged KV cache: fused q/k/v projection
-//! (optional bias), optional per-head q/k RMSNorm (Qwen3), rotary embedding, cache
+//! (optional bias), optional q/k RMSNorm (per head as Qwen3, or over the whole q and k
+//! rows as MiniMax-M2), rotary embedding (possibly partial), cache
 //! write, paged attention (optionally over a sliding window), output projection.
 //!
 //! What it caches per token is [`Attention::kv_spec`]: one key and one value row of
@@ -8,6 +9,7 @@
 use super::norm::RmsNorm;
 use super::rope::RotaryEmbedding;
 use super::{Pass, Weights};
+use crate::config::QkNorm;
 use crate::error::Result;
 use crate::kv_spec::LayerKvSpec;
 use novastack_kernels::{Backend, KvCacheConfig};
@@ -51,8 +53,9 @@ pub struct AttentionOptions {
     pub qkv_bias: bool,
     /// The output projection carries a bias.
     pub o_bias: bool,
-    /// Per-head RMSNorm on q and k before rope, with this epsilon.
-    pub qk_norm: Option<f32>,
+    /// RMSNorm on q and k before rope, with this epsilon.
+    pub qk_norm: QkNorm,
+    pub norm_eps: f32,
     /// Attend to at most this many past positions (`None` = full attention).
     pub sliding_window: Option<usize>,
 }
@@ -75,8 +78,9 @@ pub struct Attention<B: Backend> {
     /// q, k and v projections stacked: `[(num_heads + 2 * num_kv_heads) * head_dim, hidden]`.
     qkv: B::Buf,
     qkv_bias: Option<B::Buf>,
-    /// q and k head norms, both or neither.
+    /// q and k norms, both or neither, per head or over the whole q / k section.
     qk_norm: Option<(RmsNorm<B>, RmsNorm<B>)>,
+    qk_full_width: bool,
     o_proj: B::Buf,
     o_bias: Option<B::Buf>,
     sliding_window: Option<usize>,
@@ -108,12 +112,17 @@ impl<B: Backend> Attention<B> {
         } else {
             None
         };
+        let eps = opts.norm_eps;
         let qk_norm = match opts.qk_norm {
-            Some(eps) => Some((
+            QkNorm::PerHead => Some((
                 RmsNorm::load(w, &name("q_norm", "weight"), hd, eps)?,
                 RmsNorm::load(w, &name("k_norm", "weight"), hd, eps)?,
             )),
-            None => None,
+            QkNorm::FullWidth => Some((
+                RmsNorm::load(w, &name("q_norm", "weight"), q_dim, eps)?,
+                RmsNorm::load(w, &name("k_norm", "weight"), kv_dim, eps)?,
+            )),
+            QkNorm::None => None,
         };
         let o_proj = w.get(&name("o_proj", "weight"), &[h, q_dim])?;
         let o_bias = if opts.o_bias {
@@ -126,6 +135,7 @@ impl<B: Backend> Attention<B> {
             qkv,
             qkv_bias,
             qk_norm,
+            qk_full_width: opts.qk_norm == QkNorm::FullWidth,
             o_proj,
             o_bias,
             sliding_window: opts.sliding_window,
@@ -161,9 +171,17 @@ impl<B: Backend> Attention<B> {
             qkv_dim,
             &mut s.qkv,
         )?;
-        if let Some((qn, kn)) = &self.qk_norm {
-            qn.forward_heads(b, &mut s.qkv, n, qkv_dim, 0, sh.num_heads)?;
-            kn.forward_heads(b, &mut s.qkv, n, qkv_dim, q_dim, sh.num_kv_heads)?;
+        match &self.qk_norm {
+            // The whole q (k) section is one "head" of q_dim (kv_dim) values.
+            Some((qn, kn)) if self.qk_full_width => {
+                qn.forward_heads(b, &mut s.qkv, n, qkv_dim, 0, 1)?;
+                kn.forward_heads(b, &mut s.qkv, n, qkv_dim, q_dim, 1)?;
+            }
+            Some((qn, kn)) => {
+                qn.forward_heads(b, &mut s.qkv, n, qkv_dim, 0, sh.num_heads)?;
+                kn.forward_heads(b, &mut s.qkv, n, qkv_dim, q_dim, sh.num_kv_heads)?;
+            }
+            None => {}
         }
         rope.apply(pass, &mut s.qkv, qkv_dim, 0, sh.num_heads)?;
         rope.apply(pass, &mut s.qkv, qkv_dim, q_dim, sh.num_kv_heads)?;

@@ -8,6 +8,7 @@
 
 pub mod attention;
 pub mod mlp;
+pub mod moe;
 pub mod norm;
 pub mod rope;
 

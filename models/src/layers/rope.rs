@@ -6,10 +6,13 @@ use crate::config::RopeScaling;
 use crate::error::Result;
 use novastack_kernels::Backend;
 
-/// The `[max_positions, head_dim]` cos/sin table on the backend, shared by all layers.
+/// The `[max_positions, rotary_dim]` cos/sin table on the backend, shared by all layers.
+/// `rotary_dim` is the head size unless the family rotates only part of each head
+/// (MiniMax-M2's `rotary_dim` / `partial_rotary_factor`).
 pub struct RotaryEmbedding<B: Backend> {
     cos_sin: B::Buf,
     head_dim: usize,
+    rotary_dim: usize,
 }
 
 impl<B: Backend> RotaryEmbedding<B> {
@@ -17,14 +20,16 @@ impl<B: Backend> RotaryEmbedding<B> {
     pub fn new(
         w: &Weights<'_, B>,
         head_dim: usize,
+        rotary_dim: usize,
         theta: f32,
         scaling: &RopeScaling,
         max_positions: usize,
     ) -> Result<Self> {
-        let inv = inv_freq(head_dim, theta, scaling);
+        let inv = inv_freq(rotary_dim, theta, scaling);
         Ok(RotaryEmbedding {
-            cos_sin: w.upload(&cos_sin_table(max_positions, head_dim, &inv))?,
+            cos_sin: w.upload(&cos_sin_table(max_positions, rotary_dim, &inv))?,
             head_dim,
+            rotary_dim,
         })
     }
 
@@ -44,6 +49,7 @@ impl<B: Backend> RotaryEmbedding<B> {
             col_offset,
             num_heads,
             self.head_dim,
+            self.rotary_dim,
             &pass.input.positions,
             &self.cos_sin,
         )?)

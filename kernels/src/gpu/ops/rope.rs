@@ -7,8 +7,9 @@ use crate::gpu::launch::{grid1, launch};
 use crate::gpu::{Device, GpuBackend, GpuBuf};
 use crate::{shape, Backend, Error, Result};
 
-/// `rope(x, positions, cos_sin, row_stride, col_offset, num_heads, head_dim)`: one block
-/// per token; positions go through the per-step upload cache (every layer reuses them).
+/// `rope(x, positions, cos_sin, row_stride, col_offset, num_heads, head_dim, rotary_dim)`:
+/// one block per token; positions go through the per-step upload cache (every layer
+/// reuses them).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rope<D: Device>(
     b: &GpuBackend<D>,
@@ -17,13 +18,14 @@ pub(crate) fn rope<D: Device>(
     col_offset: usize,
     num_heads: usize,
     head_dim: usize,
+    rotary_dim: usize,
     positions: &[u32],
     cos_sin: &GpuBuf<D>,
 ) -> Result<()> {
-    shape::rope_shape(row_stride, col_offset, num_heads, head_dim)?;
+    shape::rope_shape(row_stride, col_offset, num_heads, head_dim, rotary_dim)?;
     b.check("rope", "x", x, positions.len() * row_stride)?;
     b.check_dtype("rope", "cos_sin", cos_sin)?;
-    let max_pos = cos_sin.len / head_dim.max(1);
+    let max_pos = cos_sin.len / rotary_dim.max(1);
     if let Some(&p) = positions.iter().find(|&&p| p as usize >= max_pos) {
         return Err(Error::OutOfRange {
             op: "rope",
@@ -42,12 +44,15 @@ pub(crate) fn rope<D: Device>(
         row_stride as i32,
         col_offset as i32,
         num_heads as i32,
-        head_dim as i32
+        head_dim as i32,
+        rotary_dim as i32
     )
 }
 
 struct Rope {
     head_dim: usize,
+    /// The rotated part of each head (`head_dim` unless partial).
+    rotary_dim: usize,
     /// The heads rotated, from `col_offset` (the q heads, or the kv heads of the k section).
     heads: usize,
     col_offset: usize,
@@ -64,7 +69,12 @@ impl Case for Rope {
     }
     fn shape(&self) -> String {
         let (n, hd, stride) = (self.positions.len(), self.head_dim, self.stride);
-        format!("{n}x{}h hd{hd} stride{stride}", self.heads)
+        let partial = if self.rotary_dim == hd {
+            String::new()
+        } else {
+            format!(" rot{}", self.rotary_dim)
+        };
+        format!("{n}x{}h hd{hd}{partial} stride{stride}", self.heads)
     }
     fn empty_input(&self) -> bool {
         self.positions.is_empty()
@@ -78,6 +88,7 @@ impl Case for Rope {
             self.col_offset,
             self.heads,
             self.head_dim,
+            self.rotary_dim,
             &self.positions,
             &cs,
         )?;
@@ -127,17 +138,24 @@ pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
             positions[0] = 0;
             positions[tokens - 1] = max_pos as u32 - 1;
         }
-        let table = g.round(&cos_sin(max_pos, hd));
-        for (col_offset, n) in [(0, heads), (heads * hd, kv_heads)] {
-            v.case(Rope {
-                head_dim: hd,
-                heads: n,
-                col_offset,
-                stride,
-                x: g.rand(tokens.max(1) * stride, 1.0),
-                cos_sin: table.clone(),
-                positions: positions.clone(),
-            })?;
+        // Full rotary, and (from 64-wide heads) MiniMax-M2's half-width partial rotary.
+        for rot in [hd, hd / 2] {
+            if rot != hd && (hd < 64 || tokens == 0) {
+                continue;
+            }
+            let table = g.round(&cos_sin(max_pos, rot));
+            for (col_offset, n) in [(0, heads), (heads * hd, kv_heads)] {
+                v.case(Rope {
+                    head_dim: hd,
+                    rotary_dim: rot,
+                    heads: n,
+                    col_offset,
+                    stride,
+                    x: g.rand(tokens.max(1) * stride, 1.0),
+                    cos_sin: table.clone(),
+                    positions: positions.clone(),
+                })?;
+            }
         }
     }
     Ok(())

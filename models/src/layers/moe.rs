@@ -1,0 +1,265 @@
+//! The sparse mixture-of-experts block (Mixtral, Qwen3-MoE, MiniMax-M2, and the MoE layers
+//! of DeepSeek-style models): router GEMM → top-k routing → the chosen (token, expert)
+//! rows grouped by expert → grouped gate/up GEMM → SiLU-and-mul → grouped down GEMM →
+//! weighted combine, plus an optional always-on shared expert.
+//!
+//! Expert weights are stored in checkpoints one tensor per expert and projection; they are
+//! packed at load into `[experts, 2 * inter, hidden]` (gate rows, then up rows, per
+//! expert) and `[experts, hidden, inter]`, the layout `Backend::grouped_matmul` reads. Each
+//! expert's weights are read once per step whatever the batch, and a token's result
+//! depends only on that token (routing, GEMM rows and the combine are per row).
+
+use super::mlp::{GatedMlp, MlpScratch};
+use super::{Pass, Weights};
+use crate::config::{MoeConfig, MoeNaming};
+use crate::error::Result;
+use novastack_kernels::{Backend, MoeGroups, MoeRouting};
+
+/// Per-pass buffers for `rows` tokens.
+pub struct MoeScratch<B: Backend> {
+    logits: B::Buf,
+    grouped_in: B::Buf,
+    gate_up: B::Buf,
+    act: B::Buf,
+    grouped_out: B::Buf,
+    shared: Option<(MlpScratch<B>, B::Buf)>,
+}
+
+/// The shape of a MoE layer: enough to size its scratch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeShape {
+    pub hidden: usize,
+    pub num_experts: usize,
+    pub top_k: usize,
+    pub expert_intermediate: usize,
+    /// Width of the shared expert's MLP, where there is one.
+    pub shared_intermediate: Option<usize>,
+}
+
+impl MoeShape {
+    pub fn new(hidden: usize, c: &MoeConfig) -> Self {
+        MoeShape {
+            hidden,
+            num_experts: c.num_experts,
+            top_k: c.top_k,
+            expert_intermediate: c.expert_intermediate,
+            shared_intermediate: None,
+        }
+    }
+
+    pub fn scratch<B: Backend>(&self, b: &B, rows: usize) -> Result<MoeScratch<B>> {
+        let pairs = rows * self.top_k;
+        let (h, i) = (self.hidden, self.expert_intermediate);
+        Ok(MoeScratch {
+            logits: b.zeros(rows * self.num_experts)?,
+            grouped_in: b.zeros(pairs * h)?,
+            gate_up: b.zeros(pairs * 2 * i)?,
+            act: b.zeros(pairs * i)?,
+            grouped_out: b.zeros(pairs * h)?,
+            shared: match self.shared_intermediate {
+                Some(si) => Some((MlpScratch::new(b, rows, si)?, b.zeros(rows * h)?)),
+                None => None,
+            },
+        })
+    }
+}
+
+pub struct SparseMoe<B: Backend> {
+    shape: MoeShape,
+    routing: MoeRouting,
+    /// The router: `[experts, hidden]`.
+    gate: B::Buf,
+    /// `e_score_correction_bias`: `[experts]`, selection only.
+    bias: Option<B::Buf>,
+    /// `[experts, 2 * inter, hidden]`.
+    gate_up: B::Buf,
+    /// `[experts, hidden, inter]`.
+    down: B::Buf,
+    shared: Option<GatedMlp<B>>,
+}
+
+impl<B: Backend> SparseMoe<B> {
+    /// Loads the block under `prefix` (`model.layers.{i}.mlp` or
+    /// `model.layers.{i}.block_sparse_moe`, as `c.naming` says).
+    pub fn load(w: &Weights<'_, B>, prefix: &str, hidden: usize, c: &MoeConfig) -> Result<Self> {
+        let (e, i, h) = (c.num_experts, c.expert_intermediate, hidden);
+        let (gate_name, up_name, down_name) = match c.naming {
+            MoeNaming::Qwen => ("gate_proj", "up_proj", "down_proj"),
+            MoeNaming::BlockSparse => ("w1", "w3", "w2"),
+        };
+        let expert = |x: usize, proj: &str| format!("{prefix}.experts.{x}.{proj}.weight");
+        let mut gate_up = Vec::with_capacity(e * 2 * i * h);
+        let mut down = Vec::with_capacity(e * h * i);
+        for x in 0..e {
+            gate_up.extend(w.host(&expert(x, gate_name), &[i, h])?);
+            gate_up.extend(w.host(&expert(x, up_name), &[i, h])?);
+            down.extend(w.host(&expert(x, down_name), &[h, i])?);
+        }
+        let bias = if c.correction_bias {
+            Some(w.get(&format!("{prefix}.e_score_correction_bias"), &[e])?)
+        } else {
+            None
+        };
+        Ok(SparseMoe {
+            shape: MoeShape::new(hidden, c),
+            routing: MoeRouting {
+                num_experts: e,
+                top_k: c.top_k,
+                scoring: c.scoring,
+                renormalize: c.renormalize,
+                scale: c.routed_scale,
+            },
+            gate: w.get(&format!("{prefix}.gate.weight"), &[e, h])?,
+            bias,
+            gate_up: w.upload(&gate_up)?,
+            down: w.upload(&down)?,
+            shared: None,
+        })
+    }
+
+    /// Adds an always-on shared expert (DeepSeek-style `shared_experts`), summed with
+    /// the routed output.
+    pub fn with_shared(mut self, shared: GatedMlp<B>, intermediate: usize) -> Self {
+        self.shared = Some(shared);
+        self.shape.shared_intermediate = Some(intermediate);
+        self
+    }
+
+    pub fn shape(&self) -> MoeShape {
+        self.shape
+    }
+
+    /// `out = moe(x)` for the pass's `rows` tokens. Returns how many experts the step's
+    /// tokens chose (the expert weights it read).
+    pub fn forward(
+        &self,
+        pass: &Pass<'_, B>,
+        x: &B::Buf,
+        s: &mut MoeScratch<B>,
+        out: &mut B::Buf,
+    ) -> Result<usize> {
+        let (b, n) = (pass.backend, pass.rows);
+        let sh = &self.shape;
+        let (h, inter, e, k) = (sh.hidden, sh.expert_intermediate, sh.num_experts, sh.top_k);
+        b.matmul(x, &self.gate, None, n, h, e, &mut s.logits)?;
+        let route = b.moe_route(&s.logits, n, &self.routing, self.bias.as_ref())?;
+        let g = MoeGroups::new(&route, n, k, e);
+        b.gather_rows(x, h, &g.rows, &mut s.grouped_in)?;
+        b.grouped_matmul(
+            &s.grouped_in,
+            &self.gate_up,
+            &g.offsets,
+            h,
+            2 * inter,
+            &mut s.gate_up,
+        )?;
+        b.silu_and_mul(&s.gate_up, n * k, inter, &mut s.act)?;
+        b.grouped_matmul(&s.act, &self.down, &g.offsets, inter, h, &mut s.grouped_out)?;
+        b.moe_combine(&s.grouped_out, h, k, &g.sources, &g.weights, out)?;
+        if let (Some(mlp), Some((ms, shared_out))) = (&self.shared, &mut s.shared) {
+            mlp.forward(pass, x, ms, shared_out)?;
+            b.add_inplace(out, shared_out, n * h)?;
+        }
+        Ok(g.active_experts())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MoeConfig;
+    use crate::input::ForwardInput;
+    use crate::loader::TensorSource;
+    use crate::random::RandomSource;
+    use novastack_kernels::{CpuBackend, MoeScoring};
+
+    fn config(scoring: MoeScoring, bias: bool) -> MoeConfig {
+        MoeConfig {
+            num_experts: 6,
+            top_k: 2,
+            expert_intermediate: 12,
+            scoring,
+            renormalize: scoring == MoeScoring::Sigmoid,
+            routed_scale: 1.0,
+            correction_bias: bias,
+            sparse_layers: vec![true],
+            naming: MoeNaming::Qwen,
+        }
+    }
+
+    fn silu(v: f32) -> f32 {
+        v / (1.0 + (-v).exp())
+    }
+
+    /// The block against a direct, token-at-a-time computation from the same weights,
+    /// and a token's output does not depend on the batch it is in.
+    #[test]
+    fn matches_a_direct_computation_and_is_batch_invariant() {
+        let (h, rows) = (16, 5);
+        let b = CpuBackend::new();
+        let src = RandomSource::new(3, 0.3);
+        let w = Weights {
+            source: &src,
+            backend: &b,
+        };
+        for (scoring, bias) in [(MoeScoring::Softmax, false), (MoeScoring::Sigmoid, true)] {
+            let c = config(scoring, bias);
+            let moe = SparseMoe::load(&w, "m", h, &c).unwrap();
+            let x: Vec<f32> = (0..rows * h)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+                .collect();
+            let input = ForwardInput::default();
+            let run = |x: &[f32], n: usize| {
+                let pass = Pass {
+                    backend: &b,
+                    input: &input,
+                    rows: n,
+                };
+                let mut s = moe.shape().scratch(&b, n).unwrap();
+                let mut out = vec![f32::NAN; n * h];
+                moe.forward(&pass, &x.to_vec(), &mut s, &mut out).unwrap();
+                out
+            };
+            let all = run(&x, rows);
+            let (e, i) = (c.num_experts, c.expert_intermediate);
+            let gate = src.tensor("m.gate.weight", &[e, h]).unwrap();
+            let bias_v = bias.then(|| src.tensor("m.e_score_correction_bias", &[e]).unwrap());
+            for t in 0..rows {
+                let xt = &x[t * h..(t + 1) * h];
+                // The same token alone gives the same bits.
+                assert_eq!(run(xt, 1), all[t * h..(t + 1) * h].to_vec());
+                let logits: Vec<f32> = (0..e)
+                    .map(|r| (0..h).map(|j| gate[r * h + j] * xt[j]).sum())
+                    .collect();
+                let route =
+                    novastack_kernels::moe::route_rows(&logits, 1, &moe.routing, bias_v.as_deref());
+                let mut want = vec![0f32; h];
+                for (&ex, &wt) in route.experts.iter().zip(&route.weights) {
+                    let p = |proj: &str, shape: &[usize]| {
+                        src.tensor(&format!("m.experts.{ex}.{proj}.weight"), shape)
+                            .unwrap()
+                    };
+                    let (g, u, d) = (
+                        p("gate_proj", &[i, h]),
+                        p("up_proj", &[i, h]),
+                        p("down_proj", &[h, i]),
+                    );
+                    let act: Vec<f32> = (0..i)
+                        .map(|r| {
+                            let gv: f32 = (0..h).map(|j| g[r * h + j] * xt[j]).sum();
+                            let uv: f32 = (0..h).map(|j| u[r * h + j] * xt[j]).sum();
+                            silu(gv) * uv
+                        })
+                        .collect();
+                    for (r, o) in want.iter_mut().enumerate() {
+                        let dv: f32 = (0..i).map(|j| d[r * i + j] * act[j]).sum();
+                        *o += wt * dv;
+                    }
+                }
+                for (a, b) in all[t * h..(t + 1) * h].iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-4, "{scoring:?} token {t}: {a} vs {b}");
+                }
+            }
+        }
+    }
+}
