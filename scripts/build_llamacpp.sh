@@ -21,29 +21,8 @@ if [ -x "$BIN/llama-server" ] && [ -x "$BIN/llama-quantize" ] && [ -f "$DIR/.bui
   exit 0
 fi
 
-# 1. The sdist's URL and sha256 from the index's JSON simple API (PEP 691). (`pip download`
-#    would build the package's metadata, which compiles llama.cpp once more.)
-sdist="$DIR/llama_cpp_python-$VERSION.tar.gz"
-if [ ! -f "$sdist" ]; then
-  index="https://pypi.org/simple/llama-cpp-python/"
-  meta="$(curl -sfL --retry 3 -m 120 -H 'Accept: application/vnd.pypi.simple.v1+json' "$index")" \
-    || { echo "cannot read $index" >&2; exit 1; }
-  read -r url sha < <(python3 -c '
-import json, sys
-from urllib.parse import urljoin
-want = "llama_cpp_python-%s.tar.gz" % sys.argv[2]
-d = json.loads(sys.stdin.read())
-f = [f for f in d["files"] if f["filename"] == want]
-if not f:
-    sys.exit("no %s on the index" % want)
-print(urljoin(sys.argv[1], f[0]["url"]), f[0]["hashes"]["sha256"])' "$index" "$VERSION" <<<"$meta")
-  echo "downloading $url" >&2
-  curl -sfL --retry 3 -m 900 -o "$sdist.part" "$url"
-  echo "$sha  $sdist.part" | sha256sum -c --quiet - || { echo "sha256 mismatch for $url" >&2; exit 1; }
-  mv "$sdist.part" "$sdist"
-fi
-src="$DIR/llama_cpp_python-$VERSION/vendor/llama.cpp"
-[ -d "$src" ] || tar -xzf "$sdist" -C "$DIR"
+# 1. The source (scripts/fetch_llamacpp_source.sh: the PyPI sdist, sha256-checked).
+src="$(LLAMACPP_DIR="$DIR" LLAMA_CPP_PYTHON_VERSION="$VERSION" scripts/fetch_llamacpp_source.sh | tail -1)"
 
 # 2. cmake: the machine's, or pip's in a venv.
 CMAKE="${CMAKE:-$(command -v cmake || true)}"

@@ -314,6 +314,26 @@ FIXTURES = [
                   "config spells num_local_experts (transformers 5 layout)"),
     ),
     dict(
+        name="qwen3-moe-f16",
+        config_cls=Qwen3MoeConfig,
+        storage="float16",
+        layout="t5",
+        tok="nobos",
+        template="config",
+        gen_eos="int",
+        seed=1014,
+        config=dict(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=32, intermediate_size=96, moe_intermediate_size=40, num_experts=16,
+            num_experts_per_tok=2, norm_topk_prob=True,
+            max_position_embeddings=1024, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            tie_word_embeddings=False,
+        ),
+        features=("Qwen3-MoE: 16 experts, top-2 renormalized, every layer MoE (the layout llama.cpp's "
+                  "qwen3moe GGUF conversion accepts: tests/fixtures/gguf/moe is converted from it)"),
+    ),
+    dict(
         name="mixtral-f16",
         config_cls=MixtralConfig,
         storage="float16",
@@ -327,10 +347,11 @@ FIXTURES = [
             intermediate_size=64, num_local_experts=8, num_experts_per_tok=2,
             max_position_embeddings=1024, rms_norm_eps=1e-5,
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-            sliding_window=32, tie_word_embeddings=False,
+            sliding_window=None, tie_word_embeddings=False,
         ),
-        features=("Mixtral: 8 experts, top-2 renormalized; block_sparse_moe.experts.N.w1/w2/w3; "
-                  "sliding_window 32 (long prompts exercise it)"),
+        features=("Mixtral: 8 experts, top-2 renormalized; block_sparse_moe.experts.N.w1/w2/w3; no sliding "
+                  "window (as the released Mixtral configs, and as llama.cpp runs its GGUF: "
+                  "tests/fixtures/gguf/moe is converted from it)"),
     ),
     dict(
         name="minimax-m2-bf16",
@@ -348,8 +369,7 @@ FIXTURES = [
             rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "partial_rotary_factor": 0.5},
             tie_word_embeddings=False,
         ),
-        features=("MiniMax-M2: 8 experts, top-3 by sigmoid score + e_score_correction_bias (random, so it "
-                  "changes choices), weighed by the sigmoid scores renormalized; q/k RMSNorm over the whole "
+        features=("MiniMax-M2: 8 experts, top-3 by sigmoid score + e_score_correction_bias (random), weighed by the sigmoid scores renormalized; q/k RMSNorm over the whole "
                   "q (128) and k (64) rows; partial rotary: rotary_dim 16 of head_dim 32 (released layout)"),
     ),
 ]
@@ -800,7 +820,7 @@ def make_fixture(fx: dict, base_tok: Tokenizer, out_root: str) -> dict:
         + ("all cases." if all(agree) else f"cases {[c['name'] for c, a in zip(cases, agree) if a]} only.")
     )
 
-    if fx["config_cls"] in (MistralConfig, MixtralConfig):
+    if fx["config"].get("sliding_window"):
         long_ids = next(c for c in cases if c["name"] == "long")["prompt_token_ids"]
         notes.append("Sliding window: " + check_sliding_window_mask(model, long_ids, fx["config"]["sliding_window"]) + ".")
         # Without the window the same weights give different logits after position W-1

@@ -1,12 +1,16 @@
 //! `novastack bench decode`: decode throughput of the CPU backend on a model of a given
-//! shape (random weights), beside the memory-bandwidth bound measured in the same run.
+//! shape (random weights), dense or mixture-of-experts, beside the memory-bandwidth bound
+//! measured in the same run. The bound counts the bytes a step actually reads: every
+//! weight of a dense model; for a MoE model the non-expert weights plus the experts the
+//! batch's tokens chose in that step (each once), plus the KV cache.
 
 use anyhow::{bail, Result};
 use clap::Args;
-use novastack_kernels::CpuBackend;
+use novastack_kernels::{CpuBackend, MoeScoring};
 use novastack_models::random::RandomSource;
 use novastack_models::{
-    Architecture, CausalLm, Dtype, ForwardInput, Llama, ModelConfig, QkNorm, RopeScaling,
+    Architecture, CausalLm, Dtype, ForwardInput, Llama, ModelConfig, MoeConfig, MoeNaming, QkNorm,
+    RopeScaling,
 };
 use rayon::prelude::*;
 use std::time::Instant;
@@ -34,6 +38,17 @@ pub struct DecodeArgs {
     pub ffn: usize,
     #[arg(long, default_value_t = 49152)]
     pub vocab: usize,
+    /// Routed experts per layer (0: a dense model). Qwen3-30B-A3B's shape scaled to this
+    /// machine: `--experts 128 --top-k 8 --hidden 512 --expert-ffn 192 --heads 8
+    /// --kv-heads 1 --layers 12 --vocab 151936`.
+    #[arg(long, default_value_t = 0)]
+    pub experts: usize,
+    /// Experts each token runs through.
+    #[arg(long, default_value_t = 8)]
+    pub top_k: usize,
+    /// Width of each expert's MLP (`moe_intermediate_size`).
+    #[arg(long, default_value_t = 192)]
+    pub expert_ffn: usize,
 }
 
 /// KV block size of the benchmarks.
@@ -61,9 +76,11 @@ pub fn run(a: DecodeArgs) -> Result<()> {
     {
         bail!("heads must divide hidden and be a multiple of kv_heads");
     }
-    let head_dim = a.hidden / a.heads;
+    if a.experts > 0 && (a.top_k == 0 || a.top_k > a.experts) {
+        bail!("--top-k must be in 1..=--experts");
+    }
     let max_batch = a.batch.iter().copied().max().unwrap_or(1);
-    let config = llama_shape(
+    let mut config = llama_shape(
         a.hidden,
         a.ffn,
         a.layers,
@@ -73,25 +90,48 @@ pub fn run(a: DecodeArgs) -> Result<()> {
         a.context + a.steps + 1,
         true,
     );
-    let (q, kv) = (a.heads * head_dim, a.kv_heads * head_dim);
-    let per_layer = (q + 2 * kv) * a.hidden + a.hidden * q + 3 * a.ffn * a.hidden;
-    let weight_bytes = ((per_layer * a.layers + a.vocab * a.hidden) * 4) as f64;
+    if a.experts > 0 {
+        config.architecture = Architecture::Qwen3Moe;
+        config.moe = Some(MoeConfig {
+            num_experts: a.experts,
+            top_k: a.top_k,
+            expert_intermediate: a.expert_ffn,
+            scoring: MoeScoring::Softmax,
+            renormalize: true,
+            routed_scale: 1.0,
+            correction_bias: false,
+            sparse_layers: vec![true; a.layers],
+            naming: MoeNaming::Qwen,
+        });
+    }
     tracing::info!("measuring memory bandwidth...");
     let bw = read_bandwidth();
-    tracing::info!(
-        "loading random {:.0}M-parameter model...",
-        weight_bytes / 4e6
-    );
+    tracing::info!("loading a random model...");
+    // Router weights random like the rest, so tokens spread over the experts.
     let model = Llama::load(config, &RandomSource::new(0, 0.02), CpuBackend::new())?;
+    let params = model.parameters();
     let threads = rayon::current_num_threads();
+    let shape = if a.experts > 0 {
+        format!(
+            "{} experts top-{} expert ffn {}",
+            a.experts, a.top_k, a.expert_ffn
+        )
+    } else {
+        format!("ffn {}", a.ffn)
+    };
     println!(
-        "decode benchmark: hidden {} layers {} heads {}/{} ffn {} vocab {}, f32 weights {:.0} MB, context {}, {} threads",
-        a.hidden, a.layers, a.heads, a.kv_heads, a.ffn, a.vocab, weight_bytes / 1e6, a.context, threads
+        "decode benchmark: hidden {} layers {} heads {}/{} {shape} vocab {}, f32 weights {:.0} MB, context {}, {} threads",
+        a.hidden, a.layers, a.heads, a.kv_heads, a.vocab, params.total as f64 * 4e-6, a.context, threads
+    );
+    println!(
+        "parameters: {:.1}M total, {:.1}M active per token",
+        params.total as f64 / 1e6,
+        params.active_per_token as f64 / 1e6
     );
     println!("memory read bandwidth (measured): {:.1} GB/s", bw / 1e9);
     println!(
-        "{:>6} {:>10} {:>12} {:>14} {:>8}",
-        "batch", "ms/step", "tokens/s", "bound tok/s", "ratio"
+        "{:>6} {:>10} {:>12} {:>12} {:>14} {:>8}",
+        "batch", "ms/step", "tokens/s", "MB read/step", "bound tok/s", "ratio"
     );
     let blocks_per_seq = (a.context + a.steps).div_ceil(BLOCK);
     for &b in &a.batch {
@@ -110,22 +150,27 @@ pub fn run(a: DecodeArgs) -> Result<()> {
         let mut lens = vec![0usize; b];
         model.forward(&step(&lens, a.context), &mut cache)?;
         lens.iter_mut().for_each(|l| *l = a.context);
+        let mut read = 0u64;
         let t = Instant::now();
         for _ in 0..a.steps {
             let logits = model.forward(&step(&lens, 1), &mut cache)?;
             std::hint::black_box(&logits);
+            read += model.last_step_parameters_read();
             lens.iter_mut().for_each(|l| *l += 1);
         }
         let secs = t.elapsed().as_secs_f64();
         let tps = (b * a.steps) as f64 / secs;
         let avg_ctx = a.context as f64 + a.steps as f64 / 2.0;
         let kv_read = b as f64 * avg_ctx * model.kv_bytes_per_token(Dtype::F32) as f64;
+        // Weights read per step (f32), averaged over the timed steps.
+        let weight_bytes = read as f64 * 4.0 / a.steps.max(1) as f64;
         let bound = b as f64 * bw / (weight_bytes + kv_read);
         println!(
-            "{:>6} {:>10.1} {:>12.1} {:>14.1} {:>8.2}",
+            "{:>6} {:>10.1} {:>12.1} {:>12.1} {:>14.1} {:>8.2}",
             b,
             secs * 1e3 / a.steps as f64,
             tps,
+            (weight_bytes + kv_read) / 1e6,
             bound,
             tps / bound
         );

@@ -89,6 +89,10 @@ pub struct EngineStats {
     /// them (the part the forward pass did not hide).
     pub mask_seconds: Histogram,
     pub mask_wait_seconds: Histogram,
+    /// The model's parameters: all of them, and those one token runs through (fewer
+    /// for a mixture-of-experts model).
+    pub model_parameters: u64,
+    pub model_active_parameters: u64,
 }
 
 /// Bucket bounds for per-step token counts.
@@ -126,6 +130,8 @@ impl Default for EngineStats {
             step_cost_error: None,
             mask_seconds: Histogram::default(),
             mask_wait_seconds: Histogram::default(),
+            model_parameters: 0,
+            model_active_parameters: 0,
         }
     }
 }
@@ -170,9 +176,12 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
         sc.max_model_len = sc.max_model_len.min(model.max_positions());
         let kv = model.new_kv_cache(config.num_blocks, config.block_size)?;
         let sched = Scheduler::new(sc, config.num_blocks, config.block_size);
+        let params = model.parameters();
         let stats = EngineStats {
             kv_blocks_total: config.num_blocks,
             kv_blocks_free: config.num_blocks,
+            model_parameters: params.total,
+            model_active_parameters: params.active_per_token,
             ..Default::default()
         };
         Ok(Engine {

@@ -47,6 +47,22 @@ pub trait CausalLm<B: Backend>: Send + Sync {
     fn set_graph_options(&self, options: GraphOptions) {
         let _ = options;
     }
+
+    /// Parameter counts: all of them, and those one token runs through (a MoE model's
+    /// non-expert weights plus `top_k` experts per MoE layer; all of them when dense).
+    fn parameters(&self) -> Parameters;
+
+    /// The parameters the last forward pass read: every weight of a dense model; the
+    /// non-expert weights plus the experts its tokens chose (each once) for a MoE model.
+    /// What a decode step's memory-bandwidth bound is computed from.
+    fn last_step_parameters_read(&self) -> u64;
+}
+
+/// A model's parameter counts (see [`CausalLm::parameters`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Parameters {
+    pub total: u64,
+    pub active_per_token: u64,
 }
 
 /// A pointer to a model is a model: a `Box<dyn CausalLm>` (what the registry builds)
@@ -82,5 +98,11 @@ where
     }
     fn set_graph_options(&self, options: GraphOptions) {
         (**self).set_graph_options(options)
+    }
+    fn parameters(&self) -> Parameters {
+        (**self).parameters()
+    }
+    fn last_step_parameters_read(&self) -> u64 {
+        (**self).last_step_parameters_read()
     }
 }

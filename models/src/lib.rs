@@ -28,7 +28,7 @@ pub mod tokenizer;
 pub mod workspace;
 
 pub use arch::llama::Llama;
-pub use causal_lm::CausalLm;
+pub use causal_lm::{CausalLm, Parameters};
 pub use config::{Architecture, ModelConfig, MoeConfig, MoeNaming, QkNorm, RopeScaling};
 pub use error::{Error, Result};
 pub use graph::GraphOptions;

@@ -212,6 +212,9 @@ mod tests {
                 assert!(seen.insert(*n), "{n} is claimed twice");
             }
         }
-        assert_eq!(supported_gguf::<CpuBackend>(), "llama");
+        assert_eq!(
+            supported_gguf::<CpuBackend>(),
+            "llama, qwen3moe, minimax-m2"
+        );
     }
 }

@@ -98,3 +98,50 @@ fn disconnected_clients_are_counted_as_finished_with_reason_abort() {
         Some(0.0)
     );
 }
+
+/// Elements of every tensor in a fixture's checkpoint, by name.
+fn checkpoint_sizes(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.shape().iter().product::<usize>() as u64))
+        .collect()
+}
+
+/// `model_parameters` counts every tensor of the checkpoint (kind total), and for a
+/// mixture-of-experts model only `num_experts_per_tok` experts per MoE layer besides the
+/// non-expert weights (kind active_per_token); a dense model runs all of them.
+#[test]
+fn parameter_counts_are_the_checkpoints_and_the_experts_a_token_uses() {
+    for (fixture, moe) in [("llama-f32", false), ("qwen3-moe-f32-top1", true)] {
+        let dir = fixtures_dir().join("models").join(fixture);
+        let addr = start_server(&dir, "m");
+        let sizes = checkpoint_sizes(&dir);
+        let total: u64 = sizes.iter().map(|(_, n)| n).sum();
+        let total_metric = "novastack_model_parameters{model=\"m\",kind=\"total\"}";
+        let active_metric = "novastack_model_parameters{model=\"m\",kind=\"active_per_token\"}";
+        assert_eq!(metric(addr, total_metric), Some(total as f64), "{fixture}");
+        let active = metric(addr, active_metric).unwrap();
+        if !moe {
+            assert_eq!(active, total as f64, "{fixture}");
+            continue;
+        }
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+        let (e, k) = (
+            config["num_local_experts"].as_u64().unwrap(),
+            config["num_experts_per_tok"].as_u64().unwrap(),
+        );
+        // Each MoE layer leaves e - k experts (of three tensors each) unread per token.
+        let unread: u64 = sizes
+            .iter()
+            .filter(|(n, _)| n.contains(".mlp.experts."))
+            .map(|(_, n)| n)
+            .sum::<u64>()
+            * (e - k)
+            / e;
+        assert!(unread > 0);
+        assert_eq!(active, (total - unread) as f64, "{fixture}");
+    }
+}

@@ -106,13 +106,20 @@ fn every_fixture_through_the_engine_equals_transformers_at_wave64() {
 }
 
 /// Warp 32 on the AMD branch for every fixture, and the NVIDIA branch for one fixture
-/// of each family layout (the NVIDIA branch runs every op in `kernels/tests/sim_ops.rs`).
+/// of each family layout, MoE included (the NVIDIA branch runs every op in `kernels/tests/sim_ops.rs`).
 #[test]
 fn every_fixture_through_the_engine_equals_transformers_at_warp32() {
     for dir in model_fixtures() {
         engine_run(&dir, SimOptions::amd(32));
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        if ["llama-f32", "qwen2-f32-tied", "qwen3-f32"].contains(&name.as_str()) {
+        if [
+            "llama-f32",
+            "qwen2-f32-tied",
+            "qwen3-f32",
+            "minimax-m2-bf16",
+        ]
+        .contains(&name.as_str())
+        {
             engine_run(&dir, SimOptions::nvidia());
         }
     }
@@ -120,11 +127,19 @@ fn every_fixture_through_the_engine_equals_transformers_at_warp32() {
 
 /// bf16 storage rounds weights, activations and the KV cache: every position's logits,
 /// prefilled in 48-token chunks, within `TOL` of transformers' (relative to the row's
-/// largest logit), and the greedy choice agreeing at nearly every position.
+/// largest logit), and the greedy choice agreeing at nearly every position. In a
+/// mixture-of-experts model a rounded router can pick another expert where two nearly
+/// tie, which changes that position's logits by more than rounding: there at most
+/// `MOE_ROWS_OVER` of the positions may exceed `TOL`, and no more than with f32 storage
+/// may the greedy choice differ beyond the same 90% floor.
 #[test]
 fn every_fixture_in_bf16_stays_within_tolerance_of_transformers() {
     const TOL: f64 = 0.08;
+    const MOE_ROWS_OVER: f64 = 0.03;
     for dir in model_fixtures() {
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+        let moe = config["num_experts_per_tok"].is_u64();
         let lm = load_model(
             &dir,
             SimBackend::new(SimOptions::amd(64), Dtype::Bf16).unwrap(),
@@ -135,7 +150,7 @@ fn every_fixture_in_bf16_stays_within_tolerance_of_transformers() {
         let g = golden(&dir);
         let file = std::fs::read(dir.join("golden_logits.safetensors")).unwrap();
         let st = SafeTensors::deserialize(&file).unwrap();
-        let (mut worst, mut agree, mut rows) = (0f64, 0usize, 0usize);
+        let (mut worst, mut agree, mut rows, mut over) = (0f64, 0usize, 0usize, 0usize);
         for c in g["cases"].as_array().unwrap() {
             let prompt = ids(&c["prompt_token_ids"]);
             let t = st.tensor(c["logits_tensor"].as_str().unwrap()).unwrap();
@@ -163,16 +178,25 @@ fn every_fixture_in_bf16_stays_within_tolerance_of_transformers() {
                     .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
                 assert!(g_row.iter().all(|v| v.is_finite()), "{}", dir.display());
                 worst = worst.max(diff / scale);
+                over += (diff / scale > TOL) as usize;
                 agree +=
                     (novastack_kernels::argmax(g_row) == novastack_kernels::argmax(w_row)) as usize;
                 rows += 1;
             }
         }
         eprintln!(
-            "{}: bf16 worst relative logit error {worst:.3e}, greedy agrees at {agree}/{rows}",
+            "{}: bf16 worst relative logit error {worst:.3e} ({over}/{rows} rows over {TOL}), greedy agrees at {agree}/{rows}",
             dir.display()
         );
-        assert!(worst <= TOL, "{}: {worst:.3e} > {TOL}", dir.display());
+        if moe {
+            assert!(
+                over as f64 <= MOE_ROWS_OVER * rows as f64,
+                "{}: {over}/{rows} rows over {TOL}",
+                dir.display()
+            );
+        } else {
+            assert!(worst <= TOL, "{}: {worst:.3e} > {TOL}", dir.display());
+        }
         assert!(
             agree * 100 >= rows * 90,
             "{}: greedy agrees at {agree}/{rows}",

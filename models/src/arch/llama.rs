@@ -5,8 +5,8 @@
 //! `config.moe` says so), with residual adds; weight names mirror the Hugging Face
 //! safetensors names (`model.layers.{i}.self_attn.q_proj.weight`, ...).
 
-use crate::causal_lm::CausalLm;
-use crate::config::{Architecture, ModelConfig, MoeNaming};
+use crate::causal_lm::{CausalLm, Parameters};
+use crate::config::{Architecture, ModelConfig, MoeNaming, QkNorm};
 use crate::error::{Error, Result};
 use crate::gguf::{config_from_gguf, GgufFile, GgufLlamaSource};
 use crate::graph::{DecodeGraphs, GraphOptions};
@@ -32,12 +32,19 @@ pub fn family<B: Backend + 'static>() -> Family<B> {
         hf_architectures: HF_ARCHITECTURES,
         gguf_architectures: &["llama"],
         load_hf: load_hf::<B>,
-        load_gguf: Some(|file: &GgufFile, backend: B| {
-            let config = config_from_gguf(file)?;
-            let source = GgufLlamaSource::new(file, &config);
-            Ok(Box::new(Llama::load(config, &source, backend)?) as Box<dyn CausalLm<B>>)
-        }),
+        load_gguf: Some(load_gguf::<B>),
     }
+}
+
+/// Builds the decoder of a GGUF file (`llama`, with or without experts, `qwen3moe`,
+/// `minimax-m2`: see `crate::gguf::llama`).
+pub fn load_gguf<B: Backend + 'static>(
+    file: &GgufFile,
+    backend: B,
+) -> Result<Box<dyn CausalLm<B>>> {
+    let config = config_from_gguf(file)?;
+    let source = GgufLlamaSource::new(file, &config);
+    Ok(Box::new(Llama::load(config, &source, backend)?) as Box<dyn CausalLm<B>>)
 }
 
 /// Builds the decoder of a Hugging Face folder: every family built on this decoder
@@ -86,6 +93,67 @@ pub struct Llama<B: Backend> {
     /// Activations, kept from step to step (and fixed for decode graphs).
     acts: Workspace<Activations<B>>,
     graphs: DecodeGraphs,
+    params: ParamCount,
+    /// Experts the last forward pass read, summed over its MoE layers.
+    last_experts_read: std::sync::atomic::AtomicU64,
+}
+
+/// Parameter counts derived from the config at load.
+#[derive(Debug, Clone, Copy)]
+struct ParamCount {
+    total: u64,
+    /// Everything but the routed experts.
+    shared: u64,
+    /// One routed expert of one layer.
+    per_expert: u64,
+    /// Routed experts one token uses, over all layers.
+    active_experts: u64,
+}
+
+impl ParamCount {
+    fn new(c: &ModelConfig) -> Self {
+        let (h, v) = (c.hidden_size as u64, c.vocab_size as u64);
+        let sh = attention_shape(c);
+        let (q, kv) = (sh.q_dim() as u64, sh.kv_dim() as u64);
+        let mut shared = v * h + h; // embedding, final norm
+        if !c.tie_word_embeddings {
+            shared += v * h;
+        }
+        let mut attn = (q + 2 * kv) * h + q * h + 2 * h;
+        if c.qkv_bias {
+            attn += q + 2 * kv;
+        }
+        if c.o_bias {
+            attn += h;
+        }
+        attn += match c.qk_norm {
+            QkNorm::None => 0,
+            QkNorm::PerHead => 2 * c.head_dim as u64,
+            QkNorm::FullWidth => q + kv,
+        };
+        let inter = c.intermediate_size as u64;
+        let dense = 3 * h * inter + if c.mlp_bias { 2 * inter + h } else { 0 };
+        let (mut routed, mut per_expert, mut active_experts) = (0u64, 0u64, 0u64);
+        for i in 0..c.num_layers {
+            shared += attn;
+            match &c.moe {
+                Some(m) if m.sparse_layers[i] => {
+                    let e = m.num_experts as u64;
+                    per_expert = 3 * h * m.expert_intermediate as u64;
+                    shared += e * h + if m.correction_bias { e } else { 0 };
+                    routed += e * per_expert;
+                    active_experts += m.top_k as u64;
+                }
+                _ => shared += dense,
+            }
+        }
+        ParamCount {
+            total: shared + routed,
+            shared,
+            per_expert,
+            active_experts,
+        }
+    }
 }
 
 /// Every activation of a forward pass, for up to `rows` tokens and `logits_rows`
@@ -203,6 +271,7 @@ impl<B: Backend> Llama<B> {
             &c.rope_scaling,
             max_positions,
         )?;
+        let params = ParamCount::new(&config);
         Ok(Llama {
             config,
             backend,
@@ -214,6 +283,8 @@ impl<B: Backend> Llama<B> {
             max_positions,
             acts: Workspace::default(),
             graphs: DecodeGraphs::default(),
+            params,
+            last_experts_read: Default::default(),
         })
     }
 
@@ -313,6 +384,7 @@ impl<B: Backend> Llama<B> {
         } = acts;
         b.embedding(&self.embed, c.vocab_size, h, &input.token_ids, x)?;
         let kv_config = kv.config;
+        let mut experts_read = 0u64;
         for (layer, (kc, vc)) in self.layers.iter().zip(kv.layers.iter_mut()) {
             layer.input_norm.forward(b, x, n, normed)?;
             let cache = KvLayer {
@@ -327,12 +399,14 @@ impl<B: Backend> Llama<B> {
             match (&layer.ffn, mlp.as_mut(), moe.as_mut()) {
                 (FeedForward::Dense(m), Some(s), _) => m.forward(&pass, normed, s, proj)?,
                 (FeedForward::Sparse(m), _, Some(s)) => {
-                    m.forward(&pass, normed, s, proj)?;
+                    experts_read += m.forward(&pass, normed, s, proj)? as u64;
                 }
                 _ => return Err(Error::Invalid("forward: no scratch for a layer".into())),
             }
             b.add_inplace(x, proj, n * h)?;
         }
+        self.last_experts_read
+            .store(experts_read, std::sync::atomic::Ordering::Relaxed);
         let m = input.logits_indices.len();
         b.gather_rows(x, h, &input.logits_indices, last)?;
         self.norm.forward(b, last, m, last_normed)?;
@@ -395,6 +469,22 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
 
     fn set_graph_options(&self, options: GraphOptions) {
         self.graphs.set_options(options);
+    }
+
+    fn parameters(&self) -> Parameters {
+        let p = &self.params;
+        Parameters {
+            total: p.total,
+            active_per_token: p.shared + p.active_experts * p.per_expert,
+        }
+    }
+
+    fn last_step_parameters_read(&self) -> u64 {
+        let p = &self.params;
+        let experts = self
+            .last_experts_read
+            .load(std::sync::atomic::Ordering::Relaxed);
+        p.shared + experts * p.per_expert
     }
 }
 

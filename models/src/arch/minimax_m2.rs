@@ -12,8 +12,8 @@ pub fn family<B: Backend + 'static>() -> Family<B> {
     Family {
         name: "minimax_m2",
         hf_architectures: &["MiniMaxM2ForCausalLM"],
-        gguf_architectures: &[],
+        gguf_architectures: &["minimax-m2"],
         load_hf: super::llama::load_hf::<B>,
-        load_gguf: None,
+        load_gguf: Some(super::llama::load_gguf::<B>),
     }
 }

@@ -12,8 +12,8 @@ pub fn family<B: Backend + 'static>() -> Family<B> {
     Family {
         name: "qwen3_moe",
         hf_architectures: &["Qwen3MoeForCausalLM"],
-        gguf_architectures: &[],
+        gguf_architectures: &["qwen3moe"],
         load_hf: super::llama::load_hf::<B>,
-        load_gguf: None,
+        load_gguf: Some(super::llama::load_gguf::<B>),
     }
 }

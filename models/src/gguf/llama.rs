@@ -1,10 +1,16 @@
-//! GGUF `llama` architecture: config from `llama.*` metadata, and the tensor names mapped
-//! to Hugging Face ones, with llama.cpp's q/k row permutation undone.
+//! GGUF files of the Llama-style decoders: `llama` (dense, or Mixtral when it has
+//! experts), `qwen3moe` and `minimax-m2`. The config comes from the `{arch}.*` metadata,
+//! and the tensor names are mapped to Hugging Face ones, with llama.cpp's q/k row
+//! permutation undone for `llama`. Expert tensors are 3-D (`blk.N.ffn_gate_exps` is
+//! `[experts, inter, hidden]`); they are offered under the stacked names the MoE layer
+//! asks for first (`model.layers.N.mlp.experts.gate_proj.weight`,
+//! `...block_sparse_moe.experts.w1.weight`), so each is dequantized once.
 
 use super::file::{GgufFile, MetaValue};
-use crate::config::{Architecture, ModelConfig, QkNorm, RopeScaling};
+use crate::config::{Architecture, ModelConfig, MoeConfig, MoeNaming, QkNorm, RopeScaling};
 use crate::error::{Error, Result};
 use crate::loader::TensorSource;
+use novastack_kernels::MoeScoring;
 
 fn config_err(file: &GgufFile, key: &str, msg: &str) -> Error {
     Error::Config {
@@ -31,20 +37,23 @@ fn opt_f(file: &GgufFile, key: &str) -> Option<f64> {
     file.get(key).and_then(MetaValue::as_f64)
 }
 
-/// Reads the model config from `general.architecture` and the `llama.*` keys.
+/// The GGUF architectures read here.
+pub const GGUF_ARCHITECTURES: &[&str] = &["llama", "qwen3moe", "minimax-m2"];
+
+/// Reads the model config from `general.architecture` and the `{arch}.*` keys.
 pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
     let arch = file
         .get("general.architecture")
         .and_then(MetaValue::as_str)
         .ok_or_else(|| config_err(file, "general.architecture", "missing"))?;
-    if arch != "llama" {
+    if !GGUF_ARCHITECTURES.contains(&arch) {
         return Err(Error::UnknownArchitecture {
             path: file.path.clone(),
             found: format!("GGUF architecture {arch:?}"),
-            supported: "llama".into(),
+            supported: GGUF_ARCHITECTURES.join(", "),
         });
     }
-    let k = |s: &str| format!("llama.{s}");
+    let k = |s: &str| format!("{arch}.{s}");
     let hidden = req_u(file, &k("embedding_length"))?;
     let num_heads = req_u(file, &k("attention.head_count"))?;
     let num_kv_heads = opt_u(file, &k("attention.head_count_kv")).unwrap_or(num_heads);
@@ -92,8 +101,33 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
     let eos = file
         .get("tokenizer.ggml.eos_token_id")
         .and_then(MetaValue::as_u64);
+    let rotary_dim = opt_u(file, &k("rope.dimension_count")).unwrap_or(head_dim);
+    if rotary_dim == 0 || rotary_dim > head_dim || !rotary_dim.is_multiple_of(2) {
+        return Err(config_err(
+            file,
+            &k("rope.dimension_count"),
+            &format!("{rotary_dim} must be even and in 2..={head_dim}"),
+        ));
+    }
+    let experts = opt_u(file, &k("expert_count")).unwrap_or(0);
+    let architecture = match arch {
+        "qwen3moe" => Architecture::Qwen3Moe,
+        "minimax-m2" => Architecture::MiniMaxM2,
+        _ if experts > 0 => Architecture::Mixtral,
+        _ => Architecture::Llama,
+    };
+    let moe = if experts > 0 || architecture != Architecture::Llama {
+        Some(moe_from_gguf(file, arch, architecture, num_layers)?)
+    } else {
+        None
+    };
+    let qk_norm = match architecture {
+        Architecture::Qwen3Moe => QkNorm::PerHead,
+        Architecture::MiniMaxM2 => QkNorm::FullWidth,
+        _ => QkNorm::None,
+    };
     Ok(ModelConfig {
-        architecture: Architecture::Llama,
+        architecture,
         hidden_size: hidden,
         intermediate_size: req_u(file, &k("feed_forward_length"))?,
         num_layers,
@@ -109,9 +143,9 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
         qkv_bias: file.tensor_info("blk.0.attn_q.bias").is_some(),
         o_bias: file.tensor_info("blk.0.attn_output.bias").is_some(),
         mlp_bias: false,
-        qk_norm: QkNorm::None,
-        rotary_dim: head_dim,
-        moe: None,
+        qk_norm,
+        rotary_dim,
+        moe,
         sliding_window: vec![None; num_layers],
         dtype: None,
         bos_token_id: file
@@ -122,11 +156,79 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
     })
 }
 
-/// Hugging Face tensor names over a GGUF llama file.
+/// The experts of a GGUF MoE file, as llama.cpp runs them: the chosen weights are always
+/// renormalized (`build_moe_ffn(..., norm_w = true, ...)` for all three), softmax scores
+/// except MiniMax-M2's sigmoid (or as `expert_gating_func` says: 1 softmax, 2 sigmoid),
+/// and `exp_probs_b` as the selection bias where the file has it.
+fn moe_from_gguf(
+    file: &GgufFile,
+    arch: &str,
+    architecture: Architecture,
+    num_layers: usize,
+) -> Result<MoeConfig> {
+    let k = |s: &str| format!("{arch}.{s}");
+    let num_experts = req_u(file, &k("expert_count"))?;
+    let top_k = req_u(file, &k("expert_used_count"))?;
+    if num_experts == 0 || num_experts > novastack_kernels::moe::MAX_EXPERTS {
+        return Err(config_err(
+            file,
+            &k("expert_count"),
+            &format!(
+                "{num_experts} experts (1..={} supported)",
+                novastack_kernels::moe::MAX_EXPERTS
+            ),
+        ));
+    }
+    if top_k == 0 || top_k > num_experts {
+        return Err(config_err(
+            file,
+            &k("expert_used_count"),
+            &format!("{top_k} must be in 1..={num_experts}"),
+        ));
+    }
+    let expert_intermediate = opt_u(file, &k("expert_feed_forward_length"))
+        .or_else(|| opt_u(file, &k("feed_forward_length")))
+        .ok_or_else(|| config_err(file, &k("expert_feed_forward_length"), "missing"))?;
+    let scoring = match opt_u(file, &k("expert_gating_func")) {
+        Some(2) => MoeScoring::Sigmoid,
+        Some(1) => MoeScoring::Softmax,
+        Some(other) => {
+            return Err(config_err(
+                file,
+                &k("expert_gating_func"),
+                &format!("{other} is not supported (1 softmax, 2 sigmoid)"),
+            ))
+        }
+        None if architecture == Architecture::MiniMaxM2 => MoeScoring::Sigmoid,
+        None => MoeScoring::Softmax,
+    };
+    let routed_scale = opt_f(file, &k("expert_weights_scale"))
+        .filter(|s| *s > 0.0)
+        .unwrap_or(1.0) as f32;
+    Ok(MoeConfig {
+        num_experts,
+        top_k,
+        expert_intermediate,
+        scoring,
+        renormalize: true,
+        routed_scale,
+        correction_bias: file.tensor_info("blk.0.exp_probs_b.bias").is_some(),
+        sparse_layers: vec![true; num_layers],
+        naming: if architecture == Architecture::Qwen3Moe {
+            MoeNaming::Qwen
+        } else {
+            MoeNaming::BlockSparse
+        },
+    })
+}
+
+/// Hugging Face tensor names over a GGUF file of a Llama-style decoder.
 pub struct GgufLlamaSource<'a> {
     file: &'a GgufFile,
     num_heads: usize,
     num_kv_heads: usize,
+    /// llama.cpp permutes q/k rows only for its `llama` architecture.
+    permute_qk: bool,
 }
 
 impl<'a> GgufLlamaSource<'a> {
@@ -135,6 +237,10 @@ impl<'a> GgufLlamaSource<'a> {
             file,
             num_heads: config.num_heads,
             num_kv_heads: config.num_kv_heads,
+            permute_qk: matches!(
+                config.architecture,
+                Architecture::Llama | Architecture::Mixtral
+            ),
         }
     }
 }
@@ -167,6 +273,20 @@ fn gguf_name(hf: &str) -> Option<(String, Option<bool>)> {
         "mlp.gate_proj.weight" => ("ffn_gate.weight", None),
         "mlp.up_proj.weight" => ("ffn_up.weight", None),
         "mlp.down_proj.weight" => ("ffn_down.weight", None),
+        "self_attn.q_norm.weight" => ("attn_q_norm.weight", None),
+        "self_attn.k_norm.weight" => ("attn_k_norm.weight", None),
+        "mlp.gate.weight" | "block_sparse_moe.gate.weight" => ("ffn_gate_inp.weight", None),
+        "block_sparse_moe.e_score_correction_bias" => ("exp_probs_b.bias", None),
+        // The stacked expert tensors (see the module docs).
+        "mlp.experts.gate_proj.weight" | "block_sparse_moe.experts.w1.weight" => {
+            ("ffn_gate_exps.weight", None)
+        }
+        "mlp.experts.up_proj.weight" | "block_sparse_moe.experts.w3.weight" => {
+            ("ffn_up_exps.weight", None)
+        }
+        "mlp.experts.down_proj.weight" | "block_sparse_moe.experts.w2.weight" => {
+            ("ffn_down_exps.weight", None)
+        }
         _ => return None,
     };
     Some((format!("blk.{layer}.{gg}"), permute))
@@ -215,7 +335,7 @@ impl TensorSource for GgufLlamaSource<'_> {
             });
         }
         let data = self.file.dequantize(info)?;
-        Ok(match permute {
+        Ok(match permute.filter(|_| self.permute_qk) {
             Some(is_q) => {
                 let heads = if is_q {
                     self.num_heads
@@ -273,5 +393,13 @@ mod tests {
             Some(("output.weight".into(), None))
         );
         assert_eq!(gguf_name("model.layers.3.bogus"), None);
+        assert_eq!(
+            gguf_name("model.layers.1.block_sparse_moe.experts.w3.weight"),
+            Some(("blk.1.ffn_up_exps.weight".into(), None))
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.mlp.gate.weight"),
+            Some(("blk.0.ffn_gate_inp.weight".into(), None))
+        );
     }
 }

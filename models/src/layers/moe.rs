@@ -88,13 +88,27 @@ impl<B: Backend> SparseMoe<B> {
             MoeNaming::BlockSparse => ("w1", "w3", "w2"),
         };
         let expert = |x: usize, proj: &str| format!("{prefix}.experts.{x}.{proj}.weight");
+        // All experts of a projection in one 3-D tensor (GGUF's `ffn_*_exps`), where the
+        // source has them so.
+        let stacked = |proj: &str| format!("{prefix}.experts.{proj}.weight");
         let mut gate_up = Vec::with_capacity(e * 2 * i * h);
-        let mut down = Vec::with_capacity(e * h * i);
-        for x in 0..e {
-            gate_up.extend(w.host(&expert(x, gate_name), &[i, h])?);
-            gate_up.extend(w.host(&expert(x, up_name), &[i, h])?);
-            down.extend(w.host(&expert(x, down_name), &[h, i])?);
-        }
+        let down = if w.source.contains(&stacked(gate_name)) {
+            let g = w.host(&stacked(gate_name), &[e, i, h])?;
+            let u = w.host(&stacked(up_name), &[e, i, h])?;
+            for (gx, ux) in g.chunks_exact(i * h).zip(u.chunks_exact(i * h)) {
+                gate_up.extend_from_slice(gx);
+                gate_up.extend_from_slice(ux);
+            }
+            w.host(&stacked(down_name), &[e, h, i])?
+        } else {
+            let mut d = Vec::with_capacity(e * h * i);
+            for x in 0..e {
+                gate_up.extend(w.host(&expert(x, gate_name), &[i, h])?);
+                gate_up.extend(w.host(&expert(x, up_name), &[i, h])?);
+                d.extend(w.host(&expert(x, down_name), &[h, i])?);
+            }
+            d
+        };
         let bias = if c.correction_bias {
             Some(w.get(&format!("{prefix}.e_score_correction_bias"), &[e])?)
         } else {

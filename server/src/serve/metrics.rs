@@ -205,6 +205,23 @@ pub fn render(state: &AppState) -> String {
         }
     }
     o.head(
+        "model_parameters",
+        "Model parameters: all of them (kind=total), and those one token runs through (kind=active_per_token: a mixture-of-experts model's non-expert weights and top-k experts per layer).",
+        "gauge",
+    );
+    for (l, _, s) in &models {
+        for (kind, v) in [
+            ("total", s.model_parameters),
+            ("active_per_token", s.model_active_parameters),
+        ] {
+            o.sample(
+                "model_parameters",
+                &format!("{l},kind=\"{kind}\""),
+                v as f64,
+            );
+        }
+    }
+    o.head(
         "step_cost_seconds",
         "The scheduler's learned step cost model: seconds per step, per prefill token, per decode token and per attention (query x key) pair.",
         "gauge",
