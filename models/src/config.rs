@@ -605,4 +605,64 @@ mod tests {
         assert_eq!(c.sliding_window, vec![None, None]);
         assert!(c.qkv_bias && !c.o_bias);
     }
+
+    #[test]
+    fn moe_configs_in_both_spellings_with_dense_layers() {
+        let mut v = base();
+        v["architectures"] = json!(["Qwen3MoeForCausalLM"]);
+        v["num_hidden_layers"] = json!(4);
+        v["num_experts"] = json!(16);
+        v["num_experts_per_tok"] = json!(4);
+        v["moe_intermediate_size"] = json!(32);
+        v["decoder_sparse_step"] = json!(2);
+        v["mlp_only_layers"] = json!([3]);
+        let c = parse(v.clone()).unwrap();
+        let m = c.moe.as_ref().unwrap();
+        assert_eq!((m.num_experts, m.top_k, m.expert_intermediate), (16, 4, 32));
+        assert_eq!(m.sparse_layers, vec![false, true, false, false]);
+        assert!(!m.renormalize && m.naming == MoeNaming::Qwen);
+        assert_eq!(c.qk_norm, QkNorm::PerHead);
+        // transformers 5 spells the count num_local_experts.
+        let o = v.as_object_mut().unwrap();
+        o.remove("num_experts");
+        o.insert("num_local_experts".into(), json!(8));
+        o.insert("norm_topk_prob".into(), json!(true));
+        let c = parse(v.clone()).unwrap();
+        assert_eq!(c.moe.as_ref().unwrap().num_experts, 8);
+        assert!(c.moe.unwrap().renormalize);
+        v["mlp_only_layers"] = json!([9]);
+        let e = parse(v.clone()).unwrap_err().to_string();
+        assert!(e.contains("mlp_only_layers") && e.contains('9'), "{e}");
+        v["mlp_only_layers"] = json!([]);
+        v["num_experts_per_tok"] = json!(9);
+        let e = parse(v).unwrap_err().to_string();
+        assert!(e.contains("num_experts_per_tok"), "{e}");
+    }
+
+    #[test]
+    fn minimax_m2_partial_rotary_and_sigmoid_router() {
+        let mut v = base();
+        v["architectures"] = json!(["MiniMaxM2ForCausalLM"]);
+        v["head_dim"] = json!(32);
+        v["rotary_dim"] = json!(16);
+        v["num_local_experts"] = json!(8);
+        v["num_experts_per_tok"] = json!(2);
+        v["sliding_window"] = json!(32);
+        let c = parse(v.clone()).unwrap();
+        assert_eq!((c.rotary_dim, c.qk_norm), (16, QkNorm::FullWidth));
+        assert_eq!(c.sliding_window, vec![None, None]);
+        let m = c.moe.unwrap();
+        assert!(m.scoring == MoeScoring::Sigmoid && m.renormalize && m.correction_bias);
+        // transformers 5: partial_rotary_factor in rope_parameters wins over rotary_dim.
+        v["rope_parameters"] =
+            json!({"rope_type": "default", "rope_theta": 5e6, "partial_rotary_factor": 0.25});
+        assert_eq!(parse(v.clone()).unwrap().rotary_dim, 8);
+        v["rope_parameters"] =
+            json!({"rope_type": "default", "rope_theta": 5e6, "partial_rotary_factor": 2.0});
+        let e = parse(v.clone()).unwrap_err().to_string();
+        assert!(e.contains("partial_rotary_factor"), "{e}");
+        v["rope_parameters"] = Value::Null;
+        v["scoring_func"] = json!("softmax");
+        assert!(parse(v).unwrap_err().to_string().contains("scoring_func"));
+    }
 }

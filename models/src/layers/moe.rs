@@ -109,8 +109,11 @@ impl<B: Backend> SparseMoe<B> {
             }
             d
         };
-        let bias = if c.correction_bias {
-            Some(w.get(&format!("{prefix}.e_score_correction_bias"), &[e])?)
+        // transformers keeps the bias as a buffer and starts it at zero when a checkpoint
+        // has none: read it where the checkpoint has it.
+        let bias_name = format!("{prefix}.e_score_correction_bias");
+        let bias = if c.correction_bias && w.source.contains(&bias_name) {
+            Some(w.get(&bias_name, &[e])?)
         } else {
             None
         };
