@@ -6,32 +6,39 @@
 
 #define NS_MOE_MAX_EXPERTS 512
 
-// One warp per row of router logits [rows, experts]: scores (softmax over the row, or a
-// sigmoid per expert) in shared memory, then top_k rounds of a warp argmax over score +
-// bias (the bias picks, it does not weigh; ties go to the lower id; NaN never wins), then
-// lane 0 renormalizes (in selection order, as the host does) and scales. Writes
-// ids[row * top_k + j] and weights[row * top_k + j].
+// One warp per row of x [rows, hidden]: the router's logits x . gate[e] in f32 (lanes over
+// hidden, a warp sum per expert; never rounded to the storage type) into shared memory,
+// scores (softmax over the row, or a sigmoid per expert), then top_k rounds of a warp argmax
+// over score + bias (the bias picks, it does not weigh; ties go to the lower id; NaN never
+// wins), then lane 0 renormalizes (in selection order, as the host does) and scales.
+// Writes ids[row * top_k + j] and weights[row * top_k + j].
 template <typename T>
-__device__ void moe_route_impl(unsigned int* ids, float* weights, const T* logits, const T* bias, int experts,
-                               int top_k, int sigmoid, int renormalize, float scale) {
+__device__ void moe_route_impl(unsigned int* ids, float* weights, const T* x, const T* gate, const T* bias,
+                               int hidden, int experts, int top_k, int sigmoid, int renormalize, float scale) {
   __shared__ float score[NS_MOE_MAX_EXPERTS];
   __shared__ unsigned char taken[NS_MOE_MAX_EXPERTS];
   const long r = blockIdx.x;
   const int lane = threadIdx.x;
-  const T* row = logits + r * experts;
+  const T* row = x + r * hidden;
+  for (int e = 0; e < experts; ++e) {
+    float acc = 0.0f;
+    for (int i = lane; i < hidden; i += NS_WARP) acc += ns_load(row, i) * ns_load(gate, (long)e * hidden + i);
+    acc = ns_warp_sum(acc);
+    if (lane == 0) score[e] = acc;
+  }
+  ns_syncwarp();
   if (sigmoid) {
     for (int i = lane; i < experts; i += NS_WARP) {
-      const float l = ns_load(row, i);
-      score[i] = 1.0f / (1.0f + expf(-l));
+      score[i] = 1.0f / (1.0f + expf(-score[i]));
       taken[i] = 0;
     }
   } else {
     float m = -NS_INF;
-    for (int i = lane; i < experts; i += NS_WARP) m = fmaxf(m, ns_load(row, i));
+    for (int i = lane; i < experts; i += NS_WARP) m = fmaxf(m, score[i]);
     m = ns_warp_max(m);
     float sum = 0.0f;
     for (int i = lane; i < experts; i += NS_WARP) {
-      const float e = expf(ns_load(row, i) - m);
+      const float e = expf(score[i] - m);
       score[i] = e;
       taken[i] = 0;
       sum += e;
@@ -86,9 +93,10 @@ __device__ void moe_route_impl(unsigned int* ids, float* weights, const T* logit
   }
 }
 NS_FOR_DTYPES(moe_route,
-              (unsigned int* ids, float* weights, const void* logits, const void* bias, int experts, int top_k,
-               int sigmoid, int renormalize, float scale),
-              (ids, weights, (const T*)logits, (const T*)bias, experts, top_k, sigmoid, renormalize, scale))
+              (unsigned int* ids, float* weights, const void* x, const void* gate, const void* bias, int hidden,
+               int experts, int top_k, int sigmoid, int renormalize, float scale),
+              (ids, weights, (const T*)x, (const T*)gate, (const T*)bias, hidden, experts, top_k, sigmoid,
+               renormalize, scale))
 
 // out[t, :] = sum_j weights[t * top_k + j] * y[sources[t * top_k + j], :], from zero, j in
 // order, without fused multiply-adds (the CPU's order and rounding). `meta` is

@@ -202,15 +202,20 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Buf,
     ) -> Result<()>;
 
-    /// Mixture-of-experts routing: for each of `rows` rows of router logits
-    /// `[rows, routing.num_experts]`, the `top_k` experts and weights that `routing`'s
-    /// rule picks ([`moe::route_rows`] is the reference); `bias` (`[num_experts]`, the
+    /// Mixture-of-experts routing, fused with the router: for each of `rows` rows of `x`
+    /// (`[rows, hidden]`), the logits `x · gateᵀ` (`gate` is `[num_experts, hidden]`)
+    /// in f32, never rounded to the storage type (a rounded logit flips near-tied
+    /// experts), then the `top_k` experts and weights that `routing`'s rule picks
+    /// ([`moe::route_rows`] is the reference); `bias` (`[num_experts]`, the
     /// `e_score_correction_bias`) shifts the selection, not the weights. Small: GPU
     /// backends route on the device and copy back only the choices.
+    #[allow(clippy::too_many_arguments)]
     fn moe_route(
         &self,
-        logits: &Self::Buf,
+        x: &Self::Buf,
+        gate: &Self::Buf,
         rows: usize,
+        hidden: usize,
         routing: &MoeRouting,
         bias: Option<&Self::Buf>,
     ) -> Result<MoeRoute>;

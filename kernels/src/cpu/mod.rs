@@ -406,19 +406,33 @@ impl Backend for CpuBackend {
 
     fn moe_route(
         &self,
-        logits: &Vec<f32>,
+        x: &Vec<f32>,
+        gate: &Vec<f32>,
         rows: usize,
+        hidden: usize,
         routing: &MoeRouting,
         bias: Option<&Vec<f32>>,
     ) -> Result<MoeRoute> {
         const OP: &str = "moe_route";
         routing.check(OP)?;
-        check_len(OP, "logits", logits, rows * routing.num_experts)?;
+        let e = routing.num_experts;
+        check_len(OP, "x", x, rows * hidden)?;
+        check_len(OP, "gate", gate, e * hidden)?;
         if let Some(b) = bias {
-            check_len(OP, "bias", b, routing.num_experts)?;
+            check_len(OP, "bias", b, e)?;
         }
+        let mut logits = vec![0f32; rows * e];
+        matmul::matmul_bt(
+            &x[..rows * hidden],
+            &gate[..e * hidden],
+            None,
+            rows,
+            hidden,
+            e,
+            &mut logits,
+        );
         Ok(crate::moe::route_rows(
-            logits,
+            &logits,
             rows,
             routing,
             bias.map(|b| b.as_slice()),

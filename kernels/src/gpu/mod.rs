@@ -342,12 +342,14 @@ impl<D: Device> Backend for GpuBackend<D> {
 
     fn moe_route(
         &self,
-        logits: &GpuBuf<D>,
+        x: &GpuBuf<D>,
+        gate: &GpuBuf<D>,
         rows: usize,
+        hidden: usize,
         routing: &MoeRouting,
         bias: Option<&GpuBuf<D>>,
     ) -> Result<MoeRoute> {
-        ops::moe::moe_route(self, logits, rows, routing, bias)
+        ops::moe::moe_route(self, x, gate, rows, hidden, routing, bias)
     }
 
     fn grouped_matmul(

@@ -1,5 +1,5 @@
 //! The sparse mixture-of-experts block (Mixtral, Qwen3-MoE, MiniMax-M2, and the MoE layers
-//! of DeepSeek-style models): router GEMM → top-k routing → the chosen (token, expert)
+//! of DeepSeek-style models): router and top-k routing (fused, logits in f32) → the chosen (token, expert)
 //! rows grouped by expert → grouped gate/up GEMM → SiLU-and-mul → grouped down GEMM →
 //! weighted combine, plus an optional always-on shared expert.
 //!
@@ -17,7 +17,6 @@ use novastack_kernels::{Backend, MoeGroups, MoeRouting};
 
 /// Per-pass buffers for `rows` tokens.
 pub struct MoeScratch<B: Backend> {
-    logits: B::Buf,
     grouped_in: B::Buf,
     gate_up: B::Buf,
     act: B::Buf,
@@ -51,7 +50,6 @@ impl MoeShape {
         let pairs = rows * self.top_k;
         let (h, i) = (self.hidden, self.expert_intermediate);
         Ok(MoeScratch {
-            logits: b.zeros(rows * self.num_experts)?,
             grouped_in: b.zeros(pairs * h)?,
             gate_up: b.zeros(pairs * 2 * i)?,
             act: b.zeros(pairs * i)?,
@@ -158,8 +156,7 @@ impl<B: Backend> SparseMoe<B> {
         let (b, n) = (pass.backend, pass.rows);
         let sh = &self.shape;
         let (h, inter, e, k) = (sh.hidden, sh.expert_intermediate, sh.num_experts, sh.top_k);
-        b.matmul(x, &self.gate, None, n, h, e, &mut s.logits)?;
-        let route = b.moe_route(&s.logits, n, &self.routing, self.bias.as_ref())?;
+        let route = b.moe_route(x, &self.gate, n, h, &self.routing, self.bias.as_ref())?;
         let g = MoeGroups::new(&route, n, k, e);
         b.gather_rows(x, h, &g.rows, &mut s.grouped_in)?;
         b.grouped_matmul(

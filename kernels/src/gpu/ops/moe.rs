@@ -13,17 +13,21 @@ use crate::gpu::{Device, Gemm, GpuBackend, GpuBuf, Launch};
 use crate::moe::{MoeGroups, MoeRoute, MoeRouting, MoeScoring};
 use crate::{shape, Backend, Dtype, Error, Result};
 
-/// `moe_route(ids, weights, logits, bias, experts, top_k, sigmoid, renormalize, scale)`:
-/// one warp per row, into a grow-only area of its own: `[ids | weights]`.
+/// `moe_route(ids, weights, x, gate, bias, hidden, experts, top_k, sigmoid, renormalize,
+/// scale)`: one warp per row, into a grow-only area of its own: `[ids | weights]`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn moe_route<D: Device>(
     b: &GpuBackend<D>,
-    logits: &GpuBuf<D>,
+    x: &GpuBuf<D>,
+    gate: &GpuBuf<D>,
     rows: usize,
+    hidden: usize,
     r: &MoeRouting,
     bias: Option<&GpuBuf<D>>,
 ) -> Result<MoeRoute> {
     r.check("moe_route")?;
-    b.check("moe_route", "logits", logits, rows * r.num_experts)?;
+    b.check("moe_route", "x", x, rows * hidden)?;
+    b.check("moe_route", "gate", gate, r.num_experts * hidden)?;
     if let Some(bias) = bias {
         b.check("moe_route", "bias", bias, r.num_experts)?;
     }
@@ -44,8 +48,10 @@ pub(crate) fn moe_route<D: Device>(
         cfg,
         area,
         area + ids_bytes as u64,
-        logits.ptr,
+        x.ptr,
+        gate.ptr,
         bias.map_or(0u64, |x| x.ptr),
+        hidden as i32,
         r.num_experts as i32,
         r.top_k as i32,
         (r.scoring == MoeScoring::Sigmoid) as i32,
@@ -159,8 +165,10 @@ pub(crate) fn moe_combine<D: Device>(
 
 struct Route {
     rows: usize,
+    hidden: usize,
     routing: MoeRouting,
-    logits: Vec<f32>,
+    x: Vec<f32>,
+    gate: Vec<f32>,
     bias: Option<Vec<f32>>,
 }
 
@@ -174,7 +182,10 @@ impl Case for Route {
     }
     fn shape(&self) -> String {
         let r = &self.routing;
-        let mut s = format!("{}x{} top{}", self.rows, r.num_experts, r.top_k);
+        let mut s = format!(
+            "{}x{}x{} top{}",
+            self.rows, self.hidden, r.num_experts, r.top_k
+        );
         if r.renormalize {
             s += " norm";
         }
@@ -195,9 +206,16 @@ impl Case for Route {
         self.rows == 0
     }
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
-        let logits = b.upload(&self.logits)?;
+        let (x, gate) = (b.upload(&self.x)?, b.upload(&self.gate)?);
         let bias = self.bias.as_deref().map(|v| b.upload(v)).transpose()?;
-        let got = b.moe_route(&logits, self.rows, &self.routing, bias.as_ref())?;
+        let got = b.moe_route(
+            &x,
+            &gate,
+            self.rows,
+            self.hidden,
+            &self.routing,
+            bias.as_ref(),
+        )?;
         Ok(vec![
             ("", got.experts.iter().map(|&e| e as f32).collect()),
             ("weights", got.weights),
@@ -264,16 +282,23 @@ impl Case for Combine {
     }
 }
 
-/// Router logits with no near-ties in any storage type: each row a shuffled ramp over
-/// -2..2 (distinct after rounding to bf16, and away from the sigmoid's flat tails), so
-/// the oracle and the target must agree on every choice.
-fn ramp_logits(g: &mut Gen, rows: usize, experts: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(rows * experts);
+/// Router inputs whose logits have no near-ties in any storage type: `x`'s first
+/// `experts` columns are a shuffled ramp over -2..2 per row (distinct after rounding to
+/// bf16, away from the sigmoid's flat tails) and the rest random; the router's row `e` is
+/// 1 at column `e` and 0 elsewhere, so every logit is exactly its ramp value after a
+/// full-length dot product. The oracle and the target must agree on every choice.
+fn ramp_router(g: &mut Gen, rows: usize, hidden: usize, experts: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut x = Vec::with_capacity(rows * hidden);
     for _ in 0..rows {
-        let row = (0..experts).map(|i| (i as f32 - experts as f32 / 2.0) * 4.0 / experts as f32);
-        out.extend(shuffled(g, row.collect()));
+        let ramp = (0..experts).map(|i| (i as f32 - experts as f32 / 2.0) * 4.0 / experts as f32);
+        x.extend(shuffled(g, ramp.collect()));
+        x.extend(g.rand(hidden - experts, 1.0));
     }
-    g.round(&out)
+    let mut gate = vec![0f32; experts * hidden];
+    for e in 0..experts {
+        gate[e * hidden + e] = 1.0;
+    }
+    (g.round(&x), gate)
 }
 
 fn shuffled(g: &mut Gen, mut v: Vec<f32>) -> Vec<f32> {
@@ -308,26 +333,29 @@ fn random_groups(g: &mut Gen, tokens: usize, experts: usize, top_k: usize) -> Mo
 pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
     let soft = MoeScoring::Softmax;
     let sig = MoeScoring::Sigmoid;
-    // (rows, experts, top_k, scoring, renormalize, bias, scale)
+    // (rows, hidden, experts, top_k, scoring, renormalize, bias, scale)
     let routes = [
-        (0, 8, 2, soft, true, false, 1.0),
-        (1, 8, 2, soft, true, false, 1.0),
-        (7, 8, 2, soft, true, false, 1.0),
-        (5, 128, 8, soft, true, false, 1.0),
-        (3, 128, 8, soft, false, false, 1.0),
-        (4, 256, 8, sig, true, true, 1.0),
-        (2, 33, 3, sig, false, false, 2.5),
-        (3, 64, 6, soft, true, false, 2.5),
-        (2, 512, 8, soft, true, false, 1.0),
-        (9, 4, 1, soft, false, false, 1.0),
+        (0, 64, 8, 2, soft, true, false, 1.0),
+        (1, 64, 8, 2, soft, true, false, 1.0),
+        (7, 96, 8, 2, soft, true, false, 1.0),
+        (5, 256, 128, 8, soft, true, false, 1.0),
+        (3, 130, 128, 8, soft, false, false, 1.0),
+        (4, 300, 256, 8, sig, true, true, 1.0),
+        (2, 33, 33, 3, sig, false, false, 2.5),
+        (3, 64, 64, 6, soft, true, false, 2.5),
+        (2, 512, 512, 8, soft, true, false, 1.0),
+        (9, 7, 4, 1, soft, false, false, 1.0),
     ];
-    for (rows, experts, top_k, scoring, renormalize, bias, scale) in routes {
-        let logits = ramp_logits(g, rows.max(1), experts);
+    for (rows, hidden, experts, top_k, scoring, renormalize, bias, scale) in routes {
+        let (x, gate) = ramp_router(g, rows.max(1), hidden, experts);
         // A selection bias of distinct integers: it decides the choice (the scores span
         // less than 1), and the weights must still be the scores.
         let bias = bias.then(|| shuffled(g, (0..experts).map(|i| i as f32).collect()));
         v.case(Route {
             rows,
+            hidden,
+            x,
+            gate,
             routing: MoeRouting {
                 num_experts: experts,
                 top_k,
@@ -335,10 +363,25 @@ pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
                 renormalize,
                 scale,
             },
-            logits,
             bias,
         })?;
     }
+    // A dense random router (real sums in every logit), over 8 experts.
+    let (rows, hidden, experts) = (6, 200, 8);
+    v.case(Route {
+        rows,
+        hidden,
+        x: g.rand(rows * hidden, 1.0),
+        gate: g.rand(experts * hidden, 0.1),
+        routing: MoeRouting {
+            num_experts: experts,
+            top_k: 2,
+            scoring: soft,
+            renormalize: true,
+            scale: 1.0,
+        },
+        bias: None,
+    })?;
     // Rows per expert.
     let groups: [(&[usize], usize, usize); 5] = [
         (&[0, 0, 0], 64, 96),
