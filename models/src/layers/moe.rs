@@ -205,18 +205,43 @@ mod tests {
         v / (1.0 + (-v).exp())
     }
 
-    /// The block against a direct, token-at-a-time computation from the same weights,
-    /// and a token's output does not depend on the batch it is in.
+    /// Random tensors under per-expert names only (a released checkpoint's layout); the
+    /// plain [`RandomSource`] also answers the stacked names (GGUF's layout).
+    struct PerExpert(RandomSource);
+
+    impl TensorSource for PerExpert {
+        fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+            self.0.tensor(name, shape)
+        }
+        fn contains(&self, name: &str) -> bool {
+            // `m.experts.{e}.{proj}.weight`, not `m.experts.{proj}.weight`.
+            name.strip_prefix("m.experts.")
+                .is_none_or(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        }
+        fn describe(&self) -> String {
+            "per-expert random".into()
+        }
+    }
+
+    /// The block against a direct, token-at-a-time computation from the same weights
+    /// (per-expert tensors, or slices of the stacked ones), and a token's output does
+    /// not depend on the batch it is in.
     #[test]
     fn matches_a_direct_computation_and_is_batch_invariant() {
         let (h, rows) = (16, 5);
         let b = CpuBackend::new();
-        let src = RandomSource::new(3, 0.3);
-        let w = Weights {
-            source: &src,
-            backend: &b,
-        };
-        for (scoring, bias) in [(MoeScoring::Softmax, false), (MoeScoring::Sigmoid, true)] {
+        let per_expert = PerExpert(RandomSource::new(3, 0.3));
+        let stacked = RandomSource::new(4, 0.3);
+        let cases = [
+            (MoeScoring::Softmax, false, &per_expert as &dyn TensorSource),
+            (MoeScoring::Sigmoid, true, &per_expert),
+            (MoeScoring::Softmax, false, &stacked),
+        ];
+        for (scoring, bias, src) in cases {
+            let w = Weights {
+                source: src,
+                backend: &b,
+            };
             let c = config(scoring, bias);
             let moe = SparseMoe::load(&w, "m", h, &c).unwrap();
             let x: Vec<f32> = (0..rows * h)
@@ -250,8 +275,19 @@ mod tests {
                 let mut want = vec![0f32; h];
                 for (&ex, &wt) in route.experts.iter().zip(&route.weights) {
                     let p = |proj: &str, shape: &[usize]| {
-                        src.tensor(&format!("m.experts.{ex}.{proj}.weight"), shape)
-                            .unwrap()
+                        if src.contains(&format!("m.experts.{proj}.weight")) {
+                            let all = src
+                                .tensor(
+                                    &format!("m.experts.{proj}.weight"),
+                                    &[e, shape[0], shape[1]],
+                                )
+                                .unwrap();
+                            let n = shape[0] * shape[1];
+                            all[ex as usize * n..(ex as usize + 1) * n].to_vec()
+                        } else {
+                            src.tensor(&format!("m.experts.{ex}.{proj}.weight"), shape)
+                                .unwrap()
+                        }
                     };
                     let (g, u, d) = (
                         p("gate_proj", &[i, h]),
