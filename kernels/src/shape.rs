@@ -53,13 +53,22 @@ pub(crate) fn group_offsets(op: &'static str, offsets: &[usize]) -> Result<()> {
     )
 }
 
-/// The combine's inputs: `top_k` sources and weights per token. Returns the tokens.
+/// The combine's inputs: `top_k` sources and weights per token, every source a row of
+/// the `y_rows` rows of `y`. Returns the tokens.
 pub(crate) fn combine_shape(
     op: &'static str,
     top_k: usize,
     sources: &[u32],
     weights: &[f32],
+    y_rows: usize,
 ) -> Result<usize> {
+    if let Some(&s) = sources.iter().find(|&&s| s as usize >= y_rows) {
+        return Err(crate::Error::OutOfRange {
+            op,
+            index: s as usize,
+            limit: y_rows,
+        });
+    }
     ensure(
         top_k >= 1 && sources.len() == weights.len() && sources.len().is_multiple_of(top_k),
         op,

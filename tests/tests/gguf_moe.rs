@@ -33,7 +33,6 @@ fn gguf_moe_files_match_transformers() {
             serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
         let logits_file = std::fs::read(dir.join("golden_logits.safetensors")).unwrap();
         let st = SafeTensors::deserialize(&logits_file).unwrap();
-        let vocab = lm.model.vocab_size();
         for case in golden["cases"].as_array().unwrap() {
             let name = case["name"].as_str().unwrap();
             let prompt = ids(&case["prompt_token_ids"]);
@@ -69,7 +68,6 @@ fn gguf_moe_files_match_transformers() {
                 ids(&case["greedy_token_ids"]),
                 "{file} {name}"
             );
-            assert_eq!(vocab, 304);
         }
     }
 }

@@ -468,16 +468,8 @@ impl Backend for CpuBackend {
         out: &mut Vec<f32>,
     ) -> Result<()> {
         const OP: &str = "moe_combine";
-        let tokens = shape::combine_shape(OP, top_k, sources, weights)?;
+        let tokens = shape::combine_shape(OP, top_k, sources, weights, y.len() / dim.max(1))?;
         check_len(OP, "out", out, tokens * dim)?;
-        let rows = y.len() / dim.max(1);
-        if let Some(&s) = sources.iter().find(|&&s| s as usize >= rows) {
-            return Err(Error::OutOfRange {
-                op: OP,
-                index: s as usize,
-                limit: rows,
-            });
-        }
         if dim == 0 {
             return Ok(());
         }

@@ -312,4 +312,43 @@ mod tests {
             }
         }
     }
+
+    /// The shared expert's MLP output is added to the routed output, bit for bit.
+    #[test]
+    fn a_shared_expert_adds_its_mlp_to_the_routed_output() {
+        let (h, rows, inter) = (16, 3, 8);
+        let b = CpuBackend::new();
+        let src = PerExpert(RandomSource::new(5, 0.3));
+        let w = Weights {
+            source: &src,
+            backend: &b,
+        };
+        let c = config(MoeScoring::Softmax, false);
+        let x: Vec<f32> = (0..rows * h)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0)
+            .collect();
+        let input = ForwardInput::default();
+        let pass = Pass {
+            backend: &b,
+            input: &input,
+            rows,
+        };
+        let routed = SparseMoe::load(&w, "m", h, &c).unwrap();
+        let mut only = vec![f32::NAN; rows * h];
+        let mut s = routed.shape().scratch(&b, rows).unwrap();
+        routed.forward(&pass, &x, &mut s, &mut only).unwrap();
+        let mlp = GatedMlp::load(&w, "s", h, inter, false).unwrap();
+        let mut dense = vec![f32::NAN; rows * h];
+        let mut ms = MlpScratch::new(&b, rows, inter).unwrap();
+        mlp.forward(&pass, &x, &mut ms, &mut dense).unwrap();
+        let both = SparseMoe::load(&w, "m", h, &c)
+            .unwrap()
+            .with_shared(GatedMlp::load(&w, "s", h, inter, false).unwrap(), inter);
+        let mut out = vec![f32::NAN; rows * h];
+        let mut s = both.shape().scratch(&b, rows).unwrap();
+        both.forward(&pass, &x, &mut s, &mut out).unwrap();
+        let want: Vec<f32> = only.iter().zip(&dense).map(|(a, d)| a + d).collect();
+        assert_eq!(out, want);
+        assert!(dense.iter().any(|v| *v != 0.0));
+    }
 }
