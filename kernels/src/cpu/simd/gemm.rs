@@ -27,6 +27,28 @@ pub(crate) unsafe fn gemm_bt_tile(
     out: *mut f32,
     ldo: usize,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    // One row would fill half of each 512-bit accumulator: the 8-lane kernel does as well.
+    if rows.len() >= 2 && super::gemm_avx512::available() {
+        // SAFETY: AVX-512 is present (checked); the rest is this function's contract.
+        return unsafe { super::gemm_avx512::gemm_bt_tile(x, w, k, rows, cols, out, ldo) };
+    }
+    gemm_bt_tile_v8(x, w, k, rows, cols, out, ldo)
+}
+
+/// [`gemm_bt_tile`] with one 8-lane vector per output (AVX2 or portable).
+///
+/// # Safety
+/// As [`gemm_bt_tile`].
+pub(crate) unsafe fn gemm_bt_tile_v8(
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    out: *mut f32,
+    ldo: usize,
+) {
     // Rows of x per tile: about 128 KiB of x, so a tile stays in L2 while the 4-row
     // groups of w stream through L1.
     let mt = ((128 * 1024 / 4) / k.max(1)).clamp(MR, 256) / MR * MR;
@@ -181,7 +203,7 @@ pub(super) mod fma {
     /// AVX2 must be present and `out` valid for `v.len()` writes.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn reduce_lanes(v: &[__m256], out: *mut f32) {
+    pub(in crate::cpu::simd) unsafe fn reduce_lanes(v: &[__m256], out: *mut f32) {
         let mut i = 0;
         while i + 8 <= v.len() {
             // (lo(v_a) + hi(v_a) | lo(v_b) + hi(v_b)): lanes (v0+v4, v1+v5, v2+v6, v3+v7).

@@ -14,11 +14,16 @@
 //! The GEMM streams weights straight from their row-major `[n, k]` layout with no
 //! packing: 2 rows of `x` by 4 rows of `w` per micro-kernel (8 accumulators, 6 loads per
 //! 8 FMAs), tiles of `x` sized to stay in L2. Decode steps (a few rows) therefore read
-//! each weight once per step, which is what bounds them.
+//! each weight once per step. On CPUs with AVX-512 (`gemm_avx512.rs`), two or more rows
+//! go through a kernel that holds two outputs' eight lanes in each 512-bit register
+//! (4 pairs of rows by 4 rows of `w`, 16 FMAs per 8 loads) and prefetches the next
+//! block of weights; it computes the same bits as the 8-lane kernel.
 
 mod activation;
 mod attention;
 mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod gemm_avx512;
 
 pub(crate) use self::activation::silu_mul;
 pub(crate) use self::attention::{scores, softmax_scaled, weighted_rows, Queries};
