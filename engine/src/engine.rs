@@ -95,6 +95,13 @@ pub struct EngineStats {
     pub model_active_parameters: u64,
 }
 
+/// Bucket bounds (seconds) for per-step times: steps and inter-token gaps, and the
+/// structured-output masks computed beside them. A GPU decode step takes a few
+/// milliseconds or less, where the request latency buckets start at 5 ms.
+pub const STEP_SECONDS_BOUNDS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
 /// Bucket bounds for per-step token counts.
 pub const STEP_TOKEN_BOUNDS: &[f64] = &[
     0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
@@ -121,15 +128,15 @@ impl Default for EngineStats {
             num_scheduled_seqs: 0,
             num_cancelled: 0,
             ttft: Histogram::default(),
-            itl: Histogram::default(),
+            itl: Histogram::with_bounds(STEP_SECONDS_BOUNDS),
             e2e: Histogram::default(),
-            step_seconds: Histogram::default(),
+            step_seconds: Histogram::with_bounds(STEP_SECONDS_BOUNDS),
             step_prefill_tokens: Histogram::with_bounds(STEP_TOKEN_BOUNDS),
             step_decode_tokens: Histogram::with_bounds(STEP_TOKEN_BOUNDS),
             step_cost: [0.0; 4],
             step_cost_error: None,
-            mask_seconds: Histogram::default(),
-            mask_wait_seconds: Histogram::default(),
+            mask_seconds: Histogram::with_bounds(STEP_SECONDS_BOUNDS),
+            mask_wait_seconds: Histogram::with_bounds(STEP_SECONDS_BOUNDS),
             model_parameters: 0,
             model_active_parameters: 0,
         }
@@ -571,6 +578,22 @@ pub(crate) mod tests {
     use crate::sampler::SamplingParams;
     use novastack_kernels::CpuBackend;
     use novastack_models::{load_model, LoadedModel};
+
+    /// Step-time histograms tell a 0.8 ms GPU step from a 3 ms one (the request
+    /// latency buckets put both under 5 ms), and still bound a 4 s CPU prefill step.
+    #[test]
+    fn step_histograms_resolve_millisecond_steps() {
+        let mut s = EngineStats::default();
+        for v in [0.0008, 0.003, 4.0] {
+            s.step_seconds.observe(v);
+            s.itl.observe(v);
+        }
+        for h in [&s.step_seconds, &s.itl] {
+            let used: Vec<usize> = (0..h.counts.len()).filter(|&i| h.counts[i] > 0).collect();
+            assert_eq!(used.len(), 3, "{:?}", h.counts);
+            assert!(*used.last().unwrap() < h.bounds.len(), "4 s in +Inf");
+        }
+    }
 
     /// The smallest golden fixture model, on the CPU.
     pub(crate) fn fixture_engine() -> Engine<CpuBackend> {

