@@ -11,8 +11,10 @@
 //!   prefills progress;
 //! - in the policy's order ([`PrefillOrder`]: first come first served, or shortest
 //!   remaining prefill first), except that requests not served for more than
-//!   `max_wait_steps` steps go first, the longest-waiting first (aging: every request
-//!   is served within a bounded number of steps);
+//!   `max_wait_steps` steps go first, the longest-waiting first (every request is
+//!   served within a bounded number of steps), and then requests that arrived more than
+//!   the policy's `prefill_aging` seconds ago, oldest first (shortest-first delays a long
+//!   prompt's first token by a bounded time);
 //! - several prompts' chunks per step; with context-length buckets on, all from the
 //!   bucket of the first prefill in that order, so a step's prefills have like lengths.
 //!
@@ -257,7 +259,7 @@ impl Scheduler {
             }
         }
         // 2. Prefills, in the policy's order, within the token and time budgets.
-        let order = self.prefill_order(&out);
+        let order = self.prefill_order(&out, now);
         let allowed = self.step_time_allowed(&out.shape, &order, now);
         let buckets = &self.config.buckets;
         let mut tried: Vec<usize> = Vec::new();
@@ -390,12 +392,19 @@ impl Scheduler {
         Some(base.max(t / (1.0 - share)))
     }
 
-    /// Prefill candidates in the order they get the step's room: aged first (longest
-    /// waiting first), then by the policy (priority before either).
-    fn prefill_order(&self, out: &SchedulerOutput) -> Vec<RequestId> {
+    /// Prefill candidates in the order they get the step's room:
+    /// 1. starved: not scheduled for `max_wait_steps` steps, longest waiting first (every
+    ///    live request gets a chunk within a bounded number of steps);
+    /// 2. overdue: arrived more than the policy's `prefill_aging` seconds ago, oldest
+    ///    first (a long prompt that shortest-first keeps passing over gets every step's
+    ///    room once it is overdue, not one chunk per `max_wait_steps`, so the wait
+    ///    shortest-first adds to its first token is bounded);
+    /// 3. the rest by the policy (priority first).
+    fn prefill_order(&self, out: &SchedulerOutput, now: f64) -> Vec<RequestId> {
         let room = self.running.len() < self.config.max_num_seqs;
         let (step, max_wait) = (self.step, self.config.max_wait_steps);
         let shortest = self.config.policy.prefill_order == PrefillOrder::ShortestFirst;
+        let aging = self.config.policy.prefill_aging;
         let mut order: Vec<RequestId> = self
             .running
             .iter()
@@ -406,12 +415,13 @@ impl Scheduler {
             .collect();
         order.sort_by_key(|id| {
             let r = &self.requests[id];
-            let aged = step - r.last_scheduled_step > max_wait;
-            if aged {
+            if step - r.last_scheduled_step > max_wait {
                 (0, r.last_scheduled_step as i64, 0, 0, r.seq_no)
+            } else if now - r.arrival > aging {
+                (1, 0, r.params.priority as i64, 0, r.seq_no)
             } else {
                 let len = if shortest { self.remaining(id) } else { 0 };
-                (1, 0, r.params.priority as i64, len, r.seq_no)
+                (2, 0, r.params.priority as i64, len, r.seq_no)
             }
         });
         order

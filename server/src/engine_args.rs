@@ -35,7 +35,8 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 8)]
     pub max_wait_steps: u64,
     /// How steps are filled. Running decodes always get their token; prompts take the
-    /// rest in `srpf` (shortest remaining prompt first) or `fcfs` order, within the
+    /// rest in `srpf` (shortest remaining prompt first; a prompt that arrived over 10 s
+    /// ago goes oldest first, `srpf:5s` sets that age) or `fcfs` order, within the
     /// token budget (`-tokens`) or also a step time budget (`-time`: at most 4x the
     /// predicted time of the step's decodes alone, or `-time:R` for R x, `-time:150ms`
     /// for a fixed time). The budget gives way when waiting prompts would otherwise miss
