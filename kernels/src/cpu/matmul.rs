@@ -37,12 +37,14 @@ pub(crate) fn matmul_bt(
     }
     let (per_task, num_tasks) = split_columns(n, rayon::current_num_threads().max(1));
     let c = SendPtr(out.as_mut_ptr());
+    // x's rows are packed once here for every column task.
+    let prepared = simd::PreparedRows::new(x, k, 0..m);
     (0..num_tasks).into_par_iter().for_each(|t| {
         let j0 = t * per_task;
         let j1 = (j0 + per_task).min(n);
         // SAFETY: x is [m, k] and w is [n, k] (checked by the caller); out is [m, n] and
-        // columns j0..j1 belong to this task alone.
-        unsafe { simd::gemm_bt_tile(x, w, k, 0..m, j0..j1, c.get(), n) };
+        // columns j0..j1 belong to this task alone; `prepared` is x's rows 0..m.
+        unsafe { simd::gemm_bt_tile_prepared(x, &prepared, w, k, 0..m, j0..j1, c.get(), n) };
     });
     if let Some(b) = bias {
         for row in out[..m * n].chunks_exact_mut(n) {

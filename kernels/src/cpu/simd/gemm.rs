@@ -36,6 +36,71 @@ pub(crate) unsafe fn gemm_bt_tile(
     gemm_bt_tile_v8(x, w, k, rows, cols, out, ldo)
 }
 
+/// Rows `rows` of `x` prepared for several [`gemm_bt_tile_prepared`] calls (the column
+/// tasks of one GEMM): packed once, when the kernel that runs packs its rows.
+pub(crate) struct PreparedRows {
+    #[cfg(target_arch = "x86_64")]
+    packed: Option<Vec<f32>>,
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// The packing buffer, taken for a GEMM and given back after (a GEMM started while
+    /// another waits on this thread finds it empty and allocates).
+    static PREPARED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl PreparedRows {
+    pub(crate) fn new(x: &[f32], k: usize, rows: std::ops::Range<usize>) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if rows.len() >= 2 && super::gemm_avx512::available() {
+            let mut buf = PREPARED.with(|b| b.take());
+            super::gemm_avx512::pack_pairs(x, k, rows, &mut buf);
+            return PreparedRows { packed: Some(buf) };
+        }
+        let _ = (x, k, rows);
+        PreparedRows {
+            #[cfg(target_arch = "x86_64")]
+            packed: None,
+        }
+    }
+}
+
+impl Drop for PreparedRows {
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(buf) = self.packed.take() {
+            PREPARED.with(|b| b.set(buf));
+        }
+    }
+}
+
+/// [`gemm_bt_tile`] on rows prepared by [`PreparedRows::new`]`(x, k, rows)`.
+///
+/// # Safety
+/// As [`gemm_bt_tile`]; `prepared` was made from the same `x`, `k` and `rows`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_bt_tile_prepared(
+    x: &[f32],
+    prepared: &PreparedRows,
+    w: &[f32],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    out: *mut f32,
+    ldo: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(p) = &prepared.packed {
+        // SAFETY: packed only where AVX-512 is present; the rest is the contract.
+        return unsafe {
+            super::gemm_avx512::gemm_bt_tile_packed(x, p, w, k, rows, cols, out, ldo)
+        };
+    }
+    let _ = prepared;
+    unsafe { gemm_bt_tile(x, w, k, rows, cols, out, ldo) }
+}
+
 /// [`gemm_bt_tile`] with one 8-lane vector per output (AVX2 or portable).
 ///
 /// # Safety

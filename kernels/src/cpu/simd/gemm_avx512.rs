@@ -54,61 +54,109 @@ pub(crate) unsafe fn gemm_bt_tile(
     out: *mut f32,
     ldo: usize,
 ) {
-    // Rows per tile: about 128 KiB of packed x, in L2, while w's blocks go through L1.
+    PACKED.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        tiles(x, w, k, rows, cols, out, ldo, |t| {
+            pack_pairs(x, k, t, &mut buf);
+            buf.as_ptr()
+        })
+    });
+}
+
+/// [`gemm_bt_tile`] with `rows` of `x` already packed by [`pack_pairs`] into `packed`
+/// (so that the column ranges of one GEMM, each a task, pack them once between them).
+///
+/// # Safety
+/// As [`gemm_bt_tile`], and `packed` is `pack_pairs(x, k, rows)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_bt_tile_packed(
+    x: &[f32],
+    packed: &[f32],
+    w: &[f32],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    out: *mut f32,
+    ldo: usize,
+) {
+    assert_eq!(packed.len(), packed_len(k, rows.len()));
+    let (start, stride) = (rows.start, 2 * (k / L * L));
+    // Tiles start an even number of rows after `rows.start`: on a pair boundary.
+    tiles(x, w, k, rows, cols, out, ldo, |t| {
+        packed.as_ptr().add((t.start - start) / 2 * stride)
+    })
+}
+
+/// Floats [`pack_pairs`] writes for `rows` rows.
+pub(crate) fn packed_len(k: usize, rows: usize) -> usize {
+    rows.div_ceil(2) * 2 * (k / L * L)
+}
+
+/// The tile loop: rows in tiles of about 128 KiB of packed `x` (in L2 while `w`'s
+/// blocks go through L1; an even number of rows), each tile's packed pairs from
+/// `packed(tile rows)`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles(
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    out: *mut f32,
+    ldo: usize,
+    mut packed: impl FnMut(std::ops::Range<usize>) -> *const f32,
+) {
     let mt = ((128 * 1024 / 4) / k.max(1)).clamp(2 * P, 256) / 2 * 2;
     let full = k / L * L;
     let stride = 2 * full; // floats per packed pair
-    PACKED.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        let mut t0 = rows.start;
-        while t0 < rows.end {
-            let t1 = (t0 + mt).min(rows.end);
-            let pairs = (t1 - t0).div_ceil(2);
-            pack_pairs(x, k, t0..t1, &mut buf);
-            let mut j = cols.start;
-            while j < cols.end {
-                let nc = (cols.end - j).min(C);
-                let mut q = 0;
-                while q < pairs {
-                    let np = (pairs - q).min(P);
-                    let tile = Tile {
-                        x,
-                        w,
-                        k,
-                        packed: buf.as_ptr().add(q * stride),
-                        stride,
-                        row0: t0 + 2 * q,
-                        row_end: t1,
-                        col0: j,
-                        out,
-                        ldo,
+    let mut t0 = rows.start;
+    while t0 < rows.end {
+        let t1 = (t0 + mt).min(rows.end);
+        let pairs = (t1 - t0).div_ceil(2);
+        let base = packed(t0..t1);
+        let mut j = cols.start;
+        while j < cols.end {
+            let nc = (cols.end - j).min(C);
+            let mut q = 0;
+            while q < pairs {
+                let np = (pairs - q).min(P);
+                let tile = Tile {
+                    x,
+                    w,
+                    k,
+                    packed: base.add(q * stride),
+                    stride,
+                    row0: t0 + 2 * q,
+                    row_end: t1,
+                    col0: j,
+                    out,
+                    ldo,
+                };
+                macro_rules! run {
+                    ($($p:literal),*; $c:tt) => {
+                        match np {
+                            $($p => tile.block::<$p, $c>(),)*
+                            _ => unreachable!(),
+                        }
                     };
-                    macro_rules! run {
-                        ($($p:literal),*; $c:tt) => {
-                            match np {
-                                $($p => tile.block::<$p, $c>(),)*
-                                _ => unreachable!(),
-                            }
-                        };
-                    }
-                    match nc {
-                        4 => run!(1, 2, 3, 4; 4),
-                        3 => run!(1, 2, 3, 4; 3),
-                        2 => run!(1, 2, 3, 4; 2),
-                        _ => run!(1, 2, 3, 4; 1),
-                    }
-                    q += np;
                 }
-                j += nc;
+                match nc {
+                    4 => run!(1, 2, 3, 4; 4),
+                    3 => run!(1, 2, 3, 4; 3),
+                    2 => run!(1, 2, 3, 4; 2),
+                    _ => run!(1, 2, 3, 4; 1),
+                }
+                q += np;
             }
-            t0 = t1;
+            j += nc;
         }
-    });
+        t0 = t1;
+    }
 }
 
 /// Rows `rows` of `x`, their first `k / 8 * 8` values packed in pairs (see the module
 /// docs); an odd last row is paired with zeros.
-fn pack_pairs(x: &[f32], k: usize, rows: std::ops::Range<usize>, buf: &mut Vec<f32>) {
+pub(crate) fn pack_pairs(x: &[f32], k: usize, rows: std::ops::Range<usize>, buf: &mut Vec<f32>) {
     let full = k / L * L;
     let pairs = rows.len().div_ceil(2);
     buf.clear();
@@ -221,24 +269,45 @@ mod tests {
             (16, 12, 576, 3..12, 2..11),
             (9, 6, 67, 0..9, 1..6),
             (300, 9, 64, 0..300, 0..9),
+            (601, 5, 64, 3..600, 0..5),
             (37, 33, 1536, 5..37, 4..33),
         ] {
             let (x, w) = (data(m * k, 5), data(n * k, 6));
             let mut a = vec![f32::NAN; m * n];
             let mut b = vec![f32::NAN; m * n];
-            // SAFETY: AVX-512 checked; a and b are m x n and used by this call alone.
+            // Rows packed once, as a GEMM's column tasks share them.
+            let mut c = vec![f32::NAN; m * n];
+            let mut packed = Vec::new();
+            super::pack_pairs(&x, k, rows.clone(), &mut packed);
+            // SAFETY: AVX-512 checked; a, b and c are m x n and used by one call each;
+            // `packed` is rows `rows` of x.
             unsafe {
                 super::gemm_bt_tile(&x, &w, k, rows.clone(), cols.clone(), a.as_mut_ptr(), n);
                 gemm_bt_tile_v8(&x, &w, k, rows.clone(), cols.clone(), b.as_mut_ptr(), n);
+                super::gemm_bt_tile_packed(
+                    &x,
+                    &packed,
+                    &w,
+                    k,
+                    rows.clone(),
+                    cols.clone(),
+                    c.as_mut_ptr(),
+                    n,
+                );
             }
             for i in 0..m {
                 for j in 0..n {
                     let inside = rows.contains(&i) && cols.contains(&j);
-                    let (u, v) = (a[i * n + j], b[i * n + j]);
+                    let (u, v, p) = (a[i * n + j], b[i * n + j], c[i * n + j]);
                     assert_eq!(
                         u.to_bits(),
                         v.to_bits(),
                         "({m},{n},{k}) at ({i},{j}): {u} vs {v}"
+                    );
+                    assert_eq!(
+                        p.to_bits(),
+                        v.to_bits(),
+                        "({m},{n},{k}) at ({i},{j}), packed once: {p} vs {v}"
                     );
                     assert_eq!(
                         inside,
