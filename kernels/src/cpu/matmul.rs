@@ -38,13 +38,13 @@ pub(crate) fn matmul_bt(
     let (per_task, num_tasks) = split_columns(n, rayon::current_num_threads().max(1));
     let c = SendPtr(out.as_mut_ptr());
     // x's rows are packed once here for every column task.
-    let prepared = simd::PreparedRows::new(x, k, 0..m);
+    let prepared = simd::PreparedRows::new(x, k, &[0, m]);
     (0..num_tasks).into_par_iter().for_each(|t| {
         let j0 = t * per_task;
         let j1 = (j0 + per_task).min(n);
         // SAFETY: x is [m, k] and w is [n, k] (checked by the caller); out is [m, n] and
         // columns j0..j1 belong to this task alone; `prepared` is x's rows 0..m.
-        unsafe { simd::gemm_bt_tile_prepared(x, &prepared, w, k, 0..m, j0..j1, c.get(), n) };
+        unsafe { simd::gemm_bt_tile_prepared(x, &prepared, 0, w, k, 0..m, j0..j1, c.get(), n) };
     });
     if let Some(b) = bias {
         for row in out[..m * n].chunks_exact_mut(n) {
@@ -79,6 +79,8 @@ pub(crate) fn grouped_matmul_bt(
         .flat_map(|(e, _)| (0..tiles).map(move |t| (e, t)))
         .collect();
     let c = SendPtr(out.as_mut_ptr());
+    // Each expert's rows are packed once here for all of its column tasks.
+    let prepared = simd::PreparedRows::new(x, k, offsets);
     tasks.into_par_iter().for_each(|(e, t)| {
         let (r0, r1) = (offsets[e], offsets[e + 1]);
         let j0 = t * per_task;
@@ -86,10 +88,12 @@ pub(crate) fn grouped_matmul_bt(
         let we = &w[e * n * k..(e + 1) * n * k];
         // SAFETY: x holds offsets[last] rows of k and w every expert's [n, k] (checked by
         // the caller); rows r0..r1 belong to expert e alone and columns j0..j1 of them to
-        // this task alone.
+        // this task alone; group e of `prepared` is those rows.
         unsafe {
-            simd::gemm_bt_tile(
+            simd::gemm_bt_tile_prepared(
                 &x[r0 * k..r1 * k],
+                &prepared,
+                e,
                 we,
                 k,
                 0..r1 - r0,
@@ -103,7 +107,32 @@ pub(crate) fn grouped_matmul_bt(
 
 #[cfg(test)]
 mod tests {
-    use super::split_columns;
+    use super::{grouped_matmul_bt, matmul_bt, split_columns};
+
+    /// Each expert's rows come out bit for bit as a plain GEMM of those rows alone: rows
+    /// packed per expert (from odd offsets too), one-row experts read in place, empty
+    /// experts skipped.
+    #[test]
+    fn grouped_rows_equal_a_gemm_of_each_experts_rows() {
+        let (k, n) = (70, 13);
+        let offsets = [0, 3, 3, 4, 6, 13, 14];
+        let m = offsets[offsets.len() - 1];
+        let experts = offsets.len() - 1;
+        let val = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 64.0;
+        let x: Vec<f32> = (0..m * k).map(val).collect();
+        let w: Vec<f32> = (0..experts * n * k).map(|i| val(i + 7)).collect();
+        let mut out = vec![f32::NAN; m * n];
+        grouped_matmul_bt(&x, &w, &offsets, k, n, &mut out);
+        for e in 0..experts {
+            let (r0, r1) = (offsets[e], offsets[e + 1]);
+            let mut want = vec![0.0; (r1 - r0) * n];
+            let we = &w[e * n * k..(e + 1) * n * k];
+            matmul_bt(&x[r0 * k..r1 * k], we, None, r1 - r0, k, n, &mut want);
+            for (i, (a, b)) in out[r0 * n..r1 * n].iter().zip(&want).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "expert {e}, element {i}");
+            }
+        }
+    }
 
     #[test]
     fn columns_split_evenly_over_threads() {

@@ -11,13 +11,111 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     gemm_block::<1, 1>(&[a], &[b])[0][0]
 }
 
+/// Groups of rows of `x` (`offsets[g]..offsets[g + 1]`; one group for a plain GEMM, one
+/// per expert for the grouped GEMM) prepared for the column tasks that share them
+/// ([`gemm_bt_tile_prepared`]):
+/// packed once, for the kernel that reads its rows packed (AVX-512, two rows or more).
+pub(crate) struct PreparedRows {
+    /// Per group, its floats in `buf`, or `None`: the 8-lane kernel reads `x` in place.
+    #[cfg(target_arch = "x86_64")]
+    groups: Vec<Option<std::ops::Range<usize>>>,
+    #[cfg(target_arch = "x86_64")]
+    buf: Vec<f32>,
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// The packing buffer, taken for a GEMM and given back after (a GEMM started while
+    /// another waits on this thread finds it empty and allocates).
+    static PACKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl PreparedRows {
+    pub(crate) fn new(x: &[f32], k: usize, offsets: &[usize]) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let wide = super::gemm_avx512::available();
+            let mut buf = Vec::new();
+            let groups = offsets
+                .windows(2)
+                .map(|r| {
+                    if !wide || r[1] < r[0] + 2 {
+                        return None;
+                    }
+                    if buf.capacity() == 0 {
+                        buf = PACKED.with(|b| b.take());
+                        buf.clear();
+                    }
+                    let at = buf.len();
+                    super::gemm_avx512::pack_pairs(x, k, r[0]..r[1], &mut buf);
+                    Some(at..buf.len())
+                })
+                .collect();
+            PreparedRows { groups, buf }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (x, k, offsets);
+            PreparedRows {}
+        }
+    }
+}
+
+impl Drop for PreparedRows {
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        if self.buf.capacity() > 0 {
+            PACKED.with(|b| b.set(std::mem::take(&mut self.buf)));
+        }
+    }
+}
+
 /// Row-major `out[i, j] = Σ_k x[i, k]·w[j, k]` for rows `rows` of `x` and columns
-/// `cols` of `out` (rows of `w`); `out` has row stride `ldo`.
+/// `cols` of `out` (rows of `w`); `out` has row stride `ldo`. `rows` are group `group`
+/// of `prepared`, counted in `x` (which may start at the group's first row).
 ///
 /// # Safety
 /// `out` must be valid for writes at `i * ldo + j` for every `i` in `rows` and `j` in
 /// `cols`, and no one else may access those elements during the call (tasks of one
-/// GEMM own disjoint column ranges).
+/// GEMM own disjoint column ranges); `prepared` was made from the same rows of `x` and
+/// `k`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_bt_tile_prepared(
+    x: &[f32],
+    prepared: &PreparedRows,
+    group: usize,
+    w: &[f32],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    out: *mut f32,
+    ldo: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(r) = &prepared.groups[group] {
+        // SAFETY: packed only where AVX-512 is present; the rest is the contract.
+        return unsafe {
+            super::gemm_avx512::gemm_bt_tile_packed(
+                x,
+                &prepared.buf[r.clone()],
+                w,
+                k,
+                rows,
+                cols,
+                out,
+                ldo,
+            )
+        };
+    }
+    let _ = (prepared, group);
+    gemm_bt_tile_v8(x, w, k, rows, cols, out, ldo)
+}
+
+/// One [`gemm_bt_tile_prepared`] call with its own [`PreparedRows`].
+///
+/// # Safety
+/// As [`gemm_bt_tile_prepared`].
+#[cfg(test)]
 pub(crate) unsafe fn gemm_bt_tile(
     x: &[f32],
     w: &[f32],
@@ -27,84 +125,16 @@ pub(crate) unsafe fn gemm_bt_tile(
     out: *mut f32,
     ldo: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    // One row would fill half of each 512-bit accumulator: the 8-lane kernel does as well.
-    if rows.len() >= 2 && super::gemm_avx512::available() {
-        // SAFETY: AVX-512 is present (checked); the rest is this function's contract.
-        return unsafe { super::gemm_avx512::gemm_bt_tile(x, w, k, rows, cols, out, ldo) };
-    }
-    gemm_bt_tile_v8(x, w, k, rows, cols, out, ldo)
+    let prepared = PreparedRows::new(x, k, &[rows.start, rows.end]);
+    // SAFETY: this function's contract; `prepared` is rows `rows` of x, group 0.
+    unsafe { gemm_bt_tile_prepared(x, &prepared, 0, w, k, rows, cols, out, ldo) }
 }
 
-/// Rows `rows` of `x` prepared for several [`gemm_bt_tile_prepared`] calls (the column
-/// tasks of one GEMM): packed once, when the kernel that runs packs its rows.
-pub(crate) struct PreparedRows {
-    #[cfg(target_arch = "x86_64")]
-    packed: Option<Vec<f32>>,
-}
-
-#[cfg(target_arch = "x86_64")]
-thread_local! {
-    /// The packing buffer, taken for a GEMM and given back after (a GEMM started while
-    /// another waits on this thread finds it empty and allocates).
-    static PREPARED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-impl PreparedRows {
-    pub(crate) fn new(x: &[f32], k: usize, rows: std::ops::Range<usize>) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if rows.len() >= 2 && super::gemm_avx512::available() {
-            let mut buf = PREPARED.with(|b| b.take());
-            super::gemm_avx512::pack_pairs(x, k, rows, &mut buf);
-            return PreparedRows { packed: Some(buf) };
-        }
-        let _ = (x, k, rows);
-        PreparedRows {
-            #[cfg(target_arch = "x86_64")]
-            packed: None,
-        }
-    }
-}
-
-impl Drop for PreparedRows {
-    fn drop(&mut self) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(buf) = self.packed.take() {
-            PREPARED.with(|b| b.set(buf));
-        }
-    }
-}
-
-/// [`gemm_bt_tile`] on rows prepared by [`PreparedRows::new`]`(x, k, rows)`.
+/// [`gemm_bt_tile_prepared`] with one 8-lane vector per output (AVX2 or portable), `x`
+/// read in place.
 ///
 /// # Safety
-/// As [`gemm_bt_tile`]; `prepared` was made from the same `x`, `k` and `rows`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_bt_tile_prepared(
-    x: &[f32],
-    prepared: &PreparedRows,
-    w: &[f32],
-    k: usize,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    out: *mut f32,
-    ldo: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(p) = &prepared.packed {
-        // SAFETY: packed only where AVX-512 is present; the rest is the contract.
-        return unsafe {
-            super::gemm_avx512::gemm_bt_tile_packed(x, p, w, k, rows, cols, out, ldo)
-        };
-    }
-    let _ = prepared;
-    unsafe { gemm_bt_tile(x, w, k, rows, cols, out, ldo) }
-}
-
-/// [`gemm_bt_tile`] with one 8-lane vector per output (AVX2 or portable).
-///
-/// # Safety
-/// As [`gemm_bt_tile`].
+/// As [`gemm_bt_tile_prepared`], without `prepared`.
 pub(crate) unsafe fn gemm_bt_tile_v8(
     x: &[f32],
     w: &[f32],

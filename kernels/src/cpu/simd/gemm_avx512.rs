@@ -17,7 +17,6 @@
 use super::gemm::fma::reduce_lanes;
 use super::L;
 use std::arch::x86_64::*;
-use std::cell::RefCell;
 
 /// AVX-512F and DQ (for the 256-bit broadcast and extract), checked once per process.
 pub(crate) fn available() -> bool {
@@ -34,40 +33,14 @@ pub(crate) fn available() -> bool {
 const P: usize = 4;
 const C: usize = 4;
 
-thread_local! {
-    /// This thread's packed rows (reused across calls: a decode step makes hundreds).
-    static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Same contract as `gemm::gemm_bt_tile`.
+/// The `x · wᵀ` tile (`gemm::gemm_bt_tile_prepared`'s contract) on rows of `x` packed by
+/// [`pack_pairs`]: a GEMM packs its rows once, before its column tasks.
 ///
 /// # Safety
 /// [`available`] must be true; `x` holds every row in `rows` (each `k` long), `w` every
-/// row in `cols`; `out` is valid for writes at `i * ldo + j` for `i` in `rows`, `j` in
-/// `cols`, and no one else accesses those elements during the call.
-pub(crate) unsafe fn gemm_bt_tile(
-    x: &[f32],
-    w: &[f32],
-    k: usize,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    out: *mut f32,
-    ldo: usize,
-) {
-    PACKED.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        tiles(x, w, k, rows, cols, out, ldo, |t| {
-            pack_pairs(x, k, t, &mut buf);
-            buf.as_ptr()
-        })
-    });
-}
-
-/// [`gemm_bt_tile`] with `rows` of `x` already packed by [`pack_pairs`] into `packed`
-/// (so that the column ranges of one GEMM, each a task, pack them once between them).
-///
-/// # Safety
-/// As [`gemm_bt_tile`], and `packed` is `pack_pairs(x, k, rows)`.
+/// row in `cols`; `packed` is `pack_pairs(x, k, rows)`; `out` is valid for writes at
+/// `i * ldo + j` for `i` in `rows`, `j` in `cols`, and no one else accesses those
+/// elements during the call.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_bt_tile_packed(
     x: &[f32],
@@ -80,40 +53,15 @@ pub(crate) unsafe fn gemm_bt_tile_packed(
     ldo: usize,
 ) {
     assert_eq!(packed.len(), packed_len(k, rows.len()));
-    let (start, stride) = (rows.start, 2 * (k / L * L));
-    // Tiles start an even number of rows after `rows.start`: on a pair boundary.
-    tiles(x, w, k, rows, cols, out, ldo, |t| {
-        packed.as_ptr().add((t.start - start) / 2 * stride)
-    })
-}
-
-/// Floats [`pack_pairs`] writes for `rows` rows.
-pub(crate) fn packed_len(k: usize, rows: usize) -> usize {
-    rows.div_ceil(2) * 2 * (k / L * L)
-}
-
-/// The tile loop: rows in tiles of about 128 KiB of packed `x` (in L2 while `w`'s
-/// blocks go through L1; an even number of rows), each tile's packed pairs from
-/// `packed(tile rows)`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn tiles(
-    x: &[f32],
-    w: &[f32],
-    k: usize,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    out: *mut f32,
-    ldo: usize,
-    mut packed: impl FnMut(std::ops::Range<usize>) -> *const f32,
-) {
+    // Rows per tile: about 128 KiB of packed x, in L2, while w's blocks go through L1;
+    // even, so that every tile starts on a pair.
     let mt = ((128 * 1024 / 4) / k.max(1)).clamp(2 * P, 256) / 2 * 2;
-    let full = k / L * L;
-    let stride = 2 * full; // floats per packed pair
+    let stride = 2 * (k / L * L); // floats per packed pair
     let mut t0 = rows.start;
     while t0 < rows.end {
         let t1 = (t0 + mt).min(rows.end);
         let pairs = (t1 - t0).div_ceil(2);
-        let base = packed(t0..t1);
+        let base = packed.as_ptr().add((t0 - rows.start) / 2 * stride);
         let mut j = cols.start;
         while j < cols.end {
             let nc = (cols.end - j).min(C);
@@ -154,13 +102,18 @@ unsafe fn tiles(
     }
 }
 
-/// Rows `rows` of `x`, their first `k / 8 * 8` values packed in pairs (see the module
-/// docs); an odd last row is paired with zeros.
+/// Floats [`pack_pairs`] writes for `rows` rows.
+pub(crate) fn packed_len(k: usize, rows: usize) -> usize {
+    rows.div_ceil(2) * 2 * (k / L * L)
+}
+
+/// Appends rows `rows` of `x` to `buf`, their first `k / 8 * 8` values packed in pairs
+/// (see the module docs); an odd last row is paired with zeros.
 pub(crate) fn pack_pairs(x: &[f32], k: usize, rows: std::ops::Range<usize>, buf: &mut Vec<f32>) {
     let full = k / L * L;
-    let pairs = rows.len().div_ceil(2);
-    buf.clear();
-    buf.resize(pairs * 2 * full, 0.0);
+    let at = buf.len();
+    buf.resize(at + packed_len(k, rows.len()), 0.0);
+    let buf = &mut buf[at..];
     for (i, r) in rows.clone().enumerate() {
         let src = &x[r * k..r * k + full];
         let (q, half) = (i / 2, i % 2);
@@ -282,7 +235,15 @@ mod tests {
             // SAFETY: AVX-512 checked; a, b and c are m x n and used by one call each;
             // `packed` is rows `rows` of x.
             unsafe {
-                super::gemm_bt_tile(&x, &w, k, rows.clone(), cols.clone(), a.as_mut_ptr(), n);
+                super::super::gemm::gemm_bt_tile(
+                    &x,
+                    &w,
+                    k,
+                    rows.clone(),
+                    cols.clone(),
+                    a.as_mut_ptr(),
+                    n,
+                );
                 gemm_bt_tile_v8(&x, &w, k, rows.clone(), cols.clone(), b.as_mut_ptr(), n);
                 super::gemm_bt_tile_packed(
                     &x,

@@ -27,7 +27,7 @@ mod gemm_avx512;
 
 pub(crate) use self::activation::silu_mul;
 pub(crate) use self::attention::{scores, softmax_scaled, weighted_rows, Queries};
-pub(crate) use self::gemm::{dot, gemm_bt_tile, gemm_bt_tile_prepared, PreparedRows};
+pub(crate) use self::gemm::{dot, gemm_bt_tile_prepared, PreparedRows};
 
 use std::sync::OnceLock;
 
