@@ -48,11 +48,24 @@ pub trait Backend: Send + Sync {
     /// A buffer of values on the backend's device, stored as [`Backend::dtype`] says
     /// and seen as f32 by the host.
     type Buf: Send + Sync;
+    /// A weight matrix for [`Backend::matmul`], [`Backend::grouped_matmul`],
+    /// [`Backend::moe_route`] and [`Backend::embedding`], laid out as the backend's
+    /// kernels read it (the CPU packs column panels; a GPU keeps the rows).
+    type Weight: Send + Sync;
 
     fn name(&self) -> &'static str;
 
     /// Copies host data to a new device buffer.
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// Uploads a weight: `groups` blocks of `[n, k]` values back to back (row-major,
+    /// the Hugging Face `Linear` layout), one block for all but a MoE layer's experts.
+    fn upload_weight(
+        &self,
+        data: &[f32],
+        groups: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Self::Weight>;
     /// A new zero-filled buffer of `len` values.
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     /// Copies a device buffer to the host.
@@ -70,7 +83,7 @@ pub trait Backend: Send + Sync {
     /// `out[i, :] = table[ids[i], :]`; `table` is `[vocab, hidden]`.
     fn embedding(
         &self,
-        table: &Self::Buf,
+        table: &Self::Weight,
         vocab: usize,
         hidden: usize,
         ids: &[u32],
@@ -110,7 +123,7 @@ pub trait Backend: Send + Sync {
     fn matmul(
         &self,
         x: &Self::Buf,
-        w: &Self::Buf,
+        w: &Self::Weight,
         bias: Option<&Self::Buf>,
         m: usize,
         k: usize,
@@ -213,7 +226,7 @@ pub trait Backend: Send + Sync {
     fn moe_route(
         &self,
         x: &Self::Buf,
-        gate: &Self::Buf,
+        gate: &Self::Weight,
         rows: usize,
         hidden: usize,
         routing: &MoeRouting,
@@ -228,7 +241,7 @@ pub trait Backend: Send + Sync {
     fn grouped_matmul(
         &self,
         x: &Self::Buf,
-        w: &Self::Buf,
+        w: &Self::Weight,
         offsets: &[usize],
         k: usize,
         n: usize,

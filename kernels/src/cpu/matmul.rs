@@ -1,18 +1,18 @@
-//! `out = x · wᵀ + bias`: the micro-kernels of `simd/gemm.rs`, split over output columns
+//! `out = x · wᵀ + bias`: the GEMM of `simd/panel_gemm.rs`, split over output columns
 //! with rayon.
 //!
-//! Why this is batch-invariant: each output element is one `simd::dot`-ordered
-//! reduction over its two rows (fixed lanes, `k` in order, fixed lane sum), whatever
-//! `m` is and wherever the element sits in a tile; splitting `n` across threads does
-//! not touch the reduction. The unit test `matmul_is_batch_invariant` checks this bit
-//! for bit. The weights are read in place (no packing), which is what decode steps of
-//! a few rows need: one pass over the weights per step.
+//! Why this is batch-invariant: each output element is one chain of fused multiply-adds
+//! over its two rows, `k` in order, whatever `m` is and wherever the element sits in a
+//! tile; splitting `n` across threads does not touch it. The unit test
+//! `matmul_is_batch_invariant` checks this bit for bit. Each task packs its panels of
+//! the weights once for all of the rows, so a decode step of a few rows reads each
+//! weight once per step.
 
-use super::{simd, SendPtr};
+use super::{simd, CpuWeight, SendPtr};
 use rayon::prelude::*;
 
-/// Columns per task are a multiple of this (and so of every micro-kernel width).
-const COL_ALIGN: usize = 4;
+/// Columns per task are a multiple of this: a 16-lane vector (half a panel).
+const COL_ALIGN: usize = 16;
 
 /// `(columns per task, tasks)` for `n` columns on `threads` threads: two tasks per
 /// thread, each a multiple of `COL_ALIGN` columns, so that every thread gets the same
@@ -23,6 +23,8 @@ fn split_columns(n: usize, threads: usize) -> (usize, usize) {
     (per_task, n.div_ceil(per_task))
 }
 
+/// `out = x · wᵀ + bias` for `x` `[m, k]` and `w` `[n, k]` packed in panels
+/// (`simd::pack_panels`).
 pub(crate) fn matmul_bt(
     x: &[f32],
     w: &[f32],
@@ -37,14 +39,12 @@ pub(crate) fn matmul_bt(
     }
     let (per_task, num_tasks) = split_columns(n, rayon::current_num_threads().max(1));
     let c = SendPtr(out.as_mut_ptr());
-    // x's rows are packed once here for every column task.
-    let prepared = simd::PreparedRows::new(x, k, &[0, m]);
     (0..num_tasks).into_par_iter().for_each(|t| {
         let j0 = t * per_task;
         let j1 = (j0 + per_task).min(n);
         // SAFETY: x is [m, k] and w is [n, k] (checked by the caller); out is [m, n] and
-        // columns j0..j1 belong to this task alone; `prepared` is x's rows 0..m.
-        unsafe { simd::gemm_bt_tile_prepared(x, &prepared, 0, w, k, 0..m, j0..j1, c.get(), n) };
+        // columns j0..j1 belong to this task alone.
+        unsafe { simd::gemm_bt(x, w, k, 0..m, j0..j1, c.get(), n) };
     });
     if let Some(b) = bias {
         for row in out[..m * n].chunks_exact_mut(n) {
@@ -56,12 +56,12 @@ pub(crate) fn matmul_bt(
 }
 
 /// The grouped GEMM: rows `offsets[e]..offsets[e + 1]` of `x` times expert `e`'s
-/// `[n, k]` block of `w`. Tasks are (expert, column range) pairs, so a decode step whose
+/// `[n, k]` weight, group `e` of `w`. Tasks are (expert, column range) pairs, so a decode step whose
 /// few rows spread over many experts still uses every thread; each element is the same
-/// `dot`-ordered reduction as in [`matmul_bt`] (batch-invariant).
+/// chain as in [`matmul_bt`] (batch-invariant).
 pub(crate) fn grouped_matmul_bt(
     x: &[f32],
-    w: &[f32],
+    w: &CpuWeight,
     offsets: &[usize],
     k: usize,
     n: usize,
@@ -79,21 +79,17 @@ pub(crate) fn grouped_matmul_bt(
         .flat_map(|(e, _)| (0..tiles).map(move |t| (e, t)))
         .collect();
     let c = SendPtr(out.as_mut_ptr());
-    // Each expert's rows are packed once here for all of its column tasks.
-    let prepared = simd::PreparedRows::new(x, k, offsets);
     tasks.into_par_iter().for_each(|(e, t)| {
         let (r0, r1) = (offsets[e], offsets[e + 1]);
         let j0 = t * per_task;
         let j1 = (j0 + per_task).min(n);
-        let we = &w[e * n * k..(e + 1) * n * k];
+        let we = w.group(e);
         // SAFETY: x holds offsets[last] rows of k and w every expert's [n, k] (checked by
         // the caller); rows r0..r1 belong to expert e alone and columns j0..j1 of them to
-        // this task alone; group e of `prepared` is those rows.
+        // this task alone.
         unsafe {
-            simd::gemm_bt_tile_prepared(
+            simd::gemm_bt(
                 &x[r0 * k..r1 * k],
-                &prepared,
-                e,
                 we,
                 k,
                 0..r1 - r0,
@@ -107,11 +103,10 @@ pub(crate) fn grouped_matmul_bt(
 
 #[cfg(test)]
 mod tests {
-    use super::{grouped_matmul_bt, matmul_bt, split_columns};
+    use super::{grouped_matmul_bt, matmul_bt, split_columns, CpuWeight};
 
-    /// Each expert's rows come out bit for bit as a plain GEMM of those rows alone: rows
-    /// packed per expert (from odd offsets too), one-row experts read in place, empty
-    /// experts skipped.
+    /// Each expert's rows come out bit for bit as a plain GEMM of those rows alone (from
+    /// odd offsets too); empty experts are skipped.
     #[test]
     fn grouped_rows_equal_a_gemm_of_each_experts_rows() {
         let (k, n) = (70, 13);
@@ -121,13 +116,22 @@ mod tests {
         let val = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 64.0;
         let x: Vec<f32> = (0..m * k).map(val).collect();
         let w: Vec<f32> = (0..experts * n * k).map(|i| val(i + 7)).collect();
+        let wg = CpuWeight::new(&w, experts, n, k).unwrap();
         let mut out = vec![f32::NAN; m * n];
-        grouped_matmul_bt(&x, &w, &offsets, k, n, &mut out);
+        grouped_matmul_bt(&x, &wg, &offsets, k, n, &mut out);
         for e in 0..experts {
             let (r0, r1) = (offsets[e], offsets[e + 1]);
             let mut want = vec![0.0; (r1 - r0) * n];
-            let we = &w[e * n * k..(e + 1) * n * k];
-            matmul_bt(&x[r0 * k..r1 * k], we, None, r1 - r0, k, n, &mut want);
+            let we = CpuWeight::new(&w[e * n * k..(e + 1) * n * k], 1, n, k).unwrap();
+            matmul_bt(
+                &x[r0 * k..r1 * k],
+                we.group(0),
+                None,
+                r1 - r0,
+                k,
+                n,
+                &mut want,
+            );
             for (i, (a, b)) in out[r0 * n..r1 * n].iter().zip(&want).enumerate() {
                 assert_eq!(a.to_bits(), b.to_bits(), "expert {e}, element {i}");
             }

@@ -8,6 +8,9 @@
 mod attention;
 mod matmul;
 mod simd;
+mod weight;
+
+pub use weight::CpuWeight;
 
 /// An output pointer shared by the tasks of one parallel op; each task writes a
 /// disjoint set of elements (its columns of a GEMM, its rows and heads of attention).
@@ -59,6 +62,7 @@ fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
+    type Weight = CpuWeight;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -66,6 +70,10 @@ impl Backend for CpuBackend {
 
     fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
         Ok(data.to_vec())
+    }
+
+    fn upload_weight(&self, data: &[f32], groups: usize, n: usize, k: usize) -> Result<CpuWeight> {
+        CpuWeight::new(data, groups, n, k)
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
@@ -87,14 +95,14 @@ impl Backend for CpuBackend {
 
     fn embedding(
         &self,
-        table: &Vec<f32>,
+        table: &CpuWeight,
         vocab: usize,
         hidden: usize,
         ids: &[u32],
         out: &mut Vec<f32>,
     ) -> Result<()> {
         const OP: &str = "embedding";
-        check_len(OP, "table", table, vocab * hidden)?;
+        table.check(OP, "table", 1, vocab, hidden)?;
         check_len(OP, "out", out, ids.len() * hidden)?;
         if hidden == 0 {
             // Nothing to copy; the ids are still checked.
@@ -116,7 +124,9 @@ impl Backend for CpuBackend {
                     limit: vocab,
                 });
             }
-            row.copy_from_slice(&table[id * hidden..(id + 1) * hidden]);
+            for (p, o) in row.iter_mut().enumerate() {
+                *o = table.value(0, id, p);
+            }
         }
         Ok(())
     }
@@ -175,7 +185,7 @@ impl Backend for CpuBackend {
     fn matmul(
         &self,
         x: &Vec<f32>,
-        w: &Vec<f32>,
+        w: &CpuWeight,
         bias: Option<&Vec<f32>>,
         m: usize,
         k: usize,
@@ -184,20 +194,12 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         const OP: &str = "matmul";
         check_len(OP, "x", x, m * k)?;
-        check_len(OP, "w", w, n * k)?;
+        w.check(OP, "w", 1, n, k)?;
         check_len(OP, "out", out, m * n)?;
         if let Some(b) = bias {
             check_len(OP, "bias", b, n)?;
         }
-        matmul::matmul_bt(
-            &x[..m * k],
-            &w[..n * k],
-            bias.map(|b| &b[..n]),
-            m,
-            k,
-            n,
-            out,
-        );
+        matmul::matmul_bt(&x[..m * k], w.group(0), bias.map(|b| &b[..n]), m, k, n, out);
         Ok(())
     }
 
@@ -407,7 +409,7 @@ impl Backend for CpuBackend {
     fn moe_route(
         &self,
         x: &Vec<f32>,
-        gate: &Vec<f32>,
+        gate: &CpuWeight,
         rows: usize,
         hidden: usize,
         routing: &MoeRouting,
@@ -417,14 +419,14 @@ impl Backend for CpuBackend {
         routing.check(OP)?;
         let e = routing.num_experts;
         check_len(OP, "x", x, rows * hidden)?;
-        check_len(OP, "gate", gate, e * hidden)?;
+        gate.check(OP, "gate", 1, e, hidden)?;
         if let Some(b) = bias {
             check_len(OP, "bias", b, e)?;
         }
         let mut logits = vec![0f32; rows * e];
         matmul::matmul_bt(
             &x[..rows * hidden],
-            &gate[..e * hidden],
+            gate.group(0),
             None,
             rows,
             hidden,
@@ -442,7 +444,7 @@ impl Backend for CpuBackend {
     fn grouped_matmul(
         &self,
         x: &Vec<f32>,
-        w: &Vec<f32>,
+        w: &CpuWeight,
         offsets: &[usize],
         k: usize,
         n: usize,
@@ -452,7 +454,7 @@ impl Backend for CpuBackend {
         shape::group_offsets(OP, offsets)?;
         let (experts, rows) = (offsets.len() - 1, offsets[offsets.len() - 1]);
         check_len(OP, "x", x, rows * k)?;
-        check_len(OP, "w", w, experts * n * k)?;
+        w.check(OP, "w", experts, n, k)?;
         check_len(OP, "out", out, rows * n)?;
         matmul::grouped_matmul_bt(x, w, offsets, k, n, out);
         Ok(())

@@ -30,7 +30,8 @@ fn matmul_matches_naive_with_bias() {
         let w = randn(&mut rng, n * k);
         let bias = randn(&mut rng, n);
         let mut out = vec![0.0; m * n];
-        b.matmul(&x, &w, Some(&bias), m, k, n, &mut out).unwrap();
+        let wp = b.upload_weight(&w, 1, n, k).unwrap();
+        b.matmul(&x, &wp, Some(&bias), m, k, n, &mut out).unwrap();
         let mut want = naive_matmul(&x, &w, m, k, n);
         for row in want.chunks_exact_mut(n) {
             for (o, bv) in row.iter_mut().zip(&bias) {
@@ -52,7 +53,7 @@ fn matmul_is_batch_invariant() {
     for &(k, n) in &[(576, 1536), (1536, 576), (300, 1000), (64, 515)] {
         let big_m = 37;
         let x = randn(&mut rng, big_m * k);
-        let w = randn(&mut rng, n * k);
+        let w = b.upload_weight(&randn(&mut rng, n * k), 1, n, k).unwrap();
         let mut batched = vec![0.0; big_m * n];
         b.matmul(&x, &w, None, big_m, k, n, &mut batched).unwrap();
         for &(start, m) in &[(0, 1), (5, 1), (36, 1), (3, 16), (8, 8), (1, 29)] {
@@ -80,10 +81,16 @@ fn matmul_is_batch_invariant() {
 fn ops_reject_bad_shapes_without_panicking() {
     let b = CpuBackend::new();
     let mut out = vec![0.0; 4];
+    let w = b.upload_weight(&[0.0; 4], 1, 2, 2).unwrap();
     assert!(b
-        .matmul(&vec![0.0; 3], &vec![0.0; 4], None, 2, 2, 2, &mut out)
+        .matmul(&vec![0.0; 3], &w, None, 2, 2, 2, &mut out)
         .is_err());
-    assert!(b.embedding(&vec![0.0; 8], 4, 2, &[4], &mut out).is_err());
+    assert!(b
+        .matmul(&vec![0.0; 4], &w, None, 2, 2, 1, &mut out)
+        .is_err());
+    assert!(b.upload_weight(&[0.0; 3], 1, 2, 2).is_err());
+    let table = b.upload_weight(&[0.0; 8], 1, 4, 2).unwrap();
+    assert!(b.embedding(&table, 4, 2, &[4], &mut out).is_err());
     assert!(b
         .rms_norm(&vec![0.0; 4], &vec![1.0; 1], 2, 2, 1e-6, &mut out)
         .is_err());
@@ -373,8 +380,9 @@ fn zero_width_shapes_are_no_ops() {
     b.add_rms_norm(&mut res, &vec![], &vec![], 3, 0, 1e-6, &mut out)
         .unwrap();
     b.silu_and_mul(&vec![], 3, 0, &mut out).unwrap();
-    b.embedding(&vec![], 5, 0, &[1, 4], &mut out).unwrap();
-    assert!(b.embedding(&vec![], 5, 0, &[5], &mut out).is_err());
+    let table = b.upload_weight(&[], 1, 5, 0).unwrap();
+    b.embedding(&table, 5, 0, &[1, 4], &mut out).unwrap();
+    assert!(b.embedding(&table, 5, 0, &[5], &mut out).is_err());
     b.gather_rows(&vec![], 0, &[0, 2], &mut out).unwrap();
     let mut x = vec![];
     b.rope(&mut x, 0, 0, 0, 0, 0, &[0, 1], &vec![]).unwrap();

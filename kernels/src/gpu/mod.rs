@@ -160,6 +160,8 @@ impl<D: Device> GpuBackend<D> {
 /// Each op is a function in `ops/<kernel file>.rs`; see those for what runs.
 impl<D: Device> Backend for GpuBackend<D> {
     type Buf = GpuBuf<D>;
+    /// Weights keep their rows: the vendor GEMMs read the `Linear` layout.
+    type Weight = GpuBuf<D>;
 
     fn name(&self) -> &'static str {
         D::NAME
@@ -167,6 +169,13 @@ impl<D: Device> Backend for GpuBackend<D> {
 
     fn upload(&self, data: &[f32]) -> Result<GpuBuf<D>> {
         self.new_buf(Some(data), data.len())
+    }
+
+    fn upload_weight(&self, data: &[f32], groups: usize, n: usize, k: usize) -> Result<GpuBuf<D>> {
+        crate::error::ensure(data.len() == groups * n * k, "upload_weight", || {
+            format!("{} values for {groups} x [{n}, {k}]", data.len())
+        })?;
+        self.upload(data)
     }
 
     fn zeros(&self, len: usize) -> Result<GpuBuf<D>> {

@@ -153,7 +153,8 @@ fn ops_over_no_rows_launch_nothing() {
     b.add_rms_norm(&mut r, &x, &w, 0, h, 1e-5, &mut out)
         .unwrap();
     b.silu_and_mul(&x, 0, h, &mut out).unwrap();
-    b.matmul(&x, &w, Some(&w), 0, 1, 8, &mut out).unwrap();
+    let wt = b.upload_weight(&[1.0; 8], 1, 8, 1).unwrap();
+    b.matmul(&x, &wt, Some(&w), 0, 1, 8, &mut out).unwrap();
     let table = b.upload(&[1.0; 8]).unwrap();
     b.embedding(&table, 1, 8, &[], &mut out).unwrap();
     let mut q = b.zeros(0).unwrap();

@@ -83,9 +83,10 @@ struct Block<B: Backend> {
 pub struct Llama<B: Backend> {
     pub config: ModelConfig,
     backend: B,
-    embed: B::Buf,
+    /// The token embedding, a matrix: also the head when tied.
+    embed: B::Weight,
     /// `None` when tied to the embedding.
-    lm_head: Option<B::Buf>,
+    lm_head: Option<B::Weight>,
     norm: RmsNorm<B>,
     layers: Vec<Block<B>>,
     rope: RotaryEmbedding<B>,
@@ -244,12 +245,12 @@ impl<B: Backend> Llama<B> {
                 },
             });
         }
-        let embed = w.get("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let embed = w.matrix("model.embed_tokens.weight", c.vocab_size, h)?;
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
             Some(
-                w.get("lm_head.weight", &[c.vocab_size, h])
+                w.matrix("lm_head.weight", c.vocab_size, h)
                     .map_err(|e| match e {
                         Error::MissingTensor { name, looked_in } => Error::MissingTensor {
                             name,

@@ -76,12 +76,12 @@ pub struct KvLayer<'a, B: Backend> {
 pub struct Attention<B: Backend> {
     shape: AttentionShape,
     /// q, k and v projections stacked: `[(num_heads + 2 * num_kv_heads) * head_dim, hidden]`.
-    qkv: B::Buf,
+    qkv: B::Weight,
     qkv_bias: Option<B::Buf>,
     /// q and k norms, both or neither, per head or over the whole q / k section.
     qk_norm: Option<(RmsNorm<B>, RmsNorm<B>)>,
     qk_full_width: bool,
-    o_proj: B::Buf,
+    o_proj: B::Weight,
     o_bias: Option<B::Buf>,
     sliding_window: Option<usize>,
     scale: f32,
@@ -98,11 +98,14 @@ impl<B: Backend> Attention<B> {
         let (h, hd) = (shape.hidden, shape.head_dim);
         let (q_dim, kv_dim) = (shape.q_dim(), shape.kv_dim());
         let name = |proj: &str, kind: &str| format!("{prefix}.{proj}.{kind}");
-        let qkv = w.stacked(&[
-            (name("q_proj", "weight"), vec![q_dim, h]),
-            (name("k_proj", "weight"), vec![kv_dim, h]),
-            (name("v_proj", "weight"), vec![kv_dim, h]),
-        ])?;
+        let qkv = w.stacked_matrix(
+            &[
+                (name("q_proj", "weight"), q_dim),
+                (name("k_proj", "weight"), kv_dim),
+                (name("v_proj", "weight"), kv_dim),
+            ],
+            h,
+        )?;
         let qkv_bias = if opts.qkv_bias {
             Some(w.stacked(&[
                 (name("q_proj", "bias"), vec![q_dim]),
@@ -124,7 +127,7 @@ impl<B: Backend> Attention<B> {
             )),
             QkNorm::None => None,
         };
-        let o_proj = w.get(&name("o_proj", "weight"), &[h, q_dim])?;
+        let o_proj = w.matrix(&name("o_proj", "weight"), h, q_dim)?;
         let o_bias = if opts.o_bias {
             Some(w.get(&name("o_proj", "bias"), &[h])?)
         } else {

@@ -25,9 +25,9 @@ pub struct GatedMlp<B: Backend> {
     hidden: usize,
     intermediate: usize,
     /// gate and up projections stacked: `[2 * intermediate, hidden]`.
-    gate_up: B::Buf,
+    gate_up: B::Weight,
     gate_up_bias: Option<B::Buf>,
-    down: B::Buf,
+    down: B::Weight,
     down_bias: Option<B::Buf>,
 }
 
@@ -41,10 +41,13 @@ impl<B: Backend> GatedMlp<B> {
         bias: bool,
     ) -> Result<Self> {
         let name = |proj: &str, kind: &str| format!("{prefix}.{proj}.{kind}");
-        let gate_up = w.stacked(&[
-            (name("gate_proj", "weight"), vec![intermediate, hidden]),
-            (name("up_proj", "weight"), vec![intermediate, hidden]),
-        ])?;
+        let gate_up = w.stacked_matrix(
+            &[
+                (name("gate_proj", "weight"), intermediate),
+                (name("up_proj", "weight"), intermediate),
+            ],
+            hidden,
+        )?;
         let (gate_up_bias, down_bias) = if bias {
             (
                 Some(w.stacked(&[
@@ -56,7 +59,7 @@ impl<B: Backend> GatedMlp<B> {
         } else {
             (None, None)
         };
-        let down = w.get(&name("down_proj", "weight"), &[hidden, intermediate])?;
+        let down = w.matrix(&name("down_proj", "weight"), hidden, intermediate)?;
         Ok(GatedMlp {
             hidden,
             intermediate,

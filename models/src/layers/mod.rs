@@ -55,4 +55,33 @@ impl<B: Backend> Weights<'_, B> {
     pub fn upload(&self, values: &[f32]) -> Result<B::Buf> {
         self.backend.upload(values).map_err(Error::from)
     }
+
+    /// Weight matrix `name` (`[n, k]`), uploaded for the matmul ops.
+    pub fn matrix(&self, name: &str, n: usize, k: usize) -> Result<B::Weight> {
+        let v = self.host(name, &[n, k])?;
+        self.upload_matrix(&v, 1, n, k)
+    }
+
+    /// Weight matrices stacked row-wise into one (fused projections): `[Σ n_i, k]`.
+    pub fn stacked_matrix(&self, names: &[(String, usize)], k: usize) -> Result<B::Weight> {
+        let mut all = Vec::with_capacity(names.len());
+        for (name, n) in names {
+            all.push(self.host(name, &[*n, k])?);
+        }
+        let n = names.iter().map(|(_, n)| n).sum();
+        self.upload_matrix(&all.concat(), 1, n, k)
+    }
+
+    /// `groups` row-major `[n, k]` matrices back to back, uploaded for the matmul ops.
+    pub fn upload_matrix(
+        &self,
+        values: &[f32],
+        groups: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<B::Weight> {
+        self.backend
+            .upload_weight(values, groups, n, k)
+            .map_err(Error::from)
+    }
 }

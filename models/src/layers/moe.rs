@@ -66,13 +66,13 @@ pub struct SparseMoe<B: Backend> {
     shape: MoeShape,
     routing: MoeRouting,
     /// The router: `[experts, hidden]`.
-    gate: B::Buf,
+    gate: B::Weight,
     /// `e_score_correction_bias`: `[experts]`, selection only.
     bias: Option<B::Buf>,
     /// `[experts, 2 * inter, hidden]`.
-    gate_up: B::Buf,
+    gate_up: B::Weight,
     /// `[experts, hidden, inter]`.
-    down: B::Buf,
+    down: B::Weight,
     shared: Option<GatedMlp<B>>,
 }
 
@@ -124,10 +124,10 @@ impl<B: Backend> SparseMoe<B> {
                 renormalize: c.renormalize,
                 scale: c.routed_scale,
             },
-            gate: w.get(&format!("{prefix}.gate.weight"), &[e, h])?,
+            gate: w.matrix(&format!("{prefix}.gate.weight"), e, h)?,
             bias,
-            gate_up: w.upload(&gate_up)?,
-            down: w.upload(&down)?,
+            gate_up: w.upload_matrix(&gate_up, e, 2 * i, h)?,
+            down: w.upload_matrix(&down, e, h, i)?,
             shared: None,
         })
     }

@@ -123,7 +123,7 @@ pub(crate) fn weighted_rows(
 
 #[cfg(target_arch = "x86_64")]
 mod fma {
-    use super::super::gemm::fma::block;
+    use super::super::dot::fma::block;
     use super::super::{exp8, reduce8, L};
     use super::Queries;
     use std::arch::x86_64::*;
@@ -219,7 +219,7 @@ mod fma {
         offs: &[usize],
     ) {
         let heads = o.len() / hd;
-        let wide = super::super::gemm_avx512::available();
+        let wide = super::super::has_avx512();
         let mut g = 0;
         // Up to 12 accumulators: G heads by W vectors of columns. With AVX-512, the
         // columns go 16 at a time first; each element is the same in-order sum over

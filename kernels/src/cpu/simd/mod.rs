@@ -1,33 +1,28 @@
-//! The CPU backend's inner loops, one file per op family (`gemm.rs`: the dot product and
-//! the `x · wᵀ` GEMM micro-kernel; `attention.rs`: scores, softmax, weighted value rows;
-//! `activation.rs`: SiLU-and-mul), each with its portable and AVX2+FMA halves side by
-//! side, so that a reviewer checks their agreement in one screen. This file holds what
-//! they share: the lane count, the fixed lane reduction, the CPU feature check, `exp8`.
+//! The CPU backend's inner loops, one file per op family (`panel_gemm.rs`: the `x · wᵀ`
+//! GEMM; `dot.rs`: the dot product and blocks of them; `attention.rs`: scores, softmax,
+//! weighted value rows; `activation.rs`: SiLU-and-mul), each with its portable and SIMD
+//! halves side by side, so that a reviewer checks their agreement in one screen. This
+//! file holds what they share: the lane count, the fixed lane reduction, the CPU feature
+//! checks, `exp8`.
 //!
-//! The dot and the GEMM keep eight partial sums per output (one 8-lane vector) and walk
-//! `k` in order, then add the lanes in one fixed order. So an output's value depends
-//! only on its two input rows, never on the batch size or on where the row sits in a
-//! tile: the backend stays deterministic and batch-invariant. On x86-64 with AVX2+FMA (checked once at run time)
-//! the lanes are one `__m256` and each step is a fused multiply-add; elsewhere the same
-//! structure runs on plain arrays (multiply then add).
-//!
-//! The GEMM streams weights straight from their row-major `[n, k]` layout with no
-//! packing: 2 rows of `x` by 4 rows of `w` per micro-kernel (8 accumulators, 6 loads per
-//! 8 FMAs), tiles of `x` sized to stay in L2. Decode steps (a few rows) therefore read
-//! each weight once per step. On CPUs with AVX-512 (`gemm_avx512.rs`), two or more rows
-//! go through a kernel that holds two outputs' eight lanes in each 512-bit register
-//! (4 pairs of rows by 4 rows of `w`, 16 FMAs per 8 loads) and prefetches the next
-//! block of weights; it computes the same bits as the 8-lane kernel.
+//! Every result depends only on its own inputs, never on the batch size or on where a
+//! row sits in a tile, so the backend stays deterministic and batch-invariant. The GEMM
+//! is one chain of fused multiply-adds over `k` per output, the same bits on every
+//! instruction set (see `panel_gemm.rs`). The dot keeps eight partial sums (one 8-lane
+//! vector) over `k` in order and adds the lanes in one fixed order; on x86-64 with
+//! AVX2+FMA (checked once at run time) the lanes are one `__m256` and each step is a
+//! fused multiply-add, elsewhere the same structure runs on plain arrays (multiply then
+//! add).
 
 mod activation;
 mod attention;
-mod gemm;
-#[cfg(target_arch = "x86_64")]
-mod gemm_avx512;
+mod dot;
+mod panel_gemm;
 
 pub(crate) use self::activation::silu_mul;
 pub(crate) use self::attention::{scores, softmax_scaled, weighted_rows, Queries};
-pub(crate) use self::gemm::{dot, gemm_bt_tile_prepared, PreparedRows};
+pub(crate) use self::dot::dot;
+pub(crate) use self::panel_gemm::{gemm_bt, pack_panels, panel_value, panels_len};
 
 use std::sync::OnceLock;
 
@@ -47,6 +42,13 @@ fn has_fma() -> bool {
             false
         }
     })
+}
+
+/// AVX-512F (with AVX2 and FMA, which every such CPU has), checked once per process.
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    static F: OnceLock<bool> = OnceLock::new();
+    *F.get_or_init(|| std::is_x86_feature_detected!("avx512f") && has_fma())
 }
 
 /// Adds 8 lanes in a fixed order (pairwise).

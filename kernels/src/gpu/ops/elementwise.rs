@@ -131,7 +131,7 @@ impl Case for Embedding {
     }
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
         let mut out = output(b, self.ids.len() * self.hidden)?;
-        let table = b.upload(&self.table)?;
+        let table = b.upload_weight(&self.table, 1, self.vocab, self.hidden)?;
         b.embedding(&table, self.vocab, self.hidden, &self.ids, &mut out)?;
         Ok(vec![("", b.download(&out)?)])
     }

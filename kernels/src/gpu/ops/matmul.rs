@@ -69,7 +69,8 @@ impl Case for Matmul {
     }
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
         let mut out = output(b, self.m * self.n)?;
-        let (x, w) = (b.upload(&self.x)?, b.upload(&self.w)?);
+        let x = b.upload(&self.x)?;
+        let w = b.upload_weight(&self.w, 1, self.n, self.k)?;
         let bias = self.bias.as_deref().map(|v| b.upload(v)).transpose()?;
         b.matmul(&x, &w, bias.as_ref(), self.m, self.k, self.n, &mut out)?;
         Ok(vec![("", b.download(&out)?)])

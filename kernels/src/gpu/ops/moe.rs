@@ -198,7 +198,8 @@ impl Case for Route {
         self.rows == 0
     }
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
-        let (x, gate) = (b.upload(&self.x)?, b.upload(&self.gate)?);
+        let x = b.upload(&self.x)?;
+        let gate = b.upload_weight(&self.gate, 1, self.routing.num_experts, self.hidden)?;
         let bias = self.bias.as_deref().map(|v| b.upload(v)).transpose()?;
         let got = b.moe_route(
             &x,
@@ -241,7 +242,8 @@ impl Case for Grouped {
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
         let rows = *self.offsets.last().unwrap_or(&0);
         let mut out = output(b, rows * self.n)?;
-        let (x, w) = (b.upload(&self.x)?, b.upload(&self.w)?);
+        let x = b.upload(&self.x)?;
+        let w = b.upload_weight(&self.w, self.offsets.len() - 1, self.n, self.k)?;
         b.grouped_matmul(&x, &w, &self.offsets, self.k, self.n, &mut out)?;
         Ok(vec![("", b.download(&out)?)])
     }

@@ -1,0 +1,97 @@
+//! The CPU backend's matmul weights: `[n, k]` blocks packed in column panels once, at
+//! upload, for the outer-product GEMM (`simd/panel_gemm.rs`), so that no step pays for
+//! a transpose and a decode step streams each weight once.
+
+use super::simd;
+use crate::error::ensure;
+use crate::Result;
+use rayon::prelude::*;
+
+/// `groups` weights of `[n, k]` (a MoE layer's experts; one for the rest), each packed
+/// in column panels.
+#[derive(Debug, Clone)]
+pub struct CpuWeight {
+    groups: usize,
+    n: usize,
+    k: usize,
+    panels: Vec<f32>,
+}
+
+impl CpuWeight {
+    /// Packs `groups` row-major `[n, k]` blocks stored back to back in `data`.
+    pub(crate) fn new(data: &[f32], groups: usize, n: usize, k: usize) -> Result<Self> {
+        let need = groups.checked_mul(n).and_then(|v| v.checked_mul(k));
+        ensure(need == Some(data.len()), "upload_weight", || {
+            format!("{} values for {groups} x [{n}, {k}]", data.len())
+        })?;
+        let per = simd::panels_len(n, k);
+        let mut panels = vec![0.0f32; groups * per];
+        if n * k > 0 {
+            panels
+                .par_chunks_mut(per)
+                .zip(data.par_chunks(n * k))
+                .for_each(|(dst, w)| simd::pack_panels(w, n, k, dst));
+        }
+        Ok(CpuWeight {
+            groups,
+            n,
+            k,
+            panels,
+        })
+    }
+
+    /// `(groups, n, k)`.
+    pub fn shape(&self) -> (usize, usize, usize) {
+        (self.groups, self.n, self.k)
+    }
+
+    /// Group `g`'s panels.
+    pub(crate) fn group(&self, g: usize) -> &[f32] {
+        let per = simd::panels_len(self.n, self.k);
+        &self.panels[g * per..(g + 1) * per]
+    }
+
+    /// `w[j, p]` of group `g`.
+    pub(crate) fn value(&self, g: usize, j: usize, p: usize) -> f32 {
+        simd::panel_value(self.group(g), self.k, j, p)
+    }
+
+    /// Checks that this is one `[n, k]` weight (`groups` of them), for `op`.
+    pub(crate) fn check(
+        &self,
+        op: &'static str,
+        what: &str,
+        groups: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        ensure(self.shape() == (groups, n, k), op, || {
+            format!(
+                "{what} is {} x [{}, {}], needs {groups} x [{n}, {k}]",
+                self.groups, self.n, self.k
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuWeight;
+
+    #[test]
+    fn groups_pack_apart_and_read_back() {
+        let (g, n, k) = (3, 5, 7);
+        let data: Vec<f32> = (0..g * n * k).map(|i| i as f32).collect();
+        let w = CpuWeight::new(&data, g, n, k).unwrap();
+        for e in 0..g {
+            for j in 0..n {
+                for p in 0..k {
+                    assert_eq!(w.value(e, j, p), data[(e * n + j) * k + p]);
+                }
+            }
+        }
+        let err = CpuWeight::new(&data[1..], g, n, k).unwrap_err().to_string();
+        assert!(err.contains("104 values for 3 x [5, 7]"), "{err}");
+        assert!(w.check("matmul", "w", 1, n, k).is_err());
+    }
+}
