@@ -5,7 +5,6 @@
 use super::simd;
 use crate::error::ensure;
 use crate::Result;
-use rayon::prelude::*;
 
 /// `groups` weights of `[n, k]` (a MoE layer's experts; one for the rest), each packed
 /// in column panels.
@@ -27,10 +26,9 @@ impl CpuWeight {
         let per = simd::panels_len(n, k);
         let mut panels = vec![0.0f32; groups * per];
         if n * k > 0 {
-            panels
-                .par_chunks_mut(per)
-                .zip(data.par_chunks(n * k))
-                .for_each(|(dst, w)| simd::pack_panels(w, n, k, dst));
+            for (dst, w) in panels.chunks_exact_mut(per).zip(data.chunks_exact(n * k)) {
+                simd::pack_panels(w, n, k, dst);
+            }
         }
         Ok(CpuWeight {
             groups,
