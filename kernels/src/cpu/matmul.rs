@@ -4,9 +4,12 @@
 //! Why this is batch-invariant: each output element is one chain of fused multiply-adds
 //! over its two rows, `k` in order, whatever `m` is and wherever the element sits in a
 //! tile; splitting `n` across threads does not touch it. The unit test
-//! `matmul_is_batch_invariant` checks this bit for bit. Each task packs its panels of
-//! the weights once for all of the rows, so a decode step of a few rows reads each
-//! weight once per step.
+//! `matmul_is_batch_invariant` checks this bit for bit. The weights were packed in
+//! panels at upload, so a decode step of a few rows reads each weight once per step.
+//! Each column task interleaves the rows of `x` itself (`panel_gemm.rs`). Interleaving
+//! them once per GEMM, shared by the tasks, measured mixed in alternating runs: slower
+//! at 256 x 3072 x 576 (1.03-1.27x matrixmultiply against 1.25-1.43x; the other core's
+//! tasks then read the rows out of this core's L2), faster at 1024 x 576 x 1536.
 
 use super::{simd, CpuWeight, SendPtr};
 use rayon::prelude::*;

@@ -124,9 +124,7 @@ impl Backend for CpuBackend {
                     limit: vocab,
                 });
             }
-            for (p, o) in row.iter_mut().enumerate() {
-                *o = table.value(0, id, p);
-            }
+            table.row_into(0, id, row);
         }
         Ok(())
     }

@@ -8,12 +8,18 @@ use crate::Result;
 
 /// `groups` weights of `[n, k]` (a MoE layer's experts; one for the rest), each packed
 /// in column panels.
-#[derive(Debug, Clone)]
 pub struct CpuWeight {
     groups: usize,
     n: usize,
     k: usize,
     panels: Vec<f32>,
+}
+
+/// The shape, not the (possibly gigabytes of) values.
+impl std::fmt::Debug for CpuWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CpuWeight({} x [{}, {}])", self.groups, self.n, self.k)
+    }
 }
 
 impl CpuWeight {
@@ -49,9 +55,14 @@ impl CpuWeight {
         &self.panels[g * per..(g + 1) * per]
     }
 
-    /// `w[j, p]` of group `g`.
-    pub(crate) fn value(&self, g: usize, j: usize, p: usize) -> f32 {
-        simd::panel_value(self.group(g), self.k, j, p)
+    /// Row `j` of group `g` (`k` values), copied out of its panel into `out`.
+    pub(crate) fn row_into(&self, g: usize, j: usize, out: &mut [f32]) {
+        // Value p of column j sits at panel_value's index: base + p * NR.
+        let base = j / simd::NR * simd::NR * self.k + j % simd::NR;
+        let column = self.group(g)[base..].iter().step_by(simd::NR);
+        for (o, &v) in out[..self.k].iter_mut().zip(column) {
+            *o = v;
+        }
     }
 
     /// Checks that this is one `[n, k]` weight (`groups` of them), for `op`.
@@ -81,11 +92,11 @@ mod tests {
         let (g, n, k) = (3, 5, 7);
         let data: Vec<f32> = (0..g * n * k).map(|i| i as f32).collect();
         let w = CpuWeight::new(&data, g, n, k).unwrap();
+        let mut row = vec![0.0; k];
         for e in 0..g {
             for j in 0..n {
-                for p in 0..k {
-                    assert_eq!(w.value(e, j, p), data[(e * n + j) * k + p]);
-                }
+                w.row_into(e, j, &mut row);
+                assert_eq!(row, data[(e * n + j) * k..(e * n + j + 1) * k]);
             }
         }
         let err = CpuWeight::new(&data[1..], g, n, k).unwrap_err().to_string();

@@ -22,7 +22,7 @@ mod panel_gemm;
 pub(crate) use self::activation::silu_mul;
 pub(crate) use self::attention::{scores, softmax_scaled, weighted_rows, Queries};
 pub(crate) use self::dot::dot;
-pub(crate) use self::panel_gemm::{gemm_bt, pack_panels, panel_value, panels_len};
+pub(crate) use self::panel_gemm::{gemm_bt, pack_panels, panels_len, NR};
 
 use std::sync::OnceLock;
 
