@@ -164,15 +164,15 @@ pub fn run(a: DecodeArgs) -> Result<()> {
         let mut lens = vec![0usize; b];
         model.forward(&step(&lens, a.context), &mut cache)?;
         lens.iter_mut().for_each(|l| *l = a.context);
-        let mut read = 0u64;
+        let read_before = model.parameters_read()?;
         let t = Instant::now();
         for _ in 0..a.steps {
             let logits = model.forward(&step(&lens, 1), &mut cache)?;
             std::hint::black_box(&logits);
-            read += model.last_step_parameters_read();
             lens.iter_mut().for_each(|l| *l += 1);
         }
         let secs = t.elapsed().as_secs_f64();
+        let read = model.parameters_read()? - read_before;
         let tps = (b * a.steps) as f64 / secs;
         let avg_ctx = a.context as f64 + a.steps as f64 / 2.0;
         let kv_read = b as f64 * avg_ctx * model.kv_bytes_per_token(Dtype::F32) as f64;

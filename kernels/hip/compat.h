@@ -4,7 +4,8 @@
 //
 // Kernels use only: NS_WARP (lanes per warp/wavefront), ns_lane_mask_t, the ns_shfl_*
 // and ns_ballot helpers, ns_syncwarp(), NS_INF, the ns_bf16 / ns_half storage types with
-// ns_load / ns_store (f32 in registers), and NS_KERNEL for extern "C" entry points.
+// ns_load / ns_store (f32 in registers), NS_KERNEL for extern "C" entry points, and
+// atomicAdd on unsigned int and unsigned long long (the same name on both vendors).
 #pragma once
 
 #if defined(__HIP__) || defined(__HIPCC_RTC__) || defined(__HIP_PLATFORM_AMD__)

@@ -1,7 +1,10 @@
-// Mixture-of-experts: the fused top-k router and the weighted combine. The expert GEMMs are
-// vendor GEMMs over each expert's rows (gpu/ops/moe.rs); the rows reach them grouped by
-// expert through gather_rows (elementwise.hip), in the order the host derives from the
-// router's choices (kernels/src/moe.rs, MoeGroups).
+// Mixture-of-experts: the fused top-k router, the grouping of its choices by expert
+// (moe_align), the expert GEMM over that grouping (moe_gemm), and the weighted combine.
+// Between the router and the combine every buffer is in pair order: row p = t * top_k + j
+// is token t's j-th choice. A decode-sized batch is grouped on the device (moe_align),
+// so the step never waits for the router and can be captured into a graph; a prefill's
+// choices go to the host, which groups them and runs vendor GEMMs over rows gathered
+// and scattered by moe_gather / moe_scatter (kernels/src/gpu/ops/moe.rs).
 #include "compat.h"
 
 #define NS_MOE_MAX_EXPERTS 512
@@ -98,19 +101,176 @@ NS_FOR_DTYPES(moe_route,
               (ids, weights, (const T*)x, (const T*)gate, (const T*)bias, hidden, experts, top_k, sigmoid,
                renormalize, scale))
 
-// out[t, :] = sum_j weights[t * top_k + j] * y[sources[t * top_k + j], :], from zero, j in
-// order, without fused multiply-adds (the CPU's order and rounding). `meta` is
-// [sources (tokens * top_k) | weights as f32 bits (tokens * top_k)]. One block per token.
+// The grouping of a plan's pairs by expert, in one block: each expert's pairs get a run
+// of slots padded to a multiple of NS_MOE_BM (so a block of moe_gemm serves one expert),
+// expert by expert. `plan` (u32 words) receives:
+//   [0, experts]                  the padded slot offsets (offsets[experts] = slots used);
+//   [experts + 1, + max_blocks)   each block's expert, NS_MOE_NONE past the used slots;
+//   then max_blocks * NS_MOE_BM   each slot's pair, NS_MOE_NONE for padding.
+// The pairs within an expert's run come in no fixed order (atomic cursors): each pair's
+// result is computed on its own and written to its own row, so the order changes
+// nothing. Adds the number of experts that got a pair to *experts_read.
+#define NS_MOE_BM 8
+#define NS_MOE_NONE 0xffffffffu
+
+NS_KERNEL void moe_align(unsigned int* plan, unsigned long long* experts_read, const unsigned int* ids, int pairs,
+                         int experts, int max_blocks) {
+  __shared__ unsigned int count[NS_MOE_MAX_EXPERTS];
+  __shared__ unsigned int start[NS_MOE_MAX_EXPERTS + 1];
+  const int tid = threadIdx.x, threads = blockDim.x;
+  unsigned int* block_expert = plan + experts + 1;
+  unsigned int* sorted = block_expert + max_blocks;
+  for (int e = tid; e < experts; e += threads) count[e] = 0;
+  __syncthreads();
+  for (int p = tid; p < pairs; p += threads) atomicAdd(&count[ids[p]], 1u);
+  __syncthreads();
+  if (tid == 0) {
+    unsigned int s = 0, active = 0;
+    for (int e = 0; e < experts; ++e) {
+      start[e] = s;
+      s += (count[e] + NS_MOE_BM - 1) / NS_MOE_BM * NS_MOE_BM;
+      active += count[e] > 0;
+    }
+    start[experts] = s;
+    atomicAdd(experts_read, (unsigned long long)active);
+  }
+  __syncthreads();
+  for (int e = tid; e <= experts; e += threads) plan[e] = start[e];
+  for (int b = tid; b < max_blocks; b += threads) {
+    const unsigned int slot = (unsigned int)b * NS_MOE_BM;
+    unsigned int owner = NS_MOE_NONE;
+    if (slot < start[experts]) {
+      // The last expert whose run starts at or before the slot (runs are non-empty
+      // wherever a block starts, so it is the block's expert).
+      int lo = 0, hi = experts - 1;
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (start[mid] <= slot) lo = mid; else hi = mid - 1;
+      }
+      owner = (unsigned int)lo;
+    }
+    block_expert[b] = owner;
+  }
+  for (int s = tid; s < max_blocks * NS_MOE_BM; s += threads) sorted[s] = NS_MOE_NONE;
+  // The counts become cursors: slot = run start + rank. The barrier also orders the
+  // padding writes above before the pair writes below (same block, same memory).
+  __syncthreads();
+  for (int e = tid; e < experts; e += threads) count[e] = start[e];
+  __syncthreads();
+  for (int p = tid; p < pairs; p += threads) sorted[atomicAdd(&count[ids[p]], 1u)] = (unsigned int)p;
+}
+
+// The expert GEMM over a moe_align plan: block (b, c) computes, for the pairs in slots
+// b * NS_MOE_BM.. of its expert e, columns c * NS_MOE_BN.. of out[pair] = x[pair / a_div]
+// . w[e]^T (w is [experts, n, k], x rows are k wide, out rows n wide). Memory-bound at
+// decode sizes: a block reads its NS_MOE_BN rows of w[e] once for all of its pairs.
+// The pairs' input rows go through shared memory NS_MOE_KC values at a time; each warp
+// owns NS_MOE_BN / warps columns, its lanes stride k (reading w's rows coalesced), and a
+// warp sum finishes each (pair, column). Blocks past the used slots return at once.
+#define NS_MOE_BN 32
+#define NS_MOE_KC 256
+#define NS_MOE_THREADS 256
+#define NS_MOE_COLS (NS_MOE_BN / (NS_MOE_THREADS / NS_WARP))
+
 template <typename T>
-__device__ void moe_combine_impl(T* out, const T* y, const unsigned int* meta, int dim, int top_k, int pairs) {
+__device__ void moe_gemm_impl(T* out, const T* x, const T* w, const unsigned int* plan, int a_div, int k, int n,
+                              int experts, int max_blocks) {
+  __shared__ float xs[NS_MOE_BM][NS_MOE_KC];
+  __shared__ unsigned int pair[NS_MOE_BM];
+  const unsigned int e = plan[experts + 1 + blockIdx.x];
+  if (e == NS_MOE_NONE) return;
+  const unsigned int* sorted = plan + experts + 1 + max_blocks + (long)blockIdx.x * NS_MOE_BM;
+  const int lane = threadIdx.x % NS_WARP, warp = threadIdx.x / NS_WARP;
+  const int warps = NS_MOE_THREADS / NS_WARP;
+  if (threadIdx.x < NS_MOE_BM) pair[threadIdx.x] = sorted[threadIdx.x];
+  __syncthreads();
+  // Padding slots end an expert's run, so the block's pairs are a prefix.
+  int rows = 0;
+  while (rows < NS_MOE_BM && pair[rows] != NS_MOE_NONE) ++rows;
+  const long n0 = (long)blockIdx.y * NS_MOE_BN;
+  const T* we = w + (long)e * n * k;
+  float acc[NS_MOE_COLS][NS_MOE_BM];
+  for (int j = 0; j < NS_MOE_COLS; ++j)
+    for (int r = 0; r < NS_MOE_BM; ++r) acc[j][r] = 0.0f;
+  for (int k0 = 0; k0 < k; k0 += NS_MOE_KC) {
+    const int kc = min(NS_MOE_KC, k - k0);
+    __syncthreads();
+    for (int i = threadIdx.x; i < rows * NS_MOE_KC; i += NS_MOE_THREADS) {
+      const int r = i / NS_MOE_KC, c = i % NS_MOE_KC;
+      xs[r][c] = c < kc ? ns_load(x, (long)(pair[r] / a_div) * k + k0 + c) : 0.0f;
+    }
+    __syncthreads();
+    for (int j = 0; j < NS_MOE_COLS; ++j) {
+      const long col = n0 + warp + j * warps;
+      if (col >= n) break;
+      const T* wr = we + col * k + k0;
+      for (int c = lane; c < kc; c += NS_WARP) {
+        const float wv = ns_load(wr, c);
+        for (int r = 0; r < NS_MOE_BM; ++r)
+          if (r < rows) acc[j][r] += wv * xs[r][c];
+      }
+    }
+  }
+  for (int j = 0; j < NS_MOE_COLS; ++j) {
+    const long col = n0 + warp + j * warps;
+    if (col >= n) break;
+    for (int r = 0; r < rows; ++r) {
+      const float s = ns_warp_sum(acc[j][r]);
+      if (lane == 0) ns_store(out, (long)pair[r] * n + col, s);
+    }
+  }
+}
+NS_FOR_DTYPES(moe_gemm,
+              (void* out, const void* x, const void* w, const unsigned int* plan, int a_div, int k, int n, int experts,
+               int max_blocks),
+              ((T*)out, (const T*)x, (const T*)w, plan, a_div, k, n, experts, max_blocks))
+
+// The host-grouped path's copies, one block per grouped row g: moe_gather writes
+// out[g] = x[pairs[g] / a_div] (the vendor GEMMs' contiguous input), moe_scatter writes
+// out[pairs[g]] = y[g] (their output back in pair order).
+template <typename T>
+__device__ void moe_gather_impl(T* out, const T* x, const unsigned int* pairs, int a_div, int dim) {
+  const long g = blockIdx.x;
+  const long src = pairs[g] / a_div;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) ns_store(out, g * dim + i, ns_load(x, src * dim + i));
+}
+NS_FOR_DTYPES(moe_gather, (void* out, const void* x, const unsigned int* pairs, int a_div, int dim),
+              ((T*)out, (const T*)x, pairs, a_div, dim))
+
+template <typename T>
+__device__ void moe_scatter_impl(T* out, const T* y, const unsigned int* pairs, int dim) {
+  const long g = blockIdx.x;
+  const long dst = pairs[g];
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) ns_store(out, dst * dim + i, ns_load(y, g * dim + i));
+}
+NS_FOR_DTYPES(moe_scatter, (void* out, const void* y, const unsigned int* pairs, int dim),
+              ((T*)out, (const T*)y, pairs, dim))
+
+// out[t, :] = sum over token t's choices, in ascending expert id, of
+// weights[p] * y[p, :] (p = t * top_k + j), from zero and without fused multiply-adds
+// (the CPU's order and rounding). `ids` and `weights` are the router's, in pair order.
+// One block per token.
+template <typename T>
+__device__ void moe_combine_impl(T* out, const T* y, const unsigned int* ids, const float* weights, int dim,
+                                 int top_k) {
+  __shared__ int order[NS_MOE_MAX_EXPERTS];
   const long t = blockIdx.x;
-  const unsigned int* src = meta + t * top_k;
-  const float* w = (const float*)(meta + pairs) + t * top_k;
+  const unsigned int* id = ids + t * top_k;
+  // A token's experts are distinct, so the ranks are a permutation.
+  for (int j = threadIdx.x; j < top_k; j += blockDim.x) {
+    int rank = 0;
+    for (int q = 0; q < top_k; ++q) rank += id[q] < id[j];
+    order[rank] = j;
+  }
+  __syncthreads();
   for (int i = threadIdx.x; i < dim; i += blockDim.x) {
     float acc = 0.0f;
-    for (int j = 0; j < top_k; ++j) acc = __fadd_rn(acc, __fmul_rn(w[j], ns_load(y, (long)src[j] * dim + i)));
+    for (int r = 0; r < top_k; ++r) {
+      const long p = t * top_k + order[r];
+      acc = __fadd_rn(acc, __fmul_rn(weights[p], ns_load(y, p * dim + i)));
+    }
     ns_store(out, t * dim + i, acc);
   }
 }
-NS_FOR_DTYPES(moe_combine, (void* out, const void* y, const unsigned int* meta, int dim, int top_k, int pairs),
-              ((T*)out, (const T*)y, meta, dim, top_k, pairs))
+NS_FOR_DTYPES(moe_combine, (void* out, const void* y, const unsigned int* ids, const float* weights, int dim, int top_k),
+              ((T*)out, (const T*)y, ids, weights, dim, top_k))

@@ -773,6 +773,14 @@ inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 #define __expf(x) expf(x)
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
+// A block's threads are fibers on one OS thread that switch only at barriers and
+// collectives, so an atomic on shared memory needs nothing more; the blocks of a grid
+// run on several OS threads, so one on global memory takes a real atomic. Relaxed, as
+// the GPU's atomicAdd is.
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
 inline float __int_as_float(int i) { return ::ns_sim::from_bits<float>((uint32_t)i); }
 inline float __uint_as_float(unsigned u) { return ::ns_sim::from_bits<float>(u); }
 inline unsigned __float_as_uint(float f) { return (unsigned)::ns_sim::bits(f); }

@@ -39,7 +39,7 @@ pub use cpu::CpuBackend;
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use gpu::GraphPhase;
-pub use moe::{MoeGroups, MoeRoute, MoeRouting, MoeScoring};
+pub use moe::{MoeGroups, MoeInput, MoeRoute, MoeRouting, MoeScoring};
 pub use paged::{AttentionMetadata, KvCache, KvCacheConfig, SeqAttention};
 
 /// The ops a decoder-only transformer needs. Shapes are given explicitly; buffers are
@@ -48,10 +48,13 @@ pub trait Backend: Send + Sync {
     /// A buffer of values on the backend's device, stored as [`Backend::dtype`] says
     /// and seen as f32 by the host.
     type Buf: Send + Sync;
-    /// A weight matrix for [`Backend::matmul`], [`Backend::grouped_matmul`],
+    /// A weight matrix for [`Backend::matmul`], [`Backend::moe_matmul`],
     /// [`Backend::moe_route`] and [`Backend::embedding`], laid out as the backend's
     /// kernels read it (the CPU packs column panels; a GPU keeps the rows).
     type Weight: Send + Sync;
+    /// A MoE layer's routing for one pass ([`Backend::moe_route`]): each token's
+    /// experts and weights, grouped by expert where the backend keeps them.
+    type MoePlan: Send + Sync;
 
     fn name(&self) -> &'static str;
 
@@ -220,8 +223,13 @@ pub trait Backend: Send + Sync {
     /// in f32, never rounded to the storage type (a rounded logit flips near-tied
     /// experts), then the `top_k` experts and weights that `routing`'s rule picks
     /// ([`moe::route_rows`] is the reference); `bias` (`[num_experts]`, the
-    /// `e_score_correction_bias`) shifts the selection, not the weights. Small: GPU
-    /// backends route on the device and copy back only the choices.
+    /// `e_score_correction_bias`) shifts the selection, not the weights. The choices
+    /// stay where the backend keeps them, grouped by expert for
+    /// [`Backend::moe_matmul`] and [`Backend::moe_combine`]: a GPU backend groups a
+    /// decode-sized batch on the device, so the step never waits for the router.
+    ///
+    /// A plan is valid until the next `moe_route` or `moe_plan` on this backend (they
+    /// reuse one area); using an older one is an error, not a wrong answer.
     #[allow(clippy::too_many_arguments)]
     fn moe_route(
         &self,
@@ -231,36 +239,54 @@ pub trait Backend: Send + Sync {
         hidden: usize,
         routing: &MoeRouting,
         bias: Option<&Self::Buf>,
-    ) -> Result<MoeRoute>;
+    ) -> Result<Self::MoePlan>;
 
-    /// The expert GEMMs of a MoE layer: `w` holds `offsets.len() - 1` experts' `[n, k]`
-    /// weights back to back, and rows `offsets[e]..offsets[e + 1]` of `x` (`[_, k]`,
-    /// grouped by expert) are multiplied by expert `e`'s into the same rows of `out`
-    /// (`[_, n]`). Each expert's weights are read once, whatever the batch.
+    /// A plan from choices made elsewhere (`route.experts` and `route.weights`,
+    /// `tokens * routing.top_k` each, a token's experts distinct), grouped as
+    /// [`Backend::moe_route`] groups its own.
+    fn moe_plan(
+        &self,
+        route: &MoeRoute,
+        tokens: usize,
+        routing: &MoeRouting,
+    ) -> Result<Self::MoePlan>;
+
+    /// A plan's choices on the host (a GPU backend waits for the device).
+    fn moe_choices(&self, plan: &Self::MoePlan) -> Result<MoeRoute>;
+
+    /// The expert GEMMs of a MoE layer: `w` holds the experts' `[n, k]` weights back to
+    /// back, and each pair `p = t · top_k + j` of `plan` gets row `p` of `out`
+    /// (`[pairs, n]`): its input row (token `t`'s row of `x` for [`MoeInput::Tokens`],
+    /// row `p` for [`MoeInput::Pairs`]) times its expert's weight. Each expert's
+    /// weights are read once per step, whatever the batch.
     #[allow(clippy::too_many_arguments)]
-    fn grouped_matmul(
+    fn moe_matmul(
         &self,
         x: &Self::Buf,
+        input: MoeInput,
+        plan: &Self::MoePlan,
         w: &Self::Weight,
-        offsets: &[usize],
         k: usize,
         n: usize,
         out: &mut Self::Buf,
     ) -> Result<()>;
 
-    /// The weighted combine of a MoE layer: for each token `t` of
-    /// `sources.len() / top_k`, `out[t] = Σ_j weights[t·top_k + j] · y[sources[t·top_k + j]]`
-    /// over rows of `dim`, summed in `j` order from zero.
-    #[allow(clippy::too_many_arguments)]
+    /// The weighted combine of a MoE layer: for each token `t`,
+    /// `out[t] = Σ_j weight[t, j] · y[t · top_k + j]` over rows of `dim` (`y` is
+    /// `[pairs, dim]` in pair order), summed from zero in ascending expert order
+    /// ([`moe::combine_order`]), as transformers' loop over experts sums.
     fn moe_combine(
         &self,
         y: &Self::Buf,
+        plan: &Self::MoePlan,
         dim: usize,
-        top_k: usize,
-        sources: &[u32],
-        weights: &[f32],
         out: &mut Self::Buf,
     ) -> Result<()>;
+
+    /// How many expert weight sets every plan routed on this backend so far has read:
+    /// the sum over plans of the experts that got a row. A GPU backend counts on the
+    /// device and waits for it here, so call this around a run, not inside a step.
+    fn moe_experts_read(&self) -> Result<u64>;
 
     /// Greedy tokens: for each of `rows` rows of `x` (`[rows, cols]`), the index of its
     /// largest value as [`argmax`] picks it (first on ties, NaN skipped; 0 for a row

@@ -123,69 +123,99 @@ pub fn route_rows(logits: &[f32], rows: usize, r: &MoeRouting, bias: Option<&[f3
     out
 }
 
-/// The chosen (token, expert) pairs grouped by expert, ascending, tokens ascending
-/// within an expert: what the grouped GEMMs run over.
+/// Where a MoE GEMM's input rows come from ([`crate::Backend::moe_matmul`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoeInput {
+    /// `[tokens, k]`: each pair reads its token's row (the gate/up GEMM over the layer's
+    /// input).
+    Tokens,
+    /// `[tokens * top_k, k]` in pair order: each pair reads its own row (the down GEMM
+    /// over the activations).
+    Pairs,
+}
+
+/// The chosen (token, expert) pairs grouped by expert: what a host-side grouped GEMM runs
+/// over. A *pair* is `t * top_k + j`, token `t`'s `j`-th choice; every MoE buffer between
+/// the router and the combine is `[pairs, _]` in pair order, whatever the grouping.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MoeGroups {
-    /// For each grouped row, the token it came from (the gather of the inputs).
-    pub rows: Vec<usize>,
+    /// For each grouped row, its pair: experts ascending, pairs ascending within one.
+    pub pairs: Vec<u32>,
     /// `num_experts + 1` offsets: expert `e` owns grouped rows `offsets[e]..offsets[e+1]`.
     pub offsets: Vec<usize>,
-    /// For each token, its `top_k` grouped rows in ascending expert order, and the
-    /// weights in the same order: the combine sums them in that order, as transformers'
-    /// loop over experts does.
-    pub sources: Vec<u32>,
-    pub weights: Vec<f32>,
 }
 
 impl MoeGroups {
-    /// Groups `route` (`tokens * top_k` choices) by expert.
-    pub fn new(route: &MoeRoute, tokens: usize, top_k: usize, num_experts: usize) -> Self {
-        let mut counts = vec![0usize; num_experts + 1];
-        for &e in &route.experts {
-            counts[e as usize + 1] += 1;
+    /// Groups `experts` (`pairs` choices, one expert id each, all below `num_experts`).
+    pub fn new(experts: &[u32], num_experts: usize) -> Self {
+        let mut offsets = vec![0usize; num_experts + 1];
+        for &e in experts {
+            offsets[e as usize + 1] += 1;
         }
         for i in 0..num_experts {
-            counts[i + 1] += counts[i];
+            offsets[i + 1] += offsets[i];
         }
-        let offsets = counts.clone();
-        let mut next = counts;
-        let mut rows = vec![0usize; tokens * top_k];
-        let mut slot_of = vec![0u32; tokens * top_k];
-        // Tokens in order, so each expert's rows are in token order.
-        for t in 0..tokens {
-            for j in 0..top_k {
-                let e = route.experts[t * top_k + j] as usize;
-                let p = next[e];
-                next[e] += 1;
-                rows[p] = t;
-                slot_of[t * top_k + j] = p as u32;
-            }
+        let mut next = offsets.clone();
+        let mut pairs = vec![0u32; experts.len()];
+        for (p, &e) in experts.iter().enumerate() {
+            pairs[next[e as usize]] = p as u32;
+            next[e as usize] += 1;
         }
-        let mut sources = Vec::with_capacity(tokens * top_k);
-        let mut weights = Vec::with_capacity(tokens * top_k);
-        let mut order: Vec<usize> = Vec::with_capacity(top_k);
-        for t in 0..tokens {
-            order.clear();
-            order.extend(0..top_k);
-            order.sort_by_key(|&j| route.experts[t * top_k + j]);
-            for &j in &order {
-                sources.push(slot_of[t * top_k + j]);
-                weights.push(route.weights[t * top_k + j]);
-            }
-        }
-        MoeGroups {
-            rows,
-            offsets,
-            sources,
-            weights,
-        }
+        MoeGroups { pairs, offsets }
     }
 
     /// The experts that got at least one row: the weights a step reads.
     pub fn active_experts(&self) -> usize {
         self.offsets.windows(2).filter(|w| w[1] > w[0]).count()
     }
+}
+
+/// The order in which a token's `top_k` choices are summed by the combine: ascending
+/// expert id, as transformers' loop over experts adds them. `ids` are one token's
+/// choices (distinct); `order` receives their indices.
+pub fn combine_order(ids: &[u32], order: &mut Vec<usize>) {
+    order.clear();
+    order.extend(0..ids.len());
+    order.sort_by_key(|&j| ids[j]);
+}
+
+/// Checks a route made outside the router ([`crate::Backend::moe_plan`]): `tokens *
+/// top_k` choices and weights, every id below `num_experts` and a token's ids distinct.
+pub(crate) fn check_route(
+    op: &'static str,
+    route: &MoeRoute,
+    tokens: usize,
+    r: &MoeRouting,
+) -> Result<()> {
+    r.check(op)?;
+    let pairs = tokens * r.top_k;
+    ensure(
+        route.experts.len() == pairs && route.weights.len() == pairs,
+        op,
+        || {
+            format!(
+                "{} expert ids and {} weights for {tokens} tokens of top_k {}",
+                route.experts.len(),
+                route.weights.len(),
+                r.top_k
+            )
+        },
+    )?;
+    if let Some(&e) = route.experts.iter().find(|&&e| e as usize >= r.num_experts) {
+        return Err(crate::Error::OutOfRange {
+            op,
+            index: e as usize,
+            limit: r.num_experts,
+        });
+    }
+    for (t, ids) in route.experts.chunks_exact(r.top_k).enumerate() {
+        let mut seen = ids.to_vec();
+        seen.sort_unstable();
+        ensure(seen.windows(2).all(|w| w[0] != w[1]), op, || {
+            format!("token {t} chose an expert twice: {ids:?}")
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -232,17 +262,33 @@ mod tests {
 
     #[test]
     fn groups_by_expert_and_combines_in_expert_order() {
-        let route = MoeRoute {
-            experts: vec![2, 0, 0, 1, 2, 1],
-            weights: vec![0.6, 0.4, 0.7, 0.3, 0.9, 0.1],
-        };
-        let g = MoeGroups::new(&route, 3, 2, 4);
+        let experts = [2, 0, 0, 1, 2, 1];
+        let g = MoeGroups::new(&experts, 4);
         assert_eq!(g.offsets, vec![0, 2, 4, 6, 6]);
-        assert_eq!(g.rows, vec![0, 1, 1, 2, 0, 2]);
+        assert_eq!(g.pairs, vec![1, 2, 3, 5, 0, 4]);
         assert_eq!(g.active_experts(), 3);
-        // Token 0 chose experts 2 then 0: summed as expert 0 (row 0), then 2 (row 4).
-        assert_eq!(&g.sources[..2], &[0, 4]);
-        assert_eq!(&g.weights[..2], &[0.4, 0.6]);
-        assert_eq!(&g.sources[4..], &[3, 5]);
+        // Token 0 chose experts 2 then 0: summed as expert 0 (its choice 1), then 2.
+        let mut order = Vec::new();
+        combine_order(&experts[..2], &mut order);
+        assert_eq!(order, vec![1, 0]);
+    }
+
+    #[test]
+    fn a_route_from_outside_is_checked() {
+        let r = routing(4, 2, MoeScoring::Softmax, true);
+        let route = |experts: Vec<u32>| MoeRoute {
+            weights: vec![0.5; experts.len()],
+            experts,
+        };
+        assert!(check_route("t", &route(vec![0, 1, 3, 2]), 2, &r).is_ok());
+        let e = check_route("t", &route(vec![0, 1, 3]), 2, &r).unwrap_err();
+        assert!(e.to_string().contains("3 expert ids"), "{e}");
+        let e = check_route("t", &route(vec![0, 4, 3, 2]), 2, &r).unwrap_err();
+        assert!(e.to_string().contains("index 4"), "{e}");
+        let e = check_route("t", &route(vec![0, 1, 2, 2]), 2, &r).unwrap_err();
+        assert!(
+            e.to_string().contains("token 1 chose an expert twice"),
+            "{e}"
+        );
     }
 }

@@ -52,10 +52,12 @@ pub trait CausalLm<B: Backend>: Send + Sync {
     /// non-expert weights plus `top_k` experts per MoE layer; all of them when dense).
     fn parameters(&self) -> Parameters;
 
-    /// The parameters the last forward pass read: every weight of a dense model; the
-    /// non-expert weights plus the experts its tokens chose (each once) for a MoE model.
-    /// What a decode step's memory-bandwidth bound is computed from.
-    fn last_step_parameters_read(&self) -> u64;
+    /// The parameters every forward pass so far has read, summed: per pass, every weight
+    /// of a dense model; the non-expert weights plus the experts its tokens chose (each
+    /// once) for a MoE model. The difference over a run of decode steps is what their
+    /// memory-bandwidth bound is computed from. A GPU backend counts the experts on the
+    /// device, so this waits for it: call it around a run, not inside one.
+    fn parameters_read(&self) -> Result<u64>;
 }
 
 /// A model's parameter counts (see [`CausalLm::parameters`]).
@@ -102,7 +104,7 @@ where
     fn parameters(&self) -> Parameters {
         (**self).parameters()
     }
-    fn last_step_parameters_read(&self) -> u64 {
-        (**self).last_step_parameters_read()
+    fn parameters_read(&self) -> Result<u64> {
+        (**self).parameters_read()
     }
 }

@@ -95,7 +95,19 @@ impl Pair {
 /// without graphs.
 #[test]
 fn graph_decode_equals_eager_decode_bit_for_bit_through_a_changing_batch() {
-    let dir = fixture("llama-f32");
+    changing_batch("llama-f32");
+}
+
+/// The same schedule on a mixture-of-experts model: its decode steps group the
+/// router's choices on the device, so they are captured and replayed like a dense
+/// model's.
+#[test]
+fn moe_graph_decode_equals_eager_decode_bit_for_bit_through_a_changing_batch() {
+    changing_batch("mixtral-f16");
+}
+
+fn changing_batch(name: &str) {
+    let dir = fixture(name);
     let graph = sim_model(&dir, true);
     let eager = sim_model(&dir, false);
     graph.model.set_graph_options(GraphOptions {
@@ -199,7 +211,18 @@ fn graph_decode_equals_eager_decode_bit_for_bit_through_a_changing_batch() {
 /// nothing: the metadata is written into the buffers the graph reads.
 #[test]
 fn a_replay_runs_the_recorded_work_and_allocates_nothing() {
-    let dir = fixture("qwen3-f32");
+    replay_runs_the_recorded_work("qwen3-f32");
+}
+
+/// The same for a mixture-of-experts model (routing, device grouping, expert GEMMs and
+/// combine inside the graph; nothing comes back to the host).
+#[test]
+fn a_moe_replay_runs_the_recorded_work_and_allocates_nothing() {
+    replay_runs_the_recorded_work("qwen3-moe-bf16");
+}
+
+fn replay_runs_the_recorded_work(name: &str) {
+    let dir = fixture(name);
     let lm = sim_model(&dir, true);
     let model = &lm.model;
     let dev = || model.backend().device().stats();
@@ -330,10 +353,17 @@ fn engine_tokens(model: &LoadedModel<SimBackend>, dir: &Path) -> Vec<Vec<u32>> {
 }
 
 /// The engine with graphs (replaying most decode steps) gives the same greedy tokens
-/// as the engine without, and as transformers, on two fixtures of different layouts.
+/// as the engine without, and as transformers, on fixtures of different layouts: two
+/// dense, and two mixture-of-experts (softmax top-1 with dense layers between, and
+/// sigmoid top-3 with a selection bias) whose long prompts' prefills group on the host.
 #[test]
 fn the_engine_with_graphs_equals_the_engine_without_on_golden_fixtures() {
-    for name in ["llama-f32", "qwen2-f32-tied"] {
+    for name in [
+        "llama-f32",
+        "qwen2-f32-tied",
+        "qwen3-moe-f32-top1",
+        "minimax-m2-bf16",
+    ] {
         let dir = fixture(name);
         let with = sim_model(&dir, true);
         let without = sim_model(&dir, false);

@@ -7,9 +7,11 @@
 
 mod attention;
 mod matmul;
+mod moe;
 mod simd;
 mod weight;
 
+pub use moe::CpuMoePlan;
 pub use weight::CpuWeight;
 
 /// An output pointer shared by the tasks of one parallel op; each task writes a
@@ -30,18 +32,30 @@ impl SendPtr {
 use crate::error::ensure;
 use crate::shape;
 use crate::{AttentionMetadata, Backend, Dtype, Error, KvCacheConfig, Result};
-use crate::{MoeRoute, MoeRouting};
+use crate::{MoeInput, MoeRoute, MoeRouting};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Rows per rayon task for the cheap row-wise ops.
 const ROWS_PER_TASK: usize = 8;
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CpuBackend;
+/// The CPU backend. Clones share one count of experts read
+/// ([`Backend::moe_experts_read`]).
+#[derive(Debug, Default, Clone)]
+pub struct CpuBackend {
+    experts_read: Arc<AtomicU64>,
+}
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend
+        CpuBackend::default()
+    }
+
+    fn count_plan(&self, plan: CpuMoePlan) -> CpuMoePlan {
+        self.experts_read
+            .fetch_add(plan.active_experts() as u64, Ordering::Relaxed);
+        plan
     }
 }
 
@@ -63,6 +77,7 @@ fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Weight = CpuWeight;
+    type MoePlan = CpuMoePlan;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -412,7 +427,7 @@ impl Backend for CpuBackend {
         hidden: usize,
         routing: &MoeRouting,
         bias: Option<&Vec<f32>>,
-    ) -> Result<MoeRoute> {
+    ) -> Result<CpuMoePlan> {
         const OP: &str = "moe_route";
         routing.check(OP)?;
         let e = routing.num_experts;
@@ -431,61 +446,48 @@ impl Backend for CpuBackend {
             e,
             &mut logits,
         );
-        Ok(crate::moe::route_rows(
-            &logits,
-            rows,
-            routing,
-            bias.map(|b| b.as_slice()),
-        ))
+        let route = crate::moe::route_rows(&logits, rows, routing, bias.map(|b| b.as_slice()));
+        Ok(self.count_plan(CpuMoePlan::new(route, rows, routing)))
     }
 
-    fn grouped_matmul(
+    fn moe_plan(
+        &self,
+        route: &MoeRoute,
+        tokens: usize,
+        routing: &MoeRouting,
+    ) -> Result<CpuMoePlan> {
+        Ok(self.count_plan(CpuMoePlan::checked(route, tokens, routing)?))
+    }
+
+    fn moe_choices(&self, plan: &CpuMoePlan) -> Result<MoeRoute> {
+        Ok(plan.route().clone())
+    }
+
+    fn moe_matmul(
         &self,
         x: &Vec<f32>,
+        input: MoeInput,
+        plan: &CpuMoePlan,
         w: &CpuWeight,
-        offsets: &[usize],
         k: usize,
         n: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        const OP: &str = "grouped_matmul";
-        shape::group_offsets(OP, offsets)?;
-        let (experts, rows) = (offsets.len() - 1, offsets[offsets.len() - 1]);
-        check_len(OP, "x", x, rows * k)?;
-        w.check(OP, "w", experts, n, k)?;
-        check_len(OP, "out", out, rows * n)?;
-        matmul::grouped_matmul_bt(x, w, offsets, k, n, out);
-        Ok(())
+        moe::moe_matmul(x, input, plan, w, k, n, out)
     }
 
     fn moe_combine(
         &self,
         y: &Vec<f32>,
+        plan: &CpuMoePlan,
         dim: usize,
-        top_k: usize,
-        sources: &[u32],
-        weights: &[f32],
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        const OP: &str = "moe_combine";
-        let tokens = shape::combine_shape(OP, top_k, sources, weights, y.len() / dim.max(1))?;
-        check_len(OP, "out", out, tokens * dim)?;
-        if dim == 0 {
-            return Ok(());
-        }
-        out[..tokens * dim]
-            .par_chunks_mut(dim)
-            .enumerate()
-            .for_each(|(t, o)| {
-                o.iter_mut().for_each(|v| *v = 0.0);
-                for j in 0..top_k {
-                    let (s, w) = (sources[t * top_k + j] as usize, weights[t * top_k + j]);
-                    for (v, &yv) in o.iter_mut().zip(&y[s * dim..(s + 1) * dim]) {
-                        *v += w * yv;
-                    }
-                }
-            });
-        Ok(())
+        moe::moe_combine(y, plan, dim, out)
+    }
+
+    fn moe_experts_read(&self) -> Result<u64> {
+        Ok(self.experts_read.load(Ordering::Relaxed))
     }
 }
 

@@ -28,14 +28,17 @@ pub(crate) mod recorder;
 pub use self::device::{BlasGemm, Device, DeviceInfo, Gemm, Launch};
 pub use self::graph::GraphPhase;
 pub use self::launch::GpuBuf;
+pub use self::ops::moe::{GpuMoePlan, DEVICE_GROUPING_ROWS};
 /// The crate's one [`crate::Dtype`], also under its former path.
 pub use crate::Dtype;
 
 use self::graph::Graphs;
 use self::launch::{Scratch, UploadCache};
-use crate::{AttentionMetadata, Backend, Error, KvCacheConfig, MoeRoute, MoeRouting, Result};
+use crate::{
+    AttentionMetadata, Backend, Error, KvCacheConfig, MoeInput, MoeRoute, MoeRouting, Result,
+};
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Mutex;
 
 pub struct GpuBackend<D: Device> {
@@ -54,9 +57,16 @@ pub struct GpuBackend<D: Device> {
     scratch: Scratch<D>,
     /// The greedy ids and widened logits of `argmax_rows`.
     argmax: Scratch<D>,
-    /// The router's choices (`moe_route`), and the combine's sources and weights.
+    /// MoE plans (`ops/moe.rs`): the router's choices and their device grouping; the
+    /// generation of the plan they hold; the pairs of a host grouping; the grouped rows
+    /// of the vendor GEMMs; the experts read (a device counter `moe_align` adds to, and
+    /// the host groupings' count).
     moe_route: Scratch<D>,
+    moe_generation: AtomicU64,
     moe_meta: UploadCache<D>,
+    moe_rows: Scratch<D>,
+    moe_read: (D::Mem, u64),
+    moe_host_read: AtomicU64,
     /// Decode graphs (`graph.rs`): on unless turned off, where the device has them.
     graphs_on: AtomicBool,
     /// A capture or check pass is under way (launches take the `graphs` lock only then).
@@ -96,6 +106,8 @@ impl<D: Device> GpuBackend<D> {
                 funcs.insert(base, func);
             }
         }
+        let moe_read = dev.alloc_zeros(8)?;
+        let moe_read_ptr = dev.ptr(&moe_read);
         Ok(GpuBackend {
             dev,
             funcs,
@@ -108,7 +120,11 @@ impl<D: Device> GpuBackend<D> {
             scratch: Mutex::new(None),
             argmax: Mutex::new(None),
             moe_route: Mutex::new(None),
+            moe_generation: AtomicU64::new(0),
             moe_meta: Mutex::new(None),
+            moe_rows: Mutex::new(None),
+            moe_read: (moe_read, moe_read_ptr),
+            moe_host_read: AtomicU64::new(0),
             graphs_on: AtomicBool::new(true),
             graph_active: AtomicBool::new(false),
             graphs: Mutex::new(Graphs::default()),
@@ -162,6 +178,7 @@ impl<D: Device> Backend for GpuBackend<D> {
     type Buf = GpuBuf<D>;
     /// Weights keep their rows: the vendor GEMMs read the `Linear` layout.
     type Weight = GpuBuf<D>;
+    type MoePlan = GpuMoePlan;
 
     fn name(&self) -> &'static str {
         D::NAME
@@ -357,32 +374,48 @@ impl<D: Device> Backend for GpuBackend<D> {
         hidden: usize,
         routing: &MoeRouting,
         bias: Option<&GpuBuf<D>>,
-    ) -> Result<MoeRoute> {
+    ) -> Result<Self::MoePlan> {
         ops::moe::moe_route(self, x, gate, rows, hidden, routing, bias)
     }
 
-    fn grouped_matmul(
+    fn moe_plan(
+        &self,
+        route: &MoeRoute,
+        tokens: usize,
+        routing: &MoeRouting,
+    ) -> Result<Self::MoePlan> {
+        ops::moe::moe_plan(self, route, tokens, routing)
+    }
+
+    fn moe_choices(&self, plan: &Self::MoePlan) -> Result<MoeRoute> {
+        ops::moe::moe_choices(self, plan)
+    }
+
+    fn moe_matmul(
         &self,
         x: &GpuBuf<D>,
+        input: MoeInput,
+        plan: &Self::MoePlan,
         w: &GpuBuf<D>,
-        offsets: &[usize],
         k: usize,
         n: usize,
         out: &mut GpuBuf<D>,
     ) -> Result<()> {
-        ops::moe::grouped_matmul(self, x, w, offsets, k, n, out)
+        ops::moe::moe_matmul(self, x, input, plan, w, k, n, out)
     }
 
     fn moe_combine(
         &self,
         y: &GpuBuf<D>,
+        plan: &Self::MoePlan,
         dim: usize,
-        top_k: usize,
-        sources: &[u32],
-        weights: &[f32],
         out: &mut GpuBuf<D>,
     ) -> Result<()> {
-        ops::moe::moe_combine(self, y, dim, top_k, sources, weights, out)
+        ops::moe::moe_combine(self, y, plan, dim, out)
+    }
+
+    fn moe_experts_read(&self) -> Result<u64> {
+        ops::moe::moe_experts_read(self)
     }
 
     fn argmax_rows(&self, x: &GpuBuf<D>, rows: usize, cols: usize) -> Result<Vec<u32>> {

@@ -95,8 +95,10 @@ pub struct Llama<B: Backend> {
     acts: Workspace<Activations<B>>,
     graphs: DecodeGraphs,
     params: ParamCount,
-    /// Experts the last forward pass read, summed over its MoE layers.
-    last_experts_read: std::sync::atomic::AtomicU64,
+    /// Forward passes run, and the backend's count of experts read when the model was
+    /// built (`Backend::moe_experts_read`): what `parameters_read` counts from.
+    passes: std::sync::atomic::AtomicU64,
+    experts_read_at_load: u64,
 }
 
 /// Parameter counts derived from the config at load.
@@ -273,6 +275,11 @@ impl<B: Backend> Llama<B> {
             max_positions,
         )?;
         let params = ParamCount::new(&config);
+        let experts_read_at_load = if config.moe.is_some() {
+            backend.moe_experts_read()?
+        } else {
+            0
+        };
         Ok(Llama {
             config,
             backend,
@@ -285,7 +292,8 @@ impl<B: Backend> Llama<B> {
             acts: Workspace::default(),
             graphs: DecodeGraphs::default(),
             params,
-            last_experts_read: Default::default(),
+            passes: Default::default(),
+            experts_read_at_load,
         })
     }
 
@@ -328,9 +336,9 @@ impl<B: Backend> Llama<B> {
         if n == 0 {
             return read(&b.zeros(0)?);
         }
-        // A MoE step reads the router's choices back to size its expert GEMMs, which a
-        // captured graph cannot do: MoE models run their decode steps eagerly.
-        let padded = if b.graphs_enabled() && c.moe.is_none() {
+        self.passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let padded = if b.graphs_enabled() {
             self.graphs.plan(input)
         } else {
             None
@@ -385,7 +393,6 @@ impl<B: Backend> Llama<B> {
         } = acts;
         b.embedding(&self.embed, c.vocab_size, h, &input.token_ids, x)?;
         let kv_config = kv.config;
-        let mut experts_read = 0u64;
         for (layer, (kc, vc)) in self.layers.iter().zip(kv.layers.iter_mut()) {
             layer.input_norm.forward(b, x, n, normed)?;
             let cache = KvLayer {
@@ -399,15 +406,11 @@ impl<B: Backend> Llama<B> {
             layer.post_norm.add_forward(b, x, proj, n, normed)?;
             match (&layer.ffn, mlp.as_mut(), moe.as_mut()) {
                 (FeedForward::Dense(m), Some(s), _) => m.forward(&pass, normed, s, proj)?,
-                (FeedForward::Sparse(m), _, Some(s)) => {
-                    experts_read += m.forward(&pass, normed, s, proj)? as u64;
-                }
+                (FeedForward::Sparse(m), _, Some(s)) => m.forward(&pass, normed, s, proj)?,
                 _ => return Err(Error::Invalid("forward: no scratch for a layer".into())),
             }
             b.add_inplace(x, proj, n * h)?;
         }
-        self.last_experts_read
-            .store(experts_read, std::sync::atomic::Ordering::Relaxed);
         let m = input.logits_indices.len();
         b.gather_rows(x, h, &input.logits_indices, last)?;
         self.norm.forward(b, last, m, last_normed)?;
@@ -480,12 +483,15 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
         }
     }
 
-    fn last_step_parameters_read(&self) -> u64 {
+    fn parameters_read(&self) -> Result<u64> {
         let p = &self.params;
-        let experts = self
-            .last_experts_read
-            .load(std::sync::atomic::Ordering::Relaxed);
-        p.shared + experts * p.per_expert
+        let passes = self.passes.load(std::sync::atomic::Ordering::Relaxed);
+        let experts = if self.config.moe.is_some() {
+            self.backend.moe_experts_read()? - self.experts_read_at_load
+        } else {
+            0
+        };
+        Ok(passes * p.shared + experts * p.per_expert)
     }
 }
 

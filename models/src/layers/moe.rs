@@ -1,11 +1,13 @@
 //! The sparse mixture-of-experts block (Mixtral, Qwen3-MoE, MiniMax-M2, and the MoE layers
-//! of DeepSeek-style models): router and top-k routing (fused, logits in f32) → the chosen (token, expert)
-//! rows grouped by expert → grouped gate/up GEMM → SiLU-and-mul → grouped down GEMM →
-//! weighted combine, plus an optional always-on shared expert.
+//! of DeepSeek-style models): router and top-k routing (fused, logits in f32, the
+//! choices grouped by expert where the backend keeps them) → expert gate/up GEMM →
+//! SiLU-and-mul → expert down GEMM → weighted combine, plus an optional always-on shared
+//! expert. Between the router and the combine, buffers hold one row per (token, choice)
+//! pair, in pair order.
 //!
 //! Expert weights are stored in checkpoints one tensor per expert and projection; they are
 //! packed at load into `[experts, 2 * inter, hidden]` (gate rows, then up rows, per
-//! expert) and `[experts, hidden, inter]`, the layout `Backend::grouped_matmul` reads. Each
+//! expert) and `[experts, hidden, inter]`, the layout `Backend::moe_matmul` reads. Each
 //! expert's weights are read once per step whatever the batch, and a token's result
 //! depends only on that token (routing, GEMM rows and the combine are per row).
 
@@ -13,14 +15,13 @@ use super::mlp::{GatedMlp, MlpScratch};
 use super::{Pass, Weights};
 use crate::config::{MoeConfig, MoeNaming};
 use crate::error::Result;
-use novastack_kernels::{Backend, MoeGroups, MoeRouting};
+use novastack_kernels::{Backend, MoeInput, MoeRouting};
 
 /// Per-pass buffers for `rows` tokens.
 pub struct MoeScratch<B: Backend> {
-    grouped_in: B::Buf,
     gate_up: B::Buf,
     act: B::Buf,
-    grouped_out: B::Buf,
+    expert_out: B::Buf,
     shared: Option<(MlpScratch<B>, B::Buf)>,
 }
 
@@ -50,10 +51,9 @@ impl MoeShape {
         let pairs = rows * self.top_k;
         let (h, i) = (self.hidden, self.expert_intermediate);
         Ok(MoeScratch {
-            grouped_in: b.zeros(pairs * h)?,
             gate_up: b.zeros(pairs * 2 * i)?,
             act: b.zeros(pairs * i)?,
-            grouped_out: b.zeros(pairs * h)?,
+            expert_out: b.zeros(pairs * h)?,
             shared: match self.shared_intermediate {
                 Some(si) => Some((MlpScratch::new(b, rows, si)?, b.zeros(rows * h)?)),
                 None => None,
@@ -144,37 +144,43 @@ impl<B: Backend> SparseMoe<B> {
         self.shape
     }
 
-    /// `out = moe(x)` for the pass's `rows` tokens. Returns how many experts the step's
-    /// tokens chose (the expert weights it read).
+    /// `out = moe(x)` for the pass's `rows` tokens.
     pub fn forward(
         &self,
         pass: &Pass<'_, B>,
         x: &B::Buf,
         s: &mut MoeScratch<B>,
         out: &mut B::Buf,
-    ) -> Result<usize> {
+    ) -> Result<()> {
         let (b, n) = (pass.backend, pass.rows);
         let sh = &self.shape;
-        let (h, inter, e, k) = (sh.hidden, sh.expert_intermediate, sh.num_experts, sh.top_k);
-        let route = b.moe_route(x, &self.gate, n, h, &self.routing, self.bias.as_ref())?;
-        let g = MoeGroups::new(&route, n, k, e);
-        b.gather_rows(x, h, &g.rows, &mut s.grouped_in)?;
-        b.grouped_matmul(
-            &s.grouped_in,
+        let (h, inter, k) = (sh.hidden, sh.expert_intermediate, sh.top_k);
+        let plan = b.moe_route(x, &self.gate, n, h, &self.routing, self.bias.as_ref())?;
+        b.moe_matmul(
+            x,
+            MoeInput::Tokens,
+            &plan,
             &self.gate_up,
-            &g.offsets,
             h,
             2 * inter,
             &mut s.gate_up,
         )?;
         b.silu_and_mul(&s.gate_up, n * k, inter, &mut s.act)?;
-        b.grouped_matmul(&s.act, &self.down, &g.offsets, inter, h, &mut s.grouped_out)?;
-        b.moe_combine(&s.grouped_out, h, k, &g.sources, &g.weights, out)?;
+        b.moe_matmul(
+            &s.act,
+            MoeInput::Pairs,
+            &plan,
+            &self.down,
+            inter,
+            h,
+            &mut s.expert_out,
+        )?;
+        b.moe_combine(&s.expert_out, &plan, h, out)?;
         if let (Some(mlp), Some((ms, shared_out))) = (&self.shared, &mut s.shared) {
             mlp.forward(pass, x, ms, shared_out)?;
             b.add_inplace(out, shared_out, n * h)?;
         }
-        Ok(g.active_experts())
+        Ok(())
     }
 }
 
