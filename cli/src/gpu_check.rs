@@ -4,10 +4,13 @@
 //! golden fixtures end to end on the GPU, then decode of a Llama-3-8B-shaped model with
 //! random bf16 weights at several batch sizes against the weight-bandwidth bound, timing
 //! the step the engine runs for greedy requests (`forward_greedy`: the argmax stays on
-//! the device and only the ids come back). Prints
+//! the device and only the ids come back), and decode of a Qwen3-30B-A3B-shaped MoE
+//! model three ways (`gpu_moe_bench.rs`: graphs, eager with the router's choices grouped
+//! on the device, eager with them grouped on the host). Prints
 //! a short table last; exits non-zero when a check fails. Run by `scripts/gpu_check.sh`
 //! on NVIDIA (`--device cuda`), and by users on AMD with `--device hip`.
 
+use crate::gpu_moe_bench::{self, MoeShape};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use novastack_engine::{generate, GenerateParams, SamplingParams};
@@ -46,6 +49,12 @@ pub struct GpuCheckArgs {
     /// Layers of the 8B shape (32; fewer for a quick run).
     #[arg(long, default_value_t = 32)]
     pub layers: usize,
+    /// Layers of the Qwen3-30B-A3B-shaped MoE decode run (of 48; 0 skips it).
+    #[arg(long, default_value_t = 4)]
+    pub moe_layers: usize,
+    /// Batch sizes of the MoE decode run.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub moe_batch: Vec<usize>,
 }
 
 /// Every op of the kernels' conformance table (`novastack_kernels::conformance`) on the
@@ -224,13 +233,33 @@ fn check<D: Device>(args: &GpuCheckArgs, open: Open<D>) -> Result<()> {
         checks.extend(ops(&gpu)?);
     }
     fixtures(args, open, &mut checks)?;
-    let bench = if args.batch.is_empty() {
+    let mut bench = if args.batch.is_empty() {
         Vec::new()
     } else if args.device == "sim" {
         vec!["decode benchmark: not on the simulated device (it checks, it does not time)".into()]
     } else {
         decode_bench(args, open)?
     };
+    if args.device == "sim" {
+        // A tiny MoE model decoded the three ways, untimed: graphs must equal eager.
+        let (rows, moe_checks) =
+            gpu_moe_bench::moe_decode(open(Dtype::F32)?, &MoeShape::tiny(), &[1, 3], 8, 4, false)?;
+        checks.extend(moe_checks);
+        bench.push(String::new());
+        bench.extend(rows);
+    } else if args.moe_layers > 0 && !args.moe_batch.is_empty() {
+        let shape = MoeShape::qwen3_30b_a3b(args.moe_layers);
+        let (rows, _) = gpu_moe_bench::moe_decode(
+            open(Dtype::Bf16)?,
+            &shape,
+            &args.moe_batch,
+            args.prompt_len,
+            args.steps.max(1),
+            true,
+        )?;
+        bench.push(String::new());
+        bench.extend(rows);
+    }
     let passed = |c: &Check| c.err <= c.tol; // NaN fails
     let failed = checks.iter().filter(|c| !passed(c)).count();
     println!(

@@ -4,6 +4,7 @@
 
 mod generate;
 mod gpu_check;
+mod gpu_moe_bench;
 mod logging;
 
 use clap::{Parser, Subcommand};

@@ -116,6 +116,13 @@ fn gpu_check_passes_on_the_simulated_device() {
         text.contains("golden qwen3-f32 (f32 on GPU): 128/128 greedy tokens"),
         "{text}"
     );
+    // The MoE decode run: graphs and eager device grouping agree on every id, and the
+    // host grouping ran too.
+    assert!(
+        text.contains("MoE decode batch 3: graphs = eager"),
+        "{text}"
+    );
+    assert!(text.contains("eager, host grouping"), "{text}");
 }
 
 #[test]

@@ -189,8 +189,11 @@ __device__ void moe_gemm_impl(T* out, const T* x, const T* w, const unsigned int
   while (rows < NS_MOE_BM && pair[rows] != NS_MOE_NONE) ++rows;
   const long n0 = (long)blockIdx.y * NS_MOE_BN;
   const T* we = w + (long)e * n * k;
+  // Indexed by constants only (every loop over it unrolls), so it stays in registers.
   float acc[NS_MOE_COLS][NS_MOE_BM];
+#pragma unroll
   for (int j = 0; j < NS_MOE_COLS; ++j)
+#pragma unroll
     for (int r = 0; r < NS_MOE_BM; ++r) acc[j][r] = 0.0f;
   for (int k0 = 0; k0 < k; k0 += NS_MOE_KC) {
     const int kc = min(NS_MOE_KC, k - k0);
@@ -200,23 +203,31 @@ __device__ void moe_gemm_impl(T* out, const T* x, const T* w, const unsigned int
       xs[r][c] = c < kc ? ns_load(x, (long)(pair[r] / a_div) * k + k0 + c) : 0.0f;
     }
     __syncthreads();
+#pragma unroll
     for (int j = 0; j < NS_MOE_COLS; ++j) {
       const long col = n0 + warp + j * warps;
-      if (col >= n) break;
-      const T* wr = we + col * k + k0;
-      for (int c = lane; c < kc; c += NS_WARP) {
-        const float wv = ns_load(wr, c);
-        for (int r = 0; r < NS_MOE_BM; ++r)
-          if (r < rows) acc[j][r] += wv * xs[r][c];
+      if (col < n) {
+        const T* wr = we + col * k + k0;
+        for (int c = lane; c < kc; c += NS_WARP) {
+          const float wv = ns_load(wr, c);
+#pragma unroll
+          for (int r = 0; r < NS_MOE_BM; ++r)
+            if (r < rows) acc[j][r] += wv * xs[r][c];
+        }
       }
     }
   }
+#pragma unroll
   for (int j = 0; j < NS_MOE_COLS; ++j) {
     const long col = n0 + warp + j * warps;
-    if (col >= n) break;
-    for (int r = 0; r < rows; ++r) {
-      const float s = ns_warp_sum(acc[j][r]);
-      if (lane == 0) ns_store(out, (long)pair[r] * n + col, s);
+    if (col < n) {
+#pragma unroll
+      for (int r = 0; r < NS_MOE_BM; ++r) {
+        if (r < rows) {
+          const float s = ns_warp_sum(acc[j][r]);
+          if (lane == 0) ns_store(out, (long)pair[r] * n + col, s);
+        }
+      }
     }
   }
 }

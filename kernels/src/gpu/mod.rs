@@ -38,7 +38,7 @@ use crate::{
     AttentionMetadata, Backend, Error, KvCacheConfig, MoeInput, MoeRoute, MoeRouting, Result,
 };
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 pub struct GpuBackend<D: Device> {
@@ -62,6 +62,7 @@ pub struct GpuBackend<D: Device> {
     /// of the vendor GEMMs; the experts read (a device counter `moe_align` adds to, and
     /// the host groupings' count).
     moe_route: Scratch<D>,
+    moe_device_rows: AtomicUsize,
     moe_generation: AtomicU64,
     moe_meta: UploadCache<D>,
     moe_rows: Scratch<D>,
@@ -120,6 +121,7 @@ impl<D: Device> GpuBackend<D> {
             scratch: Mutex::new(None),
             argmax: Mutex::new(None),
             moe_route: Mutex::new(None),
+            moe_device_rows: AtomicUsize::new(DEVICE_GROUPING_ROWS),
             moe_generation: AtomicU64::new(0),
             moe_meta: Mutex::new(None),
             moe_rows: Mutex::new(None),
@@ -158,6 +160,13 @@ impl<D: Device> GpuBackend<D> {
             best = best.max(2.0 * bytes as f64 / t.elapsed().as_secs_f64());
         }
         Ok(best)
+    }
+
+    /// The largest batch whose MoE routing is grouped on the device
+    /// ([`DEVICE_GROUPING_ROWS`] unless set; inside a graph pass every batch is). 0 groups
+    /// every eager step on the host, for vendor GEMMs: what `gpu-check` compares.
+    pub fn set_moe_device_grouping_rows(&self, rows: usize) {
+        self.moe_device_rows.store(rows, Ordering::Relaxed);
     }
 
     pub fn mem_info(&self) -> Result<(usize, usize)> {

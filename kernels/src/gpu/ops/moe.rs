@@ -24,8 +24,9 @@ use crate::moe::check_route;
 use crate::{Backend, Dtype, Error, MoeGroups, MoeInput, MoeRoute, MoeRouting, MoeScoring, Result};
 use std::sync::atomic::Ordering;
 
-/// The largest batch grouped on the device: the largest decode-graph bucket by default.
-/// Inside a graph pass every batch is.
+/// The largest batch grouped on the device by default (the largest decode-graph bucket;
+/// [`GpuBackend::set_moe_device_grouping_rows`] changes it). Inside a graph pass every
+/// batch is.
 pub const DEVICE_GROUPING_ROWS: usize = 256;
 
 /// `NS_MOE_BM`, `NS_MOE_BN` and `NS_MOE_THREADS` in `moe.hip`: slots per `moe_gemm`
