@@ -11,13 +11,17 @@
 # storage, several shapes, outputs poisoned with NaN first), the golden fixtures end to
 # end on the GPU (greedy tokens must equal the golden ones), then decode of a
 # Llama-3-8B-shaped model with random bf16 weights (512-token prompts) against the
-# weight-bandwidth bound, timing the engine's greedy step (ids come back, not logits).
-# The table comes last.
+# weight-bandwidth bound, timing the engine's greedy step (ids come back, not logits),
+# and decode of a Qwen3-30B-A3B-shaped MoE model (random bf16 weights) three ways:
+# graphs, eager with the router's choices grouped on the device, and eager with them
+# grouped on the host and one vendor GEMM per expert, each against the bound of the
+# expert bytes its steps read. The table comes last.
 #
 # Size: by default 8 layers at batch 1 and 64, so that the whole check fits one
 # 10-minute run (the random weights are generated on the host). `--full` (or FULL=1)
-# runs the real 32 layers at batch 1, 16, 64, 256. Other flags go to gpu-check as
-# they are; an explicit --layers or --batch replaces the default one.
+# runs the real 32 layers at batch 1, 16, 64, 256. The MoE run has 4 of its 48 layers
+# at batch 1, 16, 64 (12 layers with --full). Other flags go to gpu-check as they are;
+# an explicit --layers, --batch or --moe-layers replaces the default one.
 #
 # Libraries: the test machine has cuBLAS and NVRTC as pip packages in a Python
 # environment (`site-packages/nvidia/cu13/lib`, or per-library `nvidia/cublas/lib`,
@@ -49,11 +53,12 @@ has_flag() { # has_flag --name: whether the caller passed --name or --name=...
   return 1
 }
 if [ "$full" = 1 ]; then
-  layers=32 batch=1,16,64,256
+  layers=32 batch=1,16,64,256 moe_layers=12
 else
-  layers=8 batch=1,64
+  layers=8 batch=1,64 moe_layers=4
 fi
 has_flag --layers || args+=(--layers "$layers")
+has_flag --moe-layers || args+=(--moe-layers "$moe_layers")
 has_flag --batch || args+=(--batch "$batch")
 
 # --- CUDA libraries and headers -------------------------------------------------------

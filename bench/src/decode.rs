@@ -116,6 +116,7 @@ pub fn run(a: DecodeArgs) -> Result<()> {
             correction_bias: false,
             sparse_layers: vec![true; a.layers],
             naming: MoeNaming::Qwen,
+            group_limit: None,
         });
     }
     tracing::info!("measuring memory bandwidth...");

@@ -91,6 +91,7 @@ impl MoeShape {
             correction_bias: false,
             sparse_layers: vec![true; self.layers],
             naming: MoeNaming::Qwen,
+            group_limit: None,
         });
         c
     }

@@ -8,18 +8,26 @@
 #include "compat.h"
 
 #define NS_MOE_MAX_EXPERTS 512
+#define NS_MOE_MAX_GROUPS 64
 
 // One warp per row of x [rows, hidden]: the router's logits x . gate[e] in f32 (lanes over
 // hidden, a warp sum per expert; never rounded to the storage type) into shared memory,
 // scores (softmax over the row, or a sigmoid per expert), then top_k rounds of a warp argmax
 // over score + bias (the bias picks, it does not weigh; ties go to the lower id; NaN never
 // wins), then lane 0 renormalizes (in selection order, as the host does) and scales.
+// With `groups` > 0 (DeepSeek-V3's group-limited selection, moe::group_mask on the host)
+// only the experts of the `top_groups` groups with the best top-2 sums of score + bias
+// stay in the running; the others' selection scores become 0, as in transformers.
 // Writes ids[row * top_k + j] and weights[row * top_k + j].
 template <typename T>
 __device__ void moe_route_impl(unsigned int* ids, float* weights, const T* x, const T* gate, const T* bias,
-                               int hidden, int experts, int top_k, int sigmoid, int renormalize, float scale) {
+                               int hidden, int experts, int top_k, int sigmoid, int renormalize, float scale,
+                               int groups, int top_groups) {
   __shared__ float score[NS_MOE_MAX_EXPERTS];
+  __shared__ float choice[NS_MOE_MAX_EXPERTS];
   __shared__ unsigned char taken[NS_MOE_MAX_EXPERTS];
+  __shared__ float group_score[NS_MOE_MAX_GROUPS];
+  __shared__ unsigned char group_on[NS_MOE_MAX_GROUPS];
   const long r = blockIdx.x;
   const int lane = threadIdx.x;
   const T* row = x + r * hidden;
@@ -51,12 +59,44 @@ __device__ void moe_route_impl(unsigned int* ids, float* weights, const T* x, co
     for (int i = lane; i < experts; i += NS_WARP) score[i] = score[i] / sum;
   }
   ns_syncwarp();
+  for (int i = lane; i < experts; i += NS_WARP) choice[i] = score[i] + (bias ? ns_load(bias, i) : 0.0f);
+  if (groups > 0) {
+    ns_syncwarp();
+    const int size = experts / groups;
+    for (int g = lane; g < groups; g += NS_WARP) {
+      float a = -NS_INF, b = -NS_INF;
+      for (int i = g * size; i < (g + 1) * size; ++i) {
+        const float c = choice[i] == choice[i] ? choice[i] : -NS_INF;
+        if (c > a) {
+          b = a;
+          a = c;
+        } else if (c > b) {
+          b = c;
+        }
+      }
+      group_score[g] = a + b;
+      group_on[g] = 0;
+    }
+    ns_syncwarp();
+    if (lane == 0) {
+      for (int j = 0; j < top_groups; ++j) {
+        int best = -1;
+        for (int g = 0; g < groups; ++g)
+          if (!group_on[g] && (best < 0 || group_score[g] > group_score[best])) best = g;
+        if (best >= 0) group_on[best] = 1;
+      }
+    }
+    ns_syncwarp();
+    for (int i = lane; i < experts; i += NS_WARP)
+      if (!group_on[i / size]) choice[i] = 0.0f;
+  }
+  ns_syncwarp();
   for (int j = 0; j < top_k; ++j) {
     float best = -NS_INF;
     int idx = 0x7fffffff;
     for (int i = lane; i < experts; i += NS_WARP) {
       if (taken[i]) continue;
-      const float c = score[i] + (bias ? ns_load(bias, i) : 0.0f);
+      const float c = choice[i];
       if (c > best || (idx == 0x7fffffff && c == c)) {
         best = c;
         idx = i;
@@ -97,9 +137,9 @@ __device__ void moe_route_impl(unsigned int* ids, float* weights, const T* x, co
 }
 NS_FOR_DTYPES(moe_route,
               (unsigned int* ids, float* weights, const void* x, const void* gate, const void* bias, int hidden,
-               int experts, int top_k, int sigmoid, int renormalize, float scale),
+               int experts, int top_k, int sigmoid, int renormalize, float scale, int groups, int top_groups),
               (ids, weights, (const T*)x, (const T*)gate, (const T*)bias, hidden, experts, top_k, sigmoid,
-               renormalize, scale))
+               renormalize, scale, groups, top_groups))
 
 // The grouping of a plan's pairs by expert, in one block: each expert's pairs get a run
 // of slots padded to a multiple of NS_MOE_BM (so a block of moe_gemm serves one expert),

@@ -39,7 +39,7 @@ pub use cpu::CpuBackend;
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use gpu::GraphPhase;
-pub use moe::{MoeGroups, MoeInput, MoeRoute, MoeRouting, MoeScoring};
+pub use moe::{GroupLimit, MoeGroups, MoeInput, MoeRoute, MoeRouting, MoeScoring};
 pub use paged::{AttentionMetadata, KvCache, KvCacheConfig, SeqAttention};
 
 /// The ops a decoder-only transformer needs. Shapes are given explicitly; buffers are

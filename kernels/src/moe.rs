@@ -28,6 +28,20 @@ pub struct MoeRouting {
     pub renormalize: bool,
     /// Multiplies the final weights (DeepSeek's `routed_scaling_factor`; 1 elsewhere).
     pub scale: f32,
+    /// DeepSeek-V3's group-limited selection, where the layer has it.
+    pub group_limit: Option<GroupLimit>,
+}
+
+/// DeepSeek-V3's group-limited selection (`topk_method: noaux_tc`, `n_group`,
+/// `topk_group`): the experts form `groups` equal groups of consecutive ids; a group's
+/// score is the sum of its two best selection scores (score + bias); only the experts
+/// of the `top_groups` best groups stay in the running, the others' selection scores
+/// becoming 0 (transformers masks them with 0, not -inf, so with a negative bias a
+/// masked expert can still be chosen, as there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupLimit {
+    pub groups: usize,
+    pub top_groups: usize,
 }
 
 impl MoeRouting {
@@ -41,7 +55,67 @@ impl MoeRouting {
                     self.top_k, self.num_experts
                 )
             },
-        )
+        )?;
+        if let Some(g) = self.group_limit {
+            let size = self.num_experts.checked_div(g.groups).unwrap_or(0);
+            ensure(
+                g.groups >= 1
+                    && self.num_experts.is_multiple_of(g.groups)
+                    && size >= 2
+                    && g.top_groups >= 1
+                    && g.top_groups <= g.groups
+                    && g.groups <= MAX_GROUPS,
+                op,
+                || {
+                    format!(
+                        "{} expert groups (top {}) of {} experts: groups must divide the experts \
+                         into groups of at least 2, at most {MAX_GROUPS} groups, 1 <= top <= groups",
+                        g.groups, g.top_groups, self.num_experts
+                    )
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The most expert groups a group-limited router may have (the GPU kernel keeps their
+/// scores in shared memory).
+pub const MAX_GROUPS: usize = 64;
+
+/// Which experts of a row stay in the running under `limit`, given their selection
+/// scores: false for every expert outside the best `top_groups` groups (ties to the
+/// lower group; NaN never counts as best).
+pub fn group_mask(choice: &[f32], limit: GroupLimit, keep: &mut [bool]) {
+    let size = choice.len() / limit.groups;
+    let group_score = |g: usize| {
+        let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+        for &c in &choice[g * size..(g + 1) * size] {
+            let c = if c.is_nan() { f32::NEG_INFINITY } else { c };
+            if c > a {
+                b = a;
+                a = c;
+            } else if c > b {
+                b = c;
+            }
+        }
+        a + b
+    };
+    let scores: Vec<f32> = (0..limit.groups).map(group_score).collect();
+    let mut on = vec![false; limit.groups];
+    for _ in 0..limit.top_groups {
+        let mut best: Option<usize> = None;
+        for g in 0..limit.groups {
+            if !on[g] && best.is_none_or(|b| scores[g] > scores[b]) {
+                best = Some(g);
+            }
+        }
+        if let Some(g) = best {
+            on[g] = true;
+        }
+    }
+    for (i, k) in keep.iter_mut().enumerate() {
+        *k = on[i / size];
     }
 }
 
@@ -67,6 +141,8 @@ pub fn route_rows(logits: &[f32], rows: usize, r: &MoeRouting, bias: Option<&[f3
         weights: Vec::with_capacity(rows * k),
     };
     let mut scores = vec![0f32; e];
+    let mut choice = vec![0f32; e];
+    let mut keep = vec![true; e];
     let mut taken = vec![false; e];
     for row in logits[..rows * e].chunks_exact(e) {
         match r.scoring {
@@ -88,11 +164,21 @@ pub fn route_rows(logits: &[f32], rows: usize, r: &MoeRouting, bias: Option<&[f3
             }
         }
         taken.iter_mut().for_each(|t| *t = false);
+        for (i, (c, &s)) in choice.iter_mut().zip(scores.iter()).enumerate() {
+            *c = s + bias.map_or(0.0, |b| b[i]);
+        }
+        if let Some(limit) = r.group_limit {
+            group_mask(&choice, limit, &mut keep);
+            for (c, &k) in choice.iter_mut().zip(&keep) {
+                if !k {
+                    *c = 0.0;
+                }
+            }
+        }
         let first = out.weights.len();
         for _ in 0..k {
             let mut best: Option<(usize, f32)> = None;
-            for (i, &s) in scores.iter().enumerate() {
-                let c = s + bias.map_or(0.0, |b| b[i]);
+            for (i, &c) in choice.iter().enumerate() {
                 if taken[i] || c.is_nan() {
                     continue;
                 }
@@ -229,6 +315,7 @@ mod tests {
             scoring,
             renormalize,
             scale: 1.0,
+            group_limit: None,
         }
     }
 
@@ -271,6 +358,44 @@ mod tests {
         let mut order = Vec::new();
         combine_order(&experts[..2], &mut order);
         assert_eq!(order, vec![1, 0]);
+    }
+
+    /// Experts 0..8 in 4 groups of 2: the best single expert (0) sits in a group whose
+    /// partner is weak, so two stronger groups win and its expert is never chosen.
+    #[test]
+    fn group_limited_selection_keeps_the_best_groups() {
+        let mut r = routing(8, 2, MoeScoring::Sigmoid, true);
+        r.group_limit = Some(GroupLimit {
+            groups: 4,
+            top_groups: 2,
+        });
+        let logits = [3.0, -3.0, 1.0, 1.0, 0.5, 0.5, 0.0, 0.0];
+        let got = route_rows(&logits, 1, &r, None);
+        assert_eq!(got.experts, vec![2, 3]);
+        let free = route_rows(&logits, 1, &routing(8, 2, MoeScoring::Sigmoid, true), None);
+        assert_eq!(free.experts, vec![0, 2]);
+        // Masked experts' selection scores become 0, not -inf: under an all-negative
+        // bias they beat every kept expert (transformers' masked_fill(0.0)); the
+        // weights are still their scores.
+        let got = route_rows(&logits, 1, &r, Some(&[-1.0; 8]));
+        assert_eq!(got.experts, vec![0, 1]);
+        let (a, b) = (1.0 / (1.0 + (-3f32).exp()), 1.0 / (1.0 + 3f32.exp()));
+        assert!((got.weights[0] - a / (a + b)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn group_limits_are_checked() {
+        let mut r = routing(8, 2, MoeScoring::Sigmoid, true);
+        for (groups, top_groups) in [(3, 1), (8, 1), (4, 0), (4, 5), (0, 0)] {
+            r.group_limit = Some(GroupLimit { groups, top_groups });
+            let e = r.check("t").unwrap_err();
+            assert!(e.to_string().contains("expert groups"), "{e}");
+        }
+        r.group_limit = Some(GroupLimit {
+            groups: 4,
+            top_groups: 4,
+        });
+        assert!(r.check("t").is_ok());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! transformers-5 layout (`rope_parameters`, `dtype`).
 
 use crate::error::{read_json, Error, Result};
-use novastack_kernels::{Dtype, MoeScoring};
+use novastack_kernels::{Dtype, GroupLimit, MoeScoring};
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -100,6 +100,9 @@ pub struct MoeConfig {
     /// Per layer: a MoE layer (true) or a dense MLP of `intermediate_size` (false).
     pub sparse_layers: Vec<bool>,
     pub naming: MoeNaming,
+    /// DeepSeek-V3's group-limited selection (`n_group`, `topk_group`), where the
+    /// router has it.
+    pub group_limit: Option<GroupLimit>,
 }
 
 /// Everything the decoder needs, resolved and validated.
@@ -425,6 +428,7 @@ fn moe_config(
         correction_bias: bias,
         sparse_layers,
         naming,
+        group_limit: None,
     }))
 }
 

@@ -71,7 +71,7 @@ pub(crate) struct Params {
 }
 
 impl Params {
-    const MAX: usize = 12;
+    const MAX: usize = 16;
 
     pub(crate) fn new() -> Params {
         Params {

@@ -219,6 +219,7 @@ fn moe_from_gguf(
         } else {
             MoeNaming::BlockSparse
         },
+        group_limit: None,
     })
 }
 

@@ -123,6 +123,7 @@ impl<B: Backend> SparseMoe<B> {
                 scoring: c.scoring,
                 renormalize: c.renormalize,
                 scale: c.routed_scale,
+                group_limit: c.group_limit,
             },
             gate: w.matrix(&format!("{prefix}.gate.weight"), e, h)?,
             bias,
@@ -204,6 +205,7 @@ mod tests {
             correction_bias: bias,
             sparse_layers: vec![true],
             naming: MoeNaming::Qwen,
+            group_limit: None,
         }
     }
 

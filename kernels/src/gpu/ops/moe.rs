@@ -21,7 +21,10 @@ use crate::conformance::{output, Case, Gen, Visit};
 use crate::gpu::launch::{grid1, launch, Area};
 use crate::gpu::{Device, Gemm, GpuBackend, GpuBuf, Launch};
 use crate::moe::check_route;
-use crate::{Backend, Dtype, Error, MoeGroups, MoeInput, MoeRoute, MoeRouting, MoeScoring, Result};
+use crate::{
+    Backend, Dtype, Error, GroupLimit, MoeGroups, MoeInput, MoeRoute, MoeRouting, MoeScoring,
+    Result,
+};
 use std::sync::atomic::Ordering;
 
 /// The largest batch grouped on the device by default (the largest decode-graph bucket;
@@ -233,7 +236,9 @@ pub(crate) fn moe_route<D: Device>(
         r.top_k as i32,
         (r.scoring == MoeScoring::Sigmoid) as i32,
         r.renormalize as i32,
-        r.scale
+        r.scale,
+        r.group_limit.map_or(0, |g| g.groups as i32),
+        r.group_limit.map_or(0, |g| g.top_groups as i32)
     )?;
     b.moe_group(OP, area, layout, rows, r)
 }
@@ -459,6 +464,9 @@ impl Case for Route {
         if r.scale != 1.0 {
             s += &format!(" x{}", r.scale);
         }
+        if let Some(g) = r.group_limit {
+            s += &format!(" groups {}/{}", g.top_groups, g.groups);
+        }
         s
     }
     /// Expert ids must be exact, and the weights are f32 math over the same rounded
@@ -498,6 +506,7 @@ fn routing_of(experts: usize, top_k: usize) -> MoeRouting {
         scoring: MoeScoring::Softmax,
         renormalize: false,
         scale: 1.0,
+        group_limit: None,
     }
 }
 
@@ -659,8 +668,43 @@ pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
                 scoring,
                 renormalize,
                 scale,
+                group_limit: None,
             },
             bias,
+        })?;
+    }
+    // Group-limited selection (DeepSeek-V3: 256 experts in 8 groups, the best 4 groups
+    // kept, top 8, scaled 2.5; a smaller one; and a negative bias, under which the masked
+    // experts' selection scores of 0 beat every kept one, as in transformers). The bias
+    // is 3x a shuffled group rank for every expert of a group, so groups never tie
+    // (their top-2 sums differ by more than the scores can), and within a group the
+    // ramp decides.
+    // (rows, hidden, experts, top_k, groups, top_groups, bias offset, scale)
+    for (rows, hidden, experts, top_k, groups, top_groups, offset, scale) in [
+        (4, 300, 256, 8, 8, 4, 0.0, 2.5),
+        (3, 64, 64, 6, 8, 3, 0.0, 1.0),
+        (2, 40, 32, 4, 4, 2, -100.0, 1.0),
+    ] {
+        let (x, gate) = ramp_router(g, rows, hidden, experts);
+        let ranks = shuffled(g, (0..groups).map(|i| i as f32).collect());
+        let size = experts / groups;
+        let bias = (0..experts)
+            .map(|i| 3.0 * ranks[i / size] + offset)
+            .collect();
+        v.case(Route {
+            rows,
+            hidden,
+            x,
+            gate,
+            routing: MoeRouting {
+                num_experts: experts,
+                top_k,
+                scoring: sig,
+                renormalize: true,
+                scale,
+                group_limit: Some(GroupLimit { groups, top_groups }),
+            },
+            bias: Some(bias),
         })?;
     }
     // A dense random router (real sums in every logit), over 8 experts.
@@ -676,6 +720,7 @@ pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
             scoring: soft,
             renormalize: true,
             scale: 1.0,
+            group_limit: None,
         },
         bias: None,
     })?;
