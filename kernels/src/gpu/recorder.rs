@@ -348,3 +348,74 @@ fn the_conformance_table_passes_the_host_checks_and_launches_every_kernel() {
         "kernels compiled but never launched by a case"
     );
 }
+
+/// A MoE plan lives in one area per backend: a later `moe_plan` (or `moe_route`) makes
+/// every older plan stale, and an op given a stale plan is an error, not a read of
+/// another layer's choices.
+#[test]
+fn a_stale_moe_plan_is_an_error() {
+    let b = backend(64);
+    let routing = crate::MoeRouting {
+        num_experts: 4,
+        top_k: 2,
+        scoring: crate::MoeScoring::Softmax,
+        renormalize: false,
+        scale: 1.0,
+        group_limit: None,
+    };
+    let route = crate::MoeRoute {
+        experts: vec![0, 3],
+        weights: vec![0.5, 0.5],
+    };
+    let first = b.moe_plan(&route, 1, &routing).unwrap();
+    let second = b.moe_plan(&route, 1, &routing).unwrap();
+    let y = b.zeros(2 * 8).unwrap();
+    let mut out = b.zeros(8).unwrap();
+    b.moe_combine(&y, &second, 8, &mut out).unwrap();
+    let e = b.moe_combine(&y, &first, 8, &mut out).unwrap_err();
+    assert!(e.to_string().contains("stale"), "{e}");
+}
+
+/// A decode-sized batch is grouped on the device (`moe_align`, then `moe_gemm`); a
+/// larger one on the host (gather, one vendor GEMM per expert with rows, scatter); and
+/// 0 as the device limit sends every batch to the host.
+#[test]
+fn moe_batches_group_on_the_device_up_to_the_limit() {
+    let b = backend(64);
+    let (experts, k, n) = (4, 8, 8);
+    let routing = crate::MoeRouting {
+        num_experts: experts,
+        top_k: 1,
+        scoring: crate::MoeScoring::Softmax,
+        renormalize: false,
+        scale: 1.0,
+        group_limit: None,
+    };
+    let w = b
+        .upload_weight(&vec![0.0; experts * n * k], experts, n, k)
+        .unwrap();
+    let names = |b: &GpuBackend<Recorder>| -> Vec<String> {
+        launches(b)
+            .into_iter()
+            .map(|(f, _, _)| base(&f).to_string())
+            .collect()
+    };
+    let run = |tokens: usize| {
+        let route = crate::MoeRoute {
+            experts: (0..tokens as u32).map(|t| t % 2).collect(),
+            weights: vec![1.0; tokens],
+        };
+        let x = b.zeros(tokens * k).unwrap();
+        let mut out = b.zeros(tokens * n).unwrap();
+        launches(&b);
+        let plan = b.moe_plan(&route, tokens, &routing).unwrap();
+        b.moe_matmul(&x, crate::MoeInput::Tokens, &plan, &w, k, n, &mut out)
+            .unwrap();
+        names(&b)
+    };
+    let small = super::DEVICE_GROUPING_ROWS;
+    assert_eq!(run(small), ["moe_align", "moe_gemm"]);
+    assert_eq!(run(small + 1), ["moe_gather", "moe_scatter"]);
+    b.set_moe_device_grouping_rows(0);
+    assert_eq!(run(3), ["moe_gather", "moe_scatter"]);
+}

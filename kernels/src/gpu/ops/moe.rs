@@ -138,7 +138,8 @@ impl<D: Device> GpuBackend<D> {
             guard,
         } = area;
         let pairs = tokens * r.top_k;
-        let on_device = tokens <= DEVICE_GROUPING_ROWS || self.graph_active.load(Ordering::Relaxed);
+        let on_device = tokens <= self.moe_device_rows.load(Ordering::Relaxed)
+            || self.graph_active.load(Ordering::Relaxed);
         let grouping = if on_device {
             let plan = base + layout.plan_at as u64;
             if pairs > 0 {
