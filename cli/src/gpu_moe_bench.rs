@@ -203,14 +203,14 @@ pub fn moe_decode<D: Device>(
     let p = model.parameters();
     let mut rows = vec![format!(
         "MoE decode, Qwen3-MoE shape (hidden {}, {} experts top-{}, expert ffn {}, {} layers), {dtype}, \
-         prompt {prompt_len}: {:.2}B parameters, {:.2}B active per token{}",
+         prompt {prompt_len}: {:.1}M parameters, {:.1}M active per token{}",
         shape.hidden,
         shape.experts,
         shape.top_k,
         shape.expert_ffn,
         shape.layers,
-        p.total as f64 / 1e9,
-        p.active_per_token as f64 / 1e9,
+        p.total as f64 / 1e6,
+        p.active_per_token as f64 / 1e6,
         if timed {
             format!(", copy bandwidth {:.2} TB/s", bw / 1e12)
         } else {

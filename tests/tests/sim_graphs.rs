@@ -3,8 +3,7 @@
 //! tokens as the same model without, bit for bit, over many steps whose batches change
 //! bucket, pad, lose finished sequences, gain new ones and outgrow the captured
 //! block-table width; a replay runs exactly the recorded work and allocates nothing;
-//! and the engine with graphs equals the engine without (and transformers) on the
-//! golden fixtures.
+//! and the engine with graphs gives transformers' tokens on the golden fixtures.
 
 use novastack_engine::{Buckets, Engine, EngineConfig, FinishReason, RequestParams};
 use novastack_engine::{RequestId, SamplingParams, SchedulerConfig};
@@ -352,12 +351,13 @@ fn engine_tokens(model: &LoadedModel<SimBackend>, dir: &Path) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// The engine with graphs (replaying most decode steps) gives the same greedy tokens
-/// as the engine without, and as transformers, on fixtures of different layouts: two
-/// dense, and two mixture-of-experts (softmax top-1 with dense layers between, and
-/// sigmoid top-3 with a selection bias) whose long prompts' prefills group on the host.
+/// The engine with graphs (replaying most decode steps) gives transformers' greedy
+/// tokens on fixtures of different layouts: two dense, and two mixture-of-experts
+/// (softmax top-1 with dense layers between, and sigmoid top-3 with a selection bias)
+/// whose long prompts' prefills group on the host. (The engine without graphs is held
+/// to the same tokens by `sim_golden.rs`.)
 #[test]
-fn the_engine_with_graphs_equals_the_engine_without_on_golden_fixtures() {
+fn the_engine_with_graphs_equals_transformers_on_golden_fixtures() {
     for name in [
         "llama-f32",
         "qwen2-f32-tied",
@@ -366,17 +366,14 @@ fn the_engine_with_graphs_equals_the_engine_without_on_golden_fixtures() {
     ] {
         let dir = fixture(name);
         let with = sim_model(&dir, true);
-        let without = sim_model(&dir, false);
-        let a = engine_tokens(&with, &dir);
-        let b = engine_tokens(&without, &dir);
-        assert_eq!(a, b, "{name}: graphs on and off differ");
+        let got = engine_tokens(&with, &dir);
         let want: Vec<Vec<u32>> = golden(&dir)["cases"]
             .as_array()
             .unwrap()
             .iter()
             .map(|c| ids(&c["greedy_token_ids"]))
             .collect();
-        assert_eq!(a, want, "{name}: not transformers' tokens");
+        assert_eq!(got, want, "{name}: not transformers' tokens");
         let stats = with.model.backend().device().stats();
         eprintln!("{name}: {stats:?}");
         assert!(stats.replays > 0, "{name}: no decode step was replayed");
