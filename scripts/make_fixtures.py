@@ -236,6 +236,25 @@ FIXTURES = [
         features="per-head q_norm/k_norm (RMSNorm over head_dim before rope); head_dim 32 != 16; untied",
     ),
     dict(
+        name="qwen3-yarn-f32",
+        config_cls=Qwen3Config,
+        storage="float32",
+        layout="hub",
+        tok="nobos",
+        template="config",
+        gen_eos="int",
+        seed=1030,
+        config=dict(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=32, intermediate_size=128, max_position_embeddings=1024, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                             "original_max_position_embeddings": 128},
+            tie_word_embeddings=False,
+        ),
+        features="YaRN rope (factor 4 over an original context of 128, ramp inside the head, "
+                 "cos/sin scaled by 0.1 ln 4 + 1) in the hub's rope_scaling layout; prompts past 128",
+    ),
+    dict(
         name="qwen3-bf16-tied",
         config_cls=Qwen3Config,
         storage="bfloat16",

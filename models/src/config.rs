@@ -61,6 +61,19 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_max_position_embeddings: f32,
     },
+    /// YaRN (Qwen2.5 / Qwen3 long context, DeepSeek-V3): frequencies blended between
+    /// interpolated (`/ factor`) and original along a ramp over the dimensions whose
+    /// wavelength `beta_fast` / `beta_slow` rotations bound, and cos / sin scaled by
+    /// `attention_factor` (given, or from `factor`, `mscale` and `mscale_all_dim`).
+    Yarn {
+        factor: f32,
+        original_max_position_embeddings: f32,
+        beta_fast: f32,
+        beta_slow: f32,
+        /// Round the ramp's ends outwards (transformers' `truncate`, default true).
+        truncate: bool,
+        attention_factor: f32,
+    },
 }
 
 /// Where the q/k RMSNorm applies (before rope).
@@ -154,6 +167,8 @@ struct RawConfig {
     rope_scaling: Option<Value>,
     rope_parameters: Option<Value>,
     max_position_embeddings: Option<usize>,
+    /// Pretraining context, outside the rope block (Phi-3 style; YaRN reads it).
+    original_max_position_embeddings: Option<f64>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
@@ -478,9 +493,55 @@ fn parse_rope(raw: &RawConfig, path: &Path) -> Result<(f32, RopeScaling)> {
             high_freq_factor: need("high_freq_factor")?,
             original_max_position_embeddings: need("original_max_position_embeddings")?,
         },
+        "yarn" => {
+            let max_positions = raw.max_position_embeddings.unwrap_or(4096) as f64;
+            // As transformers: the top-level `original_max_position_embeddings` wins
+            // (Phi-3 style), then the one in the rope block, then the model's context.
+            let original = raw
+                .original_max_position_embeddings
+                .map(|v| v as f64)
+                .or_else(|| num("original_max_position_embeddings"))
+                .unwrap_or(max_positions);
+            if original <= 0.0 {
+                return Err(err(
+                    "`original_max_position_embeddings` must be positive".into()
+                ));
+            }
+            let factor = num("factor").unwrap_or(max_positions / original);
+            if factor < 1.0 {
+                return Err(err(format!("`factor` must be at least 1, got {factor}")));
+            }
+            let mscale = |scale: f64, m: f64| {
+                if scale <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * scale.ln() + 1.0
+                }
+            };
+            let attention_factor = match (
+                num("attention_factor"),
+                num("mscale").filter(|m| *m != 0.0),
+                num("mscale_all_dim").filter(|m| *m != 0.0),
+            ) {
+                (Some(a), _, _) => a,
+                (None, Some(m), Some(all)) => mscale(factor, m) / mscale(factor, all),
+                _ => mscale(factor, 1.0),
+            };
+            RopeScaling::Yarn {
+                factor: factor as f32,
+                original_max_position_embeddings: original as f32,
+                beta_fast: num("beta_fast").filter(|b| *b != 0.0).unwrap_or(32.0) as f32,
+                beta_slow: num("beta_slow").filter(|b| *b != 0.0).unwrap_or(1.0) as f32,
+                truncate: params
+                    .and_then(|p| p.get("truncate"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true),
+                attention_factor: attention_factor as f32,
+            }
+        }
         other => {
             return Err(err(format!(
-                "rope type {other:?} is not supported (default, linear, llama3)"
+                "rope type {other:?} is not supported (default, linear, llama3, yarn)"
             )))
         }
     };
@@ -535,6 +596,58 @@ mod tests {
 
     fn parse(v: Value) -> Result<ModelConfig> {
         ModelConfig::from_value(Path::new("config.json"), v)
+    }
+
+    /// YaRN as transformers 5.24 reads it: the attention factor from `mscale` /
+    /// `mscale_all_dim` (bits from `_compute_yarn_parameters`), else from `factor`; the
+    /// top-level `original_max_position_embeddings` before the rope block's; a missing
+    /// `factor` as the ratio of the contexts; defaults for the betas and `truncate`.
+    #[test]
+    fn yarn_rope_parameters() {
+        let mut v = base();
+        v["max_position_embeddings"] = json!(8192);
+        v["rope_parameters"] = json!({
+            "rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0,
+            "original_max_position_embeddings": 4096, "mscale": 1.0, "mscale_all_dim": 0.707
+        });
+        match parse(v.clone()).unwrap().rope_scaling {
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                truncate,
+                attention_factor,
+            } => {
+                assert_eq!((factor, original_max_position_embeddings), (40.0, 4096.0));
+                assert_eq!((beta_fast, beta_slow, truncate), (32.0, 1.0, true));
+                assert_eq!(attention_factor.to_bits(), 0x3f8a_f915);
+            }
+            other => panic!("{other:?}"),
+        }
+        v["original_max_position_embeddings"] = json!(2048);
+        v["rope_parameters"] = json!({"rope_type": "yarn", "factor": null, "truncate": false});
+        match parse(v.clone()).unwrap().rope_scaling {
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                truncate,
+                attention_factor,
+                ..
+            } => {
+                assert_eq!((factor, original_max_position_embeddings), (4.0, 2048.0));
+                assert!(!truncate);
+                // 0.1 ln 4 + 1, as transformers' get_mscale(4).
+                assert_eq!(attention_factor.to_bits(), 0x3f91_be9c);
+            }
+            other => panic!("{other:?}"),
+        }
+        v["rope_parameters"] = json!({"rope_type": "yarn", "factor": 0.5});
+        let e = parse(v).unwrap_err().to_string();
+        assert!(
+            e.contains("rope_parameters") && e.contains("at least 1"),
+            "{e}"
+        );
     }
 
     #[test]
