@@ -499,7 +499,6 @@ fn parse_rope(raw: &RawConfig, path: &Path) -> Result<(f32, RopeScaling)> {
             // (Phi-3 style), then the one in the rope block, then the model's context.
             let original = raw
                 .original_max_position_embeddings
-                .map(|v| v as f64)
                 .or_else(|| num("original_max_position_embeddings"))
                 .unwrap_or(max_positions);
             if original <= 0.0 {
