@@ -634,9 +634,11 @@ fn other(input: MoeInput) -> MoeInput {
 
 /// The router at the released families' shapes (Mixtral 8 / top 2, Qwen3-MoE 128 / 8
 /// unnormalized and normalized, MiniMax-M2 256 / 8 sigmoid with a selection bias, 512
-/// experts), odd expert counts, a scaled router, and no rows; the grouped GEMM with
-/// experts that get no rows, one row each (decode) and many (prefill); the combine at
-/// top 1 to 8 and odd widths.
+/// experts), odd expert counts, a scaled router, no rows, and DeepSeek-V3's
+/// group-limited selection; the expert GEMMs from tokens and from pairs, grouped on the
+/// device (decode, experts with many pairs, k and n tails, no tokens) and on the host
+/// (a prefill past the device limit); the combine at top 1 to 8, odd widths, and past
+/// the device limit.
 pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
     let soft = MoeScoring::Softmax;
     let sig = MoeScoring::Sigmoid;
