@@ -105,19 +105,7 @@ pub fn run(a: DecodeArgs) -> Result<()> {
         true,
     );
     if a.experts > 0 {
-        config.architecture = Architecture::Qwen3Moe;
-        config.moe = Some(MoeConfig {
-            num_experts: a.experts,
-            top_k: a.top_k,
-            expert_intermediate: a.expert_ffn,
-            scoring: MoeScoring::Softmax,
-            renormalize: true,
-            routed_scale: 1.0,
-            correction_bias: false,
-            sparse_layers: vec![true; a.layers],
-            naming: MoeNaming::Qwen,
-            group_limit: None,
-        });
+        make_qwen3_moe(&mut config, a.experts, a.top_k, a.expert_ffn);
     }
     tracing::info!("measuring memory bandwidth...");
     let bw = read_bandwidth();
@@ -191,6 +179,25 @@ pub fn run(a: DecodeArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Turns a [`llama_shape`] config into Qwen3-MoE's: every layer sparse, `experts` routed
+/// experts of width `expert_ffn`, softmax top-`top_k` renormalized; shared by `bench
+/// decode` and `gpu-check`'s MoE run.
+pub fn make_qwen3_moe(c: &mut ModelConfig, experts: usize, top_k: usize, expert_ffn: usize) {
+    c.architecture = Architecture::Qwen3Moe;
+    c.moe = Some(MoeConfig {
+        num_experts: experts,
+        top_k,
+        expert_intermediate: expert_ffn,
+        scoring: MoeScoring::Softmax,
+        renormalize: true,
+        routed_scale: 1.0,
+        correction_bias: false,
+        sparse_layers: vec![true; c.num_layers],
+        naming: MoeNaming::Qwen,
+        group_limit: None,
+    });
 }
 
 /// A Llama-shaped config (default RoPE, no biases, no sliding window) for benchmarks

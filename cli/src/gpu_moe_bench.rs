@@ -14,12 +14,12 @@
 //! one (it checks, it does not time).
 
 use anyhow::Result;
-use novastack_bench::decode::{llama_shape, synthetic_step, BLOCK};
+use novastack_bench::decode::{llama_shape, make_qwen3_moe, synthetic_step, BLOCK};
 use novastack_kernels::conformance::Check;
 use novastack_kernels::gpu::{Device, GpuBackend, DEVICE_GROUPING_ROWS};
-use novastack_kernels::{Backend, MoeScoring};
+use novastack_kernels::Backend;
 use novastack_models::random::RandomSource;
-use novastack_models::{Architecture, CausalLm, Llama, ModelConfig, MoeConfig, MoeNaming, QkNorm};
+use novastack_models::{CausalLm, Llama, ModelConfig, QkNorm};
 use std::time::Instant;
 
 /// The model's shape.
@@ -77,22 +77,10 @@ impl MoeShape {
             max_positions,
             false,
         );
-        c.architecture = Architecture::Qwen3Moe;
+        make_qwen3_moe(&mut c, self.experts, self.top_k, self.expert_ffn);
         c.head_dim = self.head_dim;
         c.rotary_dim = self.head_dim;
         c.qk_norm = QkNorm::PerHead;
-        c.moe = Some(MoeConfig {
-            num_experts: self.experts,
-            top_k: self.top_k,
-            expert_intermediate: self.expert_ffn,
-            scoring: MoeScoring::Softmax,
-            renormalize: true,
-            routed_scale: 1.0,
-            correction_bias: false,
-            sparse_layers: vec![true; self.layers],
-            naming: MoeNaming::Qwen,
-            group_limit: None,
-        });
         c
     }
 }

@@ -203,7 +203,8 @@ NS_KERNEL void moe_align(unsigned int* plan, unsigned long long* experts_read, c
 // The expert GEMM over a moe_align plan: block (b, c) computes, for the pairs in slots
 // b * NS_MOE_BM.. of its expert e, columns c * NS_MOE_BN.. of out[pair] = x[pair / a_div]
 // . w[e]^T (w is [experts, n, k], x rows are k wide, out rows n wide). Memory-bound at
-// decode sizes: a block reads its NS_MOE_BN rows of w[e] once for all of its pairs.
+// decode sizes (not yet timed): a block reads its NS_MOE_BN rows of w[e] once for its
+// (at most NS_MOE_BM) pairs, so an expert with more pairs is read once per block of them.
 // The pairs' input rows go through shared memory NS_MOE_KC values at a time; each warp
 // owns NS_MOE_BN / warps columns, its lanes stride k (reading w's rows coalesced), and a
 // warp sum finishes each (pair, column). Blocks past the used slots return at once.

@@ -258,7 +258,8 @@ pub trait Backend: Send + Sync {
     /// back, and each pair `p = t · top_k + j` of `plan` gets row `p` of `out`
     /// (`[pairs, n]`): its input row (token `t`'s row of `x` for [`MoeInput::Tokens`],
     /// row `p` for [`MoeInput::Pairs`]) times its expert's weight. Each expert's
-    /// weights are read once per step, whatever the batch.
+    /// weights are read once per step on the CPU, whatever the batch; a GPU's device
+    /// grouping reads them once per 8 of the expert's pairs.
     #[allow(clippy::too_many_arguments)]
     fn moe_matmul(
         &self,

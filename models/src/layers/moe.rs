@@ -8,7 +8,8 @@
 //! Expert weights are stored in checkpoints one tensor per expert and projection; they are
 //! packed at load into `[experts, 2 * inter, hidden]` (gate rows, then up rows, per
 //! expert) and `[experts, hidden, inter]`, the layout `Backend::moe_matmul` reads. Each
-//! expert's weights are read once per step whatever the batch, and a token's result
+//! expert's weights are read once per step whatever the batch (on the GPU's device
+//! grouping, once per 8 of its pairs), and a token's result
 //! depends only on that token (routing, GEMM rows and the combine are per row).
 
 use super::mlp::{GatedMlp, MlpScratch};
