@@ -694,9 +694,9 @@ mod tests {
         assert!(e.contains("hidden_size"), "{e}");
 
         let mut v = base();
-        v["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0});
+        v["rope_scaling"] = json!({"rope_type": "longrope", "factor": 4.0});
         let e = parse(v).unwrap_err().to_string();
-        assert!(e.contains("yarn") && e.contains("rope_scaling"), "{e}");
+        assert!(e.contains("longrope") && e.contains("rope_scaling"), "{e}");
 
         let mut v = base();
         v["num_key_value_heads"] = json!(3);
