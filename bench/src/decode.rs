@@ -187,6 +187,7 @@ pub fn run(a: DecodeArgs) -> Result<()> {
 pub fn make_qwen3_moe(c: &mut ModelConfig, experts: usize, top_k: usize, expert_ffn: usize) {
     c.architecture = Architecture::Qwen3Moe;
     c.moe = Some(MoeConfig {
+        shared_intermediate: None,
         num_experts: experts,
         top_k,
         expert_intermediate: expert_ffn,
@@ -214,6 +215,7 @@ pub fn llama_shape(
     tie_word_embeddings: bool,
 ) -> ModelConfig {
     ModelConfig {
+        mla: None,
         architecture: Architecture::Llama,
         hidden_size: hidden,
         intermediate_size: ffn,

@@ -17,7 +17,8 @@
 // wins), then lane 0 renormalizes (in selection order, as the host does) and scales.
 // With `groups` > 0 (DeepSeek-V3's group-limited selection, moe::group_mask on the host)
 // only the experts of the `top_groups` groups with the best top-2 sums of score + bias
-// stay in the running; the others' selection scores become 0, as in transformers.
+// stay in the running; the others' selection scores become -inf, as transformers' DeepSeek-V3
+// router masks them.
 // Writes ids[row * top_k + j] and weights[row * top_k + j].
 template <typename T>
 __device__ void moe_route_impl(unsigned int* ids, float* weights, const T* x, const T* gate, const T* bias,
@@ -88,7 +89,7 @@ __device__ void moe_route_impl(unsigned int* ids, float* weights, const T* x, co
     }
     ns_syncwarp();
     for (int i = lane; i < experts; i += NS_WARP)
-      if (!group_on[i / size]) choice[i] = 0.0f;
+      if (!group_on[i / size]) choice[i] = -NS_INF;
   }
   ns_syncwarp();
   for (int j = 0; j < top_k; ++j) {

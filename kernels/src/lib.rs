@@ -16,6 +16,7 @@ pub mod cpu;
 mod dtype;
 mod error;
 pub mod gpu;
+mod latent;
 pub mod moe;
 mod paged;
 mod shape;
@@ -31,6 +32,7 @@ pub mod sources {
         ("attention.hip", include_str!("../hip/attention.hip")),
         ("sampling.hip", include_str!("../hip/sampling.hip")),
         ("moe.hip", include_str!("../hip/moe.hip")),
+        ("latent.hip", include_str!("../hip/latent.hip")),
     ];
     pub const COMPAT_H: &str = include_str!("../hip/compat.h");
 }
@@ -39,6 +41,7 @@ pub use cpu::CpuBackend;
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use gpu::GraphPhase;
+pub use latent::{HeadLayout, LatentShape};
 pub use moe::{GroupLimit, MoeGroups, MoeInput, MoeRoute, MoeRouting, MoeScoring};
 pub use paged::{AttentionMetadata, KvCache, KvCacheConfig, SeqAttention};
 
@@ -182,6 +185,59 @@ pub trait Backend: Send + Sync {
         meta: &AttentionMetadata,
         scale: f32,
         sliding_window: Option<usize>,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Per-head GEMMs (multi-head latent attention's absorbed up-projections): for each
+    /// of `rows` rows and `heads` heads, the head's `k` values of `x` (at `layout`)
+    /// times head `h`'s `[n, k]` weight (group `h` of `w`), into `out`
+    /// `[rows, heads * n]`. Each output is the same in-order sum as [`Backend::matmul`]'s,
+    /// so a row's result does not depend on the batch.
+    #[allow(clippy::too_many_arguments)]
+    fn head_matmul(
+        &self,
+        x: &Self::Buf,
+        layout: HeadLayout,
+        rows: usize,
+        heads: usize,
+        w: &Self::Weight,
+        k: usize,
+        n: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Writes `cache.slot_len()` values from column `col_offset` of each token's row of
+    /// `src` (row stride `row_stride`) into `cache_buf` at `slot_mapping[i]`: the latent
+    /// cache's write (one buffer, no values); a [`PADDING_SLOT`] row writes nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn cache_rows(
+        &self,
+        src: &Self::Buf,
+        row_stride: usize,
+        col_offset: usize,
+        cache: &KvCacheConfig,
+        slot_mapping: &[u32],
+        cache_buf: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Causal multi-head latent attention over a latent cache (one slot per token:
+    /// `[latent (latent_dim) | roped shared key (rope_dim)]`, `cache.head_dim` wide):
+    /// query head `h` of each row scores key `t` as
+    /// `scale · (q_latent[h] · latent_t + q_rope[h] · rope_t)`, and its output
+    /// (`out` `[rows, heads * latent_dim]`) is the softmax-weighted sum of the latents.
+    /// `q_latent` is `[rows, heads * latent_dim]` (the query with the key up-projection
+    /// absorbed); the roped query parts sit at `rope`.
+    #[allow(clippy::too_many_arguments)]
+    fn latent_attention(
+        &self,
+        q_latent: &Self::Buf,
+        q_rope: &Self::Buf,
+        rope: HeadLayout,
+        shape: LatentShape,
+        cache: &KvCacheConfig,
+        latent_cache: &Self::Buf,
+        meta: &AttentionMetadata,
+        scale: f32,
         out: &mut Self::Buf,
     ) -> Result<()>;
 

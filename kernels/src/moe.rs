@@ -35,9 +35,9 @@ pub struct MoeRouting {
 /// DeepSeek-V3's group-limited selection (`topk_method: noaux_tc`, `n_group`,
 /// `topk_group`): the experts form `groups` equal groups of consecutive ids; a group's
 /// score is the sum of its two best selection scores (score + bias); only the experts
-/// of the `top_groups` best groups stay in the running, the others' selection scores
-/// becoming 0 (transformers masks them with 0, not -inf, so with a negative bias a
-/// masked expert can still be chosen, as there).
+/// of the `top_groups` best groups stay in the running; the others' selection scores
+/// become -inf, as transformers' DeepSeek-V3 router masks them (its DeepSeek-V2 router
+/// masks with 0, which under a negative bias lets a masked expert win).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupLimit {
     pub groups: usize,
@@ -171,7 +171,7 @@ pub fn route_rows(logits: &[f32], rows: usize, r: &MoeRouting, bias: Option<&[f3
             group_mask(&choice, limit, &mut keep);
             for (c, &k) in choice.iter_mut().zip(&keep) {
                 if !k {
-                    *c = 0.0;
+                    *c = f32::NEG_INFINITY;
                 }
             }
         }
@@ -374,13 +374,12 @@ mod tests {
         assert_eq!(got.experts, vec![2, 3]);
         let free = route_rows(&logits, 1, &routing(8, 2, MoeScoring::Sigmoid, true), None);
         assert_eq!(free.experts, vec![0, 2]);
-        // Masked experts' selection scores become 0, not -inf: under an all-negative
-        // bias they beat every kept expert (transformers' masked_fill(0.0)); the
-        // weights are still their scores.
+        // Masked experts' selection scores become -inf (transformers' DeepSeek-V3
+        // masked_fill): under an all-negative bias a kept expert still wins; the
+        // weights are the scores without the bias.
         let got = route_rows(&logits, 1, &r, Some(&[-1.0; 8]));
-        assert_eq!(got.experts, vec![0, 1]);
-        let (a, b) = (1.0 / (1.0 + (-3f32).exp()), 1.0 / (1.0 + 3f32.exp()));
-        assert!((got.weights[0] - a / (a + b)).abs() < 1e-6);
+        assert_eq!(got.experts, vec![2, 3]);
+        assert!((got.weights[0] - 0.5).abs() < 1e-6 && (got.weights[1] - 0.5).abs() < 1e-6);
     }
 
     #[test]

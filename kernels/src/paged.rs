@@ -76,19 +76,26 @@ impl AttentionMetadata {
         ensure(out_len >= num_tokens * num_heads * hd, OP, || {
             "out is shorter than the batch".into()
         })?;
+        self.validate_seqs(cache, OP)?;
+        Ok(num_tokens)
+    }
+
+    /// The per-sequence rules of [`AttentionMetadata::validate`] alone (rows in order,
+    /// blocks covering each context, block ids in range), for `op`. Returns the rows.
+    pub fn validate_seqs(&self, cache: &KvCacheConfig, op: &'static str) -> Result<usize> {
         let mut rows = 0;
         for (s, seq) in self.seqs.iter().enumerate() {
-            ensure(seq.query_start == rows, OP, || {
+            ensure(seq.query_start == rows, op, || {
                 format!(
                     "sequence {s} starts at row {} (expected {})",
                     seq.query_start, rows
                 )
             })?;
-            ensure(seq.num_queries <= seq.context_len, OP, || {
+            ensure(seq.num_queries <= seq.context_len, op, || {
                 format!("sequence {s} has more queries than context")
             })?;
             let need = seq.context_len.div_ceil(cache.block_size);
-            ensure(seq.block_table.len() >= need, OP, || {
+            ensure(seq.block_table.len() >= need, op, || {
                 format!(
                     "sequence {s} has {} blocks, needs {need}",
                     seq.block_table.len()
@@ -99,18 +106,20 @@ impl AttentionMetadata {
                 .find(|&&b| b as usize >= cache.num_blocks)
             {
                 return Err(Error::OutOfRange {
-                    op: OP,
+                    op,
                     index: b as usize,
                     limit: cache.num_blocks,
                 });
             }
             rows += seq.num_queries;
         }
-        Ok(num_tokens)
+        Ok(rows)
     }
 }
 
-/// One model's paged KV cache on a backend: a key and a value buffer per layer.
+/// One model's paged KV cache on a backend: a key and a value buffer per layer. A
+/// latent cache (multi-head latent attention) keeps everything in the key buffer: one
+/// slot per token of `[latent | roped key]`, and an empty value buffer.
 pub struct KvCache<B: crate::Backend> {
     pub config: KvCacheConfig,
     pub layers: Vec<(B::Buf, B::Buf)>,
@@ -125,6 +134,15 @@ impl<B: crate::Backend> KvCache<B> {
                     backend.zeros(config.layer_len())?,
                 ))
             })
+            .collect::<crate::Result<_>>()?;
+        Ok(KvCache { config, layers })
+    }
+
+    /// A cache of one buffer per layer (`config.layer_len()` values) and no values: the
+    /// latent cache of multi-head latent attention.
+    pub fn keys_only(backend: &B, config: KvCacheConfig, num_layers: usize) -> crate::Result<Self> {
+        let layers = (0..num_layers)
+            .map(|_| Ok((backend.zeros(config.layer_len())?, backend.zeros(0)?)))
             .collect::<crate::Result<_>>()?;
         Ok(KvCache { config, layers })
     }

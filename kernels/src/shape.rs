@@ -43,3 +43,15 @@ pub(crate) fn kv_in_row(row_stride: usize, k_offset: usize, slot_len: usize) -> 
         || "k and v overrun the row".into(),
     )
 }
+
+/// `len` values from `col_offset` fit in a row of `row_stride` (cache_rows's rule).
+pub(crate) fn row_in_row(
+    op: &'static str,
+    row_stride: usize,
+    col_offset: usize,
+    len: usize,
+) -> Result<()> {
+    ensure(col_offset + len <= row_stride, op, || {
+        format!("{len} values from column {col_offset} overrun a row of {row_stride}")
+    })
+}

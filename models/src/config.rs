@@ -18,10 +18,12 @@ pub enum Architecture {
     Qwen3Moe,
     Mixtral,
     MiniMaxM2,
+    /// DeepSeek-V3 and Kimi-K2 (`model_type` `kimi_k2`): multi-head latent attention.
+    DeepseekV3,
 }
 
 impl Architecture {
-    const ALL: [(&'static str, Architecture); 7] = [
+    const ALL: [(&'static str, Architecture); 8] = [
         ("LlamaForCausalLM", Architecture::Llama),
         ("Qwen2ForCausalLM", Architecture::Qwen2),
         ("Qwen3ForCausalLM", Architecture::Qwen3),
@@ -29,6 +31,7 @@ impl Architecture {
         ("Qwen3MoeForCausalLM", Architecture::Qwen3Moe),
         ("MixtralForCausalLM", Architecture::Mixtral),
         ("MiniMaxM2ForCausalLM", Architecture::MiniMaxM2),
+        ("DeepseekV3ForCausalLM", Architecture::DeepseekV3),
     ];
 
     pub fn from_hf_name(name: &str) -> Option<Self> {
@@ -94,6 +97,10 @@ pub enum MoeNaming {
     /// `block_sparse_moe.gate.weight`, `block_sparse_moe.experts.{e}.{w1,w3,w2}.weight`
     /// (Mixtral, MiniMax-M2; gate, up, down), plus `block_sparse_moe.e_score_correction_bias`.
     BlockSparse,
+    /// As [`MoeNaming::Qwen`], with the selection bias at
+    /// `mlp.gate.e_score_correction_bias` and the shared experts at
+    /// `mlp.shared_experts.{gate,up,down}_proj.weight` (DeepSeek-V3).
+    DeepSeek,
 }
 
 /// The mixture-of-experts part of a config.
@@ -116,6 +123,40 @@ pub struct MoeConfig {
     /// DeepSeek-V3's group-limited selection (`n_group`, `topk_group`), where the
     /// router has it.
     pub group_limit: Option<GroupLimit>,
+    /// Width of the always-on shared experts' MLP (DeepSeek's `n_shared_experts` x
+    /// `moe_intermediate_size`), where the layer has them.
+    pub shared_intermediate: Option<usize>,
+}
+
+/// Multi-head latent attention (DeepSeek-V2/V3, Kimi-K2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlaConfig {
+    /// The query's low-rank width (`q_a_proj`, `q_a_layernorm`, `q_b_proj`), or `None`
+    /// for a plain `q_proj`.
+    pub q_lora_rank: Option<usize>,
+    /// The cached latent's width.
+    pub kv_lora_rank: usize,
+    pub qk_nope_head_dim: usize,
+    /// The roped part of each query head and of the shared key (`head_dim` too).
+    pub qk_rope_head_dim: usize,
+    pub v_head_dim: usize,
+    /// The checkpoint stores the roped dimensions in interleaved pairs.
+    pub rope_interleave: bool,
+    /// The softmax scale: `(nope + rope)^-1/2`, times `mscale(factor, mscale_all_dim)²`
+    /// under YaRN.
+    pub softmax_scale: f32,
+}
+
+impl MlaConfig {
+    /// Width of a query (and key) head.
+    pub fn qk_head_dim(&self) -> usize {
+        self.qk_nope_head_dim + self.qk_rope_head_dim
+    }
+
+    /// One latent-cache slot: the latent, then the roped shared key.
+    pub fn slot_dim(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope_head_dim
+    }
 }
 
 /// Everything the decoder needs, resolved and validated.
@@ -145,6 +186,8 @@ pub struct ModelConfig {
     pub rotary_dim: usize,
     /// The experts, for a mixture-of-experts family.
     pub moe: Option<MoeConfig>,
+    /// Multi-head latent attention, in place of grouped-query attention.
+    pub mla: Option<MlaConfig>,
     /// Sliding attention window per layer (`None` = full attention).
     pub sliding_window: Vec<Option<usize>>,
     pub dtype: Option<Dtype>,
@@ -194,6 +237,32 @@ struct RawConfig {
     routed_scaling_factor: Option<f64>,
     scoring_func: Option<String>,
     use_routing_bias: Option<bool>,
+    // DeepSeek-V3 / Kimi-K2.
+    n_routed_experts: Option<usize>,
+    n_shared_experts: Option<usize>,
+    n_group: Option<usize>,
+    topk_group: Option<usize>,
+    topk_method: Option<String>,
+    first_k_dense_replace: Option<usize>,
+    /// Absent (`None`: transformers' default 1536) or given (`Some`, null included).
+    #[serde(default, deserialize_with = "present")]
+    q_lora_rank: Option<Option<usize>>,
+    kv_lora_rank: Option<usize>,
+    qk_nope_head_dim: Option<usize>,
+    qk_rope_head_dim: Option<usize>,
+    v_head_dim: Option<usize>,
+    rope_interleave: Option<bool>,
+    quantization_config: Option<Value>,
+}
+
+/// A field that may be null: `Some(None)` when given as null, `None` (the default)
+/// when absent.
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Token ids given as an int, a list of ints, or null.
@@ -245,15 +314,29 @@ impl ModelConfig {
                 ));
             }
         }
+        if raw.quantization_config.is_some() {
+            return Err(err(
+                "quantization_config",
+                "quantized checkpoints are not supported yet (use a bf16 or f32 export)".into(),
+            ));
+        }
         let num_heads = raw.num_attention_heads;
-        let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
+        // Latent attention has no kv heads of its own: every query head reads the latent.
+        let num_kv_heads = if architecture == Architecture::DeepseekV3 {
+            num_heads
+        } else {
+            raw.num_key_value_heads.unwrap_or(num_heads)
+        };
         if num_heads == 0 || num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
             return Err(err(
                 "num_key_value_heads",
                 format!("{num_kv_heads} does not divide num_attention_heads {num_heads}"),
             ));
         }
+        let mla = mla_config(&raw, architecture).map_err(|(field, msg)| err(field, msg))?;
         let head_dim = match raw.head_dim {
+            // transformers: a DeepSeek-V3 config's head_dim is its rope width.
+            _ if mla.is_some() => mla.as_ref().map_or(0, |m| m.qk_rope_head_dim),
             Some(d) => d,
             None if raw.hidden_size.is_multiple_of(num_heads) => raw.hidden_size / num_heads,
             None => {
@@ -280,6 +363,19 @@ impl ModelConfig {
             }
         }
         let (rope_theta, rope_scaling) = parse_rope(&raw, path)?;
+        let mla = mla.map(|mut m| {
+            // transformers' yarn_apply_mscale: any rope type but the default, with a
+            // nonzero mscale_all_dim, scales the softmax by mscale(factor, all)².
+            if let Some((factor, all)) = yarn_mscale_all_dim(&raw, &rope_scaling) {
+                let ms = if factor <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * all * factor.ln() + 1.0
+                };
+                m.softmax_scale = (m.softmax_scale as f64 * ms * ms) as f32;
+            }
+            m
+        });
         let sliding_window = sliding_windows(&raw, architecture);
         let rotary_dim = rotary_dim(&raw, head_dim).map_err(|(field, msg)| err(field, msg))?;
         let moe = moe_config(&raw, architecture).map_err(|(field, msg)| err(field, msg))?;
@@ -309,6 +405,7 @@ impl ModelConfig {
             qk_norm,
             rotary_dim,
             moe,
+            mla,
             sliding_window,
             dtype: dtype_str.and_then(Dtype::parse),
             bos_token_id: raw
@@ -389,6 +486,17 @@ fn moe_config(
                 MoeNaming::BlockSparse,
             )
         }
+        Architecture::DeepseekV3 => (
+            raw.n_routed_experts
+                .or(raw.num_local_experts)
+                .unwrap_or(256),
+            raw.num_experts_per_tok.unwrap_or(8),
+            raw.moe_intermediate_size.unwrap_or(2048),
+            MoeScoring::Sigmoid,
+            raw.norm_topk_prob.unwrap_or(true),
+            true,
+            MoeNaming::DeepSeek,
+        ),
         _ => return Ok(None),
     };
     let field = if raw.num_experts.is_some() {
@@ -431,7 +539,21 @@ fn moe_config(
                 .map(|i| !dense.contains(&i) && (i + 1) % step == 0)
                 .collect()
         }
+        Architecture::DeepseekV3 => {
+            let k = raw.first_k_dense_replace.unwrap_or(3);
+            (0..n).map(|i| i >= k).collect()
+        }
         _ => vec![true; n],
+    };
+    let (group_limit, shared_intermediate) = match arch {
+        Architecture::DeepseekV3 => (
+            deepseek_groups(raw, experts, top_k)?,
+            match raw.n_shared_experts.unwrap_or(1) {
+                0 => None,
+                s => Some(s * width),
+            },
+        ),
+        _ => (None, None),
     };
     Ok(Some(MoeConfig {
         num_experts: experts,
@@ -443,8 +565,115 @@ fn moe_config(
         correction_bias: bias,
         sparse_layers,
         naming,
-        group_limit: None,
+        group_limit,
+        shared_intermediate,
     }))
+}
+
+/// DeepSeek-V3's expert groups: `n_group` groups of which the best `topk_group` stay
+/// (`topk_method: noaux_tc`); none for a config without groups or with one group.
+fn deepseek_groups(
+    raw: &RawConfig,
+    experts: usize,
+    top_k: usize,
+) -> std::result::Result<Option<GroupLimit>, (&'static str, String)> {
+    if let Some(m) = raw.topk_method.as_deref().filter(|m| *m != "noaux_tc") {
+        return Err((
+            "topk_method",
+            format!("{m:?} is not supported for DeepSeek-V3 (noaux_tc)"),
+        ));
+    }
+    let groups = raw.n_group.unwrap_or(8);
+    let top_groups = raw.topk_group.unwrap_or(4);
+    if groups <= 1 {
+        return Ok(None);
+    }
+    if !experts.is_multiple_of(groups) || experts / groups < 2 {
+        return Err((
+            "n_group",
+            format!("{groups} groups must split {experts} experts into groups of 2 or more"),
+        ));
+    }
+    if top_groups == 0 || top_groups > groups || top_groups * (experts / groups) < top_k {
+        return Err((
+            "topk_group",
+            format!(
+                "{top_groups} of {groups} groups must hold num_experts_per_tok {top_k} experts"
+            ),
+        ));
+    }
+    Ok(Some(GroupLimit { groups, top_groups }))
+}
+
+/// The latent attention of a DeepSeek-V3 config, with transformers' defaults.
+fn mla_config(
+    raw: &RawConfig,
+    arch: Architecture,
+) -> std::result::Result<Option<MlaConfig>, (&'static str, String)> {
+    if arch != Architecture::DeepseekV3 {
+        return Ok(None);
+    }
+    if raw.attention_bias.unwrap_or(false) {
+        return Err((
+            "attention_bias",
+            "latent attention with projection biases is not supported".into(),
+        ));
+    }
+    // q_lora_rank: absent means transformers' default 1536; null means a plain q_proj.
+    let q_lora_rank = match raw.q_lora_rank {
+        None => Some(1536),
+        Some(Some(0)) => return Err(("q_lora_rank", "must be positive or null".into())),
+        Some(r) => r,
+    };
+    let m = MlaConfig {
+        q_lora_rank,
+        kv_lora_rank: raw.kv_lora_rank.unwrap_or(512),
+        qk_nope_head_dim: raw.qk_nope_head_dim.unwrap_or(128),
+        qk_rope_head_dim: raw.qk_rope_head_dim.unwrap_or(64),
+        v_head_dim: raw.v_head_dim.unwrap_or(128),
+        rope_interleave: raw.rope_interleave.unwrap_or(true),
+        softmax_scale: 0.0,
+    };
+    for (field, v) in [
+        ("kv_lora_rank", m.kv_lora_rank),
+        ("qk_rope_head_dim", m.qk_rope_head_dim),
+        ("v_head_dim", m.v_head_dim),
+    ] {
+        if v == 0 {
+            return Err((field, "must be positive".into()));
+        }
+    }
+    if m.qk_rope_head_dim % 2 != 0 {
+        return Err((
+            "qk_rope_head_dim",
+            format!("{} must be even", m.qk_rope_head_dim),
+        ));
+    }
+    Ok(Some(MlaConfig {
+        softmax_scale: (1.0 / (m.qk_head_dim() as f64).sqrt()) as f32,
+        ..m
+    }))
+}
+
+/// `(factor, mscale_all_dim)` where transformers scales latent attention's softmax:
+/// a rope type other than the default with a nonzero `mscale_all_dim`.
+fn yarn_mscale_all_dim(raw: &RawConfig, scaling: &RopeScaling) -> Option<(f64, f64)> {
+    let params = raw
+        .rope_parameters
+        .as_ref()
+        .or(raw.rope_scaling.as_ref())
+        .filter(|v| v.is_object())?;
+    let all = params
+        .get("mscale_all_dim")
+        .and_then(Value::as_f64)
+        .filter(|m| *m != 0.0)?;
+    let factor = match scaling {
+        RopeScaling::None => return None,
+        RopeScaling::Linear { factor }
+        | RopeScaling::Llama3 { factor, .. }
+        | RopeScaling::Yarn { factor, .. } => *factor as f64,
+    };
+    Some((factor, all))
 }
 
 fn parse_rope(raw: &RawConfig, path: &Path) -> Result<(f32, RopeScaling)> {

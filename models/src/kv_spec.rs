@@ -7,7 +7,8 @@ use novastack_kernels::Dtype;
 use novastack_kernels::{Backend, KvCache, KvCacheConfig};
 
 /// One layer's cache entry per token: `num_kv_heads` key rows and as many value rows of
-/// `head_dim` values each.
+/// `head_dim` values each, or (`latent`) one row of `head_dim` values and no values:
+/// multi-head latent attention's `[latent | roped shared key]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerKvSpec {
     pub num_kv_heads: usize,
@@ -15,6 +16,8 @@ pub struct LayerKvSpec {
     /// The cache's element type; `None` = the backend's storage type (every family
     /// today: the cache is stored like the activations).
     pub dtype: Option<Dtype>,
+    /// One latent row per token instead of keys and values.
+    pub latent: bool,
 }
 
 impl LayerKvSpec {
@@ -24,12 +27,24 @@ impl LayerKvSpec {
             num_kv_heads,
             head_dim,
             dtype: None,
+            latent: false,
         }
     }
 
-    /// Values cached per token (keys and values).
+    /// One latent slot of `dim` values per token (multi-head latent attention).
+    pub fn latent(dim: usize) -> Self {
+        LayerKvSpec {
+            num_kv_heads: 1,
+            head_dim: dim,
+            dtype: None,
+            latent: true,
+        }
+    }
+
+    /// Values cached per token (keys and values, or the latent slot).
     pub fn values_per_token(&self) -> usize {
-        2 * self.num_kv_heads * self.head_dim
+        let rows = if self.latent { 1 } else { 2 };
+        rows * self.num_kv_heads * self.head_dim
     }
 
     /// Bytes per token when the backend stores `storage`.
@@ -66,7 +81,7 @@ impl KvCacheSpec {
             .unwrap_or(LayerKvSpec::key_value(0, 0));
         if self.layers.iter().any(|l| *l != first) || first.dtype.is_some() {
             return Err(Error::Invalid(format!(
-                "KV cache: the backend's paged cache needs one key/value shape in its storage type for all layers, got {:?}",
+                "KV cache: the backend's paged cache needs one shape in its storage type for all layers, got {:?}",
                 self.layers
             )));
         }
@@ -76,7 +91,22 @@ impl KvCacheSpec {
             num_kv_heads: first.num_kv_heads,
             head_dim: first.head_dim,
         };
-        Ok(KvCache::new(backend, cfg, self.layers.len())?)
+        Ok(if first.latent {
+            KvCache::keys_only(backend, cfg, self.layers.len())?
+        } else {
+            KvCache::new(backend, cfg, self.layers.len())?
+        })
+    }
+
+    /// The cache shape every layer shares (the first layer's), as
+    /// [`KvCacheSpec::allocate`] lays it out for `num_blocks` blocks of `block_size`.
+    pub fn config(&self, num_blocks: usize, block_size: usize) -> Option<KvCacheConfig> {
+        self.layers.first().map(|l| KvCacheConfig {
+            num_blocks,
+            block_size,
+            num_kv_heads: l.num_kv_heads,
+            head_dim: l.head_dim,
+        })
     }
 }
 
@@ -111,5 +141,21 @@ mod tests {
         assert_eq!(kv.layers.len(), 3);
         assert_eq!(kv.config.slot_len(), 16);
         assert_eq!(kv.config.num_slots(), 64);
+    }
+
+    #[test]
+    fn a_latent_cache_is_one_buffer_of_slots_per_layer() {
+        // DeepSeek-V3: latent 512 + rope 64 per token and layer.
+        let spec = KvCacheSpec {
+            layers: vec![LayerKvSpec::latent(576); 2],
+        };
+        assert_eq!(spec.bytes_per_token(Dtype::Bf16), 2 * 576 * 2);
+        let kv = spec.allocate(&CpuBackend::new(), 4, 16).unwrap();
+        for (k, v) in &kv.layers {
+            assert_eq!((k.len(), v.len()), (4 * 16 * 576, 0));
+        }
+        // What the allocator holds is what the spec says.
+        let held: usize = kv.layers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert_eq!(held * 4, spec.bytes_per_token(Dtype::F32) * 4 * 16);
     }
 }

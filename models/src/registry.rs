@@ -55,6 +55,7 @@ pub fn families<B: Backend + 'static>() -> Vec<Family<B>> {
         arch::qwen3_moe::family(),
         arch::mixtral::family(),
         arch::minimax_m2::family(),
+        arch::deepseek_v3::family(),
     ]
 }
 

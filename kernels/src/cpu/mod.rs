@@ -6,6 +6,7 @@
 //! reduction order depends only on `k` (see `matmul.rs`).
 
 mod attention;
+mod latent;
 mod matmul;
 mod moe;
 mod simd;
@@ -31,7 +32,9 @@ impl SendPtr {
 
 use crate::error::ensure;
 use crate::shape;
-use crate::{AttentionMetadata, Backend, Dtype, Error, KvCacheConfig, Result};
+use crate::{
+    AttentionMetadata, Backend, Dtype, Error, HeadLayout, KvCacheConfig, LatentShape, Result,
+};
 use crate::{MoeInput, MoeRoute, MoeRouting};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -320,6 +323,57 @@ impl Backend for CpuBackend {
             meta,
             scale,
             sliding_window,
+            out,
+        )
+    }
+
+    fn head_matmul(
+        &self,
+        x: &Vec<f32>,
+        layout: HeadLayout,
+        rows: usize,
+        heads: usize,
+        w: &CpuWeight,
+        k: usize,
+        n: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        latent::head_matmul(x, layout, rows, heads, w, k, n, out)
+    }
+
+    fn cache_rows(
+        &self,
+        src: &Vec<f32>,
+        row_stride: usize,
+        col_offset: usize,
+        cache: &KvCacheConfig,
+        slot_mapping: &[u32],
+        cache_buf: &mut Vec<f32>,
+    ) -> Result<()> {
+        latent::cache_rows(src, row_stride, col_offset, cache, slot_mapping, cache_buf)
+    }
+
+    fn latent_attention(
+        &self,
+        q_latent: &Vec<f32>,
+        q_rope: &Vec<f32>,
+        rope: HeadLayout,
+        shape: LatentShape,
+        cache: &KvCacheConfig,
+        latent_cache: &Vec<f32>,
+        meta: &AttentionMetadata,
+        scale: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        latent::latent_attention(
+            q_latent,
+            q_rope,
+            rope,
+            shape,
+            cache,
+            latent_cache,
+            meta,
+            scale,
             out,
         )
     }

@@ -35,7 +35,8 @@ pub use crate::Dtype;
 use self::graph::Graphs;
 use self::launch::{Scratch, UploadCache};
 use crate::{
-    AttentionMetadata, Backend, Error, KvCacheConfig, MoeInput, MoeRoute, MoeRouting, Result,
+    AttentionMetadata, Backend, Error, HeadLayout, KvCacheConfig, LatentShape, MoeInput, MoeRoute,
+    MoeRouting, Result,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -335,6 +336,66 @@ impl<D: Device> Backend for GpuBackend<D> {
             meta,
             scale,
             sliding_window,
+            out,
+        )
+    }
+
+    fn head_matmul(
+        &self,
+        x: &GpuBuf<D>,
+        layout: HeadLayout,
+        rows: usize,
+        heads: usize,
+        w: &GpuBuf<D>,
+        k: usize,
+        n: usize,
+        out: &mut GpuBuf<D>,
+    ) -> Result<()> {
+        ops::latent::head_matmul(self, x, layout, rows, heads, w, k, n, out)
+    }
+
+    fn cache_rows(
+        &self,
+        src: &GpuBuf<D>,
+        row_stride: usize,
+        col_offset: usize,
+        cache: &KvCacheConfig,
+        slot_mapping: &[u32],
+        cache_buf: &mut GpuBuf<D>,
+    ) -> Result<()> {
+        ops::latent::cache_rows(
+            self,
+            src,
+            row_stride,
+            col_offset,
+            cache,
+            slot_mapping,
+            cache_buf,
+        )
+    }
+
+    fn latent_attention(
+        &self,
+        q_latent: &GpuBuf<D>,
+        q_rope: &GpuBuf<D>,
+        rope: HeadLayout,
+        shape: LatentShape,
+        cache: &KvCacheConfig,
+        latent_cache: &GpuBuf<D>,
+        meta: &AttentionMetadata,
+        scale: f32,
+        out: &mut GpuBuf<D>,
+    ) -> Result<()> {
+        ops::latent::latent_attention(
+            self,
+            q_latent,
+            q_rope,
+            rope,
+            shape,
+            cache,
+            latent_cache,
+            meta,
+            scale,
             out,
         )
     }

@@ -15,6 +15,7 @@ use crate::kv_spec::KvCacheSpec;
 use crate::layers::attention::{
     Attention, AttentionOptions, AttentionScratch, AttentionShape, KvLayer,
 };
+use crate::layers::latent_attention::{LatentAttention, LatentAttentionShape, LatentScratch};
 use crate::layers::mlp::{GatedMlp, MlpScratch};
 use crate::layers::moe::{MoeScratch, MoeShape, SparseMoe};
 use crate::layers::norm::RmsNorm;
@@ -73,9 +74,24 @@ enum FeedForward<B: Backend> {
     Sparse(SparseMoe<B>),
 }
 
+/// A block's attention: grouped-query over keys and values, or latent (DeepSeek-V3).
+enum SelfAttention<B: Backend> {
+    Gqa(Attention<B>),
+    Latent(LatentAttention<B>),
+}
+
+impl<B: Backend> SelfAttention<B> {
+    fn kv_spec(&self) -> crate::kv_spec::LayerKvSpec {
+        match self {
+            SelfAttention::Gqa(a) => a.kv_spec(),
+            SelfAttention::Latent(a) => a.kv_spec(),
+        }
+    }
+}
+
 struct Block<B: Backend> {
     input_norm: RmsNorm<B>,
-    attn: Attention<B>,
+    attn: SelfAttention<B>,
     post_norm: RmsNorm<B>,
     ffn: FeedForward<B>,
 }
@@ -123,6 +139,18 @@ impl ParamCount {
             shared += v * h;
         }
         let mut attn = (q + 2 * kv) * h + q * h + 2 * h;
+        if let Some(m) = &c.mla {
+            let (heads, r) = (c.num_heads as u64, m.kv_lora_rank as u64);
+            let q_dim = heads * m.qk_head_dim() as u64;
+            let q_params = match m.q_lora_rank {
+                Some(ql) => ql as u64 * (h + 1 + q_dim),
+                None => q_dim * h,
+            };
+            let kv_params = (r + m.qk_rope_head_dim as u64) * h
+                + r
+                + heads * (m.qk_nope_head_dim + m.v_head_dim) as u64 * r;
+            attn = q_params + kv_params + heads * m.v_head_dim as u64 * h + 2 * h;
+        }
         if c.qkv_bias {
             attn += q + 2 * kv;
         }
@@ -144,6 +172,7 @@ impl ParamCount {
                     let e = m.num_experts as u64;
                     per_expert = 3 * h * m.expert_intermediate as u64;
                     shared += e * h + if m.correction_bias { e } else { 0 };
+                    shared += m.shared_intermediate.map_or(0, |si| 3 * h * si as u64);
                     routed += e * per_expert;
                     active_experts += m.top_k as u64;
                 }
@@ -165,7 +194,10 @@ struct Activations<B: Backend> {
     /// The residual stream.
     x: B::Buf,
     normed: B::Buf,
-    attn: AttentionScratch<B>,
+    /// Only with grouped-query attention.
+    attn: Option<AttentionScratch<B>>,
+    /// Only with latent attention.
+    latent: Option<LatentScratch<B>>,
     proj: B::Buf,
     /// Only with a dense layer.
     mlp: Option<MlpScratch<B>>,
@@ -182,7 +214,14 @@ impl<B: Backend> Activations<B> {
         Ok(Activations {
             x: b.zeros(n * h)?,
             normed: b.zeros(n * h)?,
-            attn: attention_shape(c).scratch(b, n)?,
+            attn: match c.mla {
+                None => Some(attention_shape(c).scratch(b, n)?),
+                Some(_) => None,
+            },
+            latent: match latent_shape(c) {
+                Some(l) => Some(l.scratch(b, n)?),
+                None => None,
+            },
             proj: b.zeros(n * h)?,
             mlp: if has_dense_layer(c) {
                 Some(MlpScratch::new(b, n, c.intermediate_size)?)
@@ -220,9 +259,20 @@ impl<B: Backend> Llama<B> {
                 norm_eps: eps,
                 sliding_window: c.sliding_window.get(i).copied().flatten(),
             };
+            let attn = match latent_shape(c) {
+                Some(l) => SelfAttention::Latent(LatentAttention::load(
+                    &w,
+                    &format!("{p}.self_attn"),
+                    l,
+                    eps,
+                )?),
+                None => {
+                    SelfAttention::Gqa(Attention::load(&w, &format!("{p}.self_attn"), shape, opts)?)
+                }
+            };
             layers.push(Block {
                 input_norm: RmsNorm::load(&w, &format!("{p}.input_layernorm.weight"), h, eps)?,
-                attn: Attention::load(&w, &format!("{p}.self_attn"), shape, opts)?,
+                attn,
                 post_norm: RmsNorm::load(
                     &w,
                     &format!("{p}.post_attention_layernorm.weight"),
@@ -232,7 +282,7 @@ impl<B: Backend> Llama<B> {
                 ffn: match &c.moe {
                     Some(m) if m.sparse_layers[i] => {
                         let prefix = match m.naming {
-                            MoeNaming::Qwen => format!("{p}.mlp"),
+                            MoeNaming::Qwen | MoeNaming::DeepSeek => format!("{p}.mlp"),
                             MoeNaming::BlockSparse => format!("{p}.block_sparse_moe"),
                         };
                         FeedForward::Sparse(SparseMoe::load(&w, &prefix, h, m)?)
@@ -325,10 +375,10 @@ impl<B: Backend> Llama<B> {
                 input.attention.num_tokens()
             )));
         }
-        if kv.layers.len() != c.num_layers
-            || kv.config.head_dim != c.head_dim
-            || kv.config.num_kv_heads != c.num_kv_heads
-        {
+        let want = self
+            .kv_cache_spec()
+            .config(kv.config.num_blocks, kv.config.block_size);
+        if kv.layers.len() != c.num_layers || want != Some(kv.config) {
             return Err(Error::Invalid(
                 "forward: KV cache does not match the model".into(),
             ));
@@ -384,6 +434,7 @@ impl<B: Backend> Llama<B> {
             x,
             normed,
             attn,
+            latent,
             proj,
             mlp,
             moe,
@@ -395,14 +446,20 @@ impl<B: Backend> Llama<B> {
         let kv_config = kv.config;
         for (layer, (kc, vc)) in self.layers.iter().zip(kv.layers.iter_mut()) {
             layer.input_norm.forward(b, x, n, normed)?;
-            let cache = KvLayer {
-                config: &kv_config,
-                key: kc,
-                value: vc,
-            };
-            layer
-                .attn
-                .forward(&pass, &self.rope, normed, cache, attn, proj)?;
+            match (&layer.attn, attn.as_mut(), latent.as_mut()) {
+                (SelfAttention::Gqa(a), Some(s), _) => {
+                    let cache = KvLayer {
+                        config: &kv_config,
+                        key: kc,
+                        value: vc,
+                    };
+                    a.forward(&pass, &self.rope, normed, cache, s, proj)?
+                }
+                (SelfAttention::Latent(a), _, Some(s)) => {
+                    a.forward(&pass, &self.rope, normed, &kv_config, kc, s, proj)?
+                }
+                _ => return Err(Error::Invalid("forward: no scratch for a layer".into())),
+            }
             layer.post_norm.add_forward(b, x, proj, n, normed)?;
             match (&layer.ffn, mlp.as_mut(), moe.as_mut()) {
                 (FeedForward::Dense(m), Some(s), _) => m.forward(&pass, normed, s, proj)?,
@@ -425,6 +482,14 @@ fn has_dense_layer(c: &ModelConfig) -> bool {
     c.moe
         .as_ref()
         .is_none_or(|m| m.sparse_layers.iter().any(|s| !s))
+}
+
+fn latent_shape(c: &ModelConfig) -> Option<LatentAttentionShape> {
+    c.mla.as_ref().map(|m| LatentAttentionShape {
+        hidden: c.hidden_size,
+        heads: c.num_heads,
+        mla: m.clone(),
+    })
 }
 
 fn attention_shape(c: &ModelConfig) -> AttentionShape {

@@ -2,6 +2,7 @@
 //! named, and its [`crate::registry::Family`] entry. The mixture-of-experts families
 //! share the Llama-style decoder (`llama.rs`); their files hold what is theirs.
 
+pub mod deepseek_v3;
 pub mod llama;
 pub mod minimax_m2;
 pub mod mixtral;

@@ -127,6 +127,7 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
         _ => QkNorm::None,
     };
     Ok(ModelConfig {
+        mla: None,
         architecture,
         hidden_size: hidden,
         intermediate_size: req_u(file, &k("feed_forward_length"))?,
@@ -206,6 +207,7 @@ fn moe_from_gguf(
         .filter(|s| *s > 0.0)
         .unwrap_or(1.0) as f32;
     Ok(MoeConfig {
+        shared_intermediate: None,
         num_experts,
         top_k,
         expert_intermediate,

@@ -7,6 +7,7 @@
 //! and hands them to every layer of that kind.
 
 pub mod attention;
+pub mod latent_attention;
 pub mod mlp;
 pub mod moe;
 pub mod norm;

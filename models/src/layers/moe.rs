@@ -44,7 +44,7 @@ impl MoeShape {
             num_experts: c.num_experts,
             top_k: c.top_k,
             expert_intermediate: c.expert_intermediate,
-            shared_intermediate: None,
+            shared_intermediate: c.shared_intermediate,
         }
     }
 
@@ -83,7 +83,7 @@ impl<B: Backend> SparseMoe<B> {
     pub fn load(w: &Weights<'_, B>, prefix: &str, hidden: usize, c: &MoeConfig) -> Result<Self> {
         let (e, i, h) = (c.num_experts, c.expert_intermediate, hidden);
         let (gate_name, up_name, down_name) = match c.naming {
-            MoeNaming::Qwen => ("gate_proj", "up_proj", "down_proj"),
+            MoeNaming::Qwen | MoeNaming::DeepSeek => ("gate_proj", "up_proj", "down_proj"),
             MoeNaming::BlockSparse => ("w1", "w3", "w2"),
         };
         let expert = |x: usize, proj: &str| format!("{prefix}.experts.{x}.{proj}.weight");
@@ -110,7 +110,10 @@ impl<B: Backend> SparseMoe<B> {
         };
         // transformers keeps the bias as a buffer and starts it at zero when a checkpoint
         // has none: read it where the checkpoint has it.
-        let bias_name = format!("{prefix}.e_score_correction_bias");
+        let bias_name = match c.naming {
+            MoeNaming::DeepSeek => format!("{prefix}.gate.e_score_correction_bias"),
+            _ => format!("{prefix}.e_score_correction_bias"),
+        };
         let bias = if c.correction_bias && w.source.contains(&bias_name) {
             Some(w.get(&bias_name, &[e])?)
         } else {
@@ -130,7 +133,16 @@ impl<B: Backend> SparseMoe<B> {
             bias,
             gate_up: w.upload_matrix(&gate_up, e, 2 * i, h)?,
             down: w.upload_matrix(&down, e, h, i)?,
-            shared: None,
+            shared: match c.shared_intermediate {
+                Some(si) => Some(GatedMlp::load(
+                    w,
+                    &format!("{prefix}.shared_experts"),
+                    h,
+                    si,
+                    false,
+                )?),
+                None => None,
+            },
         })
     }
 
@@ -207,6 +219,7 @@ mod tests {
             sparse_layers: vec![true],
             naming: MoeNaming::Qwen,
             group_limit: None,
+            shared_intermediate: None,
         }
     }
 

@@ -7,6 +7,7 @@
 pub(super) mod attention;
 pub(super) mod cache;
 pub(super) mod elementwise;
+pub(super) mod latent;
 pub(super) mod matmul;
 pub(super) mod moe;
 pub(super) mod norm;
@@ -25,6 +26,7 @@ pub(crate) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
     rope::cases(g, v)?;
     cache::cases(g, v)?;
     attention::cases(g, v)?;
+    latent::cases(g, v)?;
     moe::cases(g, v)?;
     sampling::cases(g, v)
 }

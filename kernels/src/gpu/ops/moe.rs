@@ -678,7 +678,7 @@ pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
     }
     // Group-limited selection (DeepSeek-V3: 256 experts in 8 groups, the best 4 groups
     // kept, top 8, scaled 2.5; a smaller one; and a negative bias, under which the masked
-    // experts' selection scores of 0 beat every kept one, as in transformers). The bias
+    // experts (selection score -inf) still lose to every kept one). The bias
     // is 3x a shuffled group rank for every expert of a group, so groups never tie
     // (their top-2 sums differ by more than the scores can), and within a group the
     // ramp decides.
