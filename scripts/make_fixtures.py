@@ -49,6 +49,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoTokenizer,
+    DeepseekV3Config,
     GenerationConfig,
     LlamaConfig,
     MiniMaxM2Config,
@@ -391,6 +392,55 @@ FIXTURES = [
         features=("MiniMax-M2: 8 experts, top-3 by sigmoid score + e_score_correction_bias (random), weighed by the sigmoid scores renormalized; q/k RMSNorm over the whole "
                   "q (128) and k (64) rows; partial rotary: rotary_dim 16 of head_dim 32 (released layout)"),
     ),
+    dict(
+        name="deepseek-v3-f32",
+        config_cls=DeepseekV3Config,
+        storage="float32",
+        layout="hub",
+        tok="nobos",
+        template="jinja",
+        gen_eos="list",
+        seed=1040,
+        config=dict(
+            hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
+            q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=24,
+            intermediate_size=96, moe_intermediate_size=24, n_routed_experts=8, num_experts_per_tok=3,
+            n_group=4, topk_group=2, n_shared_experts=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+            first_k_dense_replace=1, rope_interleave=True, max_position_embeddings=1024, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                             "original_max_position_embeddings": 256, "beta_fast": 32, "beta_slow": 1,
+                             "mscale": 0.707, "mscale_all_dim": 1.0},
+            tie_word_embeddings=False,
+        ),
+        features=("DeepSeek-V3: multi-head latent attention with q LoRA (q_lora_rank 48), latent 32 + rope 8, "
+                  "nope 16, v_head_dim 24, interleaved rope; YaRN (factor 4 over 256, mscale 0.707, "
+                  "mscale_all_dim 1: cos/sin and the softmax scale corrected) in the hub's rope_scaling layout; "
+                  "layer 0 dense (first_k_dense_replace 1), layers 1-2 MoE: 8 experts in 4 groups, best 2 groups, "
+                  "top-3 by sigmoid + e_score_correction_bias (random), renormalized, x2.5, one shared expert"),
+    ),
+    dict(
+        name="deepseek-v3-bf16",
+        config_cls=DeepseekV3Config,
+        storage="bfloat16",
+        layout="t5",
+        tok="bos",
+        template="config",
+        gen_eos="int",
+        seed=1041,
+        config=dict(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=3,
+            q_lora_rank=None, kv_lora_rank=48, qk_nope_head_dim=24, qk_rope_head_dim=16, v_head_dim=16,
+            intermediate_size=80, moe_intermediate_size=32, n_routed_experts=6, num_experts_per_tok=2,
+            n_group=1, topk_group=1, n_shared_experts=2, routed_scaling_factor=1.0, norm_topk_prob=False,
+            first_k_dense_replace=0, rope_interleave=False, max_position_embeddings=1024, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            tie_word_embeddings=False,
+        ),
+        features=("DeepSeek-V3 without q LoRA (plain q_proj, DeepSeek-V2-Lite style), latent 48 + rope 16, "
+                  "nope 24, v_head_dim 16, rope not interleaved, 3 heads; every layer MoE: 6 experts, one group, "
+                  "top-2 by sigmoid + bias without renormalization, two shared experts (width 64); "
+                  "transformers-5 config layout"),
+    ),
 ]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -563,7 +613,7 @@ def build_and_save_model(fx: dict, seed: int, out_dir: str, tok_ids: dict) -> di
 
 
 def is_moe(fx: dict) -> bool:
-    return fx["config_cls"] in (Qwen3MoeConfig, MixtralConfig, MiniMaxM2Config)
+    return fx["config_cls"] in (Qwen3MoeConfig, MixtralConfig, MiniMaxM2Config, DeepseekV3Config)
 
 
 def load_reference(out_dir: str, dtype=torch.float32) -> torch.nn.Module:
@@ -583,13 +633,34 @@ class RouterGaps:
         self.min_gap = float("inf")
         self.handles = []
         for m in model.modules():
-            if type(m).__name__.endswith("TopKRouter"):
+            if type(m).__name__.lower().endswith("topkrouter"):
                 self.handles.append(m.register_forward_hook(self.hook))
 
     def hook(self, module, inputs, output):
         logits = output[0].double()
         k = module.top_k
         if k >= logits.shape[-1]:
+            return
+        if type(module).__name__.startswith("DeepseekV3"):
+            # Selection score sigmoid + bias; with groups, the gap between the last kept
+            # group and the next counts too, then the top-k gap among the kept experts.
+            score = torch.sigmoid(logits) + module.e_score_correction_bias.double()
+            g = module.num_group
+            if g and g > 1:
+                per = score.view(-1, g, score.shape[-1] // g)
+                gs = per.topk(2, dim=-1)[0].sum(-1)
+                top = torch.topk(gs, g, dim=-1).values
+                t = module.topk_group
+                if t < g:
+                    self.min_gap = min(self.min_gap, float((top[:, t - 1] - top[:, t]).min()))
+                keep = torch.zeros_like(gs).scatter_(1, torch.topk(gs, t, dim=-1)[1], 1.0)
+                mask = keep.unsqueeze(-1).expand_as(per).reshape(score.shape).bool()
+                score = score.masked_fill(~mask, float("-inf"))
+            top = torch.topk(score, k + 1, dim=-1).values
+            gaps = top[:, k - 1] - top[:, k]
+            gaps = gaps[torch.isfinite(gaps)]
+            if gaps.numel():
+                self.min_gap = min(self.min_gap, float(gaps.min()))
             return
         if type(module).__name__.startswith("MiniMax"):
             score = torch.sigmoid(logits) + inputs[1].double()
