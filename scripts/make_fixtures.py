@@ -401,6 +401,7 @@ FIXTURES = [
         template="jinja",
         gen_eos="list",
         seed=1040,
+        mtp_layer=True,
         config=dict(
             hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
             q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=24,
@@ -415,6 +416,7 @@ FIXTURES = [
         features=("DeepSeek-V3: multi-head latent attention with q LoRA (q_lora_rank 48), latent 32 + rope 8, "
                   "nope 16, v_head_dim 24, interleaved rope; YaRN (factor 4 over 256, mscale 0.707, "
                   "mscale_all_dim 1: cos/sin and the softmax scale corrected) in the hub's rope_scaling layout; "
+                  "a multi-token-prediction layer stored as layer 3 (as released checkpoints carry it, not read); "
                   "layer 0 dense (first_k_dense_replace 1), layers 1-2 MoE: 8 experts in 4 groups, best 2 groups, "
                   "top-3 by sigmoid + e_score_correction_bias (random), renormalized, x2.5, one shared expert"),
     ),
@@ -601,6 +603,8 @@ def build_and_save_model(fx: dict, seed: int, out_dir: str, tok_ids: dict) -> di
     if fx.get("shard"):
         save_kw["max_shard_size"] = fx["shard"]
     model.save_pretrained(out_dir, **save_kw)
+    if fx.get("mtp_layer"):
+        add_mtp_layer(out_dir, kw["num_hidden_layers"], seed)
 
     gen_eos = [tok_ids["<|im_end|>"], tok_ids["<|endoftext|>"]] if fx["gen_eos"] == "list" else tok_ids["<|im_end|>"]
     gen = GenerationConfig(
@@ -610,6 +614,28 @@ def build_and_save_model(fx: dict, seed: int, out_dir: str, tok_ids: dict) -> di
     )
     gen.save_pretrained(out_dir)
     return expected
+
+
+def add_mtp_layer(out_dir: str, layers: int, seed: int) -> None:
+    """Append a multi-token-prediction layer the way released DeepSeek-V3 checkpoints store
+    it: as layer `num_hidden_layers` (a decoder layer plus enorm / hnorm / eh_proj /
+    shared_head.norm), which transformers and novastack must not read."""
+    path = os.path.join(out_dir, "model.safetensors")
+    g = torch.Generator().manual_seed(seed + 7)
+    with safetensors.safe_open(path, "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
+    last = f"model.layers.{layers - 1}."
+    for k, v in list(tensors.items()):
+        if k.startswith(last):
+            new = f"model.layers.{layers}." + k[len(last):]
+            tensors[new] = torch.randn(v.shape, generator=g).to(v.dtype)
+    h = tensors["model.norm.weight"].shape[0]
+    dt = tensors["model.norm.weight"].dtype
+    for name, shape in [("enorm.weight", (h,)), ("hnorm.weight", (h,)), ("eh_proj.weight", (h, 2 * h)),
+                        ("shared_head.norm.weight", (h,))]:
+        tensors[f"model.layers.{layers}.{name}"] = torch.randn(shape, generator=g).to(dt)
+    save_file(tensors, path, metadata=meta)
 
 
 def is_moe(fx: dict) -> bool:

@@ -4,6 +4,7 @@
 
 pub mod decode;
 pub mod gateway;
+pub mod kv_cache;
 pub mod offline;
 pub mod plot;
 pub mod serve;
@@ -35,6 +36,9 @@ pub enum BenchCommand {
     /// What constrained decoding costs: tokens/s free and under a JSON schema per batch
     /// size, and the mask time per step beside the step time.
     Structured(structured::StructuredArgs),
+    /// KV cache bytes per token and the tokens that fit in a memory: for a latent-attention
+    /// model (DeepSeek-V3 by default), the latent cache beside per-head keys and values.
+    KvCache(kv_cache::KvCacheArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -46,5 +50,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Compare(args) => serve::compare(args),
         BenchCommand::Sim(args) => sim::run(args),
         BenchCommand::Structured(args) => structured::run(args),
+        BenchCommand::KvCache(args) => kv_cache::run(args),
     }
 }

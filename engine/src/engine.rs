@@ -93,6 +93,9 @@ pub struct EngineStats {
     /// for a mixture-of-experts model).
     pub model_parameters: u64,
     pub model_active_parameters: u64,
+    /// KV cache bytes per token over all layers, in the cache's storage type (a
+    /// latent-attention model caches one latent slot per layer).
+    pub kv_bytes_per_token: u64,
 }
 
 /// Bucket bounds (seconds) for per-step times: steps and inter-token gaps, and the
@@ -139,6 +142,7 @@ impl Default for EngineStats {
             mask_wait_seconds: Histogram::with_bounds(STEP_SECONDS_BOUNDS),
             model_parameters: 0,
             model_active_parameters: 0,
+            kv_bytes_per_token: 0,
         }
     }
 }
@@ -184,7 +188,20 @@ impl<B: Backend, M: CausalLm<B>> Engine<B, M> {
         let kv = model.new_kv_cache(config.num_blocks, config.block_size)?;
         let sched = Scheduler::new(sc, config.num_blocks, config.block_size);
         let params = model.parameters();
+        let kv_dtype = match kv.layers.first() {
+            Some((k, _)) => model.backend().dtype(k),
+            None => novastack_kernels::Dtype::F32,
+        };
+        let kv_bytes_per_token = model.kv_bytes_per_token(kv_dtype) as u64;
+        tracing::info!(
+            blocks = config.num_blocks,
+            block_size = config.block_size,
+            kv_bytes_per_token,
+            "KV cache: {} tokens of {kv_bytes_per_token} bytes ({kv_dtype})",
+            config.num_blocks * config.block_size
+        );
         let stats = EngineStats {
+            kv_bytes_per_token,
             kv_blocks_total: config.num_blocks,
             kv_blocks_free: config.num_blocks,
             model_parameters: params.total,

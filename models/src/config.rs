@@ -826,6 +826,107 @@ mod tests {
         ModelConfig::from_value(Path::new("config.json"), v)
     }
 
+    /// A DeepSeek-V3 config as released (hub layout, Kimi-K2's `model_type`, an MTP
+    /// layer, keys we do not read): latent attention, group-limited sigmoid routing,
+    /// shared experts, dense first layers, YaRN's softmax correction.
+    fn deepseek() -> Value {
+        json!({
+            "architectures": ["DeepseekV3ForCausalLM"], "model_type": "kimi_k2",
+            "hidden_size": 7168, "intermediate_size": 18432, "moe_intermediate_size": 2048,
+            "num_hidden_layers": 61, "num_attention_heads": 128, "num_key_value_heads": 128,
+            "n_shared_experts": 1, "n_routed_experts": 256, "routed_scaling_factor": 2.5,
+            "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64,
+            "v_head_dim": 128, "qk_nope_head_dim": 128, "topk_method": "noaux_tc",
+            "n_group": 8, "topk_group": 4, "num_experts_per_tok": 8, "moe_layer_freq": 1,
+            "first_k_dense_replace": 3, "norm_topk_prob": true, "scoring_func": "sigmoid",
+            "num_nextn_predict_layers": 1, "vocab_size": 129280, "rms_norm_eps": 1e-6,
+            "rope_theta": 10000, "max_position_embeddings": 163840,
+            "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
+                "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096, "type": "yarn"},
+            "torch_dtype": "bfloat16", "aux_loss_alpha": 0.001, "ep_size": 1
+        })
+    }
+
+    #[test]
+    fn deepseek_v3_latent_attention_and_routing() {
+        let c = parse(deepseek()).unwrap();
+        assert_eq!(c.architecture, Architecture::DeepseekV3);
+        let m = c.mla.clone().unwrap();
+        assert_eq!(
+            (m.q_lora_rank, m.kv_lora_rank, m.slot_dim(), m.qk_head_dim()),
+            (Some(1536), 512, 576, 192)
+        );
+        assert!(m.rope_interleave);
+        // head_dim is the rope width (transformers), every head its own kv head.
+        assert_eq!((c.head_dim, c.rotary_dim, c.num_kv_heads), (64, 64, 128));
+        let ms = 0.1 * 40f64.ln() + 1.0;
+        let want = (ms * ms / 192f64.sqrt()) as f32;
+        assert!(
+            (m.softmax_scale - want).abs() <= 1e-7,
+            "{}",
+            m.softmax_scale
+        );
+        // mscale == mscale_all_dim: cos and sin are not scaled.
+        assert!(
+            matches!(c.rope_scaling, RopeScaling::Yarn { attention_factor, .. } if attention_factor == 1.0)
+        );
+        let moe = c.moe.unwrap();
+        assert_eq!(
+            (moe.num_experts, moe.top_k, moe.expert_intermediate),
+            (256, 8, 2048)
+        );
+        assert_eq!(moe.scoring, MoeScoring::Sigmoid);
+        assert!(moe.renormalize && moe.correction_bias);
+        assert_eq!(moe.routed_scale, 2.5);
+        assert_eq!(
+            moe.group_limit,
+            Some(GroupLimit {
+                groups: 8,
+                top_groups: 4
+            })
+        );
+        assert_eq!(moe.shared_intermediate, Some(2048));
+        assert_eq!(moe.naming, MoeNaming::DeepSeek);
+        assert_eq!(moe.sparse_layers.iter().filter(|s| !**s).count(), 3);
+        assert!(!moe.sparse_layers[2] && moe.sparse_layers[3]);
+
+        // DeepSeek-V2-Lite style: no q LoRA, one group; no rope scaling.
+        let mut v = deepseek();
+        v["q_lora_rank"] = Value::Null;
+        v["n_group"] = json!(1);
+        v["rope_scaling"] = Value::Null;
+        let c = parse(v).unwrap();
+        assert_eq!(c.mla.as_ref().unwrap().q_lora_rank, None);
+        assert_eq!(c.mla.unwrap().softmax_scale, (1.0 / 192f64.sqrt()) as f32);
+        assert_eq!(c.moe.unwrap().group_limit, None);
+        // Absent means transformers' default.
+        let mut v = deepseek();
+        v.as_object_mut().unwrap().remove("q_lora_rank");
+        assert_eq!(parse(v).unwrap().mla.unwrap().q_lora_rank, Some(1536));
+    }
+
+    #[test]
+    fn deepseek_v3_errors_name_the_field() {
+        for (key, value, field) in [
+            (
+                "quantization_config",
+                json!({"quant_method": "fp8"}),
+                "quantization_config",
+            ),
+            ("topk_method", json!("greedy"), "topk_method"),
+            ("n_group", json!(3), "n_group"),
+            ("topk_group", json!(0), "topk_group"),
+            ("q_lora_rank", json!(0), "q_lora_rank"),
+            ("qk_rope_head_dim", json!(7), "qk_rope_head_dim"),
+            ("attention_bias", json!(true), "attention_bias"),
+        ] {
+            let mut v = deepseek();
+            v[key] = value;
+            let e = parse(v).unwrap_err().to_string();
+            assert!(e.contains(field), "{key}: {e}");
+        }
+    }
+
     /// YaRN as transformers 5.24 reads it: the attention factor from `mscale` /
     /// `mscale_all_dim` (bits from `_compute_yarn_parameters`), else from `factor`; the
     /// top-level `original_max_position_embeddings` before the rope block's; a missing

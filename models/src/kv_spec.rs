@@ -60,6 +60,19 @@ pub struct KvCacheSpec {
 }
 
 impl KvCacheSpec {
+    /// What a model of config `c` caches, from the config alone (no weights): one latent
+    /// slot per layer for latent attention, keys and values per kv head otherwise. The
+    /// decoder's own spec (`CausalLm::kv_cache_spec`) equals it.
+    pub fn from_config(c: &crate::config::ModelConfig) -> Self {
+        let layer = match &c.mla {
+            Some(m) => LayerKvSpec::latent(m.slot_dim()),
+            None => LayerKvSpec::key_value(c.num_kv_heads, c.head_dim),
+        };
+        KvCacheSpec {
+            layers: vec![layer; c.num_layers],
+        }
+    }
+
     /// Bytes of KV cache per token over all layers when the backend stores `storage`.
     pub fn bytes_per_token(&self, storage: Dtype) -> usize {
         self.layers.iter().map(|l| l.bytes_per_token(storage)).sum()

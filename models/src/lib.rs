@@ -29,7 +29,7 @@ pub mod workspace;
 
 pub use arch::llama::Llama;
 pub use causal_lm::{CausalLm, Parameters};
-pub use config::{Architecture, ModelConfig, MoeConfig, MoeNaming, QkNorm, RopeScaling};
+pub use config::{Architecture, MlaConfig, ModelConfig, MoeConfig, MoeNaming, QkNorm, RopeScaling};
 pub use error::{Error, Result};
 pub use graph::GraphOptions;
 pub use input::ForwardInput;

@@ -114,7 +114,11 @@ fn checkpoint_sizes(dir: &std::path::Path) -> Vec<(String, u64)> {
 /// non-expert weights (kind active_per_token); a dense model runs all of them.
 #[test]
 fn parameter_counts_are_the_checkpoints_and_the_experts_a_token_uses() {
-    for (fixture, moe) in [("llama-f32", false), ("qwen3-moe-f32-top1", true)] {
+    for (fixture, moe) in [
+        ("llama-f32", false),
+        ("qwen3-moe-f32-top1", true),
+        ("deepseek-v3-bf16", true),
+    ] {
         let dir = fixtures_dir().join("models").join(fixture);
         let addr = start_server(&dir, "m");
         let sizes = checkpoint_sizes(&dir);
@@ -130,7 +134,10 @@ fn parameter_counts_are_the_checkpoints_and_the_experts_a_token_uses() {
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
         let (e, k) = (
-            config["num_local_experts"].as_u64().unwrap(),
+            config["num_local_experts"]
+                .as_u64()
+                .or(config["n_routed_experts"].as_u64())
+                .unwrap(),
             config["num_experts_per_tok"].as_u64().unwrap(),
         );
         // Each MoE layer leaves e - k experts (of three tensors each) unread per token.
@@ -143,5 +150,30 @@ fn parameter_counts_are_the_checkpoints_and_the_experts_a_token_uses() {
             / e;
         assert!(unread > 0);
         assert_eq!(active, (total - unread) as f64, "{fixture}");
+    }
+}
+
+/// `kv_cache_bytes_per_token` is the model's cache spec in the cache's storage type (f32
+/// on the CPU): a latent-attention model caches one slot of latent + rope per layer
+/// (deepseek-v3-bf16: 2 layers x (48 + 16) values), a grouped-query one keys and values
+/// per kv head.
+#[test]
+fn kv_bytes_per_token_follow_the_cache_spec() {
+    for (fixture, want) in [
+        ("deepseek-v3-bf16", 2 * (48 + 16) * 4u64),
+        ("llama-f32", {
+            let c: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(fixtures_dir().join("models/llama-f32/config.json")).unwrap(),
+            )
+            .unwrap();
+            let n = |k: &str| c[k].as_u64().unwrap();
+            let hd = n("hidden_size") / n("num_attention_heads");
+            n("num_hidden_layers") * 2 * n("num_key_value_heads") * hd * 4
+        }),
+    ] {
+        let dir = fixtures_dir().join("models").join(fixture);
+        let addr = start_server(&dir, "m");
+        let got = metric(addr, "novastack_kv_cache_bytes_per_token{model=\"m\"}");
+        assert_eq!(got, Some(want as f64), "{fixture}");
     }
 }

@@ -105,6 +105,13 @@ fn moe_graph_decode_equals_eager_decode_bit_for_bit_through_a_changing_batch() {
     changing_batch("mixtral-f16");
 }
 
+/// The same schedule on a latent-attention model (DeepSeek-V3: per-head absorbed
+/// projections, the latent cache write and split-K latent attention inside the graph).
+#[test]
+fn latent_graph_decode_equals_eager_decode_bit_for_bit_through_a_changing_batch() {
+    changing_batch("deepseek-v3-bf16");
+}
+
 fn changing_batch(name: &str) {
     let dir = fixture(name);
     let graph = sim_model(&dir, true);

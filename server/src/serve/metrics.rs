@@ -52,7 +52,7 @@ pub fn render(state: &AppState) -> String {
         .map(|m| (format!("model=\"{}\"", escape(m.id())), m, m.engine.stats()))
         .collect();
     type Getter = fn(&novastack_engine::EngineStats) -> f64;
-    let scalars: [(&str, &str, &str, Getter); 12] = [
+    let scalars: [(&str, &str, &str, Getter); 13] = [
         (
             "requests_waiting",
             "Requests waiting to be scheduled.",
@@ -71,6 +71,12 @@ pub fn render(state: &AppState) -> String {
         ("kv_blocks_total", "KV cache blocks.", "gauge", |s| {
             s.kv_blocks_total as f64
         }),
+        (
+            "kv_cache_bytes_per_token",
+            "KV cache bytes per token over all layers, in the cache's storage type.",
+            "gauge",
+            |s| s.kv_bytes_per_token as f64,
+        ),
         ("kv_blocks_used", "KV cache blocks in use.", "gauge", |s| {
             (s.kv_blocks_total - s.kv_blocks_free) as f64
         }),
