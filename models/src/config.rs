@@ -643,7 +643,7 @@ fn mla_config(
             return Err((field, "must be positive".into()));
         }
     }
-    if m.qk_rope_head_dim % 2 != 0 {
+    if !m.qk_rope_head_dim.is_multiple_of(2) {
         return Err((
             "qk_rope_head_dim",
             format!("{} must be even", m.qk_rope_head_dim),

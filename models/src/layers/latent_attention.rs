@@ -205,6 +205,7 @@ impl<B: Backend> LatentAttention<B> {
 
     /// `out = attention(x)` for the pass's rows; writes their latents into the cache
     /// (one buffer: `cache_buf`) first.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         pass: &Pass<'_, B>,

@@ -4,8 +4,7 @@
 //! rows each take their own causal range), with [`LatentArgs`], the mirror of the
 //! kernels' `ns_latent_args`, and the ops' conformance cases.
 
-use super::cache::batch;
-use super::cache::Layout;
+use super::cache::{batch, mixed_seqs, Layout};
 use crate::conformance::{output, Case, Gen, Visit};
 use crate::gpu::launch::{grid1, launch, ATTN_WARPS, THREADS};
 use crate::gpu::{Device, GpuBackend, GpuBuf, Launch};
@@ -419,15 +418,16 @@ pub(super) fn cases(g: &mut Gen, v: &mut impl Visit) -> Result<()> {
         })?;
     }
     // Batches: (variant, heads, latent, rope, block size, seqs as (context, new tokens)).
-    let mixed = |bs: usize| vec![(bs + 1, bs + 1), (2 * bs, bs - 1), (bs, 1), (2 * bs + 1, 1)];
-    let batches: Vec<(
+    type Batch = (
         &'static str,
         usize,
         usize,
         usize,
         usize,
         Vec<(usize, usize)>,
-    )> = vec![
+    );
+    let mixed = mixed_seqs;
+    let batches: Vec<Batch> = vec![
         ("", 2, 32, 16, 16, vec![]),
         ("", 4, 512, 64, 16, mixed(16)),
         ("", 3, 32, 16, 8, mixed(8)),
