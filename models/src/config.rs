@@ -899,6 +899,14 @@ mod tests {
         assert_eq!(c.mla.as_ref().unwrap().q_lora_rank, None);
         assert_eq!(c.mla.unwrap().softmax_scale, (1.0 / 192f64.sqrt()) as f32);
         assert_eq!(c.moe.unwrap().group_limit, None);
+        // The transformers-5 layout gives the same scale.
+        let mut v = deepseek();
+        let mut rp = v["rope_scaling"].clone();
+        rp["rope_type"] = json!("yarn");
+        rp["rope_theta"] = json!(10000);
+        v.as_object_mut().unwrap().remove("rope_scaling");
+        v["rope_parameters"] = rp;
+        assert_eq!(parse(v).unwrap().mla.unwrap().softmax_scale, want);
         // Absent means transformers' default.
         let mut v = deepseek();
         v.as_object_mut().unwrap().remove("q_lora_rank");

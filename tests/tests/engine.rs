@@ -351,3 +351,34 @@ fn engine_thread_streams_events_and_dropped_receivers_abort() {
     assert!(err.contains("vocabulary"), "{err}");
     h.shutdown();
 }
+
+/// A latent cache (DeepSeek-V3) shares prefix blocks like any other: a prompt whose
+/// first 64 tokens are cached gives the tokens a cold engine gives it, and the blocks
+/// all come back when the engine is idle.
+#[test]
+fn latent_cache_prefix_hits_give_a_cold_runs_tokens() {
+    let prefix: Vec<u32> = (0..64).map(|t| (t * 13) % 300).collect();
+    let mut longer = prefix.clone();
+    longer.extend([1, 2, 3, 4, 5]);
+    let mut cold = engine(model("deepseek-v3-f32"), 64, SchedulerConfig::default());
+    let id = cold.add_request(longer.clone(), greedy(6), 0.0).unwrap()[0];
+    let want = run_all(&mut cold).remove(&id).unwrap().0;
+
+    let mut warm = engine(model("deepseek-v3-f32"), 64, SchedulerConfig::default());
+    warm.add_request(prefix, greedy(2), 0.0).unwrap();
+    run_all(&mut warm);
+    let mut events: Vec<TokenEvent> = Vec::new();
+    let id = warm.add_request(longer, greedy(6), 1.0).unwrap()[0];
+    while warm.has_work() {
+        events.extend(warm.step(2.0).unwrap());
+    }
+    let got: Vec<u32> = events
+        .iter()
+        .filter(|ev| ev.id == id)
+        .filter_map(|ev| ev.token)
+        .collect();
+    let last = events.iter().rfind(|ev| ev.id == id).unwrap();
+    assert_eq!(last.num_cached_tokens, 64);
+    assert_eq!(got, want);
+    assert_eq!(warm.stats.kv_blocks_free, warm.stats.kv_blocks_total);
+}
