@@ -636,6 +636,7 @@ fn mla_config(
     };
     for (field, v) in [
         ("kv_lora_rank", m.kv_lora_rank),
+        ("qk_nope_head_dim", m.qk_nope_head_dim),
         ("qk_rope_head_dim", m.qk_rope_head_dim),
         ("v_head_dim", m.v_head_dim),
     ] {
@@ -926,6 +927,7 @@ mod tests {
             ("topk_group", json!(0), "topk_group"),
             ("q_lora_rank", json!(0), "q_lora_rank"),
             ("qk_rope_head_dim", json!(7), "qk_rope_head_dim"),
+            ("qk_nope_head_dim", json!(0), "qk_nope_head_dim"),
             ("attention_bias", json!(true), "attention_bias"),
         ] {
             let mut v = deepseek();

@@ -64,6 +64,8 @@ pub struct GpuBackend<D: Device> {
     /// the host groupings' count).
     moe_route: Scratch<D>,
     moe_device_rows: AtomicUsize,
+    /// The most split-K scratch one latent attention launch may use (`ops/latent.rs`).
+    latent_scratch: AtomicUsize,
     moe_generation: AtomicU64,
     moe_meta: UploadCache<D>,
     moe_rows: Scratch<D>,
@@ -123,6 +125,7 @@ impl<D: Device> GpuBackend<D> {
             argmax: Mutex::new(None),
             moe_route: Mutex::new(None),
             moe_device_rows: AtomicUsize::new(DEVICE_GROUPING_ROWS),
+            latent_scratch: AtomicUsize::new(ops::latent::SCRATCH_BYTES),
             moe_generation: AtomicU64::new(0),
             moe_meta: Mutex::new(None),
             moe_rows: Mutex::new(None),
@@ -168,6 +171,13 @@ impl<D: Device> GpuBackend<D> {
     /// every eager step on the host, for vendor GEMMs: what `gpu-check` compares.
     pub fn set_moe_device_grouping_rows(&self, rows: usize) {
         self.moe_device_rows.store(rows, Ordering::Relaxed);
+    }
+
+    /// The most split-K scratch one latent attention launch may use
+    /// ([`ops::latent::SCRATCH_BYTES`] unless set): a long prefill runs in row chunks
+    /// that fit. Tests set it small to run the chunks.
+    pub fn set_latent_scratch_bytes(&self, bytes: usize) {
+        self.latent_scratch.store(bytes, Ordering::Relaxed);
     }
 
     pub fn mem_info(&self) -> Result<(usize, usize)> {

@@ -20,6 +20,9 @@ const HG_THREADS: u32 = 256;
 /// `NS_LATENT_PARTITION` and `NS_LATENT_MAX_SLOT` in latent.hip.
 const PARTITION: usize = 512;
 const MAX_SLOT: usize = 1024;
+/// The split-K partials of one launch are rows x heads x partitions x (latent + 2)
+/// floats; a longer batch (a long prefill) runs in row chunks within this budget.
+pub(crate) const SCRATCH_BYTES: usize = 256 << 20;
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn head_matmul<D: Device>(
@@ -193,46 +196,63 @@ pub(crate) fn latent_attention<D: Device>(
         rope_head_stride: rope.head_stride as i32,
         scale,
     };
-    let items = rows * shape.heads * parts;
-    let tmp = b.scratch((items * r + 2 * items) * 4)?;
-    let (maxl, sums) = (
-        tmp + (items * r * 4) as u64,
-        tmp + ((items * r + items) * 4) as u64,
-    );
-    let cfg = Launch {
-        grid: (shape.heads as u32, rows as u32, parts as u32),
-        block: (ATTN_WARPS * b.dev.info().warp, 1, 1),
-        shared: 0,
-    };
-    launch!(
-        b,
-        "latent_attention_partial",
-        cfg,
-        q_latent.ptr,
-        q_rope.ptr,
-        latent_cache.ptr,
-        tmp,
-        maxl,
-        sums,
-        args,
-        parts as i32
-    )?;
-    let cfg = Launch {
-        grid: (shape.heads as u32, rows as u32, 1),
-        block: (THREADS, 1, 1),
-        shared: 0,
-    };
-    launch!(
-        b,
-        "latent_attention_reduce",
-        cfg,
-        out.ptr,
-        tmp,
-        maxl,
-        sums,
-        args,
-        parts as i32
-    )
+    // Rows per launch: as many as the scratch budget holds (at least one).
+    let per_row = shape.heads * parts * (r + 2) * 4;
+    let limit = b.latent_scratch.load(std::sync::atomic::Ordering::Relaxed);
+    let chunk = (limit / per_row.max(1)).clamp(1, rows);
+    let elem = b.dtype.bytes(1) as u64;
+    let tmp = b.scratch(chunk * per_row)?;
+    let mut start = 0;
+    while start < rows {
+        let n = chunk.min(rows - start);
+        let items = n * shape.heads * parts;
+        let (maxl, sums) = (
+            tmp + (items * r * 4) as u64,
+            tmp + ((items * r + items) * 4) as u64,
+        );
+        let args = LatentArgs {
+            row_seq: at(start),
+            row_pos: at(rows + start),
+            ..args
+        };
+        let latent_row = (start * shape.heads * r) as u64 * elem;
+        let cfg = Launch {
+            grid: (shape.heads as u32, n as u32, parts as u32),
+            block: (ATTN_WARPS * b.dev.info().warp, 1, 1),
+            shared: 0,
+        };
+        launch!(
+            b,
+            "latent_attention_partial",
+            cfg,
+            q_latent.ptr + latent_row,
+            q_rope.ptr + (start * rope.row_stride) as u64 * elem,
+            latent_cache.ptr,
+            tmp,
+            maxl,
+            sums,
+            args,
+            parts as i32
+        )?;
+        let cfg = Launch {
+            grid: (shape.heads as u32, n as u32, 1),
+            block: (THREADS, 1, 1),
+            shared: 0,
+        };
+        launch!(
+            b,
+            "latent_attention_reduce",
+            cfg,
+            out.ptr + latent_row,
+            tmp,
+            maxl,
+            sums,
+            args,
+            parts as i32
+        )?;
+        start += n;
+    }
+    Ok(())
 }
 
 /// `heads` per-head GEMMs over a strided input.
