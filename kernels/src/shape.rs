@@ -3,6 +3,7 @@
 //! read or write outside the row).
 
 use crate::error::{ensure, Result};
+use crate::{Error, KvCacheConfig, PADDING_SLOT};
 
 /// `num_heads` heads of `head_dim` from `col_offset` fit in a row of `row_stride` (the
 /// q/k sections rope and the q/k norms work on), on every backend.
@@ -54,4 +55,24 @@ pub(crate) fn row_in_row(
     ensure(col_offset + len <= row_stride, op, || {
         format!("{len} values from column {col_offset} overrun a row of {row_stride}")
     })
+}
+
+/// Every slot of a cache write is in the cache or the padding slot (the kernels trust
+/// them), checked before anything is written.
+pub(crate) fn slots_in_cache(
+    op: &'static str,
+    slot_mapping: &[u32],
+    cache: &KvCacheConfig,
+) -> Result<()> {
+    match slot_mapping
+        .iter()
+        .find(|&&s| s != PADDING_SLOT && s as usize >= cache.num_slots())
+    {
+        Some(&s) => Err(Error::OutOfRange {
+            op,
+            index: s as usize,
+            limit: cache.num_slots(),
+        }),
+        None => Ok(()),
+    }
 }

@@ -3,11 +3,14 @@
 //! Accepts both the hub layout (`rope_theta`, `rope_scaling`, `torch_dtype`) and the
 //! transformers-5 layout (`rope_parameters`, `dtype`).
 
+mod experts;
+mod rope;
+
 use crate::error::{read_json, Error, Result};
 use novastack_kernels::{Dtype, GroupLimit, MoeScoring};
 use serde::Deserialize;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
@@ -333,7 +336,9 @@ impl ModelConfig {
                 format!("{num_kv_heads} does not divide num_attention_heads {num_heads}"),
             ));
         }
-        let mla = mla_config(&raw, architecture).map_err(|(field, msg)| err(field, msg))?;
+        let (rope_theta, rope_scaling, mscale) = rope::parse_rope(&raw, path)?;
+        let mla = experts::mla_config(&raw, architecture, mscale)
+            .map_err(|(field, msg)| err(field, msg))?;
         let head_dim = match raw.head_dim {
             // transformers: a DeepSeek-V3 config's head_dim is its rope width.
             _ if mla.is_some() => mla.as_ref().map_or(0, |m| m.qk_rope_head_dim),
@@ -362,23 +367,10 @@ impl ModelConfig {
                 return Err(err(field, "must be positive".into()));
             }
         }
-        let (rope_theta, rope_scaling) = parse_rope(&raw, path)?;
-        let mla = mla.map(|mut m| {
-            // transformers' yarn_apply_mscale: any rope type but the default, with a
-            // nonzero mscale_all_dim, scales the softmax by mscale(factor, all)².
-            if let Some((factor, all)) = yarn_mscale_all_dim(&raw, &rope_scaling) {
-                let ms = if factor <= 1.0 {
-                    1.0
-                } else {
-                    0.1 * all * factor.ln() + 1.0
-                };
-                m.softmax_scale = (m.softmax_scale as f64 * ms * ms) as f32;
-            }
-            m
-        });
         let sliding_window = sliding_windows(&raw, architecture);
         let rotary_dim = rotary_dim(&raw, head_dim).map_err(|(field, msg)| err(field, msg))?;
-        let moe = moe_config(&raw, architecture).map_err(|(field, msg)| err(field, msg))?;
+        let moe =
+            experts::moe_config(&raw, architecture).map_err(|(field, msg)| err(field, msg))?;
         let qk_norm = match architecture {
             Architecture::Qwen3 | Architecture::Qwen3Moe => QkNorm::PerHead,
             Architecture::MiniMaxM2 => QkNorm::FullWidth,
@@ -441,340 +433,6 @@ fn rotary_dim(
         ));
     }
     Ok(dim)
-}
-
-/// The experts of a MoE family, with transformers' defaults for what a config omits.
-fn moe_config(
-    raw: &RawConfig,
-    arch: Architecture,
-) -> std::result::Result<Option<MoeConfig>, (&'static str, String)> {
-    let n = raw.num_hidden_layers;
-    // (experts, top_k, expert width, scoring, renormalize, correction bias, naming)
-    let (experts, top_k, width, scoring, renormalize, bias, naming) = match arch {
-        Architecture::Qwen3Moe => (
-            raw.num_experts.or(raw.num_local_experts).unwrap_or(128),
-            raw.num_experts_per_tok.unwrap_or(8),
-            raw.moe_intermediate_size.unwrap_or(768),
-            MoeScoring::Softmax,
-            raw.norm_topk_prob.unwrap_or(false),
-            false,
-            MoeNaming::Qwen,
-        ),
-        Architecture::Mixtral => (
-            raw.num_local_experts.or(raw.num_experts).unwrap_or(8),
-            raw.num_experts_per_tok.unwrap_or(2),
-            raw.intermediate_size,
-            MoeScoring::Softmax,
-            true,
-            false,
-            MoeNaming::BlockSparse,
-        ),
-        Architecture::MiniMaxM2 => {
-            if let Some(f) = raw.scoring_func.as_deref().filter(|f| *f != "sigmoid") {
-                return Err((
-                    "scoring_func",
-                    format!("{f:?} is not supported for MiniMax-M2 (sigmoid)"),
-                ));
-            }
-            (
-                raw.num_local_experts.or(raw.num_experts).unwrap_or(256),
-                raw.num_experts_per_tok.unwrap_or(8),
-                raw.intermediate_size,
-                MoeScoring::Sigmoid,
-                true,
-                raw.use_routing_bias.unwrap_or(true),
-                MoeNaming::BlockSparse,
-            )
-        }
-        Architecture::DeepseekV3 => (
-            raw.n_routed_experts
-                .or(raw.num_local_experts)
-                .unwrap_or(256),
-            raw.num_experts_per_tok.unwrap_or(8),
-            raw.moe_intermediate_size.unwrap_or(2048),
-            MoeScoring::Sigmoid,
-            raw.norm_topk_prob.unwrap_or(true),
-            true,
-            MoeNaming::DeepSeek,
-        ),
-        _ => return Ok(None),
-    };
-    let field = if raw.num_experts.is_some() {
-        "num_experts"
-    } else {
-        "num_local_experts"
-    };
-    if experts == 0 || experts > novastack_kernels::moe::MAX_EXPERTS {
-        return Err((
-            field,
-            format!(
-                "{experts} experts (1..={} supported)",
-                novastack_kernels::moe::MAX_EXPERTS
-            ),
-        ));
-    }
-    if top_k == 0 || top_k > experts {
-        return Err((
-            "num_experts_per_tok",
-            format!("{top_k} must be in 1..={experts} (the expert count)"),
-        ));
-    }
-    if width == 0 {
-        return Err(("moe_intermediate_size", "must be positive".into()));
-    }
-    let sparse_layers = match arch {
-        Architecture::Qwen3Moe => {
-            let step = raw.decoder_sparse_step.unwrap_or(1);
-            if step == 0 {
-                return Err(("decoder_sparse_step", "must be positive".into()));
-            }
-            let dense = raw.mlp_only_layers.clone().unwrap_or_default();
-            if let Some(&bad) = dense.iter().find(|&&i| i >= n) {
-                return Err((
-                    "mlp_only_layers",
-                    format!("layer {bad} does not exist ({n} layers)"),
-                ));
-            }
-            (0..n)
-                .map(|i| !dense.contains(&i) && (i + 1) % step == 0)
-                .collect()
-        }
-        Architecture::DeepseekV3 => {
-            let k = raw.first_k_dense_replace.unwrap_or(3);
-            (0..n).map(|i| i >= k).collect()
-        }
-        _ => vec![true; n],
-    };
-    let (group_limit, shared_intermediate) = match arch {
-        Architecture::DeepseekV3 => (
-            deepseek_groups(raw, experts, top_k)?,
-            match raw.n_shared_experts.unwrap_or(1) {
-                0 => None,
-                s => Some(s * width),
-            },
-        ),
-        _ => (None, None),
-    };
-    Ok(Some(MoeConfig {
-        num_experts: experts,
-        top_k,
-        expert_intermediate: width,
-        scoring,
-        renormalize,
-        routed_scale: raw.routed_scaling_factor.unwrap_or(1.0) as f32,
-        correction_bias: bias,
-        sparse_layers,
-        naming,
-        group_limit,
-        shared_intermediate,
-    }))
-}
-
-/// DeepSeek-V3's expert groups: `n_group` groups of which the best `topk_group` stay
-/// (`topk_method: noaux_tc`); none for a config without groups or with one group.
-fn deepseek_groups(
-    raw: &RawConfig,
-    experts: usize,
-    top_k: usize,
-) -> std::result::Result<Option<GroupLimit>, (&'static str, String)> {
-    if let Some(m) = raw.topk_method.as_deref().filter(|m| *m != "noaux_tc") {
-        return Err((
-            "topk_method",
-            format!("{m:?} is not supported for DeepSeek-V3 (noaux_tc)"),
-        ));
-    }
-    let groups = raw.n_group.unwrap_or(8);
-    let top_groups = raw.topk_group.unwrap_or(4);
-    if groups <= 1 {
-        return Ok(None);
-    }
-    if !experts.is_multiple_of(groups) || experts / groups < 2 {
-        return Err((
-            "n_group",
-            format!("{groups} groups must split {experts} experts into groups of 2 or more"),
-        ));
-    }
-    if top_groups == 0 || top_groups > groups || top_groups * (experts / groups) < top_k {
-        return Err((
-            "topk_group",
-            format!(
-                "{top_groups} of {groups} groups must hold num_experts_per_tok {top_k} experts"
-            ),
-        ));
-    }
-    Ok(Some(GroupLimit { groups, top_groups }))
-}
-
-/// The latent attention of a DeepSeek-V3 config, with transformers' defaults.
-fn mla_config(
-    raw: &RawConfig,
-    arch: Architecture,
-) -> std::result::Result<Option<MlaConfig>, (&'static str, String)> {
-    if arch != Architecture::DeepseekV3 {
-        return Ok(None);
-    }
-    if raw.attention_bias.unwrap_or(false) {
-        return Err((
-            "attention_bias",
-            "latent attention with projection biases is not supported".into(),
-        ));
-    }
-    // q_lora_rank: absent means transformers' default 1536; null means a plain q_proj.
-    let q_lora_rank = match raw.q_lora_rank {
-        None => Some(1536),
-        Some(Some(0)) => return Err(("q_lora_rank", "must be positive or null".into())),
-        Some(r) => r,
-    };
-    let m = MlaConfig {
-        q_lora_rank,
-        kv_lora_rank: raw.kv_lora_rank.unwrap_or(512),
-        qk_nope_head_dim: raw.qk_nope_head_dim.unwrap_or(128),
-        qk_rope_head_dim: raw.qk_rope_head_dim.unwrap_or(64),
-        v_head_dim: raw.v_head_dim.unwrap_or(128),
-        rope_interleave: raw.rope_interleave.unwrap_or(true),
-        softmax_scale: 0.0,
-    };
-    for (field, v) in [
-        ("kv_lora_rank", m.kv_lora_rank),
-        ("qk_nope_head_dim", m.qk_nope_head_dim),
-        ("qk_rope_head_dim", m.qk_rope_head_dim),
-        ("v_head_dim", m.v_head_dim),
-    ] {
-        if v == 0 {
-            return Err((field, "must be positive".into()));
-        }
-    }
-    if !m.qk_rope_head_dim.is_multiple_of(2) {
-        return Err((
-            "qk_rope_head_dim",
-            format!("{} must be even", m.qk_rope_head_dim),
-        ));
-    }
-    Ok(Some(MlaConfig {
-        softmax_scale: (1.0 / (m.qk_head_dim() as f64).sqrt()) as f32,
-        ..m
-    }))
-}
-
-/// `(factor, mscale_all_dim)` where transformers scales latent attention's softmax:
-/// a rope type other than the default with a nonzero `mscale_all_dim`.
-fn yarn_mscale_all_dim(raw: &RawConfig, scaling: &RopeScaling) -> Option<(f64, f64)> {
-    let params = raw
-        .rope_parameters
-        .as_ref()
-        .or(raw.rope_scaling.as_ref())
-        .filter(|v| v.is_object())?;
-    let all = params
-        .get("mscale_all_dim")
-        .and_then(Value::as_f64)
-        .filter(|m| *m != 0.0)?;
-    let factor = match scaling {
-        RopeScaling::None => return None,
-        RopeScaling::Linear { factor }
-        | RopeScaling::Llama3 { factor, .. }
-        | RopeScaling::Yarn { factor, .. } => *factor as f64,
-    };
-    Some((factor, all))
-}
-
-fn parse_rope(raw: &RawConfig, path: &Path) -> Result<(f32, RopeScaling)> {
-    let field = if raw.rope_parameters.is_some() {
-        "rope_parameters"
-    } else {
-        "rope_scaling"
-    };
-    let err = |msg: String| Error::Config {
-        path: PathBuf::from(path),
-        field: field.into(),
-        msg,
-    };
-    let params = raw
-        .rope_parameters
-        .as_ref()
-        .or(raw.rope_scaling.as_ref())
-        .filter(|v| !v.is_null());
-    let num =
-        |key: &str| -> Option<f64> { params.and_then(|p| p.get(key)).and_then(Value::as_f64) };
-    let theta = num("rope_theta").or(raw.rope_theta).unwrap_or(10000.0) as f32;
-    let Some(p) = params else {
-        return Ok((theta, RopeScaling::None));
-    };
-    if !p.is_object() {
-        return Err(err("must be an object".into()));
-    }
-    let kind = p
-        .get("rope_type")
-        .or_else(|| p.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let need = |key: &str| -> Result<f32> {
-        num(key)
-            .map(|v| v as f32)
-            .ok_or_else(|| err(format!("rope type {kind:?} needs `{key}`")))
-    };
-    let scaling = match kind {
-        "default" => RopeScaling::None,
-        "linear" => RopeScaling::Linear {
-            factor: need("factor")?,
-        },
-        "llama3" => RopeScaling::Llama3 {
-            factor: need("factor")?,
-            low_freq_factor: need("low_freq_factor")?,
-            high_freq_factor: need("high_freq_factor")?,
-            original_max_position_embeddings: need("original_max_position_embeddings")?,
-        },
-        "yarn" => {
-            let max_positions = raw.max_position_embeddings.unwrap_or(4096) as f64;
-            // As transformers: the top-level `original_max_position_embeddings` wins
-            // (Phi-3 style), then the one in the rope block, then the model's context.
-            let original = raw
-                .original_max_position_embeddings
-                .or_else(|| num("original_max_position_embeddings"))
-                .unwrap_or(max_positions);
-            if original <= 0.0 {
-                return Err(err(
-                    "`original_max_position_embeddings` must be positive".into()
-                ));
-            }
-            let factor = num("factor").unwrap_or(max_positions / original);
-            if factor < 1.0 {
-                return Err(err(format!("`factor` must be at least 1, got {factor}")));
-            }
-            let mscale = |scale: f64, m: f64| {
-                if scale <= 1.0 {
-                    1.0
-                } else {
-                    0.1 * m * scale.ln() + 1.0
-                }
-            };
-            let attention_factor = match (
-                num("attention_factor"),
-                num("mscale").filter(|m| *m != 0.0),
-                num("mscale_all_dim").filter(|m| *m != 0.0),
-            ) {
-                (Some(a), _, _) => a,
-                (None, Some(m), Some(all)) => mscale(factor, m) / mscale(factor, all),
-                _ => mscale(factor, 1.0),
-            };
-            RopeScaling::Yarn {
-                factor: factor as f32,
-                original_max_position_embeddings: original as f32,
-                beta_fast: num("beta_fast").filter(|b| *b != 0.0).unwrap_or(32.0) as f32,
-                beta_slow: num("beta_slow").filter(|b| *b != 0.0).unwrap_or(1.0) as f32,
-                truncate: params
-                    .and_then(|p| p.get("truncate"))
-                    .and_then(Value::as_bool)
-                    .unwrap_or(true),
-                attention_factor: attention_factor as f32,
-            }
-        }
-        other => {
-            return Err(err(format!(
-                "rope type {other:?} is not supported (default, linear, llama3, yarn)"
-            )))
-        }
-    };
-    Ok((theta, scaling))
 }
 
 /// Per-layer sliding windows, following transformers: explicit `layer_types` win;
@@ -898,7 +556,7 @@ mod tests {
         v["rope_scaling"] = Value::Null;
         let c = parse(v).unwrap();
         assert_eq!(c.mla.as_ref().unwrap().q_lora_rank, None);
-        assert_eq!(c.mla.unwrap().softmax_scale, (1.0 / 192f64.sqrt()) as f32);
+        assert_eq!(c.mla.unwrap().softmax_scale, 192f64.powf(-0.5) as f32);
         assert_eq!(c.moe.unwrap().group_limit, None);
         // The transformers-5 layout gives the same scale.
         let mut v = deepseek();

@@ -224,3 +224,20 @@ fn forward_rejects_inconsistent_input() {
     };
     assert!(generate(&lm.model, &[1_000_000], &[], &params, |_| {}).is_err());
 }
+
+/// The KV cache spec read from config.json alone (what `bench kv-cache` sizes) is the one
+/// the loaded decoder declares, for every fixture: latent slots for DeepSeek-V3, keys
+/// and values per kv head for the rest.
+#[test]
+fn the_cache_spec_from_the_config_is_the_models() {
+    for dir in model_fixtures() {
+        let (lm, _, _) = load(&dir);
+        let config = novastack_models::ModelConfig::from_dir(&dir).unwrap();
+        assert_eq!(
+            novastack_models::KvCacheSpec::from_config(&config),
+            lm.model.kv_cache_spec(),
+            "{}",
+            dir.display()
+        );
+    }
+}

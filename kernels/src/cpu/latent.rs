@@ -9,7 +9,7 @@
 use super::simd;
 use super::{CpuWeight, SendPtr};
 use crate::error::ensure;
-use crate::{AttentionMetadata, Error, HeadLayout, KvCacheConfig, LatentShape, Result};
+use crate::{AttentionMetadata, HeadLayout, KvCacheConfig, LatentShape, Result};
 use rayon::prelude::*;
 
 #[allow(clippy::too_many_arguments)]
@@ -78,16 +78,7 @@ pub(crate) fn cache_rows(
             cache.layer_len()
         )
     })?;
-    if let Some(&bad) = slot_mapping
-        .iter()
-        .find(|&&s| s != crate::PADDING_SLOT && s as usize >= cache.num_slots())
-    {
-        return Err(Error::OutOfRange {
-            op: OP,
-            index: bad as usize,
-            limit: cache.num_slots(),
-        });
-    }
+    crate::shape::slots_in_cache(OP, slot_mapping, cache)?;
     for (i, &slot) in slot_mapping.iter().enumerate() {
         if slot == crate::PADDING_SLOT {
             continue;

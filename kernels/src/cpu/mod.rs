@@ -281,18 +281,12 @@ impl Backend for CpuBackend {
         check_len(OP, "qkv", qkv, slot_mapping.len() * row_stride)?;
         check_len(OP, "key_cache", key_cache, cache.layer_len())?;
         check_len(OP, "value_cache", value_cache, cache.layer_len())?;
+        shape::slots_in_cache(OP, slot_mapping, cache)?;
         for (row, &slot) in qkv.chunks_exact(row_stride).zip(slot_mapping) {
             if slot == crate::PADDING_SLOT {
                 continue;
             }
             let slot = slot as usize;
-            if slot >= cache.num_slots() {
-                return Err(Error::OutOfRange {
-                    op: OP,
-                    index: slot,
-                    limit: cache.num_slots(),
-                });
-            }
             let dst = slot * slot_len..(slot + 1) * slot_len;
             key_cache[dst.clone()].copy_from_slice(&row[k_offset..k_offset + slot_len]);
             value_cache[dst].copy_from_slice(&row[k_offset + slot_len..k_offset + 2 * slot_len]);

@@ -5,7 +5,7 @@
 use crate::conformance::{Case, Gen, Visit};
 use crate::gpu::launch::{grid1, launch};
 use crate::gpu::{Device, GpuBackend, GpuBuf};
-use crate::{shape, Backend, Error, KvCacheConfig, Result, SeqAttention, PADDING_SLOT};
+use crate::{shape, Backend, KvCacheConfig, Result, SeqAttention};
 
 /// `reshape_and_cache(qkv, slots, key_cache, value_cache, row_stride, k_offset,
 /// v_offset, slot_len)`: one block per token; the slot mapping goes through the
@@ -28,16 +28,7 @@ pub(crate) fn reshape_and_cache<D: Device>(
     let cache_len = cache.num_slots() * slot_len;
     b.check(OP, "key_cache", key_cache, cache_len)?;
     b.check(OP, "value_cache", value_cache, cache_len)?;
-    if let Some(&s) = slot_mapping
-        .iter()
-        .find(|&&s| s != PADDING_SLOT && s as usize >= cache.num_slots())
-    {
-        return Err(Error::OutOfRange {
-            op: OP,
-            index: s as usize,
-            limit: cache.num_slots(),
-        });
-    }
+    shape::slots_in_cache(OP, slot_mapping, cache)?;
     let slots = b.cached_u32s(&b.slots, slot_mapping)?;
     launch!(
         b,

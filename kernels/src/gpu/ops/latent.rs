@@ -10,7 +10,6 @@ use crate::gpu::launch::{grid1, launch, ATTN_WARPS, THREADS};
 use crate::gpu::{Device, GpuBackend, GpuBuf, Launch};
 use crate::{
     shape, AttentionMetadata, Backend, Error, HeadLayout, KvCacheConfig, LatentShape, Result,
-    PADDING_SLOT,
 };
 
 /// `NS_HG_BM` / `NS_HG_BN` / `NS_HG_THREADS` in latent.hip.
@@ -81,16 +80,7 @@ pub(crate) fn cache_rows<D: Device>(
     shape::row_in_row(OP, row_stride, col_offset, slot_len)?;
     b.check(OP, "src", src, slot_mapping.len() * row_stride)?;
     b.check(OP, "cache", cache_buf, cache.layer_len())?;
-    if let Some(&s) = slot_mapping
-        .iter()
-        .find(|&&s| s != PADDING_SLOT && s as usize >= cache.num_slots())
-    {
-        return Err(Error::OutOfRange {
-            op: OP,
-            index: s as usize,
-            limit: cache.num_slots(),
-        });
-    }
+    shape::slots_in_cache(OP, slot_mapping, cache)?;
     let slots = b.cached_u32s(&b.slots, slot_mapping)?;
     launch!(
         b,
@@ -152,7 +142,12 @@ pub(crate) fn latent_attention<D: Device>(
         q_rope.len,
         out.len,
     )?;
-    for (what, buf) in [("q_latent", q_latent), ("q_rope", q_rope), ("out", &*out)] {
+    for (what, buf) in [
+        ("q_latent", q_latent),
+        ("q_rope", q_rope),
+        ("latent_cache", latent_cache),
+        ("out", &*out),
+    ] {
         b.check_dtype(OP, what, buf)?;
     }
     if rows == 0 {
