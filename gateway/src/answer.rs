@@ -149,14 +149,18 @@ impl Answer {
             .model_cfg
             .as_ref()
             .map_or(0.0, |m| rules::estimate_cost(m, pt, ct));
-        c.state.succeeded();
+        let epoch = self.gw.epoch();
+        self.gw.model_succeeded(&epoch, &c.name, &c.state);
         c.state
             .metrics
             .success(self.started.elapsed().as_secs_f64(), pt, ct, cost);
-        c.state.settle(self.est, (pt + ct) as f64, Instant::now());
-        if let Some(k) = &self.key_name {
-            self.gw.clients.settle(k, self.est, (pt + ct) as f64);
-        }
+        self.gw.settle(
+            &epoch,
+            self.key_name.as_deref(),
+            Some((&c.name, &c.state)),
+            self.est,
+            (pt + ct) as f64,
+        );
         let usage = Usage {
             prompt_tokens: pt,
             completion_tokens: ct,

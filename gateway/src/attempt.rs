@@ -8,18 +8,20 @@
 //! largest `timeout_s` in the chain): slot waits, backoff and the wait for an answer to
 //! start all end there, so hanging upstreams cost one deadline, not attempts × timeout.
 
+use crate::limiter::Gate;
 use crate::limits::retry_after_secs;
 use crate::metrics::UpstreamMetrics;
 use crate::model_state::{ModelState, Permit};
 use crate::policy::{self, FailureKind};
 use crate::providers::{UpError, UpEvent};
+use crate::replica_pool::ReplicaSlot;
 use crate::request::ClientRequest;
 use crate::state::{ConfigEpoch, Gateway};
 use crate::upstream::{self, AnswerStream};
 use axum::http::StatusCode;
 use novastack_openai::ApiError;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::time::Instant as TokioInstant;
 
 /// What the attempt loop hands back once an upstream has started answering.
@@ -29,6 +31,8 @@ pub(crate) struct Committed {
     pub state: Arc<ModelState>,
     /// The slot under the model's concurrency limit, held until the answer is done.
     pub _permit: Permit,
+    /// The replica answering, for a model served by a pool (its in-flight slot).
+    pub replica: Option<ReplicaSlot>,
     pub stream: AnswerStream,
     /// Streaming: the first event. Non-streaming: every event.
     pub events: Vec<UpEvent>,
@@ -40,7 +44,8 @@ const MAX_SLOT_WAIT_S: f64 = 30.0;
 
 /// Tries `chain` for `req`, which reserves `est_tokens` of each upstream's TPM.
 /// `collect`: read the whole answer inside the loop (non-streaming clients), so a
-/// failure anywhere in it can still be retried.
+/// failure anywhere in it can still be retried. `first_gate`: the first model's gate,
+/// already taken with the client key's limits (one round trip to shared state).
 pub(crate) async fn attempt_chain(
     gw: &Gateway,
     epoch: &ConfigEpoch,
@@ -48,6 +53,7 @@ pub(crate) async fn attempt_chain(
     req: &ClientRequest,
     est_tokens: f64,
     collect: bool,
+    mut first_gate: Option<Gate>,
 ) -> Result<Committed, ApiError> {
     let retry = &epoch.cfg.retry;
     let deadline_d = deadline(epoch, chain);
@@ -68,39 +74,57 @@ pub(crate) async fn attempt_chain(
     let mut min_cooling: Option<Duration> = None;
     let mut rate_wait: Option<Duration> = None;
     for (ci, name) in chain.iter().enumerate() {
-        let (Some(m), Some(state), Some(endpoint)) = (
-            epoch.model(name),
-            gw.model_state(name),
-            epoch.endpoints.get(name),
-        ) else {
+        let prefetched = if ci == 0 { first_gate.take() } else { None };
+        let (Some(m), Some(state)) = (epoch.model(name), gw.model_state(name)) else {
             continue;
         };
-        if let Some(rem) = state.cooling(Instant::now()) {
-            min_cooling = Some(min_cooling.map_or(rem, |c| c.min(rem)));
+        let pool = epoch.pools.get(name);
+        let single = epoch.endpoints.get(name);
+        if pool.is_none() && single.is_none() {
             continue;
         }
-        if ci > 0 && attempts > 0 {
-            UpstreamMetrics::inc(&state.metrics.fallbacks);
-        }
-        for try_i in 0..retry.max_attempts {
-            if let Err(w) = state.reserve(est_tokens, Instant::now()) {
-                rate_wait = Some(rate_wait.map_or(w, |r| r.min(w)));
-                break; // this upstream's own RPM/TPM is spent: next in the chain
+        // A pool tries each replica once (the balance's choice first) before the
+        // model's fallbacks; retries beyond that go round the replicas again.
+        let order = pool.map(|p| p.order(req)).unwrap_or_default();
+        let tries = retry.max_attempts.max(order.len() as u32);
+        let mut prefetched = prefetched;
+        for try_i in 0..tries {
+            let gate = match prefetched.take() {
+                Some(g) => g,
+                None => gw.gate(epoch, name, &state, est_tokens).await?,
+            };
+            match gate {
+                Gate::Open => {}
+                Gate::Cooling(rem) => {
+                    min_cooling = Some(min_cooling.map_or(rem, |c| c.min(rem)));
+                    break;
+                }
+                Gate::Spent(w) => {
+                    rate_wait = Some(rate_wait.map_or(w, |r| r.min(w)));
+                    break; // this upstream's own RPM/TPM is spent: next in the chain
+                }
+            }
+            if try_i == 0 && ci > 0 && attempts > 0 {
+                UpstreamMetrics::inc(&state.metrics.fallbacks);
             }
             let left = deadline.saturating_duration_since(TokioInstant::now());
             if left.is_zero() {
-                state.settle(est_tokens, 0.0, Instant::now());
+                gw.settle(epoch, None, Some((name, &state)), est_tokens, 0.0);
                 return Err(past_deadline(attempts, last));
             }
             let wait = upstream::idle_timeout(m)
                 .min(Duration::from_secs_f64(MAX_SLOT_WAIT_S))
                 .min(left);
             let Some(permit) = state.acquire(wait).await else {
-                state.settle(est_tokens, 0.0, Instant::now());
+                gw.settle(epoch, None, Some((name, &state)), est_tokens, 0.0);
                 last = Some(UpError::new(
                     FailureKind::Timeout,
                     format!("no free slot for {name} within {wait:?}"),
                 ));
+                break;
+            };
+            let slot = pool.map(|p| p.take(order[try_i as usize % order.len()]));
+            let Some(endpoint) = slot.as_ref().map(|s| &s.replica().endpoint).or(single) else {
                 break;
             };
             attempts += 1;
@@ -112,21 +136,39 @@ pub(crate) async fn attempt_chain(
                 Err(e) => Err(e),
                 Ok(mut stream) => first_events(&mut stream, collect, deadline, deadline_d)
                     .await
-                    .map(|events| Committed {
+                    .map(|events| (stream, events)),
+            };
+            let e = match result {
+                Ok((stream, events)) => {
+                    if let (Some(p), Some(s)) = (pool, &slot) {
+                        p.succeeded(s.index);
+                    }
+                    return Ok(Committed {
                         name: name.clone(),
                         state: state.clone(),
                         _permit: permit,
+                        replica: slot,
                         stream,
                         events,
                         attempts,
-                    }),
-            };
-            let e = match result {
-                Ok(c) => return Ok(c),
+                    });
+                }
                 Err(e) => e,
             };
-            state.settle(est_tokens, 0.0, Instant::now());
-            let cooled = state.failed(&e.kind, &epoch.cfg.cooldown, Instant::now());
+            gw.settle(epoch, None, Some((name, &state)), est_tokens, 0.0);
+            // A pool's replica failures eject the replica; they cool the model down
+            // only once no replica is left.
+            let count = match (pool, &slot) {
+                (Some(p), Some(s)) => {
+                    if replica_fault(&e.kind) {
+                        p.attempt_failed(s.index, e.kind == FailureKind::Connect);
+                    }
+                    p.all_ejected()
+                }
+                _ => true,
+            };
+            drop(slot);
+            let cooled = gw.model_failed(epoch, name, &state, &e.kind, count).await;
             if let FailureKind::Status(s) = e.kind {
                 if (400..500).contains(&s) && ![401, 403, 404, 408, 409, 429].contains(&s) {
                     // The request itself is bad: the next model would refuse it too.
@@ -139,11 +181,16 @@ pub(crate) async fn attempt_chain(
             let too_long = e
                 .retry_after
                 .is_some_and(|ra| ra.as_secs_f64() > retry.max_retry_after_s);
-            let give_up_here = !retryable || cooled || too_long || try_i + 1 == retry.max_attempts;
+            let give_up_here = !retryable || cooled || too_long || try_i + 1 == tries;
             let retry_after = e.retry_after;
             last = Some(e);
             if give_up_here {
                 break;
+            }
+            // The next replica of a pool is tried at once; the same upstream again
+            // after a backoff.
+            if (try_i as usize + 1) < order.len() {
+                continue;
             }
             let pause = policy::backoff(retry, try_i, retry_after, rand::random::<f64>());
             if TokioInstant::now() + pause >= deadline {
@@ -153,6 +200,15 @@ pub(crate) async fn attempt_chain(
         }
     }
     Err(give_up(chain, attempts, last, min_cooling, rate_wait))
+}
+
+/// A failure that says something about the replica rather than the request: no
+/// connection, a broken or hanging answer, or a 5xx.
+fn replica_fault(kind: &FailureKind) -> bool {
+    match kind {
+        FailureKind::Connect | FailureKind::Protocol | FailureKind::Timeout => true,
+        FailureKind::Status(s) => *s >= 500,
+    }
 }
 
 /// The loop's deadline: `retry.deadline_s`, or twice the largest `timeout_s` of the

@@ -122,24 +122,27 @@ async fn handle(
         }
     }
     let est = req.estimated_tokens();
-    let rl_headers = match &key_name {
-        Some(k) => gw.clients.reserve(k, est)?,
-        None => Vec::new(),
-    };
+    // The key's limits and the first model's gate: one round trip when state is shared.
+    let (rl_headers, first_gate) = gw
+        .admit(&epoch, key_cfg, est, plan.chain.first().map(String::as_str))
+        .await?;
     let started = Instant::now();
-    let committed = match attempt_chain(&gw, &epoch, &plan.chain, &req, est, !req.stream).await {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(k) = &key_name {
-                gw.clients.settle(k, est, 0.0);
+    let chain = &plan.chain;
+    let committed =
+        match attempt_chain(&gw, &epoch, chain, &req, est, !req.stream, first_gate).await {
+            Ok(c) => c,
+            Err(e) => {
+                gw.settle(&epoch, key_name.as_deref(), None, est, 0.0);
+                return Err(e.with_headers(rl_headers));
             }
-            return Err(e.with_headers(rl_headers));
-        }
-    };
+        };
     let mut hdrs: Vec<(&'static str, String)> = vec![
         ("x-novastack-model", committed.name.clone()),
         ("x-novastack-attempts", committed.attempts.to_string()),
     ];
+    if let Some(slot) = &committed.replica {
+        hdrs.push(("x-novastack-replica", slot.replica().url.clone()));
+    }
     hdrs.extend(rl_headers);
     let answer = Answer {
         gw: gw.clone(),

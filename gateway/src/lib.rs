@@ -17,6 +17,10 @@
 //! | `rules` | routing: rule evaluation, cheapest capable, cost estimates |
 //! | `policy` | retryability, backoff, cooldown, token buckets, AIMD (pure, clock passed in) |
 //! | `limits` | RPM/TPM reservations, for client keys and upstreams alike |
+//! | `limiter` | where those decisions are made: shared state in Redis, or this process |
+//! | `redis_state` | the Redis side: Lua scripts for buckets, cooldowns, adaptive limits |
+//! | `replica_pool` | a model served by several replicas: balance, order, health |
+//! | `prefix_blocks` | a prompt's leading blocks, hashed for prefix-aware routing |
 //! | `model_state` | per-model runtime state: concurrency, cooldown, limits, metrics |
 //! | `state` | the `Gateway`: the config epoch in force, reloads, local models |
 //! | `routes` | the router, readiness, `/metrics`, `/v1/models`, authentication |
@@ -37,18 +41,23 @@ pub mod api;
 mod attempt;
 pub mod config;
 mod handler;
+mod limiter;
 mod limits;
 mod metrics;
 mod model_state;
 pub mod policy;
+mod prefix_blocks;
 pub mod providers;
 pub mod redact;
+mod redis_state;
 mod relay;
+mod replica_pool;
 mod request;
 mod routes;
 pub mod rules;
 mod server;
 mod state;
+mod supervise;
 mod sync;
 mod tally;
 pub mod upstream;

@@ -51,31 +51,58 @@ impl RateLimits {
 
     /// OpenAI's `x-ratelimit-*` headers for the buckets there are.
     pub fn headers(&mut self, now: Instant) -> Vec<(&'static str, String)> {
-        let mut headers = Vec::new();
-        if let Some(b) = self.rpm.as_mut() {
-            headers.push(("x-ratelimit-limit-requests", format!("{}", b.capacity)));
-            headers.push((
-                "x-ratelimit-remaining-requests",
-                format!("{}", b.remaining(now).floor()),
-            ));
-            headers.push((
-                "x-ratelimit-reset-requests",
-                format!("{:.3}s", b.reset_s(now)),
-            ));
-        }
-        if let Some(b) = self.tpm.as_mut() {
-            headers.push(("x-ratelimit-limit-tokens", format!("{}", b.capacity)));
-            headers.push((
-                "x-ratelimit-remaining-tokens",
-                format!("{}", b.remaining(now).floor()),
-            ));
-            headers.push((
-                "x-ratelimit-reset-tokens",
-                format!("{:.3}s", b.reset_s(now)),
-            ));
-        }
-        headers
+        let snap = |b: &mut TokenBucket| (b.capacity, b.remaining(now), b.reset_s(now));
+        rate_headers(self.rpm.as_mut().map(snap), self.tpm.as_mut().map(snap))
     }
+}
+
+/// OpenAI's `x-ratelimit-*` headers from (capacity, remaining, seconds to full) of the
+/// request and token buckets there are.
+pub(crate) fn rate_headers(
+    rpm: Option<(f64, f64, f64)>,
+    tpm: Option<(f64, f64, f64)>,
+) -> Vec<(&'static str, String)> {
+    let mut headers = Vec::new();
+    let names = [
+        (
+            rpm,
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+        ),
+        (
+            tpm,
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        ),
+    ];
+    for (b, [limit, remaining, reset]) in names {
+        if let Some((cap, left, reset_s)) = b {
+            headers.push((limit, format!("{cap}")));
+            headers.push((remaining, format!("{}", left.max(0.0).floor())));
+            headers.push((reset, format!("{reset_s:.3}s")));
+        }
+    }
+    headers
+}
+
+/// The 429 for a client key whose RPM/TPM is spent.
+pub(crate) fn key_refused(
+    name: &str,
+    wait: Duration,
+    headers: Vec<(&'static str, String)>,
+) -> ApiError {
+    ApiError::too_many(format!(
+        "rate limit of API key {name:?} reached; retry in {:.1}s",
+        wait.as_secs_f64()
+    ))
+    .with_headers(headers)
+    .with_header("retry-after", retry_after_secs(wait))
 }
 
 /// The client keys' limits, by key name.
@@ -108,12 +135,7 @@ impl ClientLimits {
         let headers = k.headers(now);
         match taken {
             Ok(()) => Ok(headers),
-            Err(w) => Err(ApiError::too_many(format!(
-                "rate limit of API key {name:?} reached; retry in {:.1}s",
-                w.as_secs_f64()
-            ))
-            .with_headers(headers)
-            .with_header("retry-after", retry_after_secs(w))),
+            Err(w) => Err(key_refused(name, w, headers)),
         }
     }
 

@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 /// The concurrency limit of a model without `limits.max_concurrency`.
 const UNLIMITED_CONCURRENCY: usize = 1024;
 
+/// A model's concurrency maximum (`limits.max_concurrency`), where its adaptive limit
+/// starts and returns to.
+pub(crate) fn max_concurrency(m: &ModelConfig) -> usize {
+    m.limits.max_concurrency.unwrap_or(UNLIMITED_CONCURRENCY)
+}
+
 pub struct ModelState {
     aimd: Mutex<Aimd>,
     slot_freed: tokio::sync::Notify,
@@ -38,7 +44,7 @@ impl ModelState {
     pub(crate) fn configure(&self, m: &ModelConfig, now: Instant) {
         let mut a = lock(&self.aimd);
         let in_flight = a.in_flight;
-        *a = Aimd::new(m.limits.max_concurrency.unwrap_or(UNLIMITED_CONCURRENCY));
+        *a = Aimd::new(max_concurrency(m));
         a.in_flight = in_flight;
         *lock(&self.rate) = RateLimits::new(m.limits.rpm, m.limits.tpm, now);
     }
@@ -71,13 +77,20 @@ impl ModelState {
         lock(&self.cooldown).remaining(now)
     }
 
-    /// Records a failed attempt; true when it started a cooldown.
-    pub(crate) fn failed(&self, kind: &FailureKind, cd: &CooldownConfig, now: Instant) -> bool {
+    /// Records a failed attempt; true when it started a cooldown. `count`: the failure
+    /// counts toward the cooldown.
+    pub(crate) fn failed(
+        &self,
+        kind: &FailureKind,
+        cd: &CooldownConfig,
+        now: Instant,
+        count: bool,
+    ) -> bool {
         self.metrics.error(&kind.class());
         if kind.is_overload() {
             lock(&self.aimd).on_overload();
         }
-        let cooled = lock(&self.cooldown).failure(cd, now);
+        let cooled = count && lock(&self.cooldown).failure(cd, now);
         if cooled {
             UpstreamMetrics::inc(&self.metrics.cooldowns);
         }
@@ -87,6 +100,12 @@ impl ModelState {
     pub(crate) fn succeeded(&self) {
         lock(&self.aimd).on_success();
         lock(&self.cooldown).success();
+    }
+
+    /// Takes the adaptive limit every gateway replica shares (from Redis).
+    pub(crate) fn set_shared_limit(&self, limit: f64) {
+        lock(&self.aimd).set_limit(limit);
+        self.slot_freed.notify_waiters();
     }
 
     pub fn adaptive_limit(&self) -> usize {

@@ -206,6 +206,13 @@ impl Aimd {
         self.limit = (self.limit + 1.0 / self.limit.max(1.0)).min(self.max);
     }
 
+    /// Takes a limit decided elsewhere (the shared one), within [1, max].
+    pub fn set_limit(&mut self, limit: f64) {
+        if limit.is_finite() {
+            self.limit = limit.clamp(1.0, self.max);
+        }
+    }
+
     pub fn on_overload(&mut self) {
         self.limit = (self.limit / 2.0).max(1.0);
     }

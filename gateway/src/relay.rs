@@ -7,13 +7,13 @@
 
 use crate::answer::{data, Answer};
 use crate::attempt::Committed;
+use crate::policy::FailureKind;
 use crate::providers::{UpError, UpEvent};
 use crate::tally::Tally;
 use axum::http::StatusCode;
 use axum::response::sse::Event;
 use novastack_openai::ApiError;
 use std::collections::VecDeque;
-use std::time::Instant;
 
 /// Where a streamed answer is.
 enum Phase {
@@ -120,8 +120,15 @@ impl Relay {
     /// The upstream failed mid-stream: an error chunk and `[DONE]`.
     fn fail(&mut self, e: UpError) {
         self.phase = Phase::Ended;
-        let cooldown = self.answer.gw.epoch().cfg.cooldown;
-        self.c.state.failed(&e.kind, &cooldown, Instant::now());
+        // A pool's replica that broke mid-stream is ejected like one that failed
+        // before its answer; the model cools down only once no replica is left.
+        let count = match &self.c.replica {
+            Some(slot) => slot.failed(e.kind == FailureKind::Connect),
+            None => true,
+        };
+        self.answer
+            .gw
+            .model_failed_later(&self.c.name, e.kind.clone(), count);
         let err = ApiError::new(
             StatusCode::BAD_GATEWAY,
             format!("upstream {} failed mid-stream: {}", self.c.name, e.message),

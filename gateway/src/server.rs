@@ -45,6 +45,8 @@ pub async fn serve_with_limits(
     }
     #[cfg(not(unix))]
     let _ = config_path;
+    gw.connect_shared_state().await;
+    let supervisor = tokio::spawn(gw.clone().supervise());
     let g2 = gw.clone();
     let shutdown = async move {
         http::shutdown_signal().await;
@@ -52,7 +54,9 @@ pub async fn serve_with_limits(
         tracing::info!("gateway: shutting down, draining for up to {drain:?}");
     };
     let metrics = gw.http.clone();
-    match http::serve(listener, app(gw), limits, metrics, shutdown, drain).await {
+    let outcome = http::serve(listener, app(gw), limits, metrics, shutdown, drain).await;
+    supervisor.abort();
+    match outcome {
         DrainOutcome::Finished => Ok(()),
         DrainOutcome::Abandoned { requests } => anyhow::bail!(
             "gateway: --shutdown-timeout ({drain:?}) passed with {requests} requests in flight; abandoned them"

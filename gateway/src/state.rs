@@ -7,6 +7,8 @@ use crate::config::{self, ConfigFile, ModelConfig};
 use crate::limits::ClientLimits;
 use crate::model_state::ModelState;
 use crate::providers;
+use crate::redis_state::RedisState;
+use crate::replica_pool::{origin_of, ReplicaPool};
 use crate::sync::lock;
 use crate::upstream::{Endpoint, Transport};
 use anyhow::{Context, Result};
@@ -29,6 +31,10 @@ pub struct ConfigEpoch {
     pub(crate) endpoints: HashMap<String, Endpoint>,
     /// Header names some rule looks at (only these are copied per request).
     pub(crate) rule_headers: Vec<String>,
+    /// Models served by a pool of replicas (`replicas:`), by name.
+    pub(crate) pools: HashMap<String, Arc<ReplicaPool>>,
+    /// Shared state in Redis (`state:`).
+    pub(crate) shared: Option<Arc<RedisState>>,
 }
 
 impl ConfigEpoch {
@@ -118,10 +124,13 @@ impl Gateway {
                 retry: Default::default(),
                 cooldown: Default::default(),
                 api_keys: Vec::new(),
+                state: None,
             },
             client_keys: Vec::new(),
             endpoints: HashMap::new(),
             rule_headers: Vec::new(),
+            pools: HashMap::new(),
+            shared: None,
         };
         let gw = Arc::new(Gateway {
             current: RwLock::new(Arc::new(empty)),
@@ -164,8 +173,54 @@ impl Gateway {
             }
             urls.insert(m.name.clone(), per_api);
         }
+        let mut pools = HashMap::new();
+        for (i, m) in cfg.models.iter().enumerate() {
+            let Some(replicas) = &m.replicas else {
+                continue;
+            };
+            let provider = providers::for_model(m.provider);
+            let mut members = Vec::new();
+            for (j, base) in replicas.iter().enumerate() {
+                let mut per_api = Vec::new();
+                let mut origin = String::new();
+                for api in [Api::Chat, Api::Completions, Api::Embeddings] {
+                    let Some(url) = provider.endpoint(base, api).filter(|_| m.serves(api)) else {
+                        continue;
+                    };
+                    let u = reqwest::Url::parse(&url).map_err(|e| {
+                        anyhow::anyhow!("models[{i}] ({}).replicas[{j}]: {url:?}: {e}", m.name)
+                    })?;
+                    origin = origin_of(&u);
+                    per_api.push((api, u));
+                }
+                let key = match &m.auth {
+                    Some(config::AuthSpec::Header(a)) => Some(env(&a.key_env).unwrap_or_default()),
+                    _ => None,
+                };
+                let ep = Endpoint::new(provider, Transport::Http(per_api), key);
+                members.push((base.clone(), origin, ep));
+            }
+            let pool = ReplicaPool::new(
+                &m.name,
+                m.balance.unwrap_or_default(),
+                m.health_check.clone().unwrap_or_default(),
+                members,
+            );
+            pools.insert(m.name.clone(), Arc::new(pool));
+        }
+        let shared = match &cfg.state {
+            None => None,
+            Some(st) => {
+                let url = st.url(env)?;
+                let old = self.epoch().shared.clone();
+                match old.filter(|o| o.same_config(st, &url)) {
+                    Some(o) => Some(o),
+                    None => Some(Arc::new(RedisState::new(st.clone(), &url)?)),
+                }
+            }
+        };
         let mut endpoints = HashMap::new();
-        for m in &cfg.models {
+        for m in cfg.models.iter().filter(|m| m.replicas.is_none()) {
             let transport = match urls.remove(&m.name) {
                 Some(u) => Transport::Http(u),
                 None => Transport::InProcess(self.local_router(m)?),
@@ -202,6 +257,8 @@ impl Gateway {
             client_keys,
             endpoints,
             rule_headers,
+            pools,
+            shared,
         };
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(epoch);
         Ok(())

@@ -3,8 +3,10 @@
 //! for syntax and type errors). Route conditions (`when:`) are part of this language and
 //! are compiled while the file is read (`when.rs`); routing (`rules.rs`) only evaluates.
 
+mod replicas;
 mod when;
 
+pub use replicas::{Balance, HealthCheckConfig, OnError, StateConfig};
 pub use when::{Check, Cond, Subject, When};
 
 use crate::api::Api;
@@ -25,6 +27,9 @@ pub struct ConfigFile {
     pub cooldown: CooldownConfig,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    /// Shared state in Redis; absent: each gateway process keeps its own.
+    #[serde(default)]
+    pub state: Option<StateConfig>,
 }
 
 /// Who serves a model. Each variant has its implementation in `providers/` (picked in
@@ -80,6 +85,13 @@ pub struct ModelConfig {
     /// its provider speaks (`Api::spoken_by`). Requests for an API go only to models
     /// that serve it.
     pub apis: Option<Vec<Api>>,
+    /// `provider: openai` only, instead of `base_url`: a pool of OpenAI-compatible
+    /// upstreams serving the same model (typically `novastack serve` replicas).
+    pub replicas: Option<Vec<String>>,
+    /// How the pool picks a replica (default `prefix`).
+    pub balance: Option<Balance>,
+    /// The pool's health checks (defaults: GET /health every 5 s).
+    pub health_check: Option<HealthCheckConfig>,
 }
 
 impl ModelConfig {
@@ -245,6 +257,17 @@ fn validate(cfg: &ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> Result<()
             if m.base_url.is_some() {
                 bail!("{at}.base_url: not used by provider local");
             }
+        } else if let Some(replicas) = &m.replicas {
+            if m.provider != Provider::Openai {
+                bail!("{at}.replicas: only for provider openai (OpenAI-compatible upstreams)");
+            }
+            if m.base_url.is_some() {
+                bail!("{at}.base_url: give base_url or replicas, not both");
+            }
+            replicas::validate_replicas(&at, replicas)?;
+            if m.path.is_some() {
+                bail!("{at}.path: only for provider local");
+            }
         } else {
             let Some(url) = &m.base_url else {
                 bail!("{at}.base_url: required for provider {:?}", m.provider);
@@ -272,6 +295,12 @@ fn validate(cfg: &ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> Result<()
                 }
             }
             _ => {}
+        }
+        if m.replicas.is_none() && (m.balance.is_some() || m.health_check.is_some()) {
+            bail!("{at}: balance and health_check are for a model with replicas");
+        }
+        if let Some(h) = &m.health_check {
+            h.validate(&at)?;
         }
         if let Some(apis) = &m.apis {
             let spoken = Api::spoken_by(m.provider);
@@ -337,6 +366,9 @@ fn validate(cfg: &ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> Result<()
                 bail!("retry.retry_on[{i}]: {c:?}: use status codes, `timeout` or `connect_error`");
             }
         }
+    }
+    if let Some(st) = &cfg.state {
+        st.validate(env)?;
     }
     if cfg.cooldown.failures == 0 {
         bail!("cooldown.failures: must be at least 1");
