@@ -7,6 +7,7 @@ pub mod gateway;
 pub mod kv_cache;
 pub mod offline;
 pub mod plot;
+pub mod replicas;
 pub mod serve;
 pub mod sim;
 pub mod structured;
@@ -39,6 +40,10 @@ pub enum BenchCommand {
     /// KV cache bytes per token and the tokens that fit in a memory: for a latent-attention
     /// model (DeepSeek-V3 by default), the latent cache beside per-head keys and values.
     KvCache(kv_cache::KvCacheArgs),
+    /// Engine replicas behind the gateway per balance policy (prefix, least_loaded,
+    /// round_robin): multi-turn conversations with shared prefixes, the replicas'
+    /// prefix-cache hit rates, TTFT p50/p99 and the spread of load.
+    Replicas(replicas::ReplicasArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -51,5 +56,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Sim(args) => sim::run(args),
         BenchCommand::Structured(args) => structured::run(args),
         BenchCommand::KvCache(args) => kv_cache::run(args),
+        BenchCommand::Replicas(args) => replicas::run(args),
     }
 }

@@ -143,12 +143,14 @@ impl BlockManager {
     }
 
     /// The cached blocks holding the longest run of full blocks of `tokens` (at most
-    /// `max_blocks`), with their hashes. Does not take references.
+    /// `max_blocks`), with their hashes. Does not take references. Every full block
+    /// that could have come from the cache counts as queried (not only those up to the
+    /// first miss), so hits / queried is the share of cacheable prompt blocks found.
     pub fn lookup_prefix(&mut self, tokens: &[u32], max_blocks: usize) -> Vec<(BlockId, u64)> {
         let mut out = Vec::new();
         let mut parent = 0u64;
+        self.num_queried_blocks += (tokens.len() / self.block_size).min(max_blocks) as u64;
         for chunk in tokens.chunks_exact(self.block_size).take(max_blocks) {
-            self.num_queried_blocks += 1;
             let h = block_hash(parent, chunk);
             match self.cache.get(&h) {
                 Some(c) if c.parent == parent && c.tokens == chunk => {

@@ -157,8 +157,8 @@ mod tests {
         assert_eq!(kv.block_table(b.id), &kv.block_table(a.id)[..2]);
         assert!(kv.allocate_slots(b.id, 10));
         assert_eq!(kv.num_free_blocks(), 8 - 4);
-        // One miss for `a` (an empty cache), two hits for `b`.
-        assert_eq!((kv.num_queried_blocks(), kv.num_hit_blocks()), (3, 2));
+        // Two cacheable blocks each: both missed for `a` (an empty cache), both hit for `b`.
+        assert_eq!((kv.num_queried_blocks(), kv.num_hit_blocks()), (4, 2));
 
         kv.free(a.id);
         kv.free(b.id);

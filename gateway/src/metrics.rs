@@ -157,3 +157,95 @@ pub fn render(out: &mut String, rows: &[Row]) {
         write_histogram(out, name, &lbl(r), &h);
     }
 }
+
+/// Shared state (Redis): reachable or not, and what happened while it was not.
+pub(crate) fn render_state(out: &mut String, r: &crate::redis_state::RedisState) {
+    let m = &r.metrics;
+    let series: [(&str, &str, &str, f64); 4] = [
+        (
+            "gateway_state_redis_up",
+            "1 while the shared state (Redis) answers.",
+            "gauge",
+            r.is_up() as u8 as f64,
+        ),
+        (
+            "gateway_state_errors_total",
+            "Redis calls that failed or timed out.",
+            "counter",
+            m.errors.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "gateway_state_local_decisions_total",
+            "Limit decisions made on this process's own state while Redis was unreachable (on_error: open).",
+            "counter",
+            m.local_decisions.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "gateway_state_refused_total",
+            "Requests refused because Redis was unreachable (on_error: closed).",
+            "counter",
+            m.refused.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    for (name, help, kind, v) in series {
+        write_head(out, name, help, kind);
+        write_sample(out, name, "", v);
+    }
+}
+
+/// Replica pools: per replica, requests, failures, in flight, health, ejections.
+pub(crate) fn render_pools(out: &mut String, pools: &[&crate::replica_pool::ReplicaPool]) {
+    use crate::replica_pool::Replica;
+    type Get = fn(&Replica) -> f64;
+    let series: [(&str, &str, &str, Get); 6] = [
+        (
+            "gateway_replica_requests_total",
+            "Attempts a replica answered.",
+            "counter",
+            |r| r.served.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "gateway_replica_failures_total",
+            "Attempts on a replica that failed.",
+            "counter",
+            |r| r.failed.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "gateway_replica_in_flight",
+            "Requests in flight on a replica through this gateway.",
+            "gauge",
+            |r| r.in_flight() as f64,
+        ),
+        (
+            "gateway_replica_queued",
+            "Requests waiting in the replica's own queue (from its /metrics; least_loaded pools).",
+            "gauge",
+            |r| r.queued() as f64,
+        ),
+        (
+            "gateway_replica_healthy",
+            "1 while a replica is in its pool, 0 while ejected.",
+            "gauge",
+            |r| r.healthy() as u8 as f64,
+        ),
+        (
+            "gateway_replica_ejections_total",
+            "Times a replica was ejected (failed checks or requests).",
+            "counter",
+            |r| r.ejections.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    for (name, help, kind, get) in series {
+        write_head(out, name, help, kind);
+        for p in pools {
+            for r in &p.replicas {
+                let labels = format!(
+                    "model=\"{}\",replica=\"{}\"",
+                    escape(&p.model),
+                    escape(&r.url)
+                );
+                write_sample(out, name, &labels, get(r));
+            }
+        }
+    }
+}

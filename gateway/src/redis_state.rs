@@ -315,9 +315,15 @@ impl RedisState {
                     tracing::info!("gateway state: Redis at {} is reachable; limits, cooldowns and adaptive limits are shared", self.shown);
                 }
             }
-            Ok(Err(e)) => self.down(&e.to_string()),
-            Err(_) => self.down("PING timed out"),
+            Ok(Err(e)) => self.reset(&e.to_string()),
+            Err(_) => self.reset("PING timed out"),
         }
+    }
+
+    /// A failed probe: the next one starts from a fresh connection.
+    fn reset(&self, why: &str) {
+        *crate::sync::lock(&self.conn) = None;
+        self.down(why);
     }
 
     fn down(&self, why: &str) {

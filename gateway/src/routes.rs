@@ -95,6 +95,14 @@ async fn metrics_page(State(gw): State<Arc<Gateway>>) -> Response {
         })
         .collect();
     metrics::render(&mut out, &rows);
+    if let Some(r) = &epoch.shared {
+        metrics::render_state(&mut out, r);
+    }
+    let mut pools: Vec<_> = epoch.pools.values().map(|p| p.as_ref()).collect();
+    if !pools.is_empty() {
+        pools.sort_by(|a, b| a.model.cmp(&b.model));
+        metrics::render_pools(&mut out, &pools);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -117,8 +117,24 @@ fn several_models_with_aliases_keys_and_metrics_by_status() {
     assert_eq!(st, 405);
     error_of(&body);
 
-    // Request counts by route and status, and the end-to-end histogram per model.
-    let (_, page) = http(addr, "GET", "/metrics", "");
+    // Request counts by route and status, and the end-to-end histogram per model. The
+    // engine records a finished request's latency beside sending its answer, so a loaded
+    // machine may show the page a moment before the last one is counted.
+    let e2e = |page: &str, model: &str| {
+        metric(
+            page,
+            &format!("novastack_e2e_request_latency_seconds_count{{model=\"{model}\"}}"),
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let page = loop {
+        let (_, page) = http(addr, "GET", "/metrics", "");
+        let settled = e2e(&page, "qwen") == Some(2.0) && e2e(&page, "llama") == Some(1.0);
+        if settled || std::time::Instant::now() > deadline {
+            break page;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let count = |route: &str, status: u16| {
         metric(
             &page,

@@ -72,6 +72,49 @@ impl Server {
         Server { child, addr, log }
     }
 
+    /// `novastack serve --config CONFIG --port 0` (the gateway), once it listens.
+    pub fn gateway(config: &Path, env: &[(&str, &str)]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_novastack"))
+            .args(["serve", "--port", "0", "--config"])
+            .arg(config)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut addr = None;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some((_, rest)) = line.split_once("gateway at http://") {
+                let a = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .trim_end_matches("/v1");
+                addr = Some(a.parse().unwrap());
+            }
+            log.lock().unwrap().push(line);
+            if addr.is_some() {
+                break;
+            }
+        }
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                let mut v = sink.lock().unwrap();
+                if v.len() > 2000 {
+                    v.remove(0);
+                }
+                v.push(l);
+            }
+        });
+        let addr = addr.unwrap_or_else(|| panic!("no address in {:?}", log.lock().unwrap()));
+        Server { child, addr, log }
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }

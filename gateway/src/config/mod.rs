@@ -451,6 +451,29 @@ api_keys:
         assert_eq!(c.models[0].max_sse_line_bytes, Some(4096));
         assert_eq!(c.models[0].max_response_bytes, Some(65536));
         assert_eq!(c.retry.deadline_s, Some(30.0));
+        let env2 = |k: &str| match k {
+            "R" => Some("redis://r:6379".to_string()),
+            _ => env(k),
+        };
+        let c = parse(
+            &format!(
+                "{}state: {{redis_url_env: R, on_error: closed}}\n",
+                GOOD.replace(
+                    "    base_url: http://127.0.0.1:9001/v1\n",
+                    "    replicas: [http://a:1/v1, http://b:1/v1]\n    balance: least_loaded\n",
+                )
+            ),
+            &env2,
+        )
+        .unwrap();
+        let st = c.state.unwrap();
+        assert_eq!(st.url(&env2).unwrap(), "redis://r:6379");
+        assert_eq!(
+            (st.on_error, st.timeout_ms, st.key_prefix.as_str()),
+            (OnError::Closed, 200, "novastack")
+        );
+        assert_eq!(c.models[0].balance, Some(Balance::LeastLoaded));
+        assert_eq!(c.models[0].replicas.as_ref().unwrap().len(), 2);
     }
 
     #[test]
@@ -513,6 +536,62 @@ api_keys:
                 GOOD.replace("scores: {reasoning: 90}", "apis: [chat, images]"),
                 "models[0]",
             ),
+            (
+                GOOD.replace("scores: {reasoning: 90}", "replicas: [http://a:1/v1]"),
+                "models[0] (big).base_url: give base_url or replicas, not both",
+            ),
+            (
+                GOOD.replace(
+                    "    base_url: http://127.0.0.1:9001/v1\n",
+                    "    replicas: [http://a:1/v1, ftp://b/v1]\n",
+                ),
+                "models[0] (big).replicas[1]",
+            ),
+            (
+                GOOD.replace(
+                    "    base_url: http://127.0.0.1:9001/v1\n",
+                    "    replicas: [http://a:1/v1, http://a:1/v1]\n",
+                ),
+                "listed twice",
+            ),
+            (
+                GOOD.replace(
+                    "    base_url: http://127.0.0.1:9001/v1\n",
+                    "    replicas: [http://a:1/v1]\n    balance: fastest\n",
+                ),
+                "balance",
+            ),
+            (
+                GOOD.replace(
+                    "    base_url: http://127.0.0.1:9001/v1\n",
+                    "    replicas: [http://a:1/v1]\n    health_check: {interval_s: 0}\n",
+                ),
+                "models[0] (big).health_check.interval_s",
+            ),
+            (
+                GOOD.replace("scores: {reasoning: 90}", "balance: prefix"),
+                "models[0] (big): balance and health_check are for a model with replicas",
+            ),
+            (
+                GOOD.replace(
+                    "    base_url: http://127.0.0.1:9002\n",
+                    "    replicas: [http://127.0.0.1:9002]\n",
+                ),
+                "models[1] (claude).replicas: only for provider openai",
+            ),
+            (
+                format!("{GOOD}state: {{redis_url: http://r:6379}}\n"),
+                "state.redis_url: must start with redis://",
+            ),
+            (
+                format!("{GOOD}state: {{redis_url_env: NOPE}}\n"),
+                "state.redis_url_env: environment variable NOPE is not set",
+            ),
+            (format!("{GOOD}state: {{}}\n"), "state.redis_url: required"),
+            (
+                format!("{GOOD}state: {{redis_url: \"redis://r\", on_error: maybe}}\n"),
+                "on_error",
+            ),
         ];
         for (text, needle) in cases {
             let e = format!("{:#}", parse(&text, &env).unwrap_err());
@@ -540,5 +619,24 @@ mod example_tests {
         let cfg = super::parse(text, &env).unwrap();
         assert_eq!(cfg.models.len(), 4);
         assert_eq!(cfg.routes.len(), 3);
+    }
+
+    /// The gateway config shipped in the Kubernetes ConfigMap is one this gateway takes.
+    #[test]
+    fn the_kubernetes_configmap_holds_a_valid_config() {
+        let cm: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../../deploy/k8s/gateway-configmap.yaml"))
+                .unwrap();
+        let text = cm["data"]["gateway.yaml"].as_str().unwrap();
+        let env = |k: &str| {
+            ["ENGINE_API_KEY", "TEAM_A_KEY", "TEAM_B_KEY"]
+                .contains(&k)
+                .then(|| "x".to_string())
+        };
+        let cfg = super::parse(text, &env).unwrap();
+        assert!(cfg.state.is_some());
+        let m = &cfg.models[0];
+        assert_eq!(m.replicas.as_ref().map(Vec::len), Some(2));
+        assert_eq!(m.balance, Some(super::Balance::Prefix));
     }
 }

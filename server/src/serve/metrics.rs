@@ -94,7 +94,7 @@ pub fn render(state: &AppState) -> String {
         ),
         (
             "prefix_cache_queries_total",
-            "Full blocks looked up in the prefix cache.",
+            "Full prompt blocks looked up in the prefix cache (every one that could have come from it).",
             "counter",
             |s| s.prefix_queried_blocks as f64,
         ),
