@@ -5,14 +5,14 @@
 #
 # The `hip` feature opens libamdhip64 and libhiprtc with dlopen at run time, and the
 # engine compiles its HIP kernels with hiprtc for the GPU it finds when it starts (the
-# kernel sources are embedded in the binary). So the build needs no ROCm at all, and the
-# runtime image needs the HIP runtime and hiprtc but not the ROCm compilers (hipcc).
+# kernel sources are embedded in the binary). So the build needs no ROCm at all; the
+# runtime stage is AMD's ROCm base image, which carries the HIP runtime and hiprtc.
 
 ARG ROCM_VERSION=6.2.4
 # Build and run on the same distribution (Ubuntu 22.04, as ROCm's own images): the
 # binary links against the builder's glibc.
 ARG BUILDER_IMAGE=ubuntu:22.04
-ARG RUNTIME_IMAGE=ubuntu:22.04
+ARG RUNTIME_IMAGE=rocm/dev-ubuntu-22.04:${ROCM_VERSION}
 
 FROM ${BUILDER_IMAGE} AS builder
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -39,25 +39,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -m 0755 target/release/novastack /usr/local/bin/novastack
 
 FROM ${RUNTIME_IMAGE} AS runtime
-ARG ROCM_VERSION
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-ENV DEBIAN_FRONTEND=noninteractive
-# The HIP runtime (libamdhip64, libhiprtc, the comgr compiler library hiprtc uses, and
-# the HSA runtime) from AMD's ROCm repository for ROCM_VERSION (the repository path
-# pins the ROCm release); nothing else of ROCm.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl gnupg \
- && install -d -m 0755 /etc/apt/keyrings \
- && curl -fsSL https://repo.radeon.com/rocm/rocm.gpg.key | gpg --dearmor -o /etc/apt/keyrings/rocm.gpg \
- && echo "deb [arch=amd64 signed-by=/etc/apt/keyrings/rocm.gpg] https://repo.radeon.com/rocm/apt/${ROCM_VERSION} jammy main" \
-      > /etc/apt/sources.list.d/rocm.list \
- && printf 'Package: *\nPin: release o=repo.radeon.com\nPin-Priority: 600\n' > /etc/apt/preferences.d/rocm-pin-600 \
- && apt-get update \
- && apt-get install -y --no-install-recommends rocm-core hip-runtime-amd \
- && apt-get purge -y --auto-remove curl gnupg \
- && rm -rf /var/lib/apt/lists/* \
- && printf '%s\n' /opt/rocm/lib "/opt/rocm-${ROCM_VERSION}/lib" > /etc/ld.so.conf.d/rocm.conf \
+# The ROCm base image has the libraries the engine opens at run time; fail the build,
+# not the pod, if a ROCm release ever moves them.
+RUN printf '%s\n' /opt/rocm/lib > /etc/ld.so.conf.d/zz-rocm.conf \
  && ldconfig \
  && ldconfig -p | grep 'libamdhip64\.so' \
  && ldconfig -p | grep 'libhiprtc\.so'

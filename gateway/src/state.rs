@@ -54,6 +54,29 @@ impl ConfigEpoch {
     }
 }
 
+/// The URL of each API model `m` serves at `base` (a base URL or a replica's), parsed;
+/// errors name `at`.
+fn api_urls(m: &ModelConfig, base: &str, at: &str) -> Result<Vec<(Api, reqwest::Url)>> {
+    let provider = providers::for_model(m.provider);
+    let mut per_api = Vec::new();
+    for api in [Api::Chat, Api::Completions, Api::Embeddings] {
+        let Some(url) = provider.endpoint(base, api).filter(|_| m.serves(api)) else {
+            continue;
+        };
+        let u = reqwest::Url::parse(&url).map_err(|e| anyhow::anyhow!("{at}: {url:?}: {e}"))?;
+        per_api.push((api, u));
+    }
+    Ok(per_api)
+}
+
+/// The key a model sends upstream, from the environment (`auth: {key_env}`).
+fn upstream_key(m: &ModelConfig, env: &Env) -> Option<String> {
+    match &m.auth {
+        Some(config::AuthSpec::Header(a)) => Some(env(&a.key_env).unwrap_or_default()),
+        _ => None,
+    }
+}
+
 pub struct Gateway {
     current: RwLock<Arc<ConfigEpoch>>,
     models: Mutex<HashMap<String, Arc<ModelState>>>,
@@ -157,47 +180,29 @@ impl Gateway {
         // Remote endpoints first: a bad URL fails the reload before any model loads.
         let mut urls = HashMap::new();
         for (i, m) in cfg.models.iter().enumerate() {
-            let provider = providers::for_model(m.provider);
-            let Some(base) = m.base_url.as_deref() else {
-                continue;
-            };
-            let mut per_api = Vec::new();
-            for api in [Api::Chat, Api::Completions, Api::Embeddings] {
-                let Some(url) = provider.endpoint(base, api).filter(|_| m.serves(api)) else {
-                    continue;
-                };
-                let u = reqwest::Url::parse(&url).map_err(|e| {
-                    anyhow::anyhow!("models[{i}] ({}).base_url: {url:?}: {e}", m.name)
-                })?;
-                per_api.push((api, u));
+            if let Some(base) = m.base_url.as_deref() {
+                let at = format!("models[{i}] ({}).base_url", m.name);
+                urls.insert(m.name.clone(), api_urls(m, base, &at)?);
             }
-            urls.insert(m.name.clone(), per_api);
         }
         let mut pools = HashMap::new();
         for (i, m) in cfg.models.iter().enumerate() {
             let Some(replicas) = &m.replicas else {
                 continue;
             };
-            let provider = providers::for_model(m.provider);
             let mut members = Vec::new();
             for (j, base) in replicas.iter().enumerate() {
-                let mut per_api = Vec::new();
-                let mut origin = String::new();
-                for api in [Api::Chat, Api::Completions, Api::Embeddings] {
-                    let Some(url) = provider.endpoint(base, api).filter(|_| m.serves(api)) else {
-                        continue;
-                    };
-                    let u = reqwest::Url::parse(&url).map_err(|e| {
-                        anyhow::anyhow!("models[{i}] ({}).replicas[{j}]: {url:?}: {e}", m.name)
-                    })?;
-                    origin = origin_of(&u);
-                    per_api.push((api, u));
-                }
-                let key = match &m.auth {
-                    Some(config::AuthSpec::Header(a)) => Some(env(&a.key_env).unwrap_or_default()),
-                    _ => None,
-                };
-                let ep = Endpoint::new(provider, Transport::Http(per_api), key);
+                let at = format!("models[{i}] ({}).replicas[{j}]", m.name);
+                let per_api = api_urls(m, base, &at)?;
+                let origin = per_api
+                    .first()
+                    .map(|(_, u)| origin_of(u))
+                    .unwrap_or_default();
+                let ep = Endpoint::new(
+                    providers::for_model(m.provider),
+                    Transport::Http(per_api),
+                    upstream_key(m, env),
+                );
                 members.push((base.clone(), origin, ep));
             }
             let pool = ReplicaPool::new(
@@ -225,10 +230,7 @@ impl Gateway {
                 Some(u) => Transport::Http(u),
                 None => Transport::InProcess(self.local_router(m)?),
             };
-            let key = match &m.auth {
-                Some(config::AuthSpec::Header(a)) => Some(env(&a.key_env).unwrap_or_default()),
-                _ => None,
-            };
+            let key = upstream_key(m, env);
             let endpoint = Endpoint::new(providers::for_model(m.provider), transport, key);
             endpoints.insert(m.name.clone(), endpoint);
         }

@@ -28,7 +28,7 @@ impl Server {
     /// `novastack serve --port 0 --served-model-name m --model MODEL ARGS...`, once it
     /// serves.
     pub fn start(model: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_novastack"))
+        let child = Command::new(env!("CARGO_BIN_EXE_novastack"))
             .args([
                 "serve",
                 "--port",
@@ -44,37 +44,12 @@ impl Server {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut addr = None;
-        let log = Arc::new(Mutex::new(Vec::new()));
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if let Some((_, rest)) = line.split_once("listening on http://") {
-                addr = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
-            }
-            let done = line.contains(" serving [");
-            log.lock().unwrap().push(line);
-            if done {
-                break;
-            }
-        }
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for l in lines.map_while(Result::ok) {
-                let mut v = sink.lock().unwrap();
-                if v.len() > 2000 {
-                    v.remove(0);
-                }
-                v.push(l);
-            }
-        });
-        let addr = addr.unwrap_or_else(|| panic!("no address in {:?}", log.lock().unwrap()));
-        Server { child, addr, log }
+        Server::watch(child, "listening on http://", " serving [")
     }
 
     /// `novastack serve --config CONFIG --port 0` (the gateway), once it listens.
     pub fn gateway(config: &Path, env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_novastack"))
+        let child = Command::new(env!("CARGO_BIN_EXE_novastack"))
             .args(["serve", "--port", "0", "--config"])
             .arg(config)
             .envs(env.iter().copied())
@@ -83,12 +58,18 @@ impl Server {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
+        Server::watch(child, "gateway at http://", "gateway at http://")
+    }
+
+    /// Reads `child`'s stderr until a line holding `ready` (the address follows
+    /// `addr_after`, up to a space or `/v1`), then keeps its last 2,000 lines.
+    fn watch(mut child: Child, addr_after: &str, ready: &str) -> Server {
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let mut addr = None;
         let log = Arc::new(Mutex::new(Vec::new()));
         for line in lines.by_ref() {
             let line = line.unwrap();
-            if let Some((_, rest)) = line.split_once("gateway at http://") {
+            if let Some((_, rest)) = line.split_once(addr_after) {
                 let a = rest
                     .split_whitespace()
                     .next()
@@ -96,8 +77,9 @@ impl Server {
                     .trim_end_matches("/v1");
                 addr = Some(a.parse().unwrap());
             }
+            let done = line.contains(ready);
             log.lock().unwrap().push(line);
-            if addr.is_some() {
+            if done {
                 break;
             }
         }
