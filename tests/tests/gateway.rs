@@ -1192,3 +1192,84 @@ fn anthropic_clients_reach_openai_upstreams_through_v1_messages() {
     assert_eq!((status, v["type"].as_str()), (401, Some("error")), "{body}");
     assert_eq!(v["error"]["type"], "authentication_error");
 }
+
+#[test]
+fn a_replica_pool_moves_to_the_next_replica_ejects_and_brings_back() {
+    let a = MockUpstream::start(B::Stream(vec!["from a"]));
+    let b = MockUpstream::start(B::Stream(vec!["from b"]));
+    let yaml = format!(
+        "models:\n  - {{name: m, provider: openai, replicas: [\"{}\", \"{}\"], balance: round_robin, auth: none, timeout_s: 2, health_check: {{interval_s: 0.2, timeout_s: 1, failures: 1}}}}\n{FAST_RETRY}",
+        a.url(),
+        b.url()
+    );
+    let (addr, _gw) = start_gateway(&yaml, &[]);
+    let healthy = |u: &MockUpstream| {
+        metric(
+            addr,
+            &format!(
+                "novastack_gateway_replica_healthy{{model=\"m\",replica=\"{}\"}}",
+                u.url()
+            ),
+        )
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Round robin: both serve, and the answer says which.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let r = post(addr, &chat("m", false), "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        seen.push(r.header("x-novastack-replica").unwrap());
+    }
+    seen.sort();
+    let mut want = vec![a.url(), b.url()];
+    want.sort();
+    assert_eq!(seen, want);
+
+    // Replica a fails (and so do its health checks): every request is answered by b,
+    // a's failures move on to b at once, and a leaves the pool.
+    a.set_default(B::Status(503, None));
+    for _ in 0..4 {
+        let r = post(addr, &chat("m", false), "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-novastack-replica"), Some(b.url()));
+        assert!(r.body.contains("from b"));
+    }
+    wait("a is ejected", &|| healthy(&a) == 0.0);
+    assert_eq!(healthy(&b), 1.0);
+    let sent_to_a = a.count();
+    for _ in 0..3 {
+        let r = post(addr, &chat("m", true), "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-novastack-replica"), Some(b.url()));
+    }
+    // Only health checks reach an ejected replica.
+    assert!(a.count() - sent_to_a <= 20);
+    assert!(a
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .skip(sent_to_a)
+        .all(|r| r.head.starts_with("GET /health")));
+
+    // a recovers: a health check brings it back, and it serves again.
+    a.set_default(B::Stream(vec!["from a"]));
+    wait("a is back", &|| healthy(&a) == 1.0);
+    let back = (0..4).any(|_| {
+        let r = post(addr, &chat("m", false), "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.header("x-novastack-replica") == Some(a.url())
+    });
+    assert!(back, "a serves again");
+    let ejections = format!(
+        "novastack_gateway_replica_ejections_total{{model=\"m\",replica=\"{}\"}}",
+        a.url()
+    );
+    assert_eq!(metric(addr, &ejections), 1.0);
+}
