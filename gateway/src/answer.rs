@@ -34,6 +34,8 @@ pub(crate) struct Answer {
     /// The model that answers (for its price).
     pub model_cfg: Option<ModelConfig>,
     pub key_name: Option<String>,
+    /// The key's reservation is in Redis (else in this process).
+    pub key_shared: bool,
     /// Tokens reserved from the limits.
     pub est: f64,
     /// The prompt's estimated tokens, if the upstream reports none.
@@ -156,8 +158,8 @@ impl Answer {
             .success(self.started.elapsed().as_secs_f64(), pt, ct, cost);
         self.gw.settle(
             &epoch,
-            self.key_name.as_deref(),
-            Some((&c.name, &c.state)),
+            self.key_name.as_deref().map(|k| (k, self.key_shared)),
+            Some((&c.name, &c.state, c.shared)),
             self.est,
             (pt + ct) as f64,
         );

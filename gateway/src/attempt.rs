@@ -33,6 +33,8 @@ pub(crate) struct Committed {
     pub _permit: Permit,
     /// The replica answering, for a model served by a pool (its in-flight slot).
     pub replica: Option<ReplicaSlot>,
+    /// The model's RPM/TPM reservation is in Redis (else in this process).
+    pub shared: bool,
     pub stream: AnswerStream,
     /// Streaming: the first event. Non-streaming: every event.
     pub events: Vec<UpEvent>,
@@ -85,7 +87,8 @@ pub(crate) async fn attempt_chain(
         }
         // A pool tries each replica once (the balance's choice first) before the
         // model's fallbacks; retries beyond that go round the replicas again.
-        let order = pool.map(|p| p.order(req)).unwrap_or_default();
+        let route = pool.map(|p| p.route(req));
+        let order = route.as_ref().map_or(&[][..], |r| &r.order[..]);
         let tries = retry.max_attempts.max(order.len() as u32);
         let mut prefetched = prefetched;
         for try_i in 0..tries {
@@ -93,8 +96,8 @@ pub(crate) async fn attempt_chain(
                 Some(g) => g,
                 None => gw.gate(epoch, name, &state, est_tokens).await?,
             };
-            match gate {
-                Gate::Open => {}
+            let shared = match gate {
+                Gate::Open(shared) => shared,
                 Gate::Cooling(rem) => {
                     min_cooling = Some(min_cooling.map_or(rem, |c| c.min(rem)));
                     break;
@@ -103,20 +106,21 @@ pub(crate) async fn attempt_chain(
                     rate_wait = Some(rate_wait.map_or(w, |r| r.min(w)));
                     break; // this upstream's own RPM/TPM is spent: next in the chain
                 }
-            }
+            };
+            let mine = Some((name.as_str(), state.as_ref(), shared));
             if try_i == 0 && ci > 0 && attempts > 0 {
                 UpstreamMetrics::inc(&state.metrics.fallbacks);
             }
             let left = deadline.saturating_duration_since(TokioInstant::now());
             if left.is_zero() {
-                gw.settle(epoch, None, Some((name, &state)), est_tokens, 0.0);
+                gw.settle(epoch, None, mine, est_tokens, 0.0);
                 return Err(past_deadline(attempts, last));
             }
             let wait = upstream::idle_timeout(m)
                 .min(Duration::from_secs_f64(MAX_SLOT_WAIT_S))
                 .min(left);
             let Some(permit) = state.acquire(wait).await else {
-                gw.settle(epoch, None, Some((name, &state)), est_tokens, 0.0);
+                gw.settle(epoch, None, mine, est_tokens, 0.0);
                 last = Some(UpError::new(
                     FailureKind::Timeout,
                     format!("no free slot for {name} within {wait:?}"),
@@ -140,14 +144,15 @@ pub(crate) async fn attempt_chain(
             };
             let e = match result {
                 Ok((stream, events)) => {
-                    if let (Some(p), Some(s)) = (pool, &slot) {
-                        p.succeeded(s.index);
+                    if let (Some(p), Some(s), Some(r)) = (pool, &slot, &route) {
+                        p.succeeded(s.index, r);
                     }
                     return Ok(Committed {
                         name: name.clone(),
                         state: state.clone(),
                         _permit: permit,
                         replica: slot,
+                        shared,
                         stream,
                         events,
                         attempts,
@@ -155,18 +160,21 @@ pub(crate) async fn attempt_chain(
                 }
                 Err(e) => e,
             };
-            gw.settle(epoch, None, Some((name, &state)), est_tokens, 0.0);
-            // A pool's replica failures eject the replica; they cool the model down
-            // only once no replica is left.
+            gw.settle(epoch, None, mine, est_tokens, 0.0);
+            // A pool's replica faults eject the replica and cool the model down only once
+            // no replica is left; other failures (429, 4xx) count as for any model.
+            let fault = replica_fault(&e.kind);
             let count = match (pool, &slot) {
                 (Some(p), Some(s)) => {
-                    if replica_fault(&e.kind) {
+                    if fault {
                         p.attempt_failed(s.index, e.kind == FailureKind::Connect);
                     }
-                    p.all_ejected()
+                    !fault || p.all_ejected()
                 }
                 _ => true,
             };
+            // A replica fault moves on to the pool's next replica whatever `retry_on` says.
+            let next_replica = fault && (try_i as usize + 1) < order.len();
             drop(slot);
             let cooled = gw.model_failed(epoch, name, &state, &e.kind, count).await;
             if let FailureKind::Status(s) = e.kind {
@@ -177,7 +185,7 @@ pub(crate) async fn attempt_chain(
                         .with_header("x-novastack-attempts", attempts.to_string()));
                 }
             }
-            let retryable = policy::is_retryable(&e.kind, retry);
+            let retryable = policy::is_retryable(&e.kind, retry) || next_replica;
             let too_long = e
                 .retry_after
                 .is_some_and(|ra| ra.as_secs_f64() > retry.max_retry_after_s);
@@ -204,7 +212,7 @@ pub(crate) async fn attempt_chain(
 
 /// A failure that says something about the replica rather than the request: no
 /// connection, a broken or hanging answer, or a 5xx.
-fn replica_fault(kind: &FailureKind) -> bool {
+pub(crate) fn replica_fault(kind: &FailureKind) -> bool {
     match kind {
         FailureKind::Connect | FailureKind::Protocol | FailureKind::Timeout => true,
         FailureKind::Status(s) => *s >= 500,

@@ -123,7 +123,7 @@ async fn handle(
     }
     let est = req.estimated_tokens();
     // The key's limits and the first model's gate: one round trip when state is shared.
-    let (rl_headers, first_gate) = gw
+    let (rl_headers, first_gate, key_shared) = gw
         .admit(&epoch, key_cfg, est, plan.chain.first().map(String::as_str))
         .await?;
     let started = Instant::now();
@@ -132,7 +132,8 @@ async fn handle(
         match attempt_chain(&gw, &epoch, chain, &req, est, !req.stream, first_gate).await {
             Ok(c) => c,
             Err(e) => {
-                gw.settle(&epoch, key_name.as_deref(), None, est, 0.0);
+                let key = key_name.as_deref().map(|k| (k, key_shared));
+                gw.settle(&epoch, key, None, est, 0.0);
                 return Err(e.with_headers(rl_headers));
             }
         };
@@ -154,6 +155,7 @@ async fn handle(
         },
         model_cfg: epoch.model(&committed.name).cloned(),
         key_name,
+        key_shared,
         est,
         prompt_est: info.context_length,
         started,

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 /// May a model take an attempt now?
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Gate {
-    /// Yes; its RPM/TPM reservation is made.
-    Open,
+    /// Yes; its RPM/TPM reservation is made, in Redis (`true`) or in this process.
+    Open(bool),
     Cooling(Duration),
     /// Its own RPM/TPM is spent for this long.
     Spent(Duration),
@@ -56,15 +56,15 @@ impl Gateway {
     }
 
     /// The client key's limits and the first model's gate, in one Redis round trip when
-    /// state is shared. Returns the key's rate-limit headers and the gate (when
-    /// `first` was given and the key had room).
+    /// state is shared. Returns the key's rate-limit headers, the gate (when `first` was
+    /// given and the key had room), and whether the key's reservation is in Redis.
     pub(crate) async fn admit(
         &self,
         epoch: &ConfigEpoch,
         key: Option<&ApiKeyConfig>,
         est: f64,
         first: Option<&str>,
-    ) -> Result<(Headers, Option<Gate>), ApiError> {
+    ) -> Result<(Headers, Option<Gate>, bool), ApiError> {
         if let Some(r) = Self::shared(epoch)? {
             let kb = key.map(|k| r.key_buckets(&k.name, k.rpm, k.tpm));
             let model = first.and_then(|n| epoch.model(n)).map(|m| {
@@ -90,7 +90,7 @@ impl Gateway {
                     return Err(key_refused(name, kv.wait, headers));
                 }
                 let gate = first.and_then(|n| self.apply(n, mv));
-                return Ok((headers, gate));
+                return Ok((headers, gate, true));
             }
             Self::fallback(r)?;
         }
@@ -101,7 +101,7 @@ impl Gateway {
         let gate = first
             .and_then(|n| self.model_state(n))
             .map(|s| local_gate(&s, est));
-        Ok((headers, gate))
+        Ok((headers, gate, false))
     }
 
     /// Applies a model verdict from Redis: the shared adaptive limit, and the gate.
@@ -111,7 +111,7 @@ impl Gateway {
                 if let Some(s) = self.model_state(name) {
                     s.set_shared_limit(limit);
                 }
-                Some(Gate::Open)
+                Some(Gate::Open(true))
             }
             ModelVerdict::Cooling(d) => Some(Gate::Cooling(d)),
             ModelVerdict::Spent(d) => Some(Gate::Spent(d)),
@@ -147,36 +147,39 @@ impl Gateway {
     }
 
     /// Gives back reserved tokens: `est` reserved, `used` used (0 for an attempt that
-    /// failed). Off the request's path when shared.
+    /// failed), each where it was reserved (`true`: in Redis, off the request's path).
     pub(crate) fn settle(
         &self,
         epoch: &ConfigEpoch,
-        key: Option<&str>,
-        model: Option<(&str, &ModelState)>,
+        key: Option<(&str, bool)>,
+        model: Option<(&str, &ModelState, bool)>,
         est: f64,
         used: f64,
     ) {
-        if let Some(r) = epoch.shared.as_ref().filter(|r| r.is_up()) {
-            let kb = key
-                .and_then(|k| epoch.cfg.api_keys.iter().find(|c| c.name == k))
-                .map(|k| r.key_buckets(&k.name, k.rpm, k.tpm));
-            let mb = model
-                .and_then(|(n, _)| epoch.model(n))
-                .map(|m| r.model_buckets(&m.name, m.limits.rpm, m.limits.tpm));
+        let shared = epoch.shared.as_ref();
+        let kb = key.filter(|k| k.1).and_then(|(k, _)| {
+            let c = epoch.cfg.api_keys.iter().find(|c| c.name == k)?;
+            Some(shared?.key_buckets(&c.name, c.rpm, c.tpm))
+        });
+        let mb = model.filter(|m| m.2).and_then(|(n, _, _)| {
+            let m = epoch.model(n)?;
+            Some(shared?.model_buckets(&m.name, m.limits.rpm, m.limits.tpm))
+        });
+        if let (Some(r), true) = (shared, kb.is_some() || mb.is_some()) {
             let r = r.clone();
             tokio::spawn(async move {
+                let back = est - used;
                 r.settle(
-                    kb.as_ref().map(|b| (b, est - used)),
-                    mb.as_ref().map(|b| (b, est - used)),
+                    kb.as_ref().map(|b| (b, back)),
+                    mb.as_ref().map(|b| (b, back)),
                 )
                 .await
             });
-            return;
         }
-        if let Some(k) = key {
+        if let Some((k, false)) = key {
             self.clients.settle(k, est, used);
         }
-        if let Some((_, s)) = model {
+        if let Some((_, s, false)) = model {
             s.settle(est, used, Instant::now());
         }
     }
@@ -243,7 +246,7 @@ fn local_gate(state: &ModelState, est: f64) -> Gate {
         return Gate::Cooling(rem);
     }
     match state.reserve(est, now) {
-        Ok(()) => Gate::Open,
+        Ok(()) => Gate::Open(false),
         Err(w) => Gate::Spent(w),
     }
 }

@@ -47,6 +47,20 @@ pub fn block_hashes(bytes: &[u8]) -> Vec<u64> {
 
 /// The canonical rendering of what a request's prompt is made of.
 pub fn render(req: &ClientRequest) -> Vec<u8> {
+    render_upto(req, false)
+}
+
+/// The ring key of a request: the hash of what stays the same across a conversation's
+/// turns, its rendering up to the end of the first user message (at most 1 KiB); for a
+/// prompt without messages, its first KiB.
+pub fn ring_key(req: &ClientRequest) -> u64 {
+    let mut r = render_upto(req, true);
+    r.truncate(1024);
+    mix(fnv(0xcbf2_9ce4_8422_2325, &r))
+}
+
+/// `render`, or (`first_turn`) only up to the end of the first user message.
+fn render_upto(req: &ClientRequest, first_turn: bool) -> Vec<u8> {
     let mut out = Vec::new();
     if let Some(tools) = req.body.get("tools") {
         out.extend_from_slice(tools.to_string().as_bytes());
@@ -77,6 +91,9 @@ pub fn render(req: &ClientRequest) -> Vec<u8> {
             out.extend_from_slice(calls.to_string().as_bytes());
         }
         out.push(0);
+        if first_turn && m.get("role").and_then(Value::as_str) == Some("user") {
+            return out;
+        }
     }
     for field in ["prompt", "input"] {
         match req.body.get(field) {
@@ -137,6 +154,14 @@ mod tests {
         .unwrap();
         let (r1, r2) = (render(&turn1), render(&turn2));
         assert!(r2.starts_with(&r1), "{r1:?} {r2:?}");
+        // Both turns of a conversation have one ring key; another first message, another.
+        assert_eq!(ring_key(&turn1), ring_key(&turn2));
+        let other = crate::request::parse_request(
+            crate::Api::Chat,
+            br#"{"model": "m", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "bye"}]}"#,
+        )
+        .unwrap();
+        assert_ne!(ring_key(&turn1), ring_key(&other));
         let ids = crate::request::parse_request(
             crate::Api::Completions,
             br#"{"model": "m", "prompt": [1, 2, 3]}"#,

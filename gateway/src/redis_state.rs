@@ -217,6 +217,8 @@ pub(crate) struct RedisState {
     up: AtomicBool,
     /// Set once anything was logged (so a Redis down from the start is logged once).
     logged: AtomicBool,
+    /// A probe is running.
+    probing: AtomicBool,
     pub metrics: StateMetrics,
     url: String,
     /// Host and port only, for logs (the URL may hold a password).
@@ -235,6 +237,7 @@ impl RedisState {
             conn: Mutex::new(None),
             up: AtomicBool::new(false),
             logged: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
             metrics: StateMetrics::default(),
             url: url.to_string(),
             shown,
@@ -272,8 +275,17 @@ impl RedisState {
         k
     }
 
-    /// Connects (or checks the connection) and marks Redis up or down; logs changes.
+    /// Connects (or checks the connection) and marks Redis up or down; logs changes. One
+    /// probe at a time: a probe started while another runs returns at once.
     pub async fn probe(&self) {
+        if self.probing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.probe_once().await;
+        self.probing.store(false, Ordering::SeqCst);
+    }
+
+    async fn probe_once(&self) {
         let existing = crate::sync::lock(&self.conn).clone();
         let conn = match existing {
             Some(c) => Some(c),
@@ -362,8 +374,15 @@ impl RedisState {
         }
         match tokio::time::timeout(self.timeout(), inv.invoke_async::<T>(&mut conn)).await {
             Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
+            // A lost connection marks Redis down; an error reply (out of memory, a
+            // refused command) leaves it up and this one call decides locally.
+            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
                 self.down(&e.to_string());
+                None
+            }
+            Ok(Err(e)) => {
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("gateway state: Redis answered an error: {e}");
                 None
             }
             Err(_) => {

@@ -123,8 +123,10 @@ impl Relay {
         // A pool's replica that broke mid-stream is ejected like one that failed
         // before its answer; the model cools down only once no replica is left.
         let count = match &self.c.replica {
-            Some(slot) => slot.failed(e.kind == FailureKind::Connect),
-            None => true,
+            Some(slot) if crate::attempt::replica_fault(&e.kind) => {
+                slot.failed(e.kind == FailureKind::Connect)
+            }
+            _ => true,
         };
         self.answer
             .gw

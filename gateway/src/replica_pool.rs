@@ -6,13 +6,14 @@
 //! `prefix` keeps a table of the block hashes of prompts it routed (`prefix_blocks.rs`)
 //! and sends a prompt to the replica that served its longest known prefix when that
 //! prefix covers at least half of the prompt; otherwise it places the prompt by
-//! consistent hashing of its leading blocks (a ring with virtual nodes, so adding or
-//! removing a replica moves only its share). Either way a replica already holding more
+//! consistent hashing of its first turn (`prefix_blocks::ring_key`; a ring with virtual
+//! nodes, so adding or removing a replica moves only its share). The table learns a
+//! placement only once the replica has answered. Either way a replica already holding more
 //! than `LOAD_FACTOR` times the mean in-flight load is passed over for the next one on
 //! the ring (consistent hashing with bounded loads).
 
 use crate::config::{Balance, HealthCheckConfig};
-use crate::prefix_blocks::{self, hash_str, mix};
+use crate::prefix_blocks::{self, hash_str};
 use crate::request::ClientRequest;
 use crate::sync::lock;
 use crate::upstream::Endpoint;
@@ -27,8 +28,6 @@ pub const LOAD_FACTOR: f64 = 1.25;
 const VIRTUAL_NODES: usize = 100;
 /// Block hashes remembered (the oldest are forgotten first).
 const TABLE_CAPACITY: usize = 200_000;
-/// Leading blocks that key a prompt on the ring (1 KiB of rendered prompt).
-const RING_KEY_BLOCKS: usize = 4;
 
 pub struct Replica {
     /// As written in `replicas`; also the `x-novastack-replica` header.
@@ -43,6 +42,9 @@ pub struct Replica {
     healthy: AtomicBool,
     /// Consecutive failed checks or attempts.
     failures: AtomicU32,
+    /// Ejections so far: a health check that began before the latest one does not
+    /// bring the replica back.
+    generation: AtomicU64,
     /// Requests waiting in the replica's own queue, from its `/metrics`
     /// (`novastack_requests_waiting`), when it is a novastack.
     queued: AtomicU64,
@@ -107,6 +109,13 @@ pub struct ReplicaPool {
     table: Mutex<PrefixTable>,
     /// When each replica's next health check is due.
     due: Mutex<Vec<Instant>>,
+}
+
+/// Where a request may go: replicas in the order to try, and (for `prefix`) its prompt
+/// block hashes, learned by the pool once a replica answers.
+pub struct Route {
+    pub order: Vec<usize>,
+    hashes: Vec<u64>,
 }
 
 /// A request's slot on a replica; frees it on drop.
@@ -176,6 +185,7 @@ impl ReplicaPool {
                     ejections: AtomicU64::new(0),
                     healthy: AtomicBool::new(true),
                     failures: AtomicU32::new(0),
+                    generation: AtomicU64::new(0),
                     queued: AtomicU64::new(0),
                 })
                 .collect(),
@@ -189,7 +199,17 @@ impl ReplicaPool {
     /// Every replica, in the order attempts should try them: the balance's choice
     /// first, then the other healthy ones, then the ejected ones (tried only when no
     /// healthy one is left or answers).
-    pub fn order(&self, req: &ClientRequest) -> Vec<usize> {
+    pub fn route(&self, req: &ClientRequest) -> Route {
+        let hashes = if self.balance == Balance::Prefix {
+            prefix_blocks::block_hashes(&prefix_blocks::render(req))
+        } else {
+            Vec::new()
+        };
+        let order = self.order(req, &hashes);
+        Route { order, hashes }
+    }
+
+    fn order(&self, req: &ClientRequest, hashes: &[u64]) -> Vec<usize> {
         let n = self.replicas.len();
         let healthy: Vec<usize> = (0..n).filter(|&i| self.replicas[i].healthy()).collect();
         let candidates = if healthy.is_empty() {
@@ -203,7 +223,7 @@ impl ReplicaPool {
                 candidates[k % candidates.len()]
             }
             Balance::LeastLoaded => self.least_loaded(&candidates),
-            Balance::Prefix => self.by_prefix(req, &candidates),
+            Balance::Prefix => self.by_prefix(req, hashes, &candidates),
         };
         let mut order = vec![first];
         // The rest: candidates in ring order after the first, then the ejected.
@@ -241,10 +261,9 @@ impl ReplicaPool {
         self.load(i) + 1.0 <= bound
     }
 
-    fn by_prefix(&self, req: &ClientRequest, candidates: &[usize]) -> usize {
-        let hashes = prefix_blocks::block_hashes(&prefix_blocks::render(req));
-        let known = lock(&self.table).longest(&hashes);
-        let chosen = match known {
+    fn by_prefix(&self, req: &ClientRequest, hashes: &[u64], candidates: &[usize]) -> usize {
+        let known = lock(&self.table).longest(hashes);
+        match known {
             Some((depth, r))
                 if 2 * depth >= hashes.len()
                     && candidates.contains(&r)
@@ -252,16 +271,8 @@ impl ReplicaPool {
             {
                 r
             }
-            _ => {
-                let key = hashes
-                    .get(RING_KEY_BLOCKS.min(hashes.len()).saturating_sub(1))
-                    .copied()
-                    .unwrap_or(mix(0));
-                self.on_ring(key, candidates)
-            }
-        };
-        lock(&self.table).record(&hashes, chosen);
-        chosen
+            _ => self.on_ring(prefix_blocks::ring_key(req), candidates),
+        }
     }
 
     /// The first candidate clockwise from `key` that is under its bound (the first
@@ -296,11 +307,15 @@ impl ReplicaPool {
         }
     }
 
-    /// An attempt on replica `i` got an answer.
-    pub fn succeeded(&self, i: usize) {
+    /// An attempt on replica `i` got an answer: for `prefix`, the replica now holds the
+    /// route's prompt blocks.
+    pub fn succeeded(&self, i: usize, route: &Route) {
         let r = &self.replicas[i];
         r.served.fetch_add(1, Ordering::Relaxed);
         r.failures.store(0, Ordering::SeqCst);
+        if !route.hashes.is_empty() {
+            lock(&self.table).record(&route.hashes, i);
+        }
     }
 
     /// An attempt on replica `i` failed; a connection failure ejects it at once, other
@@ -316,6 +331,7 @@ impl ReplicaPool {
     fn eject(&self, i: usize, why: &str) -> bool {
         let r = &self.replicas[i];
         if r.healthy.swap(false, Ordering::SeqCst) {
+            r.generation.fetch_add(1, Ordering::SeqCst);
             r.ejections.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(model = %self.model, replica = %r.url, "gateway: replica ejected after {why}");
             true
@@ -357,11 +373,13 @@ impl ReplicaPool {
         let r = &self.replicas[i];
         let timeout = Duration::from_secs_f64(self.health.timeout_s);
         let url = format!("{}{}", r.origin, self.health.path);
+        let generation = r.generation.load(Ordering::SeqCst);
         let ok = matches!(
             tokio::time::timeout(timeout, client.get(&url).send()).await,
             Ok(Ok(resp)) if resp.status().is_success()
         );
-        if ok {
+        // A check that began before an ejection says nothing about the replica since.
+        if ok && r.generation.load(Ordering::SeqCst) == generation {
             r.failures.store(0, Ordering::SeqCst);
             if !r.healthy.swap(true, Ordering::SeqCst) {
                 tracing::info!(model = %self.model, replica = %r.url, "gateway: replica healthy again, back in the pool");
@@ -375,7 +393,7 @@ impl ReplicaPool {
                     }
                 }
             }
-        } else {
+        } else if !ok {
             let f = r.failures.fetch_add(1, Ordering::SeqCst) + 1;
             if f >= self.health.failures {
                 self.eject(i, "failed health checks");
@@ -426,6 +444,13 @@ mod tests {
         ))
     }
 
+    /// Routes `req` and lets its first replica answer, as the attempt loop does.
+    fn first(p: &ReplicaPool, req: &ClientRequest) -> usize {
+        let r = p.route(req);
+        p.succeeded(r.order[0], &r);
+        r.order[0]
+    }
+
     fn chat(system: &str, turns: &[&str]) -> ClientRequest {
         let mut msgs = vec![serde_json::json!({"role": "system", "content": system})];
         for (i, t) in turns.iter().enumerate() {
@@ -446,20 +471,20 @@ mod tests {
     #[test]
     fn later_turns_follow_their_conversation_and_conversations_spread() {
         let p = pool(3, Balance::Prefix);
-        let mut first = Vec::new();
+        let mut firsts = Vec::new();
         for c in 0..30 {
             let sys = words(c, 200);
-            let t1 = p.order(&chat(&sys, &["hello"]))[0];
-            first.push(t1);
-            let t2 = p.order(&chat(&sys, &["hello", "hi", "tell me more"]))[0];
-            let t3 = p.order(&chat(
-                &sys,
-                &["hello", "hi", "tell me more", "ok", "and then?"],
-            ))[0];
+            let t1 = first(&p, &chat(&sys, &["hello"]));
+            firsts.push(t1);
+            let t2 = first(&p, &chat(&sys, &["hello", "hi", "tell me more"]));
+            let t3 = first(
+                &p,
+                &chat(&sys, &["hello", "hi", "tell me more", "ok", "and then?"]),
+            );
             assert_eq!((t1, t1), (t2, t3), "conversation {c}");
         }
         let counts: Vec<usize> = (0..3)
-            .map(|r| first.iter().filter(|&&x| x == r).count())
+            .map(|r| firsts.iter().filter(|&&x| x == r).count())
             .collect();
         assert!(counts.iter().all(|&c| c >= 5), "{counts:?}");
     }
@@ -468,21 +493,23 @@ mod tests {
     fn a_busy_replica_is_passed_over_and_ejected_ones_come_last() {
         let p = pool(3, Balance::Prefix);
         let req = chat(&words(1, 300), &["q"]);
-        let home = p.order(&req)[0];
+        let home = first(&p, &req);
         // Load the home replica beyond its bound: the next request goes elsewhere.
         let _slots: Vec<_> = (0..4).map(|_| p.take(home)).collect();
-        let order = p.order(&req);
+        let route = p.route(&req);
+        p.succeeded(route.order[0], &route);
+        let order = route.order;
         let moved = order[0];
         assert_ne!(moved, home);
         assert_eq!(order.len(), 3);
         drop(_slots);
         // The prefix is now cached where it went last: it stays there.
-        assert_eq!(p.order(&req)[0], moved);
+        assert_eq!(first(&p, &req), moved);
         let home = moved;
         assert!(p.attempt_failed(home, true));
-        let order = p.order(&req);
+        let order = p.route(&req).order;
         assert_eq!(*order.last().unwrap(), home, "{order:?}");
-        p.succeeded(home);
+        p.succeeded(home, &p.route(&req));
         assert!(
             !p.replicas[home].healthy(),
             "only a health check brings it back"
@@ -493,15 +520,15 @@ mod tests {
     fn round_robin_and_least_loaded() {
         let p = pool(3, Balance::RoundRobin);
         let req = chat("s", &["q"]);
-        let firsts: Vec<usize> = (0..6).map(|_| p.order(&req)[0]).collect();
+        let firsts: Vec<usize> = (0..6).map(|_| first(&p, &req)).collect();
         assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
         let p = pool(3, Balance::LeastLoaded);
         let _a = p.take(0);
         let _b = p.take(0);
         let _c = p.take(2);
-        assert_eq!(p.order(&req)[0], 1);
+        assert_eq!(first(&p, &req), 1);
         p.replicas[1].queued.store(5, Ordering::Relaxed);
-        assert_eq!(p.order(&req)[0], 2);
+        assert_eq!(first(&p, &req), 2);
     }
 
     #[test]

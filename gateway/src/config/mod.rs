@@ -257,6 +257,9 @@ fn validate(cfg: &ConfigFile, env: &dyn Fn(&str) -> Option<String>) -> Result<()
             if m.base_url.is_some() {
                 bail!("{at}.base_url: not used by provider local");
             }
+            if m.replicas.is_some() {
+                bail!("{at}.replicas: only for provider openai (OpenAI-compatible upstreams)");
+            }
         } else if let Some(replicas) = &m.replicas {
             if m.provider != Provider::Openai {
                 bail!("{at}.replicas: only for provider openai (OpenAI-compatible upstreams)");

@@ -11,7 +11,7 @@ use serde::Deserialize;
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://`).
+    /// `redis://[user:password@]host:port[/db]` (TLS, `rediss://`, is not built in).
     pub redis_url: Option<String>,
     /// An environment variable holding the URL (for a password kept in a Secret).
     pub redis_url_env: Option<String>,
@@ -59,13 +59,16 @@ impl StateConfig {
 
     pub(super) fn validate(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<()> {
         let url = self.url(env)?;
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        if !url.starts_with("redis://") {
             let field = if self.redis_url.is_some() {
                 "redis_url"
             } else {
                 "redis_url_env"
             };
-            bail!("state.{field}: must start with redis:// or rediss://");
+            if url.starts_with("rediss://") {
+                bail!("state.{field}: rediss:// (TLS) is not supported by this build; use redis:// (inside the cluster network)");
+            }
+            bail!("state.{field}: must start with redis://");
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
             bail!("state.key_prefix: must be non-empty and without braces");
