@@ -177,6 +177,12 @@ pub fn run(a: DecodeArgs) -> Result<()> {
             bound,
             tps / bound
         );
+        if tps > bound {
+            println!(
+                "       ^ faster than the bound: the bandwidth probe measured too little (or \
+                 the bytes a step reads were over-counted); this ratio is not to be trusted"
+            );
+        }
     }
     Ok(())
 }
