@@ -517,19 +517,18 @@ impl RedisState {
 
     /// The buckets of a client key.
     pub fn key_buckets(&self, name: &str, rpm: Option<f64>, tpm: Option<f64>) -> Buckets {
-        Buckets {
-            rpm_key: self.key(&["k", name, "rpm"]),
-            tpm_key: self.key(&["k", name, "tpm"]),
-            rpm: rpm.unwrap_or(0.0),
-            tpm: tpm.unwrap_or(0.0),
-        }
+        self.buckets("k", name, rpm, tpm)
     }
 
     /// The buckets of a model (an upstream).
     pub fn model_buckets(&self, name: &str, rpm: Option<f64>, tpm: Option<f64>) -> Buckets {
+        self.buckets("m", name, rpm, tpm)
+    }
+
+    fn buckets(&self, scope: &str, name: &str, rpm: Option<f64>, tpm: Option<f64>) -> Buckets {
         Buckets {
-            rpm_key: self.key(&["m", name, "rpm"]),
-            tpm_key: self.key(&["m", name, "tpm"]),
+            rpm_key: self.key(&[scope, name, "rpm"]),
+            tpm_key: self.key(&[scope, name, "tpm"]),
             rpm: rpm.unwrap_or(0.0),
             tpm: tpm.unwrap_or(0.0),
         }
