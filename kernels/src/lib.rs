@@ -21,6 +21,7 @@ pub mod moe;
 mod paged;
 mod shape;
 pub mod vendor;
+mod weight_format;
 
 /// The kernel sources (HIP C++), compiled at start-up by hiprtc or NVRTC.
 pub mod sources {
@@ -44,6 +45,7 @@ pub use gpu::GraphPhase;
 pub use latent::{HeadLayout, LatentShape};
 pub use moe::{GroupLimit, MoeGroups, MoeInput, MoeRoute, MoeRouting, MoeScoring};
 pub use paged::{AttentionMetadata, KvCache, KvCacheConfig, SeqAttention};
+pub use weight_format::{StoredRows, WeightFormat};
 
 /// The ops a decoder-only transformer needs. Shapes are given explicitly; buffers are
 /// row-major. Each op checks its shapes and returns an error rather than panicking.
@@ -72,6 +74,22 @@ pub trait Backend: Send + Sync {
         n: usize,
         k: usize,
     ) -> Result<Self::Weight>;
+    /// Uploads one `[Σ rows, k]` weight kept in its file's precision, its rows in
+    /// `parts` (each in its own format; a fused projection's parts may differ), for
+    /// [`Backend::matmul`] and [`Backend::embedding`]. `None`: this backend computes on
+    /// f32 (or its own dtype) only, and the caller uploads the values widened instead.
+    fn upload_stored_weight(
+        &self,
+        _parts: &[StoredRows],
+        _k: usize,
+    ) -> Result<Option<Self::Weight>> {
+        Ok(None)
+    }
+    /// Bytes of device storage a weight holds (what a pass over it reads); 0 where the
+    /// backend does not say.
+    fn weight_bytes(&self, _w: &Self::Weight) -> usize {
+        0
+    }
     /// A new zero-filled buffer of `len` values.
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     /// Copies a device buffer to the host.

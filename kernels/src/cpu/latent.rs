@@ -32,6 +32,8 @@ pub(crate) fn head_matmul(
     if rows * heads * n == 0 {
         return Ok(());
     }
+    let panels = w.all_panels(OP)?;
+    let per = simd::panels_len(n, k);
     let c = SendPtr(out.as_mut_ptr());
     (0..heads).into_par_iter().for_each_init(Vec::new, |xs, h| {
         // The head's rows, contiguous for the panel GEMM.
@@ -45,7 +47,7 @@ pub(crate) fn head_matmul(
         unsafe {
             simd::gemm_bt(
                 xs,
-                w.group(h),
+                &panels[h * per..(h + 1) * per],
                 k,
                 0..rows,
                 0..n,

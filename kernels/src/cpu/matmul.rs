@@ -11,7 +11,10 @@
 //! at 256 x 3072 x 576 (1.03-1.27x matrixmultiply against 1.25-1.43x; the other core's
 //! tasks then read the rows out of this core's L2), faster at 1024 x 576 x 1536.
 
-use super::{simd, CpuWeight, SendPtr};
+use super::quant::{self, QRows};
+use super::simd::{self, PanelElem};
+use super::weight::{Segment, SegmentData};
+use super::SendPtr;
 use rayon::prelude::*;
 
 /// Columns per task are a multiple of this: a 16-lane vector (half a panel).
@@ -28,9 +31,9 @@ fn split_columns(n: usize, threads: usize) -> (usize, usize) {
 
 /// `out = x · wᵀ + bias` for `x` `[m, k]` and `w` `[n, k]` packed in panels
 /// (`simd::pack_panels`).
-pub(crate) fn matmul_bt(
+pub(crate) fn matmul_bt<T: PanelElem>(
     x: &[f32],
-    w: &[f32],
+    w: &[T],
     bias: Option<&[f32]>,
     m: usize,
     k: usize,
@@ -49,6 +52,10 @@ pub(crate) fn matmul_bt(
         // columns j0..j1 belong to this task alone.
         unsafe { simd::gemm_bt(x, w, k, 0..m, j0..j1, c.get(), n) };
     });
+    add_bias(out, bias, m, n);
+}
+
+fn add_bias(out: &mut [f32], bias: Option<&[f32]>, m: usize, n: usize) {
     if let Some(b) = bias {
         for row in out[..m * n].chunks_exact_mut(n) {
             for (o, &bv) in row.iter_mut().zip(b) {
@@ -58,13 +65,72 @@ pub(crate) fn matmul_bt(
     }
 }
 
+/// `out = x · wᵀ + bias` for a weight kept as stored: each segment's columns by its own
+/// kernel (the panel GEMM for f32 / bf16 / f16, the integer GEMM for the quantized
+/// formats, with `x` quantized once for all of them), the tasks of every segment in one
+/// parallel loop. Each element is its format's fixed sequence (batch-invariant).
+pub(crate) fn matmul_segments(
+    x: &[f32],
+    segments: &[Segment],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let mut xq = QRows::default();
+    if segments
+        .iter()
+        .any(|s| matches!(s.data, SegmentData::Quant(_)))
+    {
+        xq.quantize(x, m, k);
+    }
+    let threads = rayon::current_num_threads().max(1);
+    // (segment, first column, end column) of the segment's own columns.
+    let mut tasks = Vec::new();
+    for (si, s) in segments.iter().enumerate() {
+        let (per_task, num) = split_columns(s.rows, threads);
+        for t in 0..num {
+            tasks.push((si, t * per_task, ((t + 1) * per_task).min(s.rows)));
+        }
+    }
+    let c = SendPtr(out.as_mut_ptr());
+    let xq = &xq;
+    tasks.into_par_iter().for_each(|(si, j0, j1)| {
+        let s = &segments[si];
+        // SAFETY: x is [m, k] and each segment holds its rows of [n, k] (checked by the
+        // caller); out is [m, n] and columns row0 + j0..row0 + j1 belong to this task.
+        unsafe {
+            let o = c.get().add(s.row0);
+            match &s.data {
+                SegmentData::F32(p) => simd::gemm_bt(x, p, k, 0..m, j0..j1, o, n),
+                SegmentData::Bf16(p) => simd::gemm_bt(x, p, k, 0..m, j0..j1, o, n),
+                SegmentData::F16(p) => simd::gemm_bt(x, p, k, 0..m, j0..j1, o, n),
+                // Task boundaries are multiples of 16 columns: whole tiles.
+                SegmentData::Quant(q) => quant::gemm_tiles(
+                    q,
+                    xq,
+                    j0 / quant::TILE..j1.div_ceil(quant::TILE),
+                    0..m,
+                    o,
+                    n,
+                ),
+            }
+        }
+    });
+    add_bias(out, bias, m, n);
+}
+
 /// The grouped GEMM: rows `offsets[e]..offsets[e + 1]` of `x` times expert `e`'s
 /// `[n, k]` weight, group `e` of `w`. Tasks are (expert, column range) pairs, so a decode step whose
 /// few rows spread over many experts still uses every thread; each element is the same
 /// chain as in [`matmul_bt`] (batch-invariant).
 pub(crate) fn grouped_matmul_bt(
     x: &[f32],
-    w: &CpuWeight,
+    w: &[f32],
     offsets: &[usize],
     k: usize,
     n: usize,
@@ -86,7 +152,8 @@ pub(crate) fn grouped_matmul_bt(
         let (r0, r1) = (offsets[e], offsets[e + 1]);
         let j0 = t * per_task;
         let j1 = (j0 + per_task).min(n);
-        let we = w.group(e);
+        let per = simd::panels_len(n, k);
+        let we = &w[e * per..(e + 1) * per];
         // SAFETY: x holds offsets[last] rows of k and w every expert's [n, k] (checked by
         // the caller); rows r0..r1 belong to expert e alone and columns j0..j1 of them to
         // this task alone.
@@ -106,7 +173,8 @@ pub(crate) fn grouped_matmul_bt(
 
 #[cfg(test)]
 mod tests {
-    use super::{grouped_matmul_bt, matmul_bt, split_columns, CpuWeight};
+    use super::{grouped_matmul_bt, matmul_bt, split_columns};
+    use crate::cpu::CpuWeight;
 
     /// Each expert's rows come out bit for bit as a plain GEMM of those rows alone (from
     /// odd offsets too); empty experts are skipped.
@@ -121,14 +189,14 @@ mod tests {
         let w: Vec<f32> = (0..experts * n * k).map(|i| val(i + 7)).collect();
         let wg = CpuWeight::new(&w, experts, n, k).unwrap();
         let mut out = vec![f32::NAN; m * n];
-        grouped_matmul_bt(&x, &wg, &offsets, k, n, &mut out);
+        grouped_matmul_bt(&x, wg.all_panels("t").unwrap(), &offsets, k, n, &mut out);
         for e in 0..experts {
             let (r0, r1) = (offsets[e], offsets[e + 1]);
             let mut want = vec![0.0; (r1 - r0) * n];
             let we = CpuWeight::new(&w[e * n * k..(e + 1) * n * k], 1, n, k).unwrap();
             matmul_bt(
                 &x[r0 * k..r1 * k],
-                we.group(0),
+                we.group("t", 0).unwrap(),
                 None,
                 r1 - r0,
                 k,

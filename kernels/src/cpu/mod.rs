@@ -9,6 +9,7 @@ mod attention;
 mod latent;
 mod matmul;
 mod moe;
+mod quant;
 mod simd;
 mod weight;
 
@@ -35,7 +36,7 @@ use crate::shape;
 use crate::{
     AttentionMetadata, Backend, Dtype, Error, HeadLayout, KvCacheConfig, LatentShape, Result,
 };
-use crate::{MoeInput, MoeRoute, MoeRouting};
+use crate::{MoeInput, MoeRoute, MoeRouting, StoredRows};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -92,6 +93,15 @@ impl Backend for CpuBackend {
 
     fn upload_weight(&self, data: &[f32], groups: usize, n: usize, k: usize) -> Result<CpuWeight> {
         CpuWeight::new(data, groups, n, k)
+    }
+
+    /// bf16 / f16 in column panels, the quantized formats in tiles for the integer GEMM.
+    fn upload_stored_weight(&self, parts: &[StoredRows], k: usize) -> Result<Option<CpuWeight>> {
+        CpuWeight::from_stored(parts, k)
+    }
+
+    fn weight_bytes(&self, w: &CpuWeight) -> usize {
+        w.bytes()
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
@@ -215,7 +225,11 @@ impl Backend for CpuBackend {
         if let Some(b) = bias {
             check_len(OP, "bias", b, n)?;
         }
-        matmul::matmul_bt(&x[..m * k], w.group(0), bias.map(|b| &b[..n]), m, k, n, out);
+        let bias = bias.map(|b| &b[..n]);
+        match w.segments() {
+            Some(segs) => matmul::matmul_segments(&x[..m * k], segs, bias, m, k, n, out),
+            None => matmul::matmul_bt(&x[..m * k], w.group(OP, 0)?, bias, m, k, n, out),
+        }
         Ok(())
     }
 
@@ -487,7 +501,7 @@ impl Backend for CpuBackend {
         let mut logits = vec![0f32; rows * e];
         matmul::matmul_bt(
             &x[..rows * hidden],
-            gate.group(0),
+            gate.group(OP, 0)?,
             None,
             rows,
             hidden,

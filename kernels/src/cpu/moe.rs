@@ -95,7 +95,15 @@ pub(super) fn moe_matmul(
                 row.copy_from_slice(&x[s * k..(s + 1) * k]);
             });
     }
-    matmul::grouped_matmul_bt(&grouped_x, w, &plan.groups.offsets, k, n, &mut grouped_out);
+    let panels = w.all_panels(OP)?;
+    matmul::grouped_matmul_bt(
+        &grouped_x,
+        panels,
+        &plan.groups.offsets,
+        k,
+        n,
+        &mut grouped_out,
+    );
     out[..pairs * n]
         .par_chunks_mut(n)
         .zip(plan.grouped_row.par_iter())

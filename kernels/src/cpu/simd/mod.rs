@@ -22,20 +22,22 @@ mod panel_gemm;
 pub(crate) use self::activation::silu_mul;
 pub(crate) use self::attention::{scores, softmax_scaled, weighted_rows, Queries};
 pub(crate) use self::dot::dot;
-pub(crate) use self::panel_gemm::{gemm_bt, pack_panels, panels_len, NR};
+pub(crate) use self::panel_gemm::{gemm_bt, pack_panels, panels_len, Bf16, PanelElem, F16, NR};
 
 use std::sync::OnceLock;
 
 /// Lanes per accumulator.
 const L: usize = 8;
 
-/// AVX2 and FMA, checked once per process.
+/// AVX2, FMA and F16C (which every AVX2 CPU has), checked once per process.
 fn has_fma() -> bool {
     static F: OnceLock<bool> = OnceLock::new();
     *F.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

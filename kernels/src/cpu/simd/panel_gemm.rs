@@ -22,13 +22,109 @@
 use super::{has_avx512, has_fma};
 use std::ops::Range;
 
+/// A value a panel stores: f32, or bf16 / f16 bits widened to f32 where they are read
+/// (exactly: every bf16 and f16 value is an f32), so a weight kept in half precision
+/// gives the same bits as the same weight widened to f32 at load, at half the bytes.
+pub(crate) trait PanelElem: Copy + Send + Sync + 'static {
+    const ZERO: Self;
+    fn to_f32(self) -> f32;
+    /// Sixteen values from `p`, widened.
+    ///
+    /// # Safety
+    /// AVX-512F is present and `p` is valid for 16 reads.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+    /// Eight values from `p`, widened.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C are present and `p` is valid for 8 reads.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl PanelElem for f32 {
+    const ZERO: f32 = 0.0;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+/// bfloat16 bits: the high half of an f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(transparent)]
+pub(crate) struct Bf16(pub u16);
+
+/// IEEE half-precision bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(transparent)]
+pub(crate) struct F16(pub u16);
+
+impl PanelElem for Bf16 {
+    const ZERO: Bf16 = Bf16(0);
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.0 as u32) << 16)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const Bf16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let h = _mm256_loadu_si256(p.cast());
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const Bf16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let h = _mm_loadu_si128(p.cast());
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    }
+}
+
+impl PanelElem for F16 {
+    const ZERO: F16 = F16(0);
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::from_bits(self.0).to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const F16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const F16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+}
+
 /// Columns per panel.
 pub(crate) const NR: usize = 32;
 
-/// Panel rows (128 bytes each) between a prefetch and its use: a decode step streams
+/// Bytes between a prefetch and its use (16 panel rows of f32): a decode step streams
 /// the panels from memory (without it, batch-1 GEMMs ran at half the speed).
 #[cfg(target_arch = "x86_64")]
-const PREFETCH: usize = 16;
+const PREFETCH_BYTES: usize = 16 * NR * 4;
 
 /// Values of `k` per block: a panel's block is 24 KiB, which leaves room in a 48 KiB
 /// L1 for the rows of `x` that stream through it.
@@ -43,7 +139,7 @@ pub(crate) fn panels_len(n: usize, k: usize) -> usize {
 
 /// `w` (`[n, k]`, row-major) packed in column panels (see the module notes) into `dst`
 /// (`panels_len(n, k)` zeros), the panels in parallel.
-pub(crate) fn pack_panels(w: &[f32], n: usize, k: usize, dst: &mut [f32]) {
+pub(crate) fn pack_panels<T: PanelElem>(w: &[T], n: usize, k: usize, dst: &mut [T]) {
     use rayon::prelude::*;
     assert_eq!(w.len(), n * k);
     assert_eq!(dst.len(), panels_len(n, k));
@@ -64,8 +160,8 @@ pub(crate) fn pack_panels(w: &[f32], n: usize, k: usize, dst: &mut [f32]) {
 
 /// `w[j, p]` of a weight packed by [`pack_panels`].
 #[inline]
-pub(crate) fn panel_value(panels: &[f32], k: usize, j: usize, p: usize) -> f32 {
-    panels[j / NR * NR * k + p * NR + j % NR]
+pub(crate) fn panel_value<T: PanelElem>(panels: &[T], k: usize, j: usize, p: usize) -> f32 {
+    panels[j / NR * NR * k + p * NR + j % NR].to_f32()
 }
 
 /// `out[i * ldo + j] = Σ_p x[i * k + p] · w[j, p]` for `i` in `rows`, `j` in `cols`,
@@ -76,9 +172,9 @@ pub(crate) fn panel_value(panels: &[f32], k: usize, j: usize, p: usize) -> f32 {
 /// `x` holds every row in `rows` (each `k` long) and `w` every column in `cols`; `out`
 /// is valid for reads and writes at `i * ldo + j` for `i` in `rows`, `j` in `cols`,
 /// and no one else accesses those elements during the call.
-pub(crate) unsafe fn gemm_bt(
+pub(crate) unsafe fn gemm_bt<T: PanelElem>(
     x: &[f32],
-    w: &[f32],
+    w: &[T],
     k: usize,
     rows: Range<usize>,
     cols: Range<usize>,
@@ -113,9 +209,9 @@ pub(crate) unsafe fn gemm_bt(
 }
 
 /// The reference: one `mul_add` chain per output.
-fn portable(
+fn portable<T: PanelElem>(
     x: &[f32],
-    w: &[f32],
+    w: &[T],
     k: usize,
     rows: Range<usize>,
     cols: Range<usize>,
@@ -140,8 +236,8 @@ fn portable(
 macro_rules! dispatch {
     ($kernel:ident, $mr:expr, $nv:expr, $args:tt, [$($r:literal)*]) => {
         match ($mr, $nv) {
-            $(($r, 1) => $kernel::<$r, 1> $args,
-              ($r, _) => $kernel::<$r, 2> $args,)*
+            $(($r, 1) => $kernel::<_, $r, 1> $args,
+              ($r, _) => $kernel::<_, $r, 2> $args,)*
             _ => unreachable!("rows per block"),
         }
     };
@@ -154,16 +250,16 @@ macro_rules! dispatch {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn for_each_block<const R: usize>(
+unsafe fn for_each_block<T: PanelElem, const R: usize>(
     x: &[f32],
-    w: &[f32],
+    w: &[T],
     k: usize,
     rows: Range<usize>,
     cols: Range<usize>,
     out: *mut f32,
     ldo: usize,
     width: usize,
-    mut kernel: impl FnMut(*const f32, usize, *const f32, usize, *mut f32, usize, bool),
+    mut kernel: impl FnMut(*const f32, usize, *const T, usize, *mut f32, usize, bool),
 ) {
     thread_local! {
         /// The interleaved rows of `x`, kept between calls (a prefill's are a megabyte).
@@ -207,7 +303,7 @@ unsafe fn for_each_block<const R: usize>(
 /// 512-bit registers: 16 columns each, two per row of the micro-kernel.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::NR;
+    use super::{PanelElem, NR};
     use std::arch::x86_64::*;
     use std::ops::Range;
 
@@ -217,16 +313,16 @@ mod avx512 {
     /// # Safety
     /// AVX-512F must be present; otherwise `super::gemm_bt`'s contract, with `k > 0`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gemm_bt(
+    pub(super) unsafe fn gemm_bt<T: PanelElem>(
         x: &[f32],
-        w: &[f32],
+        w: &[T],
         k: usize,
         rows: Range<usize>,
         cols: Range<usize>,
         out: *mut f32,
         ldo: usize,
     ) {
-        super::for_each_block::<MR>(
+        super::for_each_block::<T, MR>(
             x,
             w,
             k,
@@ -262,9 +358,9 @@ mod avx512 {
     /// zero if `first`, else from `out`.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn kernel<const R: usize, const V: usize>(
+    unsafe fn kernel<T: PanelElem, const R: usize, const V: usize>(
         x: *const f32,
-        p: *const f32,
+        p: *const T,
         kc: usize,
         out: *mut f32,
         ldo: usize,
@@ -282,9 +378,10 @@ mod avx512 {
         }
         for q in 0..kc {
             // The panel streams from memory in a decode step: ask for it early.
-            _mm_prefetch::<_MM_HINT_T0>(p.add((q + super::PREFETCH) * NR).cast());
-            _mm_prefetch::<_MM_HINT_T0>(p.add((q + super::PREFETCH) * NR + 16).cast());
-            let b: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(p.add(q * NR + 16 * v)));
+            let ahead = p.add(q * NR).cast::<i8>().add(super::PREFETCH_BYTES);
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.add(64));
+            let b: [__m512; V] = std::array::from_fn(|v| T::load16(p.add(q * NR + 16 * v)));
             for (r, a) in acc.iter_mut().enumerate() {
                 let s = _mm512_set1_ps(*x.add(q * MR + r));
                 for (a, b) in a.iter_mut().zip(&b) {
@@ -304,7 +401,7 @@ mod avx512 {
 /// halves of the panels.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::NR;
+    use super::{PanelElem, NR};
     use std::arch::x86_64::*;
     use std::ops::Range;
 
@@ -312,17 +409,17 @@ mod avx2 {
 
     /// # Safety
     /// AVX2 and FMA must be present; otherwise `super::gemm_bt`'s contract, `k > 0`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn gemm_bt(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn gemm_bt<T: PanelElem>(
         x: &[f32],
-        w: &[f32],
+        w: &[T],
         k: usize,
         rows: Range<usize>,
         cols: Range<usize>,
         out: *mut f32,
         ldo: usize,
     ) {
-        super::for_each_block::<MR>(
+        super::for_each_block::<T, MR>(
             x,
             w,
             k,
@@ -345,10 +442,10 @@ mod avx2 {
 
     /// As the AVX-512 kernel, with 8-lane vectors; partial columns go through a copy.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn kernel<const R: usize, const V: usize>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn kernel<T: PanelElem, const R: usize, const V: usize>(
         x: *const f32,
-        p: *const f32,
+        p: *const T,
         kc: usize,
         out: *mut f32,
         ldo: usize,
@@ -372,8 +469,8 @@ mod avx2 {
             }
         }
         for q in 0..kc {
-            _mm_prefetch::<_MM_HINT_T0>(p.add((q + super::PREFETCH) * NR).cast());
-            let b: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(p.add(q * NR + 8 * v)));
+            _mm_prefetch::<_MM_HINT_T0>(p.add(q * NR).cast::<i8>().add(super::PREFETCH_BYTES));
+            let b: [__m256; V] = std::array::from_fn(|v| T::load8(p.add(q * NR + 8 * v)));
             for (r, a) in acc.iter_mut().enumerate() {
                 let s = _mm256_set1_ps(*x.add(q * MR + r));
                 for (a, b) in a.iter_mut().zip(&b) {
@@ -518,6 +615,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// bf16 and f16 panels give exactly the f32 path's bits on the widened values, on
+    /// every instruction set.
+    #[test]
+    fn half_precision_panels_equal_the_f32_path() {
+        fn same<T: PanelElem>(wrap: impl Fn(f32) -> T) {
+            for (m, n, k) in SHAPES {
+                let x = data(m * k, 1);
+                let w: Vec<T> = data(n * k, 2).into_iter().map(&wrap).collect();
+                let wide: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+                let (mut a, mut b) = (vec![0.0; m * n], vec![0.0; m * n]);
+                let mut wp = vec![T::ZERO; panels_len(n, k)];
+                pack_panels(&w, n, k, &mut wp);
+                // SAFETY: a and b are m x n and each call their only user.
+                unsafe {
+                    gemm_bt(&x, &wp, k, 0..m, 0..n, a.as_mut_ptr(), n);
+                    gemm_bt(&x, &packed(&wide, n, k), k, 0..m, 0..n, b.as_mut_ptr(), n);
+                }
+                assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()));
+                let mut c = vec![0.0; m * n];
+                // SAFETY: as above.
+                unsafe { portable(&x, &wp, k, 0..m, 0..n, c.as_mut_ptr(), n) };
+                assert!(a.iter().zip(&c).all(|(a, c)| a.to_bits() == c.to_bits()));
+            }
+        }
+        same(|v| Bf16(half::bf16::from_f32(v).to_bits()));
+        same(|v| F16(half::f16::from_f32(v).to_bits()));
     }
 
     #[test]
