@@ -1,23 +1,33 @@
-//! `novastack bench decode`: decode throughput of the CPU backend on a model of a given
-//! shape (random weights), dense or mixture-of-experts, beside the memory-bandwidth bound
-//! measured in the same run. The bound counts the bytes a step actually reads: every
-//! weight of a dense model; for a MoE model the non-expert weights plus the experts the
-//! batch's tokens chose in that step (each once), plus the KV cache.
+//! `novastack bench decode`: decode throughput of the CPU backend on a real model
+//! (`--model FILE.gguf` or a Hugging Face folder, weights kept as stored unless
+//! `--cpu-weights f32`) or on a model of a given shape (random f32 weights), dense or
+//! mixture-of-experts, beside the memory-bandwidth bound measured in the same run. The
+//! bound counts the bytes a step actually reads, as the weights are stored: every matrix
+//! of a dense model; for a MoE model the non-expert weights plus the experts the batch's
+//! tokens chose in that step (each once), plus the KV cache.
 
 use anyhow::{bail, Result};
 use clap::Args;
 use novastack_kernels::{CpuBackend, MoeScoring};
 use novastack_models::random::RandomSource;
 use novastack_models::{
-    Architecture, CausalLm, Dtype, ForwardInput, Llama, ModelConfig, MoeConfig, MoeNaming, QkNorm,
-    RopeScaling,
+    Architecture, BoxedModel, CausalLm, Dtype, ForwardInput, Llama, ModelConfig, MoeConfig,
+    MoeNaming, QkNorm, RopeScaling,
 };
+use std::path::PathBuf;
 use rayon::prelude::*;
 use std::time::Instant;
 
 /// Defaults are SmolLM2-135M's shape.
 #[derive(Args, Debug)]
 pub struct DecodeArgs {
+    /// A real model (a `.gguf` file or a Hugging Face folder) instead of a random one of
+    /// the shape below (the shape flags are then ignored).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// `native`: weights kept in the file's precision; `f32`: widened at load.
+    #[arg(long, default_value = "native", value_parser = ["native", "f32"])]
+    pub cpu_weights: String,
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     pub batch: Vec<usize>,
     /// Timed decode steps per batch size.
@@ -94,48 +104,44 @@ pub fn run(a: DecodeArgs) -> Result<()> {
         bail!("--top-k must be in 1..=--experts");
     }
     let max_batch = a.batch.iter().copied().max().unwrap_or(1);
-    let mut config = llama_shape(
-        a.hidden,
-        a.ffn,
-        a.layers,
-        a.heads,
-        a.kv_heads,
-        a.vocab,
-        a.context + a.steps + 1,
-        true,
-    );
-    if a.experts > 0 {
-        make_qwen3_moe(&mut config, a.experts, a.top_k, a.expert_ffn);
-    }
     tracing::info!("measuring memory bandwidth...");
     let bw = read_bandwidth();
-    tracing::info!("loading a random model...");
-    // Router weights random like the rest, so tokens spread over the experts.
-    let model = Llama::load(config, &RandomSource::new(0, 0.02), CpuBackend::new())?;
+    let native = a.cpu_weights == "native";
+    let (model, what): (BoxedModel<CpuBackend>, String) = match &a.model {
+        Some(path) => {
+            tracing::info!("loading {}...", path.display());
+            let backend = CpuBackend::new().with_native_weights(native);
+            let lm = novastack_models::load_model(path, backend)
+                .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", path.display()))?;
+            (lm.model, format!("{}, {} weights", path.display(), a.cpu_weights))
+        }
+        None => random_model(&a)?,
+    };
+    if a.context + a.steps + 1 > model.max_positions() {
+        bail!(
+            "--context {} + --steps {} exceeds the model's {} positions",
+            a.context,
+            a.steps,
+            model.max_positions()
+        );
+    }
     let params = model.parameters();
     let threads = rayon::current_num_threads();
-    let shape = if a.experts > 0 {
-        format!(
-            "{} experts top-{} expert ffn {}",
-            a.experts, a.top_k, a.expert_ffn
-        )
-    } else {
-        format!("ffn {}", a.ffn)
-    };
-    println!(
-        "decode benchmark: hidden {} layers {} heads {}/{} {shape} vocab {}, f32 weights {:.0} MB, context {}, {} threads",
-        a.hidden, a.layers, a.heads, a.kv_heads, a.vocab, params.total as f64 * 4e-6, a.context, threads
-    );
+    println!("decode benchmark: {what}, context {}, {threads} threads", a.context);
     println!(
         "parameters: {:.1}M total, {:.1}M active per token",
         params.total as f64 / 1e6,
         params.active_per_token as f64 / 1e6
     );
-    println!("memory read bandwidth (measured): {:.1} GB/s", bw / 1e9);
+    println!(
+        "memory read bandwidth (measured, {threads} threads): {:.1} GB/s",
+        bw / 1e9
+    );
     println!(
         "{:>6} {:>10} {:>12} {:>12} {:>14} {:>8}",
         "batch", "ms/step", "tokens/s", "MB read/step", "bound tok/s", "ratio"
     );
+    let vocab = model.vocab_size();
     let blocks_per_seq = (a.context + a.steps).div_ceil(BLOCK);
     for &b in &a.batch {
         if b == 0 || b > max_batch {
@@ -149,11 +155,12 @@ pub fn run(a: DecodeArgs) -> Result<()> {
                     .collect()
             })
             .collect();
-        let step = |lens: &[usize], new: usize| synthetic_step(lens, new, &tables, a.vocab);
+        let step = |lens: &[usize], new: usize| synthetic_step(lens, new, &tables, vocab);
         let mut lens = vec![0usize; b];
         model.forward(&step(&lens, a.context), &mut cache)?;
         lens.iter_mut().for_each(|l| *l = a.context);
         let read_before = model.parameters_read()?;
+        let bytes_before = model.weight_bytes_read()?;
         let t = Instant::now();
         for _ in 0..a.steps {
             let logits = model.forward(&step(&lens, 1), &mut cache)?;
@@ -165,8 +172,13 @@ pub fn run(a: DecodeArgs) -> Result<()> {
         let tps = (b * a.steps) as f64 / secs;
         let avg_ctx = a.context as f64 + a.steps as f64 / 2.0;
         let kv_read = b as f64 * avg_ctx * model.kv_bytes_per_token(Dtype::F32) as f64;
-        // Weights read per step (f32), averaged over the timed steps.
-        let weight_bytes = read as f64 * 4.0 / a.steps.max(1) as f64;
+        // Weight bytes read per step as stored (f32 where the backend does not say),
+        // averaged over the timed steps.
+        let read_bytes = match (bytes_before, model.weight_bytes_read()?) {
+            (Some(before), Some(after)) => (after - before) as f64,
+            _ => read as f64 * 4.0,
+        };
+        let weight_bytes = read_bytes / a.steps.max(1) as f64;
         let bound = b as f64 * bw / (weight_bytes + kv_read);
         println!(
             "{:>6} {:>10.1} {:>12.1} {:>12.1} {:>14.1} {:>8.2}",
@@ -185,6 +197,39 @@ pub fn run(a: DecodeArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A random model of the flags' shape (f32 weights).
+fn random_model(a: &DecodeArgs) -> Result<(BoxedModel<CpuBackend>, String)> {
+    let mut config = llama_shape(
+        a.hidden,
+        a.ffn,
+        a.layers,
+        a.heads,
+        a.kv_heads,
+        a.vocab,
+        a.context + a.steps + 1,
+        true,
+    );
+    if a.experts > 0 {
+        make_qwen3_moe(&mut config, a.experts, a.top_k, a.expert_ffn);
+    }
+    tracing::info!("building a random model...");
+    // Router weights random like the rest, so tokens spread over the experts.
+    let model = Llama::load(config, &RandomSource::new(0, 0.02), CpuBackend::new())?;
+    let shape = if a.experts > 0 {
+        format!(
+            "{} experts top-{} expert ffn {}",
+            a.experts, a.top_k, a.expert_ffn
+        )
+    } else {
+        format!("ffn {}", a.ffn)
+    };
+    let what = format!(
+        "random f32 weights, hidden {} layers {} heads {}/{} {shape} vocab {}",
+        a.hidden, a.layers, a.heads, a.kv_heads, a.vocab
+    );
+    Ok((Box::new(model), what))
 }
 
 /// Turns a [`llama_shape`] config into Qwen3-MoE's: every layer sparse, `experts` routed

@@ -85,6 +85,11 @@ pub trait Backend: Send + Sync {
     ) -> Result<Option<Self::Weight>> {
         Ok(None)
     }
+    /// Whether [`Backend::upload_stored_weight`] may keep a weight as stored (so a loader
+    /// reads a tensor's raw bytes only when they can be used).
+    fn keeps_stored_weights(&self) -> bool {
+        false
+    }
     /// Bytes of device storage a weight holds (what a pass over it reads); 0 where the
     /// backend does not say.
     fn weight_bytes(&self, _w: &Self::Weight) -> usize {

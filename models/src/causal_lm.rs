@@ -58,6 +58,12 @@ pub trait CausalLm<B: Backend>: Send + Sync {
     /// memory-bandwidth bound is computed from. A GPU backend counts the experts on the
     /// device, so this waits for it: call it around a run, not inside one.
     fn parameters_read(&self) -> Result<u64>;
+
+    /// As [`CausalLm::parameters_read`], in bytes of the weights as the backend stores
+    /// them (bf16, quantized blocks, f32); `None` where the backend does not say.
+    fn weight_bytes_read(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// A model's parameter counts (see [`CausalLm::parameters`]).
@@ -106,5 +112,8 @@ where
     }
     fn parameters_read(&self) -> Result<u64> {
         (**self).parameters_read()
+    }
+    fn weight_bytes_read(&self) -> Result<Option<u64>> {
+        (**self).weight_bytes_read()
     }
 }

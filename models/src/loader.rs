@@ -7,6 +7,7 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, Metadata};
 use safetensors::SafeTensors;
+use novastack_kernels::{StoredRows, WeightFormat};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,12 @@ pub trait TensorSource {
     fn contains(&self, name: &str) -> bool;
     /// Where tensors come from, for error messages.
     fn describe(&self) -> String;
+    /// The matrix `name` (`[n, k]`, checked as [`TensorSource::tensor`] checks it) as the
+    /// file stores it, rows in the Hugging Face order, when that is a format a backend may
+    /// compute on (bf16, f16, ggml's quantized formats); `None` where only f32 is offered.
+    fn stored(&self, _name: &str, _n: usize, _k: usize) -> Result<Option<StoredRows>> {
+        Ok(None)
+    }
 }
 
 struct Shard {
@@ -146,8 +153,9 @@ pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     })
 }
 
-impl TensorSource for SafetensorsSource {
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+impl SafetensorsSource {
+    /// Tensor `name`'s dtype, bytes and shard, its shape checked against `shape`.
+    fn raw(&self, name: &str, shape: &[usize]) -> Result<(Dtype, &[u8], &Path)> {
         let Some(&i) = self.index.get(name) else {
             return Err(Error::MissingTensor {
                 name: name.into(),
@@ -172,11 +180,29 @@ impl TensorSource for SafetensorsSource {
         }
         let (start, end) = info.data_offsets;
         let bytes = &shard.mmap[shard.data_start + start..shard.data_start + end];
-        to_f32(info.dtype, bytes).ok_or_else(|| Error::DType {
+        Ok((info.dtype, bytes, &shard.path))
+    }
+}
+
+impl TensorSource for SafetensorsSource {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (dtype, bytes, path) = self.raw(name, shape)?;
+        to_f32(dtype, bytes).ok_or_else(|| Error::DType {
             name: name.into(),
-            path: shard.path.clone(),
-            dtype: format!("{:?}", info.dtype),
+            path: path.to_path_buf(),
+            dtype: format!("{dtype:?}"),
         })
+    }
+
+    /// bf16 and f16 matrices as stored (f32 ones gain nothing over the oracle's path).
+    fn stored(&self, name: &str, n: usize, k: usize) -> Result<Option<StoredRows>> {
+        let (dtype, bytes, _) = self.raw(name, &[n, k])?;
+        let format = match dtype {
+            Dtype::BF16 => WeightFormat::BF16,
+            Dtype::F16 => WeightFormat::F16,
+            _ => return Ok(None),
+        };
+        Ok(StoredRows::new(format, n, k, bytes.to_vec()))
     }
 
     fn contains(&self, name: &str) -> bool {

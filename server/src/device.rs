@@ -29,7 +29,9 @@ pub fn with_model<J: ModelJob>(path: &Path, engine: &EngineArgs, job: J) -> Resu
     let ctx = || format!("cannot load model from {}", path.display());
     match engine.device.as_str() {
         "cpu" => {
-            let lm = load_model(path, CpuBackend::new()).with_context(ctx)?;
+            let native = engine.cpu_weights == crate::engine_args::CpuWeights::Native;
+            let backend = CpuBackend::new().with_native_weights(native);
+            let lm = load_model(path, backend).with_context(ctx)?;
             kv_cache_fits_host_memory(engine)?;
             job.run(lm, None)
         }

@@ -50,6 +50,12 @@ pub struct EngineArgs {
     /// (needs a C++ compiler; slow, for checking the GPU code, not for serving).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// `--device cpu`: `native` keeps weights in the file's precision (bf16 / f16
+    /// safetensors; GGUF's F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K) and
+    /// computes on them as stored, as llama.cpp does (quantized weights against 8-bit
+    /// activations); `f32` widens every weight to f32 at load (the reference).
+    #[arg(long, value_enum, default_value = "native")]
+    pub cpu_weights: CpuWeights,
     /// `--device sim`: lanes per warp, 64 (MI250's wavefront) or 32.
     #[arg(long, default_value_t = 64)]
     pub sim_warp: u32,
@@ -68,6 +74,13 @@ pub struct EngineArgs {
     /// from CUDA / HIP graphs captured per batch-size bucket (vLLM's flag).
     #[arg(long)]
     pub enforce_eager: bool,
+}
+
+/// `--cpu-weights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CpuWeights {
+    Native,
+    F32,
 }
 
 impl EngineArgs {

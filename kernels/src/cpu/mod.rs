@@ -49,11 +49,22 @@ const ROWS_PER_TASK: usize = 8;
 #[derive(Debug, Default, Clone)]
 pub struct CpuBackend {
     experts_read: Arc<AtomicU64>,
+    /// Whether weights stay in their file's precision (`upload_stored_weight`); off, every
+    /// weight is widened to f32 (the oracle).
+    native_weights: bool,
 }
 
 impl CpuBackend {
+    /// The oracle: every weight widened to f32.
     pub fn new() -> Self {
         CpuBackend::default()
+    }
+
+    /// Keeps weights in their file's precision (bf16, f16, ggml's quantized formats)
+    /// where `native`, computing on them as stored; else as [`CpuBackend::new`].
+    pub fn with_native_weights(mut self, native: bool) -> Self {
+        self.native_weights = native;
+        self
     }
 
     fn count_plan(&self, plan: CpuMoePlan) -> CpuMoePlan {
@@ -97,7 +108,14 @@ impl Backend for CpuBackend {
 
     /// bf16 / f16 in column panels, the quantized formats in tiles for the integer GEMM.
     fn upload_stored_weight(&self, parts: &[StoredRows], k: usize) -> Result<Option<CpuWeight>> {
+        if !self.native_weights {
+            return Ok(None);
+        }
         CpuWeight::from_stored(parts, k)
+    }
+
+    fn keeps_stored_weights(&self) -> bool {
+        self.native_weights
     }
 
     fn weight_bytes(&self, w: &CpuWeight) -> usize {

@@ -111,6 +111,8 @@ pub struct Llama<B: Backend> {
     acts: Workspace<Activations<B>>,
     graphs: DecodeGraphs,
     params: ParamCount,
+    /// Bytes of the matrices a pass reads, as stored (0 where the backend does not say).
+    shared_bytes: u64,
     /// Forward passes run, and the backend's count of experts read when the model was
     /// built (`Backend::moe_experts_read`): what `parameters_read` counts from.
     passes: std::sync::atomic::AtomicU64,
@@ -243,10 +245,7 @@ impl<B: Backend> Llama<B> {
     /// Loads every weight from `src`, checking names and shapes.
     pub fn load(config: ModelConfig, src: &dyn TensorSource, backend: B) -> Result<Self> {
         let c = &config;
-        let w = Weights {
-            source: src,
-            backend: &backend,
-        };
+        let w = Weights::new(src, &backend);
         let (h, eps) = (c.hidden_size, c.rms_norm_eps);
         let shape = attention_shape(c);
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -325,6 +324,14 @@ impl<B: Backend> Llama<B> {
             max_positions,
         )?;
         let params = ParamCount::new(&config);
+        // A pass reads every matrix but the routed experts, less an untied embedding
+        // table (only its rows are read).
+        let untied_embed = if config.tie_word_embeddings {
+            0
+        } else {
+            backend.weight_bytes(&embed) as u64
+        };
+        let shared_bytes = w.matrix_bytes().saturating_sub(untied_embed);
         let experts_read_at_load = if config.moe.is_some() {
             backend.moe_experts_read()?
         } else {
@@ -342,6 +349,7 @@ impl<B: Backend> Llama<B> {
             acts: Workspace::default(),
             graphs: DecodeGraphs::default(),
             params,
+            shared_bytes,
             passes: Default::default(),
             experts_read_at_load,
         })
@@ -557,6 +565,21 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
             0
         };
         Ok(passes * p.shared + experts * p.per_expert)
+    }
+
+    fn weight_bytes_read(&self) -> Result<Option<u64>> {
+        if self.shared_bytes == 0 {
+            return Ok(None);
+        }
+        let p = &self.params;
+        let passes = self.passes.load(std::sync::atomic::Ordering::Relaxed);
+        let experts = if self.config.moe.is_some() {
+            self.backend.moe_experts_read()? - self.experts_read_at_load
+        } else {
+            0
+        };
+        // Routed experts are f32 wherever the backend reports bytes (the CPU).
+        Ok(Some(passes * self.shared_bytes + experts * p.per_expert * 4))
     }
 }
 

@@ -2,6 +2,7 @@
 //! ggml (block layouts: `d` and `m` are f16, quants are packed nibbles or bytes).
 
 use half::{bf16, f16};
+use novastack_kernels::WeightFormat;
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,6 +12,8 @@ pub enum GgmlType {
     BF16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
     Q4K,
     Q6K,
@@ -59,6 +62,8 @@ impl GgmlType {
             30 => GgmlType::BF16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
             12 => GgmlType::Q4K,
             14 => GgmlType::Q6K,
@@ -74,39 +79,34 @@ impl GgmlType {
             .unwrap_or_else(|| format!("type id {id}"))
     }
 
-    pub fn name(self) -> &'static str {
+    /// The stored format a backend may compute on (the same bytes).
+    pub fn format(self) -> WeightFormat {
         match self {
-            GgmlType::F32 => "F32",
-            GgmlType::F16 => "F16",
-            GgmlType::BF16 => "BF16",
-            GgmlType::Q4_0 => "Q4_0",
-            GgmlType::Q4_1 => "Q4_1",
-            GgmlType::Q8_0 => "Q8_0",
-            GgmlType::Q4K => "Q4_K",
-            GgmlType::Q6K => "Q6_K",
+            GgmlType::F32 => WeightFormat::F32,
+            GgmlType::F16 => WeightFormat::F16,
+            GgmlType::BF16 => WeightFormat::BF16,
+            GgmlType::Q4_0 => WeightFormat::Q4_0,
+            GgmlType::Q4_1 => WeightFormat::Q4_1,
+            GgmlType::Q5_0 => WeightFormat::Q5_0,
+            GgmlType::Q5_1 => WeightFormat::Q5_1,
+            GgmlType::Q8_0 => WeightFormat::Q8_0,
+            GgmlType::Q4K => WeightFormat::Q4K,
+            GgmlType::Q6K => WeightFormat::Q6K,
         }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.format().name()
     }
 
     /// Values per block.
     pub fn block_size(self) -> usize {
-        match self {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => 32,
-            GgmlType::Q4K | GgmlType::Q6K => 256,
-        }
+        self.format().block_size()
     }
 
     /// Bytes per block.
     pub fn block_bytes(self) -> usize {
-        match self {
-            GgmlType::F32 => 4,
-            GgmlType::F16 | GgmlType::BF16 => 2,
-            GgmlType::Q4_0 => 18,
-            GgmlType::Q4_1 => 20,
-            GgmlType::Q8_0 => 34,
-            GgmlType::Q4K => 144,
-            GgmlType::Q6K => 210,
-        }
+        self.format().block_bytes()
     }
 }
 
@@ -129,6 +129,31 @@ fn block_q4_1(b: &[u8], y: &mut [f32]) {
     for j in 0..16 {
         y[j] = (qs[j] & 0xF) as f32 * d + m;
         y[j + 16] = (qs[j] >> 4) as f32 * d + m;
+    }
+}
+
+/// Q5's 32 codes: nibbles from `qs`, the fifth bit of value `j` is bit `j` of `qh`.
+fn q5_codes(qh: &[u8], qs: &[u8]) -> [u8; 32] {
+    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    let mut q = [0u8; 32];
+    for j in 0..16 {
+        q[j] = (qs[j] & 0xF) | ((((qh >> j) & 1) as u8) << 4);
+        q[j + 16] = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+    }
+    q
+}
+
+fn block_q5_0(b: &[u8], y: &mut [f32]) {
+    let d = h(b, 0);
+    for (o, q) in y.iter_mut().zip(q5_codes(&b[2..6], &b[6..22])) {
+        *o = (q as i32 - 16) as f32 * d;
+    }
+}
+
+fn block_q5_1(b: &[u8], y: &mut [f32]) {
+    let (d, m) = (h(b, 0), h(b, 2));
+    for (o, q) in y.iter_mut().zip(q5_codes(&b[4..8], &b[8..24])) {
+        *o = q as f32 * d + m;
     }
 }
 
@@ -211,6 +236,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
                     GgmlType::BF16 => yb[0] = bf16::from_le_bytes([bb[0], bb[1]]).to_f32(),
                     GgmlType::Q4_0 => block_q4_0(bb, yb),
                     GgmlType::Q4_1 => block_q4_1(bb, yb),
+                    GgmlType::Q5_0 => block_q5_0(bb, yb),
+                    GgmlType::Q5_1 => block_q5_1(bb, yb),
                     GgmlType::Q8_0 => block_q8_0(bb, yb),
                     GgmlType::Q4K => block_q4_k(bb, yb),
                     GgmlType::Q6K => block_q6_k(bb, yb),
@@ -248,6 +275,25 @@ mod tests {
         b[4] = 0x84;
         let y = dequantize(GgmlType::Q4_1, &b);
         assert_eq!((y[0], y[16], y[2]), (0.0, 1.0, -1.0));
+    }
+
+    #[test]
+    fn q5_takes_the_fifth_bit_from_qh() {
+        let mut b = vec![0u8; 22];
+        b[..2].copy_from_slice(&f16::from_f32(1.0).to_le_bytes());
+        // qh bit 0 (value 0) and bit 17 (value 17).
+        b[2..6].copy_from_slice(&(1u32 | 1 << 17).to_le_bytes());
+        b[6] = 0x21; // value 0: nibble 1, value 16: nibble 2
+        b[7] = 0x03; // value 1: nibble 3, value 17: nibble 0
+        let y = dequantize(GgmlType::Q5_0, &b);
+        assert_eq!((y[0], y[16], y[1], y[17]), (1.0, -14.0, -13.0, 0.0));
+        let mut b1 = vec![0u8; 24];
+        b1[..2].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
+        b1[2..4].copy_from_slice(&f16::from_f32(-2.0).to_le_bytes());
+        b1[4..8].copy_from_slice(&1u32.to_le_bytes());
+        b1[8] = 0x01;
+        let y = dequantize(GgmlType::Q5_1, &b1);
+        assert_eq!((y[0], y[16], y[1]), (6.5, -2.0, -2.0));
     }
 
     #[test]

@@ -6,11 +6,12 @@
 //! asks for first (`model.layers.N.mlp.experts.gate_proj.weight`,
 //! `...block_sparse_moe.experts.w1.weight`), so each is dequantized once.
 
+use super::dequant::GgmlType;
 use super::file::{GgufFile, MetaValue};
 use crate::config::{Architecture, ModelConfig, MoeConfig, MoeNaming, QkNorm, RopeScaling};
 use crate::error::{Error, Result};
 use crate::loader::TensorSource;
-use novastack_kernels::MoeScoring;
+use novastack_kernels::{MoeScoring, StoredRows};
 
 fn config_err(file: &GgufFile, key: &str, msg: &str) -> Error {
     Error::Config {
@@ -315,8 +316,30 @@ pub fn unpermute_rows(data: &[f32], num_heads: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-impl TensorSource for GgufLlamaSource<'_> {
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+/// The order of rows that undoes llama.cpp's permutation (see [`unpermute_rows`]):
+/// row `i` of the Hugging Face layout is GGUF row `order[i]`.
+fn unpermute_order(rows: usize, num_heads: usize) -> Vec<usize> {
+    let head_dim = rows / num_heads.max(1);
+    let half = head_dim / 2;
+    let mut order: Vec<usize> = (0..rows).collect();
+    for h in 0..num_heads {
+        for i in 0..2 {
+            for j in 0..half {
+                order[h * head_dim + i * half + j] = h * head_dim + 2 * j + i;
+            }
+        }
+    }
+    order
+}
+
+impl GgufLlamaSource<'_> {
+    /// The GGUF tensor for Hugging Face `name`, its shape checked, and the heads its rows
+    /// are permuted over (if they are).
+    fn info(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(&super::file::TensorInfo, Option<usize>)> {
         let missing = || Error::MissingTensor {
             name: name.into(),
             looked_in: self.describe(),
@@ -337,19 +360,43 @@ impl TensorSource for GgufLlamaSource<'_> {
                 found: info.shape(),
             });
         }
+        let heads = permute.filter(|_| self.permute_qk).map(|is_q| {
+            if is_q {
+                self.num_heads
+            } else {
+                self.num_kv_heads
+            }
+        });
+        Ok((info, heads))
+    }
+}
+
+impl TensorSource for GgufLlamaSource<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (info, heads) = self.info(name, shape)?;
         let data = self.file.dequantize(info)?;
-        Ok(match permute.filter(|_| self.permute_qk) {
-            Some(is_q) => {
-                let heads = if is_q {
-                    self.num_heads
-                } else {
-                    self.num_kv_heads
-                };
+        Ok(match heads {
+            Some(heads) => {
                 let cols = if shape.len() == 2 { shape[1] } else { 1 };
                 unpermute_rows(&data, heads, cols)
             }
             None => data,
         })
+    }
+
+    /// Every supported ggml type is kept as stored; permuted rows are reordered whole
+    /// (a row is whole blocks).
+    fn stored(&self, name: &str, n: usize, k: usize) -> Result<Option<StoredRows>> {
+        let (info, heads) = self.info(name, &[n, k])?;
+        let bytes = self.file.tensor_bytes(info)?;
+        let ty = GgmlType::from_id(info.ggml_type).expect("checked by tensor_bytes");
+        let Some(rows) = StoredRows::new(ty.format(), n, k, bytes.to_vec()) else {
+            return Ok(None);
+        };
+        Ok(Some(match heads {
+            Some(heads) => rows.reorder(&unpermute_order(n, heads), k),
+            None => rows,
+        }))
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -383,6 +430,12 @@ mod tests {
             }
         }
         assert_eq!(unpermute_rows(&gguf, heads, cols), hf);
+        let order = unpermute_order(heads * 4, heads);
+        let by_order: Vec<f32> = order
+            .iter()
+            .flat_map(|&r| gguf[r * cols..(r + 1) * cols].to_vec())
+            .collect();
+        assert_eq!(by_order, hf);
     }
 
     #[test]

@@ -30,9 +30,32 @@ pub struct Pass<'a, B: Backend> {
 pub struct Weights<'a, B: Backend> {
     pub source: &'a dyn TensorSource,
     pub backend: &'a B,
+    /// Bytes of the matrices uploaded so far (routed experts apart), as the backend
+    /// stores them ([`Backend::weight_bytes`]).
+    bytes: std::cell::Cell<u64>,
 }
 
-impl<B: Backend> Weights<'_, B> {
+impl<'a, B: Backend> Weights<'a, B> {
+    pub fn new(source: &'a dyn TensorSource, backend: &'a B) -> Self {
+        Weights {
+            source,
+            backend,
+            bytes: Default::default(),
+        }
+    }
+
+    /// Bytes of every matrix uploaded so far but the routed experts, as stored: what a
+    /// dense forward pass reads (0 where the backend does not say).
+    pub fn matrix_bytes(&self) -> u64 {
+        self.bytes.get()
+    }
+
+    fn counted(&self, w: B::Weight) -> B::Weight {
+        self.bytes
+            .set(self.bytes.get() + self.backend.weight_bytes(&w) as u64);
+        w
+    }
+
     /// The host values of tensor `name` with exactly `shape`.
     pub fn host(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         self.source.tensor(name, shape)
@@ -57,14 +80,37 @@ impl<B: Backend> Weights<'_, B> {
         self.backend.upload(values).map_err(Error::from)
     }
 
-    /// Weight matrix `name` (`[n, k]`), uploaded for the matmul ops.
+    /// Weight matrix `name` (`[n, k]`), uploaded for the matmul ops: kept as the file
+    /// stores it where the backend computes on that format, else widened to f32.
     pub fn matrix(&self, name: &str, n: usize, k: usize) -> Result<B::Weight> {
+        self.stacked_matrix(&[(name.to_string(), n)], k)
+    }
+
+    /// Weight matrix `name` (`[n, k]`) widened to f32 whatever the file stores: for
+    /// what must be exact beyond the weights' own rounding (a MoE router's scores).
+    pub fn matrix_f32(&self, name: &str, n: usize, k: usize) -> Result<B::Weight> {
         let v = self.host(name, &[n, k])?;
         self.upload_matrix(&v, 1, n, k)
     }
 
-    /// Weight matrices stacked row-wise into one (fused projections): `[Σ n_i, k]`.
+    /// Weight matrices stacked row-wise into one (fused projections): `[Σ n_i, k]`,
+    /// each part kept as stored (formats may differ between parts) where the backend
+    /// computes on every part's format, else all widened to f32.
     pub fn stacked_matrix(&self, names: &[(String, usize)], k: usize) -> Result<B::Weight> {
+        if self.backend.keeps_stored_weights() {
+            let mut parts = Vec::with_capacity(names.len());
+            for (name, n) in names {
+                match self.source.stored(name, *n, k)? {
+                    Some(p) => parts.push(p),
+                    None => break,
+                }
+            }
+            if parts.len() == names.len() {
+                if let Some(w) = self.backend.upload_stored_weight(&parts, k)? {
+                    return Ok(self.counted(w));
+                }
+            }
+        }
         let mut all = Vec::with_capacity(names.len());
         for (name, n) in names {
             all.push(self.host(name, &[*n, k])?);
@@ -75,6 +121,19 @@ impl<B: Backend> Weights<'_, B> {
 
     /// `groups` row-major `[n, k]` matrices back to back, uploaded for the matmul ops.
     pub fn upload_matrix(
+        &self,
+        values: &[f32],
+        groups: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<B::Weight> {
+        let w = self.upload_experts(values, groups, n, k)?;
+        Ok(self.counted(w))
+    }
+
+    /// A MoE layer's routed experts (`groups` of `[n, k]`): as [`Weights::upload_matrix`],
+    /// left out of [`Weights::matrix_bytes`] (a pass reads only the experts it routes to).
+    pub fn upload_experts(
         &self,
         values: &[f32],
         groups: usize,

@@ -129,10 +129,10 @@ impl<B: Backend> SparseMoe<B> {
                 scale: c.routed_scale,
                 group_limit: c.group_limit,
             },
-            gate: w.matrix(&format!("{prefix}.gate.weight"), e, h)?,
+            gate: w.matrix_f32(&format!("{prefix}.gate.weight"), e, h)?,
             bias,
-            gate_up: w.upload_matrix(&gate_up, e, 2 * i, h)?,
-            down: w.upload_matrix(&down, e, h, i)?,
+            gate_up: w.upload_experts(&gate_up, e, 2 * i, h)?,
+            down: w.upload_experts(&down, e, h, i)?,
             shared: match c.shared_intermediate {
                 Some(si) => Some(GatedMlp::load(
                     w,
@@ -260,10 +260,7 @@ mod tests {
             (MoeScoring::Softmax, false, &stacked),
         ];
         for (scoring, bias, src) in cases {
-            let w = Weights {
-                source: src,
-                backend: &b,
-            };
+            let w = Weights::new(src, &b);
             let c = config(scoring, bias);
             let moe = SparseMoe::load(&w, "m", h, &c).unwrap();
             let x: Vec<f32> = (0..rows * h)
@@ -341,10 +338,7 @@ mod tests {
         let (h, rows, inter) = (16, 3, 8);
         let b = CpuBackend::new();
         let src = PerExpert(RandomSource::new(5, 0.3));
-        let w = Weights {
-            source: &src,
-            backend: &b,
-        };
+        let w = Weights::new(&src, &b);
         let c = config(MoeScoring::Softmax, false);
         let x: Vec<f32> = (0..rows * h)
             .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0)
