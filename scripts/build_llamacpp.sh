@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's `llama-server` and `llama-quantize` (CPU, this machine's ISA) from the
+# Builds llama.cpp's `llama-server`, `llama-quantize`, `llama-bench` and `llama-batched-bench`
+# (CPU, this machine's ISA) from the
 # source vendored in the PyPI sdist of llama-cpp-python: the package index is the only
 # network this needs. The sdist is checked against the index's sha256. Nothing of
 # llama.cpp enters the repository: everything lives under $LLAMACPP_DIR (default
@@ -15,7 +16,10 @@ DIR="${LLAMACPP_DIR:-$PWD/target/llamacpp}"
 JOBS="${JOBS:-$(nproc)}"
 mkdir -p "$DIR"
 BIN="$DIR/build/bin"
-if [ -x "$BIN/llama-server" ] && [ -x "$BIN/llama-quantize" ] && [ -f "$DIR/.built-$VERSION" ]; then
+TARGETS=(llama-server llama-quantize llama-bench llama-batched-bench)
+built=1
+for t in "${TARGETS[@]}"; do [ -x "$BIN/$t" ] || built=0; done
+if [ "$built" = 1 ] && [ -f "$DIR/.built-$VERSION" ]; then
   echo "llama.cpp (llama-cpp-python $VERSION) already built" >&2
   echo "$BIN"
   exit 0
@@ -44,7 +48,7 @@ command -v ninja > /dev/null && gen=(-G Ninja)
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
   -DLLAMA_BUILD_APP=OFF -DBUILD_SHARED_LIBS=OFF > "$DIR/configure.log" 2>&1 \
   || { tail -40 "$DIR/configure.log" >&2; exit 1; }
-"$CMAKE" --build "$DIR/build" -j "$JOBS" --target llama-server llama-quantize \
+"$CMAKE" --build "$DIR/build" -j "$JOBS" --target "${TARGETS[@]}" \
   > "$DIR/build.log" 2>&1 || { tail -60 "$DIR/build.log" >&2; exit 1; }
 touch "$DIR/.built-$VERSION"
 echo "$BIN"

@@ -14,8 +14,8 @@ use novastack_models::{
     Architecture, BoxedModel, CausalLm, Dtype, ForwardInput, Llama, ModelConfig, MoeConfig,
     MoeNaming, QkNorm, RopeScaling,
 };
-use std::path::PathBuf;
 use rayon::prelude::*;
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Defaults are SmolLM2-135M's shape.
@@ -113,7 +113,10 @@ pub fn run(a: DecodeArgs) -> Result<()> {
             let backend = CpuBackend::new().with_native_weights(native);
             let lm = novastack_models::load_model(path, backend)
                 .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", path.display()))?;
-            (lm.model, format!("{}, {} weights", path.display(), a.cpu_weights))
+            (
+                lm.model,
+                format!("{}, {} weights", path.display(), a.cpu_weights),
+            )
         }
         None => random_model(&a)?,
     };
@@ -127,7 +130,10 @@ pub fn run(a: DecodeArgs) -> Result<()> {
     }
     let params = model.parameters();
     let threads = rayon::current_num_threads();
-    println!("decode benchmark: {what}, context {}, {threads} threads", a.context);
+    println!(
+        "decode benchmark: {what}, context {}, {threads} threads",
+        a.context
+    );
     println!(
         "parameters: {:.1}M total, {:.1}M active per token",
         params.total as f64 / 1e6,

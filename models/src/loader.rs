@@ -4,10 +4,10 @@
 use crate::error::{read_json, Error, Result};
 use half::{bf16, f16};
 use memmap2::Mmap;
+use novastack_kernels::{StoredRows, WeightFormat};
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, Metadata};
 use safetensors::SafeTensors;
-use novastack_kernels::{StoredRows, WeightFormat};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -250,3 +250,104 @@ fn smollm2_greedy_tokens_match_transformers() {
         "The capital of France is Paris."
     );
 }
+
+/// Every SmolLM2 matrix kept as stored (`--cpu-weights native`: Q4_1, and the Q8_0
+/// embedding) reads back as exactly the f32 path's values (q/k rows unpermuted the
+/// same way), and its matmul is the f32 product up to the activations' 8-bit rounding.
+#[test]
+fn smollm2_weights_kept_as_stored_equal_the_f32_path() {
+    use novastack_kernels::Backend;
+    use novastack_models::gguf::{config_from_gguf, GgufLlamaSource};
+    use novastack_models::TensorSource;
+    let Some(path) = smollm2() else { return };
+    let file = GgufFile::open(&path).unwrap();
+    let config = config_from_gguf(&file).unwrap();
+    let src = GgufLlamaSource::new(&file, &config);
+    let b = CpuBackend::new().with_native_weights(true);
+    let (h, q, kv, ffn) = (576, 576, 192, 1536);
+    let names = [
+        ("model.embed_tokens.weight".to_string(), 49152, h),
+        ("model.layers.3.self_attn.q_proj.weight".into(), q, h),
+        ("model.layers.3.self_attn.k_proj.weight".into(), kv, h),
+        ("model.layers.3.self_attn.v_proj.weight".into(), kv, h),
+        ("model.layers.3.self_attn.o_proj.weight".into(), h, q),
+        ("model.layers.3.mlp.down_proj.weight".into(), h, ffn),
+    ];
+    for (name, n, k) in names {
+        let want = src.tensor(&name, &[n, k]).unwrap();
+        let stored = src.stored(&name, n, k).unwrap().unwrap();
+        let w = b.upload_stored_weight(&[stored], k).unwrap().unwrap();
+        let ids: Vec<u32> = (0..n as u32).step_by(7).collect();
+        let mut rows = vec![0.0; ids.len() * k];
+        b.embedding(&w, n, k, &ids, &mut rows).unwrap();
+        for (r, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            assert_eq!(
+                rows[r * k..(r + 1) * k],
+                want[id * k..(id + 1) * k],
+                "{name} row {id}"
+            );
+        }
+        let x: Vec<f32> = (0..2 * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let mut out = vec![0.0; 2 * n];
+        b.matmul(&x, &w, None, 2, k, n, &mut out).unwrap();
+        for i in 0..2 {
+            for j in (0..n).step_by(13) {
+                let exact: f64 = (0..k)
+                    .map(|p| x[i * k + p] as f64 * want[j * k + p] as f64)
+                    .sum();
+                let scale: f64 = (0..k).map(|p| want[j * k + p].abs() as f64).sum::<f64>();
+                let got = out[i * n + j] as f64;
+                assert!(
+                    (got - exact).abs() < 0.02 * scale / (k as f64).sqrt() + 1e-3,
+                    "{name} ({i},{j}): {got} vs {exact}"
+                );
+            }
+        }
+    }
+}
+
+/// The logits of SmolLM2's first step with weights kept as stored against the f32 path:
+/// the same argmax, and close.
+#[test]
+fn smollm2_native_logits_are_close_to_f32() {
+    use novastack_models::CausalLm;
+    let Some(path) = smollm2() else { return };
+    let f32m = load_gguf(&path, CpuBackend::new()).unwrap();
+    let native = load_gguf(&path, CpuBackend::new().with_native_weights(true)).unwrap();
+    let msgs =
+        vec![serde_json::json!({"role": "user", "content": "What is the capital of France?"})];
+    let prompt = f32m.tokenizer.encode_chat(&msgs, true).unwrap();
+    let logits = |m: &novastack_models::LoadedModel<CpuBackend>| {
+        let mut kv = m.model.new_kv_cache(64, 16).unwrap();
+        let mut inp = novastack_models::ForwardInput::default();
+        inp.push_seq(&prompt, 0, (0..64).collect(), 16, true);
+        m.model.forward(&inp, &mut kv).unwrap()
+    };
+    let (a, b) = (logits(&f32m), logits(&native));
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .max_by(|x, y| x.1.total_cmp(y.1))
+            .unwrap()
+            .0
+    };
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("argmax {} vs {}, max |diff| {diff}", argmax(&a), argmax(&b));
+    for v in [&a, &b] {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|x, y| v[*y].total_cmp(&v[*x]));
+        eprintln!(
+            "top: {:?}",
+            idx[..5].iter().map(|&i| (i, v[i])).collect::<Vec<_>>()
+        );
+    }
+    eprintln!("len {}", a.len());
+    assert_eq!(argmax(&a), argmax(&b));
+}

@@ -579,7 +579,9 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
             0
         };
         // Routed experts are f32 wherever the backend reports bytes (the CPU).
-        Ok(Some(passes * self.shared_bytes + experts * p.per_expert * 4))
+        Ok(Some(
+            passes * self.shared_bytes + experts * p.per_expert * 4,
+        ))
     }
 }
 

@@ -1,7 +1,9 @@
 //! The integer GEMM over a [`QMatrix`]: AVX-512 with VNNI where the CPU has it (one
-//! `vpdpbusd` adds four code × activation products into each of 16 rows' lanes), a
-//! portable path elsewhere; both compute the module's formula (`quant/mod.rs`) in the
-//! same order, so they give the same bits.
+//! `vpdpbusd` adds four code × activation products into each of 16 rows' lanes), AVX2
+//! (`vpmaddubsw` + `vpmaddwd`, 8 rows' lanes per register; Q8_0's signed values through
+//! the sign trick, so no pair of products saturates 16 bits), a portable path elsewhere;
+//! all compute the module's formula (`quant/mod.rs`) with the same integers and the same
+//! f32 operations in the same order, so they give the same bits.
 
 use super::{QMatrix, QRows, TILE};
 use std::ops::Range;
@@ -23,9 +25,15 @@ pub(crate) unsafe fn gemm_tiles(
 ) {
     assert!(x.k == q.k && rows.end <= x.m && tiles.end <= q.tiles());
     #[cfg(target_arch = "x86_64")]
-    if has_vnni() {
-        // SAFETY: the features are present; the rest is this function's contract.
-        return unsafe { avx512::gemm_tiles(q, x, tiles, rows, out, ldo) };
+    {
+        if has_vnni() {
+            // SAFETY: the features are present; the rest is this function's contract.
+            return unsafe { avx512::gemm_tiles(q, x, tiles, rows, out, ldo) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { avx2::gemm_tiles(q, x, tiles, rows, out, ldo) };
+        }
     }
     // SAFETY: this function's contract.
     unsafe { portable(q, x, tiles, rows, out, ldo) }
@@ -242,6 +250,163 @@ mod avx512 {
         };
         for (r, a) in acc.iter().enumerate() {
             _mm512_mask_storeu_ps(out.add(r * ldo), mask, *a);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use super::super::{QMatrix, QRows, TILE};
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// Rows of `x` per pass over a tile.
+    const MR: usize = 4;
+
+    /// # Safety
+    /// AVX2 and FMA are present; otherwise `super::gemm_tiles`' contract.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn gemm_tiles(
+        q: &QMatrix,
+        x: &QRows,
+        tiles: Range<usize>,
+        rows: Range<usize>,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        for t in tiles {
+            let nc = (q.n - t * TILE).min(TILE);
+            let mut i = rows.start;
+            while i < rows.end {
+                let mr = (rows.end - i).min(MR);
+                tile(q, x, t, i, mr, out.add(i * ldo + t * TILE), ldo, nc);
+                i += mr;
+            }
+        }
+    }
+
+    /// The 32 mask bits of `m` as 32 bytes, 0xFF where a bit is set.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn expand_bits(m: u32) -> __m256i {
+        let v = _mm256_set1_epi32(m as i32);
+        let pick = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        );
+        let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let v = _mm256_and_si256(_mm256_shuffle_epi8(v, pick), bits);
+        _mm256_cmpeq_epi8(v, bits)
+    }
+
+    /// Rows `i0..i0 + mr` of `x` times tile `t` (see the AVX-512 kernel); a tile's 16
+    /// rows are two registers of 8 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        q: &QMatrix,
+        x: &QRows,
+        t: usize,
+        i0: usize,
+        mr: usize,
+        out: *mut f32,
+        ldo: usize,
+        nc: usize,
+    ) {
+        let l = q.layout;
+        let (k, sub) = (q.k, l.sub);
+        let subs = k / sub;
+        let groups = sub / 4;
+        let codes = q.codes.as_ptr().add(t * q.tile_code_bytes());
+        let planes = q.planes.as_ptr().add(t * l.planes * (k / 4));
+        let scales = q.scales.as_ptr().add(t * subs * TILE);
+        let mins = q
+            .mins
+            .as_ptr()
+            .add(if l.has_min { t * subs * TILE } else { 0 });
+        // Q8_0's codes are q + 128: its products are taken on q itself (sign trick).
+        let signed = !l.nibbles;
+        let offset = if signed { 0 } else { l.offset };
+        let low = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let sub_bytes = if l.nibbles {
+            sub * TILE / 2
+        } else {
+            sub * TILE
+        };
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        // Codes of one sub-block: [group][half].
+        let mut c = [[_mm256_setzero_si256(); 2]; 8];
+        for s in 0..subs {
+            let cs = codes.add(s * sub_bytes);
+            if l.nibbles {
+                for h in 0..groups / 2 {
+                    for (hf, c2) in [0, 1].into_iter().zip([0usize, 32]) {
+                        let v = _mm256_loadu_si256(cs.add(64 * h + c2).cast());
+                        c[2 * h][hf] = _mm256_and_si256(v, low);
+                        c[2 * h + 1][hf] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
+                    }
+                }
+            } else {
+                for (g, c) in c.iter_mut().enumerate().take(groups) {
+                    for (hf, c) in c.iter_mut().enumerate() {
+                        let v = _mm256_loadu_si256(cs.add(64 * g + 32 * hf).cast());
+                        *c = _mm256_xor_si256(v, _mm256_set1_epi8(-128));
+                    }
+                }
+            }
+            for pl in 0..l.planes {
+                let bit = _mm256_set1_epi8((0x10 << pl) as i8);
+                for (g, c) in c.iter_mut().enumerate().take(groups) {
+                    let m = *planes.add((s * groups + g) * l.planes + pl);
+                    for (hf, c) in c.iter_mut().enumerate() {
+                        let e = expand_bits((m >> (32 * hf)) as u32);
+                        *c = _mm256_or_si256(*c, _mm256_and_si256(e, bit));
+                    }
+                }
+            }
+            let d = [
+                _mm256_loadu_ps(scales.add(s * TILE)),
+                _mm256_loadu_ps(scales.add(s * TILE + 8)),
+            ];
+            let p0 = s * sub;
+            for (r, acc) in acc.iter_mut().enumerate().take(mr) {
+                let xr = x.row(i0 + r).as_ptr().add(p0);
+                let mut isum = [_mm256_setzero_si256(); 2];
+                for (g, c) in c.iter().enumerate().take(groups) {
+                    let xv =
+                        _mm256_set1_epi32(std::ptr::read_unaligned(xr.add(4 * g).cast::<i32>()));
+                    for (isum, c) in isum.iter_mut().zip(c) {
+                        let prod = if signed {
+                            _mm256_maddubs_epi16(_mm256_sign_epi8(*c, *c), _mm256_sign_epi8(xv, *c))
+                        } else {
+                            _mm256_maddubs_epi16(*c, xv)
+                        };
+                        *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(prod, ones));
+                    }
+                }
+                let sx = x.sum(i0 + r, p0, sub);
+                let dx = x.scale(i0 + r, p0);
+                for hf in 0..2 {
+                    let mut v = isum[hf];
+                    if offset != 0 {
+                        v = _mm256_sub_epi32(v, _mm256_set1_epi32(offset * sx));
+                    }
+                    let scale = _mm256_mul_ps(d[hf], _mm256_set1_ps(dx));
+                    acc[hf] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(v), acc[hf]);
+                    if l.has_min {
+                        let m = _mm256_loadu_ps(mins.add(s * TILE + 8 * hf));
+                        acc[hf] = _mm256_fmadd_ps(m, _mm256_set1_ps(dx * sx as f32), acc[hf]);
+                    }
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate().take(mr) {
+            let mut tmp = [0.0f32; TILE];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), a[0]);
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), a[1]);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), out.add(r * ldo), nc);
         }
     }
 }

@@ -70,13 +70,19 @@ fn fast_path_equals_the_reference_bit_for_bit() {
             let q = QMatrix::new(&rows, k).unwrap();
             let mut x = QRows::default();
             x.quantize(&activations(m, k, 3), m, k);
-            let fast = run(gemm_tiles, &q, &x);
             let slow = run(portable, &q, &x);
-            for (i, (a, b)) in fast.iter().zip(&slow).enumerate() {
-                assert!(
-                    a.to_bits() == b.to_bits(),
-                    "{format} ({n}, {k}, {m}) at {i}: {a} vs {b}"
-                );
+            let mut paths = vec![("dispatched", run(gemm_tiles, &q, &x))];
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                paths.push(("avx2", run(super::gemm::avx2::gemm_tiles, &q, &x)));
+            }
+            for (path, fast) in paths {
+                for (i, (a, b)) in fast.iter().zip(&slow).enumerate() {
+                    assert!(
+                        a.to_bits() == b.to_bits(),
+                        "{path} {format} ({n}, {k}, {m}) at {i}: {a} vs {b}"
+                    );
+                }
             }
         }
     }
