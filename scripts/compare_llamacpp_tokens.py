@@ -20,7 +20,10 @@ import sys
 import time
 import urllib.request
 
+SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+# (system, user): the first is what SmolLM2's chat template renders for a lone user turn.
 PROMPTS = [
+    (SMOL_SYSTEM, "What is the capital of France?"),
     "What is the capital of France?",
     "Write a haiku about the sea.",
     "List three uses of a paperclip.",
@@ -57,7 +60,7 @@ def gap(tops):
 def llama_run(port, ids, n):
     r = post(f"http://127.0.0.1:{port}/completion", {
         "prompt": ids, "n_predict": n, "temperature": 0.0, "n_probs": 2,
-        "ignore_eos": True, "cache_prompt": False, "samplers": ["top_k"], "top_k": 1,
+        "cache_prompt": False, "samplers": ["top_k"], "top_k": 1,
     })
     steps = r["completion_probabilities"]
     return [s["token"] for s in steps], [gap(s["top_logprobs"]) for s in steps]
@@ -66,7 +69,7 @@ def llama_run(port, ids, n):
 def novastack_run(port, ids, n):
     r = post(f"http://127.0.0.1:{port}/v1/completions", {
         "model": "default", "prompt": ids, "max_tokens": n, "temperature": 0.0,
-        "logprobs": 2, "ignore_eos": True,
+        "logprobs": 2,
     })
     lp = r["choices"][0]["logprobs"]
     gaps = []
@@ -92,7 +95,9 @@ def main():
         name, path = spec.split("=", 1)
         ll_log = open(f"{a.out}/llama-server-{name}.log", "w")
         ll = subprocess.Popen([a.llama_server, "-m", path, "--host", "127.0.0.1", "--port", "8493",
-                               "-t", threads, "-np", "1", "-c", "2048", "--no-webui"],
+                               "-t", threads, "-np", "1", "-c", "2048", "--no-webui",
+                               # An f32 KV cache, as novastack's CPU backend keeps it.
+                               "-ctk", "f32", "-ctv", "f32"],
                               stdout=ll_log, stderr=subprocess.STDOUT)
         ns_log = open(f"{a.out}/novastack-{name}.log", "w")
         ns = subprocess.Popen([a.novastack, "serve", "--model", path, "--served-model-name", "default",
@@ -103,11 +108,17 @@ def main():
             wait_ready("http://127.0.0.1:8494/ready", ns, ns_log.name)
             same = 0
             for p in PROMPTS:
+                system, p = p if isinstance(p, tuple) else (None, p)
                 text = f"<|im_start|>user\n{p}<|im_end|>\n<|im_start|>assistant\n"
+                if system:
+                    text = f"<|im_start|>system\n{system}<|im_end|>\n" + text
+                    p = f"[system] {p}"
                 ids = post("http://127.0.0.1:8493/tokenize",
                            {"content": text, "add_special": False, "parse_special": True})["tokens"]
                 lt, lg = llama_run(8493, ids, a.tokens)
                 nt, ng = novastack_run(8494, ids, a.tokens)
+                # llama-server shows end-of-sequence tokens as ''.
+                nt = ["" if t in ("<|im_end|>", "<|endoftext|>") else t for t in nt]
                 if lt == nt:
                     same += 1
                     print(f"{name}: {p!r}: {len(nt)} tokens equal ({''.join(nt)[:60]!r}...)")

@@ -310,7 +310,9 @@ fn smollm2_weights_kept_as_stored_equal_the_f32_path() {
 }
 
 /// The logits of SmolLM2's first step with weights kept as stored against the f32 path:
-/// the same argmax, and close.
+/// close, with each one's top token among the other's top three. (Not equal: the
+/// integer path quantizes activations to 8 bits, as llama.cpp does, and that moves
+/// logits by tenths: this prompt's top two are 0.08 apart in f32 and swap.)
 #[test]
 fn smollm2_native_logits_are_close_to_f32() {
     use novastack_models::CausalLm;
@@ -327,27 +329,23 @@ fn smollm2_native_logits_are_close_to_f32() {
         m.model.forward(&inp, &mut kv).unwrap()
     };
     let (a, b) = (logits(&f32m), logits(&native));
-    let argmax = |v: &[f32]| {
-        v.iter()
-            .enumerate()
-            .max_by(|x, y| x.1.total_cmp(y.1))
-            .unwrap()
-            .0
-    };
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    eprintln!("argmax {} vs {}, max |diff| {diff}", argmax(&a), argmax(&b));
-    for v in [&a, &b] {
+    let top = |v: &[f32]| {
         let mut idx: Vec<usize> = (0..v.len()).collect();
         idx.sort_by(|x, y| v[*y].total_cmp(&v[*x]));
-        eprintln!(
-            "top: {:?}",
-            idx[..5].iter().map(|&i| (i, v[i])).collect::<Vec<_>>()
-        );
-    }
-    eprintln!("len {}", a.len());
-    assert_eq!(argmax(&a), argmax(&b));
+        idx.truncate(3);
+        idx
+    };
+    let (ta, tb) = (top(&a), top(&b));
+    assert!(tb.contains(&ta[0]) && ta.contains(&tb[0]), "{ta:?} vs {tb:?}");
+    // KL(f32 || native) of the next-token distributions, llama.cpp's measure of a
+    // quantization's damage.
+    let log_softmax = |v: &[f32]| {
+        let m = v.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+        let z = v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln() + m;
+        v.iter().map(|&x| x as f64 - z).collect::<Vec<f64>>()
+    };
+    let (la, lb) = (log_softmax(&a), log_softmax(&b));
+    let kl: f64 = la.iter().zip(&lb).map(|(p, q)| p.exp() * (p - q)).sum();
+    eprintln!("KL(f32 || native) = {kl:.5}");
+    assert!(kl < 0.05, "KL(f32 || native) = {kl}");
 }

@@ -241,3 +241,30 @@ fn the_cache_spec_from_the_config_is_the_models() {
         );
     }
 }
+
+/// `--cpu-weights native` keeps the bf16 / f16 fixtures' weights as stored and widens
+/// them in registers: every position's logits are the f32 path's, bit for bit, so every
+/// golden above holds for it too.
+#[test]
+fn weights_kept_as_stored_give_the_f32_paths_bits() {
+    for dir in model_fixtures() {
+        let (lm, golden, _) = load(&dir);
+        let native = load_hf_dir(&dir, CpuBackend::new().with_native_weights(true)).unwrap();
+        for case in &golden.cases {
+            let seq = [case.prompt_token_ids.as_slice()];
+            let (a, b) = (
+                batched_prefill(&lm, &seq, usize::MAX),
+                batched_prefill(&native, &seq, 5),
+            );
+            assert!(
+                a[0].iter()
+                    .zip(&b[0])
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{} / {}: max |Δlogit| = {}",
+                dir.display(),
+                case.name,
+                max_abs_diff(&a[0], &b[0])
+            );
+        }
+    }
+}

@@ -11,7 +11,7 @@
 //! at 256 x 3072 x 576 (1.03-1.27x matrixmultiply against 1.25-1.43x; the other core's
 //! tasks then read the rows out of this core's L2), faster at 1024 x 576 x 1536.
 
-use super::quant::{self, QRows};
+use super::quant::{self, ActKind, QRows};
 use super::simd::{self, PanelElem};
 use super::weight::{Segment, SegmentData};
 use super::SendPtr;
@@ -81,13 +81,14 @@ pub(crate) fn matmul_segments(
     if m == 0 || n == 0 {
         return;
     }
-    let mut xq = QRows::default();
-    if segments
-        .iter()
-        .any(|s| matches!(s.data, SegmentData::Quant(_)))
-    {
-        xq.quantize(x, m, k);
-    }
+    // x quantized once per activation kind the segments take.
+    let quantized = |kind: ActKind| {
+        segments
+            .iter()
+            .any(|s| matches!(&s.data, SegmentData::Quant(q) if q.layout.act == kind))
+            .then(|| QRows::new(kind, x, m, k))
+    };
+    let (q8_1, q8_k) = (quantized(ActKind::Q8_1), quantized(ActKind::Q8K));
     let threads = rayon::current_num_threads().max(1);
     // (segment, first column, end column) of the segment's own columns.
     let mut tasks = Vec::new();
@@ -98,7 +99,7 @@ pub(crate) fn matmul_segments(
         }
     }
     let c = SendPtr(out.as_mut_ptr());
-    let xq = &xq;
+    let (q8_1, q8_k) = (q8_1.as_ref(), q8_k.as_ref());
     tasks.into_par_iter().for_each(|(si, j0, j1)| {
         let s = &segments[si];
         // SAFETY: x is [m, k] and each segment holds its rows of [n, k] (checked by the
@@ -112,7 +113,10 @@ pub(crate) fn matmul_segments(
                 // Task boundaries are multiples of 16 columns: whole tiles.
                 SegmentData::Quant(q) => quant::gemm_tiles(
                     q,
-                    xq,
+                    match q.layout.act {
+                        ActKind::Q8_1 => q8_1.expect("quantized above"),
+                        ActKind::Q8K => q8_k.expect("quantized above"),
+                    },
                     j0 / quant::TILE..j1.div_ceil(quant::TILE),
                     0..m,
                     o,

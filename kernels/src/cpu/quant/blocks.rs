@@ -4,6 +4,7 @@
 //! `value = d · (code − offset) + m` in exactly the f32 operations ggml's dequantization
 //! does (so a row read back equals the f32 path's weights bit for bit).
 
+use super::activation::ActKind;
 use crate::WeightFormat;
 use half::f16;
 
@@ -21,12 +22,18 @@ pub(crate) struct Layout {
     pub offset: i32,
     /// Whether a min is added.
     pub has_min: bool,
+    /// How the activations are quantized for it (as llama.cpp pairs them).
+    pub act: ActKind,
 }
 
 impl Layout {
     /// The layout of a quantized format; `None` for f32 / f16 / bf16.
     pub fn of(format: WeightFormat) -> Option<Layout> {
         let l = |nibbles, planes, sub, offset, has_min| {
+            let act = match format {
+                WeightFormat::Q4K | WeightFormat::Q6K => ActKind::Q8K,
+                _ => ActKind::Q8_1,
+            };
             Some(Layout {
                 format,
                 nibbles,
@@ -34,6 +41,7 @@ impl Layout {
                 sub,
                 offset,
                 has_min,
+                act,
             })
         };
         match format {

@@ -23,7 +23,7 @@ pub(crate) unsafe fn gemm_tiles(
     out: *mut f32,
     ldo: usize,
 ) {
-    assert!(x.k == q.k && rows.end <= x.m && tiles.end <= q.tiles());
+    assert!(x.k == q.k && x.kind == q.layout.act && rows.end <= x.m && tiles.end <= q.tiles());
     #[cfg(target_arch = "x86_64")]
     {
         if has_vnni() {
@@ -82,7 +82,7 @@ pub(crate) unsafe fn portable(
                 let (d, m) = q.scale(j, s);
                 acc = (d * dx).mul_add(isum as f32, acc);
                 if l.has_min {
-                    acc = m.mul_add(dx * sx as f32, acc);
+                    acc = m.mul_add(x.min_factor(i, p0, sub), acc);
                 }
             }
             // SAFETY: (i, j) is in the caller's range.
@@ -239,7 +239,8 @@ mod avx512 {
                 acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[r]);
                 if MIN {
                     let m = _mm512_loadu_ps(mins.add(s * TILE));
-                    acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(dx * sx as f32), acc[r]);
+                    let mx = x.min_factor(i0 + r, p0, SUB);
+                    acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(mx), acc[r]);
                 }
             }
         }
@@ -397,7 +398,8 @@ pub(crate) mod avx2 {
                     acc[hf] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(v), acc[hf]);
                     if l.has_min {
                         let m = _mm256_loadu_ps(mins.add(s * TILE + 8 * hf));
-                        acc[hf] = _mm256_fmadd_ps(m, _mm256_set1_ps(dx * sx as f32), acc[hf]);
+                        let mx = x.min_factor(i0 + r, p0, sub);
+                        acc[hf] = _mm256_fmadd_ps(m, _mm256_set1_ps(mx), acc[hf]);
                     }
                 }
             }

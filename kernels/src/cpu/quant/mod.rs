@@ -10,8 +10,12 @@
 //! ```text
 //! isum = Σ_{t ∈ s} code[j, t] · xq[i, t] − offset · sx        (exact, i32)
 //! acc  = fma(d[j, s] · dx[i, b(s)], isum, acc)
-//! acc  = fma(m[j, s], dx[i, b(s)] · sx, acc)                   (formats with a min)
+//! acc  = fma(m[j, s], mx[i, s], acc)                           (formats with a min)
 //! ```
+//!
+//! where `mx` is ggml's f16 `s = d · Σq` of the activation block (Q8_1) or `dx · sx`
+//! (Q8_K, for Q4_K and Q6_K): the activations are quantized as llama.cpp quantizes them
+//! for each format (`activation.rs`), so the integer products are llama.cpp's.
 //!
 //! in order of `s`, from zero. An output depends only on its own two rows, so the GEMM
 //! is batch-invariant, and the AVX-512 (VNNI) and portable paths give the same bits
@@ -32,7 +36,7 @@ mod activation;
 mod blocks;
 mod gemm;
 
-pub(crate) use activation::QRows;
+pub(crate) use activation::{ActKind, QRows};
 pub(crate) use blocks::Layout;
 pub(crate) use gemm::gemm_tiles;
 

@@ -1,7 +1,7 @@
 //! The integer GEMM against its reference and against f32 math on the same weights.
 
 use super::gemm::portable;
-use super::{gemm_tiles, QMatrix, QRows, TILE};
+use super::{gemm_tiles, Layout, QMatrix, QRows, TILE};
 use crate::{StoredRows, WeightFormat};
 use half::f16;
 use rand::{Rng, SeedableRng};
@@ -68,8 +68,7 @@ fn fast_path_equals_the_reference_bit_for_bit() {
         for (n, k, m) in [(16, bs, 1), (37, 2 * bs, 5), (5, 3 * bs.max(64), 9)] {
             let rows = random_rows(format, n, k, 10 + f as u64);
             let q = QMatrix::new(&rows, k).unwrap();
-            let mut x = QRows::default();
-            x.quantize(&activations(m, k, 3), m, k);
+            let x = QRows::new(Layout::of(format).unwrap().act, &activations(m, k, 3), m, k);
             let slow = run(portable, &q, &x);
             let mut paths = vec![("dispatched", run(gemm_tiles, &q, &x))];
             #[cfg(target_arch = "x86_64")]
@@ -95,12 +94,15 @@ fn rows_do_not_depend_on_the_batch() {
         let (n, k, m) = (40, 512, 7);
         let q = QMatrix::new(&random_rows(format, n, k, 1), k).unwrap();
         let xs = activations(m, k, 2);
-        let mut x = QRows::default();
-        x.quantize(&xs, m, k);
+        let x = QRows::new(Layout::of(format).unwrap().act, &xs, m, k);
         let all = run(gemm_tiles, &q, &x);
         for i in [0, 3, 6] {
-            let mut one = QRows::default();
-            one.quantize(&xs[i * k..(i + 1) * k], 1, k);
+            let one = QRows::new(
+                Layout::of(format).unwrap().act,
+                &xs[i * k..(i + 1) * k],
+                1,
+                k,
+            );
             let got = run(gemm_tiles, &q, &one);
             for j in 0..n {
                 assert_eq!(got[j].to_bits(), all[i * (n + 1) + j].to_bits(), "{format}");
@@ -117,8 +119,7 @@ fn close_to_f32_math_on_the_same_weights() {
         let (n, k, m) = (33, 512, 3);
         let q = QMatrix::new(&random_rows(format, n, k, 4), k).unwrap();
         let xs = activations(m, k, 5);
-        let mut x = QRows::default();
-        x.quantize(&xs, m, k);
+        let x = QRows::new(Layout::of(format).unwrap().act, &xs, m, k);
         let got = run(gemm_tiles, &q, &x);
         let mut w = vec![0.0f32; k];
         for j in 0..n {

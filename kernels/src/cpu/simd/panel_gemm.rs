@@ -636,8 +636,7 @@ mod tests {
                 }
                 assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()));
                 let mut c = vec![0.0; m * n];
-                // SAFETY: as above.
-                unsafe { portable(&x, &wp, k, 0..m, 0..n, c.as_mut_ptr(), n) };
+                portable(&x, &wp, k, 0..m, 0..n, c.as_mut_ptr(), n);
                 assert!(a.iter().zip(&c).all(|(a, c)| a.to_bits() == c.to_bits()));
             }
         }
