@@ -336,7 +336,10 @@ fn smollm2_native_logits_are_close_to_f32() {
         idx
     };
     let (ta, tb) = (top(&a), top(&b));
-    assert!(tb.contains(&ta[0]) && ta.contains(&tb[0]), "{ta:?} vs {tb:?}");
+    assert!(
+        tb.contains(&ta[0]) && ta.contains(&tb[0]),
+        "{ta:?} vs {tb:?}"
+    );
     // KL(f32 || native) of the next-token distributions, llama.cpp's measure of a
     // quantization's damage.
     let log_softmax = |v: &[f32]| {

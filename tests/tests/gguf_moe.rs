@@ -98,3 +98,31 @@ fn gguf_and_safetensors_load_the_same_experts() {
         assert_eq!(run(&*gguf.model), run(&*hf.model), "{file}");
     }
 }
+
+/// Weights kept as stored (`--cpu-weights native`: the f16 / bf16 attention and
+/// embedding matrices; experts and routers stay f32) give the f32 path's logits bit for
+/// bit at every position.
+#[test]
+fn gguf_moe_native_weights_give_the_f32_bits() {
+    for (file, fixture) in PAIRS {
+        let path = fixtures_dir().join("gguf/moe").join(file);
+        let dir = fixtures_dir().join("models").join(fixture);
+        let golden: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
+        let prompt = ids(&golden["cases"][0]["prompt_token_ids"]);
+        let run = |native: bool| {
+            let lm = load_gguf(&path, CpuBackend::new().with_native_weights(native)).unwrap();
+            let blocks = prompt.len().div_ceil(16);
+            let mut kv = lm.model.new_kv_cache(blocks, 16).unwrap();
+            let mut input = ForwardInput::default();
+            input.push_seq(&prompt, 0, (0..blocks as u32).collect(), 16, false);
+            input.logits_indices = (0..prompt.len()).collect();
+            lm.model.forward(&input, &mut kv).unwrap()
+        };
+        let (a, b) = (run(false), run(true));
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{file}"
+        );
+    }
+}
