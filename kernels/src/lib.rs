@@ -85,6 +85,13 @@ pub trait Backend: Send + Sync {
     ) -> Result<Option<Self::Weight>> {
         Ok(None)
     }
+    /// Runs one forward pass (`f`, which calls this backend's ops). The CPU runs it on a
+    /// thread of its pool, so that each parallel op forks from a worker rather than
+    /// handing work to the pool and sleeping until it is done (one wake-up per pass
+    /// instead of one per op).
+    fn run_pass<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
     /// Whether [`Backend::upload_stored_weight`] may keep a weight as stored (so a loader
     /// reads a tensor's raw bytes only when they can be used).
     fn keeps_stored_weights(&self) -> bool {

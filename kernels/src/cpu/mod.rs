@@ -118,6 +118,14 @@ impl Backend for CpuBackend {
         self.native_weights
     }
 
+    fn run_pass<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        if rayon::current_thread_index().is_some() {
+            f()
+        } else {
+            rayon::scope(|_| f())
+        }
+    }
+
     fn weight_bytes(&self, w: &CpuWeight) -> usize {
         w.bytes()
     }

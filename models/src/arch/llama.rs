@@ -530,17 +530,21 @@ impl<B: Backend> CausalLm<B> for Llama<B> {
 
     fn forward(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<f32>> {
         let len = input.logits_indices.len() * self.config.vocab_size;
-        self.with_logits(input, kv, |logits| {
-            Ok(self.backend.download_prefix(logits, len)?)
+        self.backend.run_pass(|| {
+            self.with_logits(input, kv, |logits| {
+                Ok(self.backend.download_prefix(logits, len)?)
+            })
         })
     }
 
     fn forward_greedy(&self, input: &ForwardInput, kv: &mut KvCache<B>) -> Result<Vec<u32>> {
         let rows = input.logits_indices.len();
-        self.with_logits(input, kv, |logits| {
-            Ok(self
-                .backend
-                .argmax_rows(logits, rows, self.config.vocab_size)?)
+        self.backend.run_pass(|| {
+            self.with_logits(input, kv, |logits| {
+                Ok(self
+                    .backend
+                    .argmax_rows(logits, rows, self.config.vocab_size)?)
+            })
         })
     }
 

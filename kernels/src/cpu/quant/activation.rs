@@ -111,6 +111,15 @@ impl QRows {
     }
 }
 
+/// `v` rounded to the nearest integer, ties to even, for `|v| < 2^22`: ggml's
+/// `nearest_int` trick (adding 1.5 · 2^23 leaves the integer in the low mantissa bits),
+/// which vectorizes where `round_ties_even` is a call to `rintf`.
+#[inline(always)]
+fn round_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
 /// One block of Q8_1: `(d, s)`.
 fn q8_1_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
@@ -118,7 +127,7 @@ fn q8_1_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut sum = 0i32;
     for (o, &v) in q.iter_mut().zip(x) {
-        *o = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
+        *o = round_even(v * id).clamp(-127.0, 127.0) as i8;
         sum += *o as i32;
     }
     let rounded = |v: f32| f16::from_f32(v).to_f32();
@@ -139,7 +148,7 @@ fn q8_k_block(x: &[f32], q: &mut [i8]) -> f32 {
     }
     let iscale = -127.0 / max;
     for (o, &v) in q.iter_mut().zip(x) {
-        *o = (iscale * v).round_ties_even().clamp(-128.0, 127.0) as i8;
+        *o = round_even(iscale * v).clamp(-128.0, 127.0) as i8;
     }
     1.0 / iscale
 }
@@ -167,6 +176,15 @@ mod tests {
         // An all-zero block has scale 0 and codes 0.
         let z = QRows::new(ActKind::Q8_1, &[0.0; 32], 1, 32);
         assert_eq!((z.d[0], z.q.iter().all(|&v| v == 0)), (0.0, true));
+    }
+
+    #[test]
+    fn rounding_is_ties_to_even() {
+        for v in [
+            0.5f32, 1.5, 2.5, -0.5, -1.5, 126.5, -126.5, 3.4999, -7.51, 0.0, 127.0,
+        ] {
+            assert_eq!(super::round_even(v), v.round_ties_even(), "{v}");
+        }
     }
 
     #[test]
