@@ -390,3 +390,60 @@ fn zero_width_shapes_are_no_ops() {
         .unwrap();
     assert_eq!(out, vec![7.0; 4]);
 }
+
+/// Weights kept as stored, in segments of mixed formats (a fused projection of bf16,
+/// Q5_0 and Q6_K rows): each row's outputs are the same bits alone as in any batch, and
+/// each segment's columns are what that segment alone computes.
+#[test]
+fn stored_weights_matmul_is_batch_invariant_across_mixed_segments() {
+    use crate::cpu::quant::tests::random_rows;
+    use crate::{StoredRows, WeightFormat};
+    let b = CpuBackend::new().with_native_weights(true);
+    let k = 512;
+    let bf: Vec<u8> = (0..40 * k)
+        .flat_map(|i| half::bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 400.0).to_le_bytes())
+        .collect();
+    let parts = vec![
+        StoredRows::new(WeightFormat::BF16, 40, k, bf).unwrap(),
+        random_rows(WeightFormat::Q5_0, 37, k, 1),
+        random_rows(WeightFormat::Q6K, 21, k, 2),
+    ];
+    let n: usize = parts.iter().map(|p| p.rows).sum();
+    let w = b.upload_stored_weight(&parts, k).unwrap().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let big_m = 19;
+    let x = randn(&mut rng, big_m * k);
+    let mut batched = vec![0.0; big_m * n];
+    b.matmul(&x, &w, None, big_m, k, n, &mut batched).unwrap();
+    for &(start, m) in &[(0, 1), (7, 1), (18, 1), (3, 5), (2, 16)] {
+        let mut part = vec![0.0; m * n];
+        let xs = x[start * k..(start + m) * k].to_vec();
+        b.matmul(&xs, &w, None, m, k, n, &mut part).unwrap();
+        assert_eq!(
+            part[..],
+            batched[start * n..(start + m) * n],
+            "rows {start}+{m}"
+        );
+    }
+    let mut row0 = 0;
+    for p in parts {
+        let alone = b.upload_stored_weight(&[p.clone()], k).unwrap().unwrap();
+        let mut out = vec![0.0; big_m * p.rows];
+        b.matmul(&x, &alone, None, big_m, k, p.rows, &mut out)
+            .unwrap();
+        for i in 0..big_m {
+            assert_eq!(
+                out[i * p.rows..(i + 1) * p.rows],
+                batched[i * n + row0..i * n + row0 + p.rows],
+                "{} segment, row {i}",
+                p.format
+            );
+        }
+        row0 += p.rows;
+    }
+    // The oracle backend keeps nothing as stored.
+    assert!(CpuBackend::new()
+        .upload_stored_weight(&[], k)
+        .unwrap()
+        .is_none());
+}
