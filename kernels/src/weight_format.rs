@@ -87,7 +87,8 @@ impl WeightFormat {
 
     /// Bytes of one row of `k` values, or `None` when `k` is not a whole number of blocks.
     pub fn row_bytes(self, k: usize) -> Option<usize> {
-        (k % self.block_size() == 0).then(|| k / self.block_size() * self.block_bytes())
+        k.is_multiple_of(self.block_size())
+            .then(|| k / self.block_size() * self.block_bytes())
     }
 }
 

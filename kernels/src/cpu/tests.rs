@@ -427,7 +427,10 @@ fn stored_weights_matmul_is_batch_invariant_across_mixed_segments() {
     }
     let mut row0 = 0;
     for p in parts {
-        let alone = b.upload_stored_weight(&[p.clone()], k).unwrap().unwrap();
+        let alone = b
+            .upload_stored_weight(std::slice::from_ref(&p), k)
+            .unwrap()
+            .unwrap();
         let mut out = vec![0.0; big_m * p.rows];
         b.matmul(&x, &alone, None, big_m, k, p.rows, &mut out)
             .unwrap();

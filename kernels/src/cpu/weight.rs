@@ -140,7 +140,7 @@ impl CpuWeight {
                 }
                 WeightFormat::BF16 => SegmentData::Bf16(packed(&halves(&p.bytes, Bf16), p.rows, k)),
                 WeightFormat::F16 => SegmentData::F16(packed(&halves(&p.bytes, F16), p.rows, k)),
-                _ if k % 32 != 0 => return Ok(None),
+                _ if !k.is_multiple_of(32) => return Ok(None),
                 _ => SegmentData::Quant(QMatrix::new(p, k)?),
             };
             segments.push(Segment {

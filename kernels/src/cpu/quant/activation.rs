@@ -50,7 +50,7 @@ impl QRows {
     /// Quantizes `x` (`[m, k]`).
     pub fn new(kind: ActKind, x: &[f32], m: usize, k: usize) -> QRows {
         let bs = kind.block();
-        debug_assert!(k % bs == 0 && x.len() >= m * k);
+        debug_assert!(k.is_multiple_of(bs) && x.len() >= m * k);
         let mut r = QRows {
             kind,
             m,

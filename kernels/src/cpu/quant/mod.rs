@@ -97,7 +97,9 @@ impl QMatrix {
         let subs = layout.subs(k);
         let groups = k / 4;
         let tcb = tile_code_bytes(&layout, k);
-        let tiles: Vec<(Vec<u8>, Vec<u64>, Vec<f32>, Vec<f32>)> = (0..n.div_ceil(TILE))
+        // Per tile: (codes, planes, scales, mins).
+        type Tile = (Vec<u8>, Vec<u64>, Vec<f32>, Vec<f32>);
+        let tiles: Vec<Tile> = (0..n.div_ceil(TILE))
             .into_par_iter()
             .map(|t| {
                 let mut codes = vec![0u8; tcb];

@@ -147,8 +147,8 @@ fn tiles_hold_every_code_and_scale() {
         let (mut c, mut d, mut m) = (vec![0; k], vec![0.0; k], vec![0.0; k]);
         for j in 0..TILE + 3 {
             super::blocks::decode_row(&layout, rows.row(j, k), k, &mut c, &mut d, &mut m);
-            for p in 0..k {
-                assert_eq!(q.code(j, p), c[p], "{format} ({j},{p})");
+            for (p, &code) in c.iter().enumerate() {
+                assert_eq!(q.code(j, p), code, "{format} ({j},{p})");
             }
             for s in 0..k / layout.sub {
                 let want = (d[s], if layout.has_min { m[s] } else { 0.0 });
