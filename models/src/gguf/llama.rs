@@ -430,7 +430,7 @@ mod tests {
             }
         }
         assert_eq!(unpermute_rows(&gguf, heads, cols), hf);
-        let order = unpermute_order(heads * 4, heads);
+        let order = unpermute_order(heads * hd, heads);
         let by_order: Vec<f32> = order
             .iter()
             .flat_map(|&r| gguf[r * cols..(r + 1) * cols].to_vec())

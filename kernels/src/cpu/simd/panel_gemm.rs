@@ -267,13 +267,17 @@ unsafe fn for_each_block<T: PanelElem, const R: usize>(
     }
     let mut xs = ROWS.with(|b| b.take());
     let blocks = rows.len().div_ceil(R);
+    // Blocks of k keep a panel's block in L1 for every block of rows; with one block of
+    // rows there is nothing to reuse, and a whole panel streams front to back instead
+    // (each task reads its panels as one sequential run).
+    let kb = if blocks == 1 { k } else { KC };
     xs.clear();
-    xs.resize(blocks * KC * R, 0.0);
+    xs.resize(blocks * kb * R, 0.0);
     let mut k0 = 0;
     while k0 < k {
-        let kc = (k - k0).min(KC);
+        let kc = (k - k0).min(kb);
         for (b, i0) in rows.clone().step_by(R).enumerate() {
-            let block = &mut xs[b * KC * R..][..kc * R];
+            let block = &mut xs[b * kb * R..][..kc * R];
             for r in 0..R.min(rows.end - i0) {
                 let row = &x[(i0 + r) * k + k0..][..kc];
                 for (q, &v) in row.iter().enumerate() {
@@ -290,7 +294,7 @@ unsafe fn for_each_block<T: PanelElem, const R: usize>(
                 let i = rows.start + b * R;
                 let mr = (rows.end - i).min(R);
                 // SAFETY: row block b of xs, rows i..i + mr of out (the contract).
-                let (xb, ob) = unsafe { (xs.as_ptr().add(b * KC * R), out.add(i * ldo + j)) };
+                let (xb, ob) = unsafe { (xs.as_ptr().add(b * kb * R), out.add(i * ldo + j)) };
                 kernel(xb, mr, p, kc, ob, nc, k0 == 0);
             }
             j += nc;
