@@ -195,9 +195,10 @@ mod avx512 {
         let sub_bytes = if NIB { SUB * TILE / 2 } else { SUB * TILE };
         for s in 0..subs {
             let cs = codes.add(s * sub_bytes);
-            _mm_prefetch::<_MM_HINT_T0>(cs.add(8 * sub_bytes).cast());
+            // Eight sub-blocks ahead (past the end near the last: a prefetch does not fault).
+            _mm_prefetch::<_MM_HINT_T0>(cs.wrapping_add(8 * sub_bytes).cast());
             if !NIB || SUB == 32 {
-                _mm_prefetch::<_MM_HINT_T0>(cs.add(8 * sub_bytes + 64).cast());
+                _mm_prefetch::<_MM_HINT_T0>(cs.wrapping_add(8 * sub_bytes + 64).cast());
             }
             let mut c = [_mm512_setzero_si512(); 8];
             if NIB {

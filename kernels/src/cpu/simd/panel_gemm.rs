@@ -383,10 +383,15 @@ mod avx512 {
         for q in 0..kc {
             // The panel streams from memory in a decode step: ask for it early.
             // A panel row is 128 bytes of f32 (two lines) or 64 of bf16 / f16 (one).
-            let ahead = p.add(q * NR).cast::<i8>().add(super::PREFETCH_BYTES);
+            // Past the end near the last rows: a prefetch does not fault, and the address
+            // is formed without claiming it is in bounds.
+            let ahead = p
+                .add(q * NR)
+                .cast::<i8>()
+                .wrapping_add(super::PREFETCH_BYTES);
             _mm_prefetch::<_MM_HINT_T0>(ahead);
             if std::mem::size_of::<T>() == 4 {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.add(64));
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
             }
             let b: [__m512; V] = std::array::from_fn(|v| T::load16(p.add(q * NR + 16 * v)));
             for (r, a) in acc.iter_mut().enumerate() {
@@ -476,7 +481,11 @@ mod avx2 {
             }
         }
         for q in 0..kc {
-            _mm_prefetch::<_MM_HINT_T0>(p.add(q * NR).cast::<i8>().add(super::PREFETCH_BYTES));
+            let ahead = p
+                .add(q * NR)
+                .cast::<i8>()
+                .wrapping_add(super::PREFETCH_BYTES);
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
             let b: [__m256; V] = std::array::from_fn(|v| T::load8(p.add(q * NR + 8 * v)));
             for (r, a) in acc.iter_mut().enumerate() {
                 let s = _mm256_set1_ps(*x.add(q * MR + r));
