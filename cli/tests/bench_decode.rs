@@ -36,5 +36,8 @@ fn bench_decode_counts_the_bytes_weights_are_stored_in() {
     assert_eq!(native.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(wide.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2]);
     let ratio = native[0].1 / wide[0].1;
-    assert!((0.4..0.8).contains(&ratio), "native / f32 bytes per step: {ratio}");
+    assert!(
+        (0.4..0.8).contains(&ratio),
+        "native / f32 bytes per step: {ratio}"
+    );
 }
